@@ -1,0 +1,35 @@
+"""Entity SDK for domain modellers (pure: no I/O) and the sample auction domain.
+
+Import what you need from here::
+
+    from domain import Entity, Context, Rejected, client_message, entity_message, timer, event
+"""
+
+from eventsourcing.domain import event
+
+from domain.context import Context
+from domain.dispatch import Outcome, handle
+from domain.effects import Reply, Send, Tell, Terminate, ToAllConnections, ToClaims, ToConnection
+from domain.entity import Entity, client_message, entity_message, timer
+from domain.errors import (
+    DomainError,
+    HandlerFailed,
+    InvalidEntityId,
+    NotAuthorised,
+    NotConnected,
+    PayloadDecodeError,
+    Rejected,
+    RetryLater,
+    UnknownCategory,
+    UnknownMessageType,
+)
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+from domain.refs import EntityRef
+
+__all__ = [
+    "ClientMessage", "Connect", "Context", "DomainError", "Entity", "EntityMessage", "EntityRef",
+    "HandlerFailed", "Inbound", "InvalidEntityId", "NotAuthorised", "NotConnected", "Outcome",
+    "PayloadDecodeError", "Rejected", "Reply", "RetryLater", "Send", "Tell", "Terminate",
+    "Terminated", "TimerFired", "ToAllConnections", "ToClaims", "ToConnection", "UnknownCategory",
+    "UnknownMessageType", "client_message", "entity_message", "event", "handle", "timer",
+]

@@ -1,0 +1,156 @@
+"""Processing one message by one entity: the pure core shared by the runtime and the sandbox.
+
+:func:`handle` routes an inbound message to the entity's handler and returns an
+:class:`Outcome`: the new events, the effects and the reply. It does no I/O and never waits;
+the caller decides when the effects leave (the runtime: after the events are durable).
+
+If the handler fails, the outcome has ``restore=True`` when events were already triggered
+(the in-memory entity is then ahead of what the message may change): the caller must
+rebuild the entity from its durable events. Nothing of a failed message is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.context import Context
+from domain.effects import Effect, Reply, Terminate
+from domain.entity import GRACE_TIMER, Entity
+from domain.errors import DomainError, HandlerFailed, NotAuthorised, NotConnected, UnknownMessageType
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of :func:`handle`. ``timers_armed``/``timers_disarmed`` are timer keys whose
+    schedule changed (the runtime re-arms them from ``entity.timers()``)."""
+
+    reply: Reply
+    events: list[Any] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    timers_armed: list[str] = field(default_factory=list)
+    timers_disarmed: list[str] = field(default_factory=list)
+    duplicate: bool = False
+    restore: bool = False
+
+    @property
+    def outcome_label(self) -> str:
+        """Bounded label for metrics: ok, duplicate, or the error code."""
+        if self.duplicate:
+            return "duplicate"
+        return "ok" if self.reply.ok else self.reply.code
+
+
+def handle(entity: Entity, message: Inbound) -> Outcome:
+    """Process ``message`` with ``entity``. See the module docstring."""
+    message_id = message.message_id
+    seen = entity.seen_reply(message_id)
+    if seen is not None:
+        return Outcome(reply=Reply.from_record(message_id, seen), duplicate=True)
+
+    ctx = Context(entity, message)
+    try:
+        _route(entity, ctx, message)
+    except DomainError as exc:
+        return _failed(entity, message, exc)
+    except Exception as exc:  # a bug in the entity: refuse, restore, keep serving
+        return _failed(entity, message, HandlerFailed(f"{type(exc).__name__}: {exc}"))
+
+    events = entity.collect_events()
+    reply = Reply(message_id, True, ctx.reply_payload)
+    record = reply.to_record()
+    if events:
+        last = events[-1]
+        object.__setattr__(last, "_xp_mid", message_id)
+        object.__setattr__(last, "_xp_reply", record)
+    entity._xp_remember(message_id, record)
+    return Outcome(reply, events, ctx.effects, ctx.timers_armed, ctx.timers_disarmed)
+
+
+def _failed(entity: Entity, message: Inbound, exc: DomainError) -> Outcome:
+    triggered = entity.collect_events()
+    reply = Reply(message.message_id, False, None, exc.code, exc.reason, exc.retryable)
+    effects: list[Effect] = []
+    if isinstance(message, Connect):
+        effects.append(Terminate(message.connection_id, exc.reason, reconnect=False))
+    if not triggered and not exc.retryable:
+        # Nothing changed: remember the refusal so a duplicate gets the same answer while
+        # the entity stays resident (refusals are not persisted; see the SDK guide).
+        entity._xp_remember(message.message_id, reply.to_record())
+    return Outcome(reply, effects=effects, restore=bool(triggered))
+
+
+def _route(entity: Entity, ctx: Context, m: Inbound) -> None:
+    handlers = type(entity)._xp_handlers
+    if isinstance(m, ClientMessage):
+        if not entity.is_live(m.connection_id):
+            raise NotConnected(f"connection {m.connection_id} is not connected to {entity.ref}")
+        data = dict(entity.decode_payload(m.payload))
+        message_type = data.pop("type")
+        _call(handlers, ("client", message_type), entity, ctx, data)
+    elif isinstance(m, EntityMessage):
+        _call(handlers, ("entity", m.type), entity, ctx, dict(m.data))
+    elif isinstance(m, Connect):
+        _connect(entity, ctx, m)
+    elif isinstance(m, Terminated):
+        _terminated(entity, ctx, m)
+    elif isinstance(m, TimerFired):
+        _timer_fired(entity, ctx, m)
+    else:
+        raise UnknownMessageType(f"unsupported message kind {type(m).__name__}")
+
+
+def _call(handlers: dict[Any, Any], key: tuple[str, str], entity: Entity, ctx: Context, data: dict[str, Any]) -> None:
+    handler = handlers.get(key)
+    if handler is None:
+        raise UnknownMessageType(f"{entity.CATEGORY} has no {key[0]} message handler for {key[1]!r}")
+    handler.check(data)
+    result = handler.func(entity, ctx, **data)
+    if result is not None and ctx.reply_payload is None:
+        ctx.reply(result)
+
+
+def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
+    known = entity._connections.get(m.connection_id)
+    if known is not None and known["claims"].get("sub") != m.claims.get("sub"):
+        raise NotAuthorised("connection ID is in use by another user")
+    initial = entity.on_connect(ctx, m.claims, known is not None)
+    if known is None:
+        entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
+    else:
+        if not known["live"]:
+            entity._resume_connection(connection_id=m.connection_id)
+        ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")
+        if dict(known["claims"]) != dict(m.claims):  # refreshed token: keep the new claims
+            entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
+    if ctx.reply_payload is None:
+        ctx.reply(initial)
+
+
+def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
+    record = entity._connections.get(m.connection_id)
+    if record is None or not record["live"]:
+        return  # unknown or already dropped: nothing to do, and nothing changes
+    claims = record["claims"]
+    entity._drop_connection(connection_id=m.connection_id, reason=m.reason)
+    entity.on_disconnect(ctx, m.connection_id, claims, m.reason)
+    if entity.GRACE_PERIOD > 0:
+        ctx.start_timer(GRACE_TIMER, entity.GRACE_PERIOD, key=f"{GRACE_TIMER}:{m.connection_id}", connection_id=m.connection_id)
+    else:
+        entity.on_leave(ctx, m.connection_id, claims)
+        entity._forget_connection(connection_id=m.connection_id)
+
+
+def _timer_fired(entity: Entity, ctx: Context, m: TimerFired) -> None:
+    if m.key not in entity._timers:
+        return  # cancelled or already fired: a stale firing changes nothing
+    entity._stop_timer(key=m.key)
+    if m.name == GRACE_TIMER:
+        cid = m.data["connection_id"]
+        record = entity._connections.get(cid)
+        if record is not None and not record["live"]:
+            entity.on_leave(ctx, cid, record["claims"])
+            entity._forget_connection(connection_id=cid)
+        return
+    _call(type(entity)._xp_handlers, ("timer", m.name), entity, ctx, dict(m.data))

@@ -1,0 +1,281 @@
+"""The Entity base class: an ``eventsourcing`` aggregate with the platform's standard parts.
+
+What a domain modeller writes in a subclass:
+
+- ``CATEGORY`` (defaults to the class name) and ``initialise()`` for the state of an
+  entity that has no events yet. Entities exist from their first message on; nothing is
+  stored until a handler decides something, so an entity with no events costs nothing.
+- commands as methods decorated with ``@event("PastTense")`` (the eventsourcing way),
+  invariants as ``check_*`` methods raising :class:`domain.errors.Rejected`.
+- handlers: ``on_connect`` / ``on_disconnect`` / ``on_leave`` for the standard client
+  messages, and ``@client_message("type")``, ``@entity_message("type")``, ``@timer("name")``
+  methods. Every handler gets a :class:`domain.context.Context` first.
+
+What the base class keeps, as events of its own so it survives passivation and failover:
+the connections the entity accepted (with their JWT claims and whether they are live), the
+timers it started, and the window of message IDs it already processed, with their replies
+(idempotency: a duplicate gets the original outcome and changes nothing).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import msgpack
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanMutateAggregate,
+    CanSnapshotAggregate,
+    MetaDomainEvent,
+    event,
+)
+
+from domain.errors import PayloadDecodeError, Rejected
+from domain.refs import CATEGORY_PATTERN, EntityRef
+
+if TYPE_CHECKING:
+    from domain.context import Context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+GRACE_TIMER = "_grace"
+"""Timer name the base class uses for the reconnect grace period of a dropped connection."""
+
+
+def client_message(message_type: str) -> Callable[[F], F]:
+    """Declare a handler for client messages whose decoded payload has ``type``.
+
+    The other fields of the payload are passed as keyword arguments; a payload whose
+    fields do not fit the signature is refused with ``bad_payload`` before the handler runs.
+    """
+    return _mark("client", message_type)
+
+
+def entity_message(message_type: str) -> Callable[[F], F]:
+    """Declare a handler for messages of ``type`` from other entities (``ctx.tell``)."""
+    return _mark("entity", message_type)
+
+
+def timer(name: str) -> Callable[[F], F]:
+    """Declare a handler for timers started with ``ctx.start_timer(name, ...)``."""
+    return _mark("timer", name)
+
+
+def _mark(kind: str, name: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        func._xp_handles = (kind, name)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+class Handler:
+    """A declared handler and the parameter names it accepts (checked before calling)."""
+
+    __slots__ = ("func", "params", "var_kw")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())[2:]  # skip self, ctx
+        self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        self.params = {
+            p.name: p.default is inspect.Parameter.empty
+            for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+
+    def check(self, data: Mapping[str, Any]) -> None:
+        """Raise PayloadDecodeError when ``data`` does not fit the handler's parameters."""
+        missing = [name for name, required in self.params.items() if required and name not in data]
+        if missing:
+            raise PayloadDecodeError(f"missing fields: {', '.join(sorted(missing))}")
+        if not self.var_kw:
+            extra = [name for name in data if name not in self.params]
+            if extra:
+                raise PayloadDecodeError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
+
+
+class EntityEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
+    """Base of every entity event. Also rebuilds the idempotency window on replay: the
+    last event of a message carries the message ID and its reply (``_xp_mid``/``_xp_reply``,
+    set by :func:`domain.dispatch.handle`)."""
+
+    originator_id: str
+    originator_version: int
+    timestamp: datetime
+
+    def mutate(self, aggregate: Any) -> Any:
+        aggregate = super().mutate(aggregate)
+        message_id = self.__dict__.get("_xp_mid")
+        if message_id is not None:
+            aggregate._xp_remember(message_id, self.__dict__["_xp_reply"])
+        return aggregate
+
+
+class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
+    """Snapshot of an entity (its whole ``__dict__``, platform parts included)."""
+
+    originator_id: str
+    originator_version: int
+    timestamp: datetime
+    topic: str
+    state: dict[str, Any]
+
+    @classmethod
+    def take(cls, aggregate: Any) -> EntitySnapshot:
+        state = dict(vars(aggregate))
+        for name in ("_id", "_version", "_pending_events"):
+            state.pop(name, None)
+        snapshot = super().take(aggregate)
+        object.__setattr__(snapshot, "state", state)
+        return snapshot
+
+
+class Entity(BaseAggregate[str]):
+    """Base class of platform entities. See the module docstring for what to override."""
+
+    CATEGORY: ClassVar[str] = ""
+    """Category of the entity; defaults to the class name. Letters, digits, underscore."""
+
+    DEDUP_WINDOW: ClassVar[int] = 1000
+    """How many recent message IDs (with replies) an entity remembers for idempotency.
+    Why 1000: senders retry within seconds; a hot entity at 1,000 msg/s still covers ~1 s,
+    and the window lives in snapshots, so it must stay small for 1M small entities
+    (each small entity's window holds only its own few recent IDs)."""
+
+    GRACE_PERIOD: ClassVar[float] = 30.0
+    """Seconds a dropped connection is remembered, waiting for a reconnect with the same
+    connection ID, before ``on_leave`` runs. 0 means leave at once."""
+
+    SNAPSHOT_EVERY: ClassVar[int | None] = None
+    """Snapshot after this many events; None uses the node's setting."""
+
+    Event = EntityEvent
+    Snapshot = EntitySnapshot
+
+    _xp_handlers: ClassVar[dict[tuple[str, str], Handler]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("CATEGORY"):
+            cls.CATEGORY = cls.__name__
+        if not CATEGORY_PATTERN.match(cls.CATEGORY):
+            raise TypeError(f"{cls.__name__}.CATEGORY {cls.CATEGORY!r} must match {CATEGORY_PATTERN.pattern}")
+        handlers: dict[tuple[str, str], Handler] = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                marked = getattr(value, "_xp_handles", None)
+                if marked is not None:
+                    handlers[marked] = Handler(value)
+        cls._xp_handlers = handlers
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def blank(cls, entity_id: str) -> Entity:
+        """The entity before its first event: version 0, state from ``initialise()``."""
+        entity = cls.__new__(cls)
+        now = datetime.now(timezone.utc)
+        entity.__base_init__(EntityRef(cls.CATEGORY, entity_id).stream_id, cls.INITIAL_VERSION - 1, now)
+        entity._connections = {}
+        entity._timers = {}
+        entity._seen = {}
+        entity.initialise()
+        return entity
+
+    def initialise(self) -> None:
+        """Set the state of an entity that has no events yet. Override; no events here."""
+
+    @property
+    def ref(self) -> EntityRef:
+        return EntityRef.from_stream_id(self.id)
+
+    @property
+    def entity_id(self) -> str:
+        return self.id.partition("-")[2]
+
+    # ----------------------------------------------------------------- hooks to override
+    def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
+        """A client connects (or reconnects with the same connection ID). Return the initial
+        state to send it; raise Rejected(reason) to terminate it. Default: accept."""
+        return None
+
+    def on_disconnect(self, ctx: Context, connection_id: str, claims: Mapping[str, Any], reason: str) -> None:
+        """A connection dropped. It is kept for GRACE_PERIOD seconds, waiting for a reconnect."""
+
+    def on_leave(self, ctx: Context, connection_id: str, claims: Mapping[str, Any]) -> None:
+        """A dropped connection did not come back within GRACE_PERIOD: clean up here."""
+
+    def decode_payload(self, payload: bytes) -> Mapping[str, Any]:
+        """Decode a client payload (the platform never does). Default: a msgpack map with
+        a string ``type``. Override for another encoding; raise PayloadDecodeError."""
+        try:
+            data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise PayloadDecodeError(f"payload is not msgpack: {type(exc).__name__}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise PayloadDecodeError("payload must be a map with a string 'type'")
+        return data
+
+    # ----------------------------------------------------------------- connections
+    def connection_claims(self, connection_id: str) -> Mapping[str, Any] | None:
+        """Claims of an accepted connection (live or within its grace period)."""
+        record = self._connections.get(connection_id)
+        return None if record is None else record["claims"]
+
+    def is_live(self, connection_id: str) -> bool:
+        record = self._connections.get(connection_id)
+        return bool(record and record["live"])
+
+    def live_connections(self) -> dict[str, Mapping[str, Any]]:
+        return {cid: rec["claims"] for cid, rec in self._connections.items() if rec["live"]}
+
+    def require_claim(self, ctx: Context, name: str, *accepted: Any) -> None:
+        """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
+        claims = ctx.claims or {}
+        have = claims.get(name)
+        values = have if isinstance(have, list) else [have]
+        if not any(v in accepted for v in values):
+            raise Rejected(f"requires {name} in {sorted(map(str, accepted))}")
+
+    @event("ConnectionAccepted")
+    def _accept_connection(self, connection_id: str, claims: dict[str, Any]) -> None:
+        self._connections[connection_id] = {"claims": claims, "live": True}
+
+    @event("ConnectionDropped")
+    def _drop_connection(self, connection_id: str, reason: str) -> None:
+        self._connections[connection_id]["live"] = False
+
+    @event("ConnectionResumed")
+    def _resume_connection(self, connection_id: str) -> None:
+        self._connections[connection_id]["live"] = True
+
+    @event("ConnectionForgotten")
+    def _forget_connection(self, connection_id: str) -> None:
+        self._connections.pop(connection_id, None)
+
+    # ----------------------------------------------------------------- timers
+    @event("TimerStarted")
+    def _start_timer(self, key: str, name: str, due: float, data: dict[str, Any]) -> None:
+        self._timers[key] = [due, name, data]
+
+    @event("TimerStopped")
+    def _stop_timer(self, key: str) -> None:
+        self._timers.pop(key, None)
+
+    def timers(self) -> dict[str, tuple[float, str, Mapping[str, Any]]]:
+        """Pending timers: key → (due epoch seconds, handler name, data)."""
+        return {key: (t[0], t[1], t[2]) for key, t in self._timers.items()}
+
+    # ----------------------------------------------------------------- idempotency
+    def _xp_remember(self, message_id: str, reply_record: list[Any]) -> None:
+        seen = self._seen
+        seen[message_id] = reply_record
+        if len(seen) > self.DEDUP_WINDOW:
+            del seen[next(iter(seen))]
+
+    def seen_reply(self, message_id: str) -> list[Any] | None:
+        return self._seen.get(message_id)

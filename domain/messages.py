@@ -1,0 +1,63 @@
+"""Inbound messages: what an entity can receive (protocol v1).
+
+Every message carries a sender-generated ``message_id`` (idempotency: an entity applies each
+ID once) and a ``timestamp`` in epoch seconds, set by the edge for client messages and by
+the runtime's clock otherwise, so entities apply time rules without reading a clock.
+
+Sender → receiver:
+- :class:`Connect` — edge → entity, when a client opens a connection addressed to it. Carries
+  the verified JWT claims. The entity accepts (initial state goes back) or terminates.
+- :class:`Terminated` — edge → entity, when the client's socket is gone for any reason.
+- :class:`ClientMessage` — edge → entity; ``payload`` is the client's bytes, undecoded: the
+  entity decodes it (see :meth:`domain.entity.Entity.decode_payload`).
+- :class:`EntityMessage` — entity → entity (``ctx.tell``), with a ``type`` and ``data`` map.
+- :class:`TimerFired` — runtime → entity, when a timer the entity started is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.refs import EntityRef
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Common fields of every inbound message."""
+
+    message_id: str
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Inbound):
+    connection_id: str
+    claims: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated(Inbound):
+    connection_id: str
+    reason: str = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage(Inbound):
+    connection_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EntityMessage(Inbound):
+    sender: EntityRef
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired(Inbound):
+    name: str
+    key: str
+    data: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""Prometheus metrics of a state node (``xplatform_node_*``).
+
+Each node gets its own ``CollectorRegistry`` (no module-level singletons: several nodes can
+live in one test process). Labels are bounded: category (registered classes) and outcome
+(ok, duplicate, or an error code from :mod:`domain.errors`). Labelled children are cached,
+because ``.labels()`` costs more than the increment on the hot path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class NodeMetrics:
+    """Metrics of one state node. See the module docstring."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("xplatform_node_messages", "Messages processed by entities, by outcome.",
+                                ["category", "outcome"], registry=r)
+        self.append_batch_events = Histogram("xplatform_node_append_batch_events",
+                                             "Events per group-commit append.", buckets=BATCH_BUCKETS, registry=r)
+        self.append_duration = Histogram("xplatform_node_append_duration_seconds",
+                                         "Duration of one group-commit append (durable).",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.append_conflicts = Counter("xplatform_node_append_conflicts",
+                                        "Stream writes refused for an unexpected stream version.", registry=r)
+        self.entities_active = Gauge("xplatform_node_entities_active", "Entities resident in memory.", registry=r)
+        self.passivations = Counter("xplatform_node_entities_passivated", "Idle entities removed from memory.",
+                                    registry=r)
+        self.activation_duration = Histogram("xplatform_node_activation_duration_seconds",
+                                             "Time to load an entity (snapshot + tail).",
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.snapshots = Counter("xplatform_node_snapshots", "Snapshots written.", registry=r)
+        self._message_children: dict[tuple[str, str], Counter] = {}
+
+    def message(self, category: str, outcome: str) -> None:
+        key = (category, outcome)
+        child = self._message_children.get(key)
+        if child is None:
+            child = self._message_children[key] = self.messages.labels(category, outcome)
+        child.inc()
+
+    def exposition(self) -> bytes:
+        """Text exposition format, for a /metrics endpoint or ``xplatform status``."""
+        return generate_latest(self.registry)

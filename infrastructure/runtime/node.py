@@ -1,0 +1,367 @@
+"""The state node: hosts shards of entities, one message at a time per entity.
+
+Messages are processed synchronously on the event loop, so one entity never sees two
+messages at once, and there is no task or queue per entity (an ``asyncio.Queue`` alone
+costs 3.3 KB; 1M resident entities must fit). Per entity the node keeps a small
+:class:`Cell`; a deque exists only while the entity is loading.
+
+Life of a message (see :mod:`domain.dispatch` for the handler side):
+
+1. The cell is resident → the entity handles the message now; its events are encoded and
+   handed to group commit as one :class:`PendingWrite`; the entity's in-memory state moves
+   on, so the next message of the same entity is processed at once (pipelining).
+2. The reply and the outbound effects wait on that write (or, for a message without
+   events, on the entity's latest undurable write): nobody hears of a change, or of a state
+   that depends on one, before it is durable.
+3. If a write fails (conflict: someone else wrote the stream; or the store failed), every
+   later undurable write of the entity is failed too, their senders get a retryable error,
+   and the entity is reloaded from the store: never half-applied.
+4. If a handler fails after triggering events, the entity is reloaded once its earlier
+   writes settle, and the message is refused. Other entities are not affected.
+
+Entity lifecycle per cell: absent → LOADING (snapshot + tail read on a reader thread;
+messages queue) → ACTIVE → (idle past ``passivate_after_s``, nothing pending, no timers)
+passivated. Snapshots are taken every ``snapshot_every`` events, at the state right after
+the message, and saved after that message's events are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from eventsourcing.persistence import Mapper
+
+from domain.dispatch import Outcome, handle
+from domain.effects import Reply, Send, Tell, Terminate
+from domain.entity import Entity
+from domain.errors import DomainError, HandlerFailed, RetryLater, UnknownCategory
+from domain.messages import EntityMessage, Inbound, TimerFired
+from domain.refs import EntityRef
+from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped
+from infrastructure.metrics import NodeMetrics
+from infrastructure.persistence.port import EventJournal, StreamWrite
+from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
+from infrastructure.runtime.registry import EntityTypes
+from infrastructure.runtime.sharding import ShardOwnership
+from infrastructure.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ReplyTo = Callable[[Reply], None] | None
+
+
+class OutboundSink(Protocol):
+    """Where client-bound effects go (edges). Called after the causing events are durable."""
+
+    def publish(self, source: EntityRef, effect: Send | Terminate) -> None: ...
+
+
+class Router(Protocol):
+    """Where entity-to-entity messages go (the transport routes them by shard map)."""
+
+    def tell(self, to: EntityRef, message: EntityMessage) -> None: ...
+
+
+class Cell:
+    """Per-entity bookkeeping (kept small: one per resident entity)."""
+
+    __slots__ = ("entity", "queue", "tail", "loading", "snapshot_version", "timers", "last_used")
+
+    def __init__(self) -> None:
+        self.entity: Entity | None = None
+        self.queue: deque[tuple[Inbound, ReplyTo]] | None = None
+        self.tail: PendingWrite | None = None
+        self.loading = False
+        self.snapshot_version = 0
+        self.timers: dict[str, asyncio.TimerHandle] | None = None
+        self.last_used = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return self.entity is not None and not self.loading and self.tail is None and not self.queue and not self.timers
+
+
+class StateNode:
+    """Hosts entities of the shards it owns. See the module docstring."""
+
+    def __init__(
+        self,
+        types: EntityTypes,
+        journal: EventJournal,
+        mapper: Mapper[str],
+        settings: Settings,
+        ownership: ShardOwnership,
+        metrics: NodeMetrics | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.types = types
+        self.journal = journal
+        self.mapper = mapper
+        self.settings = settings
+        self.ownership = ownership
+        self.metrics = metrics or NodeMetrics()
+        self.now = now
+        self.outbound: OutboundSink | None = None
+        self.router: Router | None = None
+        self.cells: OrderedDict[EntityRef, Cell] = OrderedDict()
+        self._committer: GroupCommitter | None = None
+        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xplatform-reader")
+        self._sweeper: asyncio.Task[None] | None = None
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._committer = GroupCommitter(self.journal, self.metrics, self.settings.max_batch_events)
+        self._running = True
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="xplatform-passivation")
+
+    async def stop(self) -> None:
+        """Stop taking messages, wait for pending appends, release threads."""
+        self._running = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._committer is not None:
+            await self._committer.drain()
+            self._committer.close()
+        for cell in self.cells.values():
+            for handle_ in (cell.timers or {}).values():
+                handle_.cancel()
+        self._reader.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ delivery
+    def deliver(self, to: EntityRef, message: Inbound, reply_to: ReplyTo = None) -> None:
+        """Give ``message`` to entity ``to`` (event loop thread). ``reply_to`` receives the
+        reply once it may leave (after durability), or an error reply."""
+        if not self._running:
+            _answer(reply_to, _error_reply(message.message_id, RuntimeStopped.__doc__ or "stopping", retryable=True))
+            return
+        entity_class = self.types.get(to.category)
+        if entity_class is None:
+            self.metrics.message("unknown", UnknownCategory.code)  # bounded label: not the category
+            _answer(reply_to, _reply_for(message.message_id, UnknownCategory(f"no entity category {to.category!r}")))
+            return
+        if not self.ownership.owns(to):
+            self.metrics.message(to.category, RetryLater.code)
+            _answer(reply_to, _reply_for(message.message_id, RetryLater(f"shard of {to} is not on this node")))
+            return
+        cell = self.cells.get(to)
+        if cell is None:
+            cell = self.cells[to] = Cell()
+            self.metrics.entities_active.inc()
+        else:
+            self.cells.move_to_end(to)
+        cell.last_used = time.monotonic()
+        if cell.entity is None:
+            if cell.queue is None:
+                cell.queue = deque()
+            cell.queue.append((message, reply_to))
+            if not cell.loading and cell.tail is None:
+                self._load(to, cell)
+            return
+        self._process(to, cell, message, reply_to)
+
+    def _process(self, ref: EntityRef, cell: Cell, message: Inbound, reply_to: ReplyTo) -> None:
+        entity = cell.entity
+        assert entity is not None
+        version_before = entity.version
+        outcome = handle(entity, message)
+        if outcome.events and not outcome.restore:
+            pending = self._pending_write(ref, cell, entity, version_before, outcome)
+            if pending is None:  # events not encodable: refused, entity restored
+                outcome = Outcome(_reply_for(message.message_id, HandlerFailed("an event could not be encoded")),
+                                  restore=True)
+        self.metrics.message(ref.category, outcome.outcome_label)
+        if outcome.restore:
+            cell.entity = None  # later messages queue until the entity is rebuilt
+            if cell.tail is None:
+                self._load(ref, cell)
+        release = self._releaser(ref, cell, outcome, reply_to)
+        if outcome.events and not outcome.restore:
+            assert cell.tail is not None
+            cell.tail.waiters.append(release)
+            assert self._committer is not None
+            self._committer.submit(cell.tail)
+        elif cell.tail is not None:
+            cell.tail.waiters.append(release)
+        else:
+            release(None)
+
+    def _pending_write(self, ref: EntityRef, cell: Cell, entity: Entity, version_before: int,
+                       outcome: Outcome) -> PendingWrite | None:
+        try:
+            stored = tuple(map(self.mapper.to_stored_event, outcome.events))
+            snapshot = None
+            every = type(entity).SNAPSHOT_EVERY or self.settings.snapshot_every
+            if entity.version - cell.snapshot_version >= every:
+                snapshot = self.mapper.to_stored_event(type(entity).Snapshot.take(entity))
+                cell.snapshot_version = entity.version
+        except CodecError:
+            log.exception("event of %s not encodable; message %s refused", ref, outcome.reply.message_id)
+            return None
+        pending = PendingWrite(StreamWrite(ref.stream_id, version_before, stored), snapshot)
+        pending.waiters.append(lambda error: self._settled(ref, cell, pending, error))
+        cell.tail = pending
+        return pending
+
+    def _settled(self, ref: EntityRef, cell: Cell, pending: PendingWrite, error: PersistenceError | None) -> None:
+        """First waiter of every write: keep the cell consistent with what is durable."""
+        if error is not None:
+            log.warning("write of %s after version %s failed: %s", ref, pending.write.expected_version, error)
+            assert self._committer is not None
+            cell.entity = None
+            cell.tail = None
+            self._committer.discard_stream(ref.stream_id, error)  # later writes were built on it
+        elif cell.tail is pending:
+            cell.tail = None
+        if cell.entity is None and cell.tail is None and not cell.loading:
+            self._load(ref, cell)
+
+    def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo) -> Callable[[PersistenceError | None], None]:
+        def release(error: PersistenceError | None) -> None:
+            if error is not None:
+                _answer(reply_to, _error_reply(outcome.reply.message_id, f"not applied: {error}", retryable=True))
+                return
+            _answer(reply_to, outcome.reply)
+            for effect in outcome.effects:
+                if isinstance(effect, Tell):
+                    if self.router is not None:
+                        self.router.tell(effect.to, EntityMessage(effect.message_id, self.now(), ref, effect.type, effect.data))
+                elif self.outbound is not None:
+                    self.outbound.publish(ref, effect)
+            if outcome.timers_armed or outcome.timers_disarmed:
+                self._rearm(ref, cell, outcome.timers_disarmed, outcome.timers_armed)
+
+        return release
+
+    # ------------------------------------------------------------------ activation
+    def _load(self, ref: EntityRef, cell: Cell) -> None:
+        cell.loading = True
+        entity_class = self.types[ref.category]
+        assert self._loop is not None
+        started = time.perf_counter()
+        future = self._loop.run_in_executor(self._reader, self._read_entity, entity_class, ref)
+        future.add_done_callback(lambda f: self._loaded(ref, cell, f, started))
+
+    def _read_entity(self, entity_class: type[Entity], ref: EntityRef) -> tuple[Entity, int]:
+        """Snapshot + tail → entity (reader thread). Returns the entity and snapshot version."""
+        stored_snapshot = self.journal.latest_snapshot(ref.stream_id)
+        if stored_snapshot is not None:
+            entity = self.mapper.to_domain_event(stored_snapshot).mutate(None)  # type: ignore[attr-defined]
+            snapshot_version = stored_snapshot.originator_version
+        else:
+            entity, snapshot_version = entity_class.blank(ref.entity_id), 0
+        for stored in self.journal.read(ref.stream_id, after_version=entity.version):
+            self.mapper.to_domain_event(stored).mutate(entity)  # type: ignore[attr-defined]
+        return entity, snapshot_version
+
+    def _loaded(self, ref: EntityRef, cell: Cell, future: asyncio.Future[tuple[Entity, int]], started: float) -> None:
+        cell.loading = False
+        try:
+            entity, snapshot_version = future.result()
+        except Exception as exc:
+            log.error("activation of %s failed: %s", ref, exc)
+            error = RetryLater(f"entity {ref} could not be loaded: {exc}")
+            for message, reply_to in cell.queue or ():
+                self.metrics.message(ref.category, error.code)
+                _answer(reply_to, _reply_for(message.message_id, error))
+            self._forget(ref)
+            return
+        self.metrics.activation_duration.observe(time.perf_counter() - started)
+        cell.entity = entity
+        cell.snapshot_version = snapshot_version
+        self._rearm(ref, cell, (), entity.timers())
+        queue = cell.queue
+        while queue and cell.entity is not None:
+            message, reply_to = queue.popleft()
+            self._process(ref, cell, message, reply_to)
+        if not queue:
+            cell.queue = None
+
+    # ------------------------------------------------------------------ timers
+    def _rearm(self, ref: EntityRef, cell: Cell, disarm: Iterable[str], arm: Iterable[str]) -> None:
+        timers = cell.timers if cell.timers is not None else {}
+        for key in disarm:
+            old = timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+        entity_timers = cell.entity._timers if cell.entity is not None else {}
+        assert self._loop is not None
+        for key in arm:
+            spec = entity_timers.get(key)
+            old = timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            if spec is None:
+                continue
+            due, name, data = spec
+            delay = max(0.0, due - self.now())
+            timers[key] = self._loop.call_later(delay, self._fire, ref, key, due, name, data)
+        cell.timers = timers or None
+
+    def _fire(self, ref: EntityRef, key: str, due: float, name: str, data: dict[str, Any]) -> None:
+        cell = self.cells.get(ref)
+        if cell is not None and cell.timers is not None:
+            cell.timers.pop(key, None)
+            if not cell.timers:
+                cell.timers = None
+        self.deliver(ref, TimerFired(f"timer:{key}:{due!r}", self.now(), name, key, data))
+
+    # ------------------------------------------------------------------ passivation
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.passivate_sweep_s)
+            self.passivate_idle(time.monotonic() - self.settings.passivate_after_s)
+
+    def passivate_idle(self, used_before: float) -> int:
+        """Remove idle entities last used before ``used_before`` (monotonic seconds).
+        Walks from the least recently used and stops at the first recent one."""
+        removed = 0
+        busy: list[EntityRef] = []
+        for ref, cell in list(self.cells.items()):
+            if cell.last_used >= used_before:
+                break
+            if cell.idle:
+                self._forget(ref)
+                removed += 1
+            else:
+                busy.append(ref)
+        for ref in busy:  # keep the walk short next time
+            self.cells.move_to_end(ref)
+        self.metrics.passivations.inc(removed)
+        return removed
+
+    def _forget(self, ref: EntityRef) -> None:
+        if self.cells.pop(ref, None) is not None:
+            self.metrics.entities_active.dec()
+
+    # ------------------------------------------------------------------ introspection
+    async def drain(self) -> None:
+        """Wait until every write submitted so far is durable or failed."""
+        if self._committer is not None:
+            await self._committer.drain()
+
+    def resident(self, ref: EntityRef) -> Entity | None:
+        cell = self.cells.get(ref)
+        return None if cell is None else cell.entity
+
+
+def _answer(reply_to: ReplyTo, reply: Reply) -> None:
+    if reply_to is not None:
+        reply_to(reply)
+
+
+def _reply_for(message_id: str, error: DomainError) -> Reply:
+    return Reply(message_id, False, None, error.code, error.reason, error.retryable)
+
+
+def _error_reply(message_id: str, reason: str, retryable: bool) -> Reply:
+    return Reply(message_id, False, None, RetryLater.code, reason, retryable)
+

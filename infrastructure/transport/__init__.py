@@ -1,0 +1,5 @@
+"""Transports between callers (edges) and state nodes."""
+
+from infrastructure.transport.local import LocalTransport
+
+__all__ = ["LocalTransport"]

@@ -1,0 +1,65 @@
+"""In-process transport (the seed's "local/minimal transport"): callers, state node and
+edges in one process, for dev mode and functional tests.
+
+It offers the same shape the network transport will: ``ask`` (deliver and await the reply),
+``send`` (deliver, no reply), routing of entity-to-entity messages, and fan-out of
+client-bound effects to subscribed sinks (edges). Entity-to-entity messages are delivered
+on the next loop iteration, not inline, so a chain of tells never recurses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from domain.effects import Reply, Send, Terminate
+from domain.messages import EntityMessage, Inbound
+from domain.refs import EntityRef
+from infrastructure.errors import TransportError
+
+if TYPE_CHECKING:
+    from infrastructure.runtime.node import OutboundSink, StateNode
+
+
+class LocalTransport:
+    """Connects callers to one in-process :class:`StateNode`. See the module docstring."""
+
+    def __init__(self, node: StateNode, ask_timeout_s: float) -> None:
+        self.node = node
+        self.ask_timeout_s = ask_timeout_s
+        self._sinks: list[OutboundSink] = []
+        node.router = self
+        node.outbound = self
+
+    async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
+        """Deliver ``message`` and wait for its reply (released after durability)."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def answer(reply: Reply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.node.deliver(to, message, answer)
+        try:
+            return await asyncio.wait_for(future, timeout or self.ask_timeout_s)
+        except TimeoutError:
+            raise TransportError(f"no reply from {to} for {message.message_id} within the timeout; "
+                                 "the message may still be applied (resend with the same ID)") from None
+
+    def send(self, to: EntityRef, message: Inbound) -> None:
+        """Deliver ``message`` without waiting for a reply."""
+        self.node.deliver(to, message)
+
+    def tell(self, to: EntityRef, message: EntityMessage) -> None:
+        asyncio.get_running_loop().call_soon(self.node.deliver, to, message)
+
+    def subscribe(self, sink: OutboundSink) -> None:
+        """Receive every client-bound effect (an edge resolves targets locally)."""
+        self._sinks.append(sink)
+
+    def unsubscribe(self, sink: OutboundSink) -> None:
+        self._sinks.remove(sink)
+
+    def publish(self, source: EntityRef, effect: Send | Terminate) -> None:
+        for sink in self._sinks:
+            sink.publish(source, effect)
