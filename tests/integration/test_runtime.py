@@ -1,0 +1,272 @@
+"""The state-node runtime over real stores: SQLite file by default, every store where the
+test takes ``store_settings`` (SQLite, PostgreSQL server, memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from domain import ClientMessage, Connect, EntityRef, Reply, Terminated
+from domain.auction import Bidder, Lot
+from infrastructure.bootstrap import Platform, build_platform
+from infrastructure.errors import PersistenceError
+from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
+from infrastructure.settings import Settings
+from tests.support.entities import Counter
+
+CLAIMS = {"sub": "u1", "role": "bidder"}
+
+
+def run(scenario: Callable[[Platform], Awaitable[None]], settings: Settings, journal: EventJournal | None = None,
+        entities: Sequence[type] = (Counter, Lot, Bidder)) -> None:
+    async def main() -> None:
+        async with build_platform(settings, entities=entities, journal=journal) as platform:
+            await scenario(platform)
+
+    asyncio.run(main())
+
+
+class Recorder:
+    """Outbound sink that records what edges would receive."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[EntityRef, Any]] = []
+
+    def publish(self, source: EntityRef, effect: Any) -> None:
+        self.published.append((source, effect))
+
+
+async def connect(p: Platform, ref: EntityRef, cid: str = "c1", claims: dict[str, Any] = CLAIMS) -> Reply:
+    return await p.transport.ask(ref, Connect(f"connect-{cid}-{time.time_ns()}", time.time(), cid, claims))
+
+
+async def client(p: Platform, ref: EntityRef, payload: dict[str, Any] | bytes, mid: str, cid: str = "c1") -> Reply:
+    raw = payload if isinstance(payload, bytes) else msgpack.packb(payload)
+    return await p.transport.ask(ref, ClientMessage(mid, time.time(), cid, raw))
+
+
+def stored(p: Platform, ref: EntityRef) -> list[int]:
+    return [e.originator_version for e in p.journal.read(ref.stream_id)]
+
+
+# ---------------------------------------------------------------------------- durability
+class BlockingJournal(EventJournal):
+    """Wraps a journal; appends wait until ``release`` is set. Records each call's writes."""
+
+    def __init__(self, inner: EventJournal) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def append(self, writes: Sequence[StreamWrite]) -> list[PersistenceError | None]:
+        self.calls.append([w.stream_id for w in writes])
+        self.entered.set()
+        self.release.wait(10)
+        return self.inner.append(writes)
+
+    def read(self, stream_id: str, after_version: int = 0) -> list[Any]:
+        return self.inner.read(stream_id, after_version)
+
+    def latest_snapshot(self, stream_id: str) -> Any:
+        return self.inner.latest_snapshot(stream_id)
+
+    def save_snapshot(self, snapshot: Any) -> None:
+        self.inner.save_snapshot(snapshot)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_group_commit_never_releases_a_reply_before_its_events_are_durable(tmp_path: Any) -> None:
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()  # let the connects through
+    sink = Recorder()
+
+    async def scenario(p: Platform) -> None:
+        p.transport.subscribe(sink)
+        a, b, c = (EntityRef("Counter", x) for x in "abc")
+        for ref in (a, b, c):
+            await connect(p, ref)
+        journal.release.clear()
+        journal.entered.clear()
+        journal.calls.clear()
+        first = asyncio.create_task(client(p, a, {"type": "add", "n": 1}, "m-a"))
+        await asyncio.to_thread(journal.entered.wait, 5)  # append of a is in flight, blocked
+        # While it blocks, messages for b and c are processed and collect for the next append.
+        second = asyncio.create_task(client(p, b, {"type": "add", "n": 2}, "m-b"))
+        third = asyncio.create_task(client(p, c, {"type": "add", "n": 3}, "m-c"))
+        await asyncio.sleep(0.3)
+        assert not first.done() and not second.done() and not third.done(), "a reply escaped before durability"
+        assert sink.published == [], "an outbound message escaped before durability"
+        assert stored(p, a) == [1] and stored(p, b) == [1]  # only the connect events are durable
+        assert p.node.resident(b).total == 2  # processed (pipelined) but not acknowledged
+        journal.release.set()
+        replies = await asyncio.gather(first, second, third)
+        assert [r.payload for r in replies] == [1, 2, 3]
+        assert stored(p, a) == [1, 2] and stored(p, b) == [1, 2] and stored(p, c) == [1, 2]
+        assert journal.calls == [["Counter-a"], ["Counter-b", "Counter-c"]]  # b and c in ONE append
+        assert len(sink.published) == 3
+
+    run(scenario, settings, journal)
+
+
+def test_replies_of_messages_without_events_wait_for_earlier_writes(tmp_path: Any) -> None:
+    """A read that sees an undurable state must not answer before that state is durable."""
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()
+
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", "rw")
+        await connect(p, ref)
+        journal.release.clear()
+        add = asyncio.create_task(client(p, ref, {"type": "add", "n": 5}, "m-add"))
+        await asyncio.sleep(0.05)
+        peek = asyncio.create_task(client(p, ref, {"type": "peek"}, "m-peek"))
+        await asyncio.sleep(0.2)
+        assert not peek.done(), "peek answered with a total that is not durable yet"
+        journal.release.set()
+        assert (await add).payload == 5 and (await peek).payload == 5
+
+    run(scenario, settings, journal)
+
+
+# ---------------------------------------------------------------------------- conflicts
+def test_conflict_reloads_entity_and_rejects_with_retryable_error(tmp_path: Any) -> None:
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", "contested")
+        await connect(p, ref)
+        assert (await client(p, ref, {"type": "add", "n": 1}, "m1")).payload == 1
+        # Someone else (a zombie owner, an operator's script) writes the stream behind our back.
+        foreign = Counter.blank("contested")
+        foreign.version = 2
+        foreign._added(n=1000)
+        [event] = foreign.collect_events()
+        assert p.journal.append([StreamWrite(ref.stream_id, 2, (new_mapper().to_stored_event(event),))]) == [None]
+
+        reply = await client(p, ref, {"type": "add", "n": 1}, "m2")
+        assert not reply.ok and reply.code == "retry" and reply.retryable
+        assert stored(p, ref) == [1, 2, 3]  # nothing of m2 was stored
+        retried = await client(p, ref, {"type": "add", "n": 1}, "m2")  # same message ID, resent
+        assert retried.ok and retried.payload == 1002  # applied once, on the reloaded state
+        assert stored(p, ref) == [1, 2, 3, 4]
+
+    run(scenario, settings)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_input_gets_typed_errors_and_changes_nothing(store_settings: Settings) -> None:
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", f"bad-{time.time_ns()}")
+        await connect(p, ref)
+        await client(p, ref, {"type": "add", "n": 2}, "ok-1")
+        before, total = stored(p, ref), p.node.resident(ref).total
+
+        cases = [
+            ({"type": "nope"}, "unknown_message_type"),
+            (b"\xc1\xff not msgpack", "bad_payload"),
+            (msgpack.packb([1, 2]), "bad_payload"),
+            ({"type": "add"}, "bad_payload"),
+            ({"type": "add", "n": 1, "extra": True}, "bad_payload"),
+            ({"type": "add", "n": -1}, "rejected"),
+            ({"type": "boom"}, "handler_failed"),
+            ({"type": "add_then_fail", "n": 50}, "handler_failed"),
+            ({"type": "unencodable"}, "handler_failed"),
+        ]
+        for i, (payload, code) in enumerate(cases):
+            reply = await client(p, ref, payload, f"bad-{i}")
+            assert (reply.ok, reply.code) == (False, code), (payload, reply)
+        unknown = await p.transport.ask(EntityRef("Nowhere", "x"), ClientMessage("u", time.time(), "c1", b""))
+        assert (unknown.ok, unknown.code) == (False, "unknown_category")
+        not_connected = await client(p, ref, {"type": "add", "n": 1}, "nc", cid="stranger")
+        assert (not_connected.ok, not_connected.code) == (False, "not_connected")
+
+        await asyncio.sleep(0.1)  # restores (reloads) complete
+        assert stored(p, ref) == before
+        assert (await client(p, ref, {"type": "peek"}, "peek")).payload == total
+        assert (await client(p, ref, {"type": "add", "n": 1}, "ok-2")).payload == total + 1  # still serving
+
+    run(scenario, store_settings)
+
+
+# ---------------------------------------------------------------------------- lifecycle
+def test_passivation_snapshot_reload_and_duplicate_after_reload(tmp_path: Any) -> None:
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", "sleepy")
+        await connect(p, ref)
+        replies = [await client(p, ref, {"type": "add", "n": i}, f"m{i}") for i in range(1, 13)]
+        assert replies[-1].payload == 78
+        await p.node.drain()
+        assert p.node.passivate_idle(time.monotonic() + 1) >= 1
+        assert p.node.resident(ref) is None
+        snapshot = p.journal.latest_snapshot(ref.stream_id)
+        assert snapshot is not None and snapshot.originator_version == 10  # every 5 events
+
+        duplicate = await client(p, ref, {"type": "add", "n": 3}, "m3")  # reactivates from snapshot + tail
+        assert duplicate.ok and duplicate.payload == 6  # the ORIGINAL outcome
+        assert p.node.resident(ref).total == 78  # changed nothing
+        assert stored(p, ref) == list(range(1, 14))
+        metrics = p.node.metrics.exposition().decode()
+        assert 'xplatform_node_messages_total{category="Counter",outcome="duplicate"} 1.0' in metrics
+        assert "xplatform_node_entities_passivated_total" in metrics and "xplatform_node_snapshots_total" in metrics
+
+    run(scenario, settings)
+
+
+def test_grace_period_timer_and_durable_timers_fire(tmp_path: Any) -> None:
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", "timers")
+        await connect(p, ref, "c1")
+        await connect(p, ref, "c2")
+        await p.transport.ask(ref, Terminated("t1", time.time(), "c1", "socket closed"))
+        await p.transport.ask(ref, Terminated("t2", time.time(), "c2", "socket closed"))
+        await connect(p, ref, "c2")  # c2 comes back within the grace period
+        assert (await client(p, ref, {"type": "remind", "delay": 0.05}, "r1", cid="c2")).ok
+        await asyncio.sleep(0.4)
+        await p.node.drain()
+        entity = p.node.resident(ref)
+        assert entity.left == ["c1"]  # c1 cleaned up by the grace timer, c2 kept
+        assert entity.is_live("c2") and entity.connection_claims("c1") is None
+        assert entity.total == 100  # the reminder timer fired once
+        assert entity.timers() == {}
+
+    run(scenario, settings)
+
+
+def test_auction_flow_across_entities_on_every_store(store_settings: Settings) -> None:
+    sink = Recorder()
+
+    async def scenario(p: Platform) -> None:
+        p.transport.subscribe(sink)
+        lot = EntityRef("Lot", f"vase-{time.time_ns()}")
+        assert (await connect(p, lot, "auct", {"sub": "ann", "role": "auctioneer"})).ok
+        assert (await client(p, lot, {"type": "open", "title": "Vase"}, "open", cid="auct")).ok
+        bidder = f"bob-{time.time_ns()}"
+        assert (await connect(p, lot, "bob", {"sub": bidder, "role": "bidder"})).ok
+        reply = await client(p, lot, {"type": "bid", "amount": 10}, "bid-1", cid="bob")
+        assert reply.payload["status"] == "pending"
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if p.node.resident(lot).high_bidder == bidder:
+                break
+        assert p.node.resident(lot).high_amount == 10
+        await p.node.drain()
+        names = [e.topic.rsplit(".", 1)[-1] for e in p.journal.read(EntityRef("Bidder", bidder).stream_id)]
+        assert names[:2] == ["AccountOpened", "CreditReserved"] and "ReservationSettled" in names
+        states = [e.payload for src, e in sink.published if src == lot and getattr(e, "coalesce_key", None) == "state"]
+        assert states[-1]["high_amount"] == 10
+
+    run(scenario, store_settings)
