@@ -59,12 +59,16 @@ def handle(entity: Entity, message: Inbound) -> Outcome:
 
     events = entity.collect_events()
     reply = Reply(message_id, True, ctx.reply_payload)
-    record = reply.to_record()
-    if events:
-        last = events[-1]
-        object.__setattr__(last, "_xp_mid", message_id)
-        object.__setattr__(last, "_xp_reply", record)
-    entity._xp_remember(message_id, record)
+    if not isinstance(message, Connect):
+        # A Connect is idempotent by connection ID instead (a repeated connect of a live
+        # connection changes nothing and answers with the current state); keeping its
+        # reply, a copy of the state, would cost every small entity hundreds of bytes.
+        record = reply.to_record()
+        if events:
+            last = events[-1]
+            object.__setattr__(last, "_xp_mid", message_id)
+            object.__setattr__(last, "_xp_reply", record)
+        entity._xp_remember(message_id, record)
     return Outcome(reply, events, ctx.effects, ctx.timers_armed, ctx.timers_disarmed)
 
 

@@ -49,12 +49,17 @@ class Settings:
                                      "(and the latency of the messages in it) bounded under overload.")
     ask_timeout_s: float = _setting(5.0, "How long a caller of the in-process transport waits for a "
                                     "reply before giving up (the message may still be applied).")
+    gc_gen0_threshold: int = _setting(50_000, "Python's default (700) runs a young-generation collection "
+                                      "every few messages; with thousands of events in flight that is most "
+                                      "of the CPU (measured: 13k -> 24k events/s on 2 cores). 0 keeps the default.")
     node_id: str = _setting("node-1", "Name of this state node in metrics and logs.")
     log_level: str = _setting("INFO", "Operators see starts, stops and errors, not every message.")
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ConfigurationError(f"XPLATFORM_STORE must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.gc_gen0_threshold < 0:
+            raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
         for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")

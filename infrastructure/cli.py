@@ -1,0 +1,138 @@
+"""``xplatform`` command line.
+
+Subcommands:
+  run       start the one-process platform (SQLite, in-process transport) and drive the
+            sample auction through it, printing every reply and outbound message
+  settings  print every setting, its value and why it defaults as it does
+  inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import msgpack
+
+from domain import ClientMessage, Connect, EntityRef, Terminated
+from domain.effects import Send, Terminate
+from infrastructure.bootstrap import Platform, build_platform
+from infrastructure.errors import InfrastructureError
+from infrastructure.persistence import new_mapper, open_journal
+from infrastructure.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xplatform", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the one-process platform and drive the sample domain")
+    run.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
+    sub.add_parser("settings", help="print settings with their reasons")
+    inspect = sub.add_parser("inspect", help="print an entity's stored events")
+    inspect.add_argument("category")
+    inspect.add_argument("entity_id")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "run":
+            asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
+        elif args.command == "settings":
+            for name, value, why in settings.describe():
+                print(f"{name} = {value!r}\n    {why}")
+        elif args.command == "inspect":
+            _inspect(settings, EntityRef(args.category, args.entity_id))
+    except InfrastructureError as exc:
+        print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _inspect(settings: Settings, ref: EntityRef) -> None:
+    journal, mapper = open_journal(settings), new_mapper()
+    try:
+        for stored in journal.read(ref.stream_id):
+            event = mapper.to_domain_event(stored)
+            fields = {k: v for k, v in vars(event).items() if k not in ("originator_id", "originator_version")}
+            print(f"{stored.originator_version:>6} {type(event).__name__:<22} {json.dumps(fields, default=str)}")
+    finally:
+        journal.close()
+
+
+class _Printer:
+    """Stands in for an edge: prints what would be sent to client connections."""
+
+    def publish(self, source: EntityRef, effect: Send | Terminate) -> None:
+        if isinstance(effect, Send):
+            target = type(effect.target).__name__
+            print(f"  -> clients of {source} [{target}]: {_short(effect.payload)}")
+        else:
+            print(f"  -> terminate {effect.connection_id} of {source}: {effect.reason}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+async def _demo(settings: Settings, lot_id: str) -> None:
+    platform = build_platform(settings)
+    async with platform:
+        platform.transport.subscribe(_Printer())
+        where = settings.sqlite_path if settings.store == "sqlite" else settings.store
+        print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}")
+        lot = EntityRef("Lot", lot_id)
+        people = {"ann": "auctioneer", "bob": "bidder", "cat": "bidder", "vic": "viewer"}
+        for user, role in people.items():
+            await _say(platform, f"{user} ({role}) connects to {lot}",
+                       lot, Connect(_mid(), time.time(), f"conn-{user}", {"sub": user, "role": role}))
+        await _client(platform, lot, "ann", {"type": "open", "title": "Ming vase", "increment": 10})
+        await _client(platform, lot, "bob", {"type": "bid", "amount": 100})
+        await _client(platform, lot, "cat", {"type": "bid", "amount": 105})  # below increment
+        await _client(platform, lot, "cat", {"type": "bid", "amount": 150})
+        await _client(platform, lot, "vic", {"type": "bid", "amount": 500})  # viewers cannot bid
+        duplicate = _mid()
+        await _client(platform, lot, "bob", {"type": "bid", "amount": 200}, duplicate)
+        await _client(platform, lot, "bob", {"type": "bid", "amount": 200}, duplicate)  # same ID: same outcome
+        await _say(platform, "bob's socket drops", lot, Terminated(_mid(), time.time(), "conn-bob", "network lost"))
+        await _say(platform, "bob reconnects with the same connection ID", lot,
+                   Connect(_mid(), time.time(), "conn-bob", {"sub": "bob", "role": "bidder"}))
+        await _client(platform, lot, "ann", {"type": "close"})
+        await asyncio.sleep(0.1)
+        await platform.node.drain()
+        state = platform.node.resident(lot)
+        print(f"\nfinal state of {lot}: {_short(state.view() if state else None)}")
+        for user in ("bob", "cat"):
+            bidder = platform.node.resident(EntityRef("Bidder", user))
+            print(f"account of {user}: {_short(bidder.view() if bidder else None)}")
+        print(f"\nevents stored for {lot}: {len(platform.journal.read(lot.stream_id))}"
+              f" (see them: xplatform inspect Lot {lot_id})")
+
+
+async def _client(platform: Platform, lot: EntityRef, user: str, payload: dict[str, Any], mid: str | None = None) -> None:
+    message = ClientMessage(mid or _mid(), time.time(), f"conn-{user}", msgpack.packb(payload))
+    await _say(platform, f"{user} sends {payload}", lot, message)
+    await asyncio.sleep(0.02)  # let entity-to-entity messages settle so the output reads in order
+
+
+async def _say(platform: Platform, what: str, to: EntityRef, message: Any) -> None:
+    print(f"\n{what}")
+    reply = await platform.transport.ask(to, message)
+    if reply.ok:
+        print(f"  <- ok: {_short(reply.payload)}")
+    else:
+        print(f"  <- {reply.code}: {reply.reason}")
+
+
+def _mid() -> str:
+    return uuid.uuid4().hex
+
+
+if __name__ == "__main__":
+    sys.exit(main())

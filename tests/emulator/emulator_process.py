@@ -1,0 +1,105 @@
+"""Start/stop the emulator as a subprocess, the way the test suites use it.
+
+Kept out of ``conftest.py`` so tests that need a second, private emulator
+(e.g. to restart it on the same ``--data-file``) can reuse the same launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_SECONDS = 20.0
+
+
+class EmulatorStartupError(RuntimeError):
+    """The emulator did not announce ``listening on`` in time (or exited)."""
+
+
+@dataclass
+class EmulatorProcess:
+    """A running emulator subprocess and where to reach it."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+
+    @property
+    def uri(self) -> str:
+        """Connection string for ``KurrentDBClient``."""
+        return f"kurrentdb://{self.host}:{self.port}?tls=false"
+
+    def stop(self) -> None:
+        """Terminate and reap the subprocess (kill if it ignores SIGTERM)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def launch_emulator(*extra_args: str) -> EmulatorProcess:
+    """Start ``python -m tests.support.eventstoredb_emulator --port 0`` and wait until ready.
+
+    On timeout or early exit the subprocess's stdout and stderr are included in
+    the raised error, so a broken emulator fails the run loudly.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "tests.support.eventstoredb_emulator",
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        *extra_args,
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(  # noqa: S603 - fixed command line
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read_stdout() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=STARTUP_TIMEOUT_SECONDS)
+            if line is None:
+                raise EmulatorStartupError("emulator exited before listening")
+            seen.append(line)
+            if line.startswith("listening on "):
+                host, _, port = line.split("listening on ", 1)[1].strip().rpartition(":")
+                return EmulatorProcess(process=process, host=host, port=int(port))
+    except (queue.Empty, EmulatorStartupError) as error:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        stderr = process.stderr.read() if process.stderr is not None else ""
+        message = (
+            f"EventStoreDB emulator failed to start ({error!r}); command={command}\n"
+            f"--- stdout ---\n{''.join(seen)}\n--- stderr ---\n{stderr}"
+        )
+        raise EmulatorStartupError(message) from None

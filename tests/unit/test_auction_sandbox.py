@@ -1,0 +1,181 @@
+"""The sample auction domain, tested in the sandbox (no server), as a domain modeller would."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain import Entity, EntityRef, client_message, event
+from domain.auction import Bidder, Lot
+from infrastructure.testkit import CodecRoundTripError, Sandbox
+
+LOT = EntityRef("Lot", "vase")
+ANN = {"sub": "ann", "role": "auctioneer"}
+BOB = {"sub": "bob", "role": "bidder"}
+CAT = {"sub": "cat", "role": "bidder"}
+
+
+@pytest.fixture
+def kit() -> Sandbox:
+    kit = Sandbox(Lot, Bidder)
+    kit.connect(LOT, "c-ann", ANN)
+    assert kit.client(LOT, "c-ann", {"type": "open", "title": "Ming vase", "increment": 5}).ok
+    return kit
+
+
+def test_connect_is_accepted_with_initial_state(kit: Sandbox) -> None:
+    result = kit.connect(LOT, "c-bob", BOB)
+    assert result.ok and result.reply.payload["status"] == "open" and result.reply.payload["title"] == "Ming vase"
+    assert result.event_names == ["ConnectionAccepted"]
+    assert kit.state(LOT).connection_claims("c-bob") == BOB
+
+
+def test_connect_without_a_role_is_terminated_and_changes_nothing(kit: Sandbox) -> None:
+    before = kit.event_names(LOT)
+    result = kit.connect(LOT, "c-eve", {"sub": "eve", "role": "hacker"})
+    assert not result.ok and result.reply.code == "rejected"
+    assert [(t.connection_id, t.reconnect) for t in result.terminations] == [("c-eve", False)]
+    assert result.events == [] and kit.event_names(LOT) == before
+    assert kit.state(LOT).connection_claims("c-eve") is None
+
+
+def test_connection_id_reused_by_another_user_is_refused(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    hijack = kit.connect(LOT, "c-bob", {"sub": "mallory", "role": "bidder"})
+    assert not hijack.ok and hijack.reply.code == "not_authorised"
+    assert kit.state(LOT).connection_claims("c-bob") == BOB
+
+
+def test_grace_period_keeps_a_dropped_user_until_the_timer_cleans_up(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    dropped = kit.disconnect(LOT, "c-bob", "network lost")
+    assert dropped.event_names == ["ConnectionDropped", "TimerStarted"]
+    assert kit.advance(29) == []  # still within the 30 s grace period
+    assert kit.state(LOT).connection_claims("c-bob") == BOB
+    [fired] = kit.advance(2)
+    assert fired.event_names == ["TimerStopped", "ConnectionForgotten"]
+    assert kit.state(LOT).connection_claims("c-bob") is None
+    assert fired.payloads_for("c-ann", kit.state(LOT)) == [{"type": "left", "user": "bob"}]
+
+
+def test_reconnect_within_grace_period_resumes_and_cancels_cleanup(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    kit.disconnect(LOT, "c-bob")
+    kit.advance(10)
+    back = kit.connect(LOT, "c-bob", BOB)
+    assert back.ok and back.reply.payload["reconnected"] is True
+    assert back.event_names == ["ConnectionResumed", "TimerStopped"]
+    assert kit.advance(60) == []
+    assert kit.state(LOT).is_live("c-bob")
+
+
+def test_bid_reserves_credit_through_the_bidder_entity(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    result = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})
+    assert result.reply.payload["status"] == "pending" and result.events == []
+    [reserve] = result.tells
+    assert (reserve.to, reserve.type, reserve.data["amount"]) == (EntityRef("Bidder", "bob"), "reserve_credit", 100)
+    bidder_step, lot_step = result.chain[0], result.chain[0].chain[0]
+    assert bidder_step.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]
+    assert lot_step.event_names == ["BidAccepted"]
+    assert kit.state(LOT).high_bidder == "bob" and kit.state(LOT).high_amount == 100
+    bob = kit.state(EntityRef("Bidder", "bob"))
+    assert bob.available == Bidder.INITIAL_CREDIT - 100 and bob.reserved[reserve.data["bid_id"]][2] is True
+    states = lot_step.payloads_for("c-ann", kit.state(LOT))
+    assert states[-1]["high_amount"] == 100 and states[-1]["type"] == "state"
+
+
+def test_outbid_releases_the_previous_reservation(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    kit.connect(LOT, "c-cat", CAT)
+    kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})
+    kit.client(LOT, "c-cat", {"type": "bid", "amount": 105})
+    assert kit.state(LOT).high_bidder == "cat"
+    assert kit.state(EntityRef("Bidder", "bob")).reserved == {}
+    assert kit.state(EntityRef("Bidder", "bob")).available == Bidder.INITIAL_CREDIT
+    assert kit.event_names(EntityRef("Bidder", "bob"))[-1] == "CreditReleased"
+
+
+def test_bid_below_increment_or_by_viewer_is_rejected_without_change(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})
+    low = kit.client(LOT, "c-bob", {"type": "bid", "amount": 104})
+    assert not low.ok and low.reply.reason == "bid must be at least 105" and low.tells == []
+    kit.connect(LOT, "c-vic", {"sub": "vic", "role": "viewer"})
+    viewer = kit.client(LOT, "c-vic", {"type": "bid", "amount": 500})
+    assert not viewer.ok and viewer.reply.code == "rejected"
+    assert kit.state(LOT).high_amount == 100
+
+
+def test_insufficient_credit_is_refused_by_the_bidder(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    result = kit.client(LOT, "c-bob", {"type": "bid", "amount": Bidder.INITIAL_CREDIT + 1})
+    assert result.ok  # the lot forwarded it; the bidder's entity decides on credit
+    refused = result.chain[0].chain[0]
+    assert refused.payloads_for("c-bob") == [{"type": "bid_rejected", "bid_id": result.message.message_id,
+                                              "reason": "insufficient credit"}]
+    assert kit.state(LOT).high_bidder is None
+
+
+def test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    first = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-1")
+    events_before = kit.event_names(LOT)
+    again = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-1")
+    assert again.duplicate and again.reply == first.reply and again.tells == [] and again.events == []
+    kit.restart()  # passivated and reloaded (from a snapshot): the window survived
+    after_restart = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-1")
+    assert after_restart.duplicate and after_restart.reply == first.reply
+    # An entity message retried with the same ID is also applied once.
+    bob = EntityRef("Bidder", "bob")
+    tell_again = kit.tell(bob, LOT, "reserve_credit", message_id="bid-1/1", lot="vase", bid_id="bid-1", amount=100,
+                          connection_id="c-bob")
+    assert tell_again.duplicate and kit.state(bob).available == Bidder.INITIAL_CREDIT - 100
+    assert kit.event_names(LOT) == events_before
+
+
+def test_close_spends_the_winners_credit(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    kit.client(LOT, "c-bob", {"type": "bid", "amount": 300})
+    closed = kit.client(LOT, "c-ann", {"type": "close"})
+    assert closed.ok and closed.event_names == ["Closed"] and kit.state(LOT).winner == "bob"
+    bob = kit.state(EntityRef("Bidder", "bob"))
+    assert bob.credit == Bidder.INITIAL_CREDIT - 300 and bob.reserved == {}
+    late = kit.client(LOT, "c-bob", {"type": "bid", "amount": 900})
+    assert not late.ok and late.reply.reason == "lot is closed"
+
+
+def test_unsettled_reservation_asks_the_lot_again_after_timeout() -> None:
+    kit = Sandbox(Lot, Bidder, deliver_entity_messages=False)
+    bob = EntityRef("Bidder", "bob")
+    kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b1", amount=50, connection_id=None)
+    [fired] = kit.advance(Bidder.RESERVATION_TIMEOUT + 1)
+    assert [(t.to, t.type) for t in fired.tells] == [(LOT, "bid_status")]
+    assert kit.state(bob).reserved["b1"][1] == 50  # not released until the lot answers
+    kit.tell(bob, LOT, "release_credit", bid_id="b1")
+    assert kit.state(bob).reserved == {}
+
+
+def test_given_events_build_history() -> None:
+    kit = Sandbox(Lot, Bidder).given(LOT, Lot.Opened, title="Clock", increment=10)
+    kit.connect(LOT, "c-bob", BOB)
+    low = kit.client(LOT, "c-bob", {"type": "bid", "amount": 5})
+    assert low.reply.reason == "bid must be at least 10"
+    assert kit.event_names(LOT) == ["Opened", "ConnectionAccepted"]
+
+
+def test_sandbox_catches_events_that_do_not_survive_the_codec() -> None:
+    class Careless(Entity):
+        @client_message("note")
+        def note(self, ctx, text: str) -> None:  # type: ignore[no-untyped-def]
+            self._noted(when=object())
+
+        @event("Noted")
+        def _noted(self, when: object) -> None:
+            self.when = when
+
+    kit = Sandbox(Careless)
+    ref = EntityRef("Careless", "1")
+    kit.connect(ref, "c", {"sub": "x"})
+    with pytest.raises(Exception) as caught:
+        kit.client(ref, "c", {"type": "note", "text": "hi"})
+    assert "not msgpack-transcodable" in str(caught.value) or isinstance(caught.value, CodecRoundTripError)
