@@ -105,6 +105,6 @@ class Context:
         return key
 
     def cancel_timer(self, key: str) -> None:
-        if key in self.entity._timers:
+        if self.entity.timer(key) is not None:
             self.entity._stop_timer(key=key)
             self.timers_disarmed.append(key)

@@ -117,16 +117,16 @@ def _call(handlers: dict[Any, Any], key: tuple[str, str], entity: Entity, ctx: C
 
 def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
     known = entity._connections.get(m.connection_id)
-    if known is not None and known["claims"].get("sub") != m.claims.get("sub"):
+    if known is not None and known[0].get("sub") != m.claims.get("sub"):
         raise NotAuthorised("connection ID is in use by another user")
     initial = entity.on_connect(ctx, m.claims, known is not None)
     if known is None:
         entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
     else:
-        if not known["live"]:
+        if not known[1]:
             entity._resume_connection(connection_id=m.connection_id)
         ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")
-        if dict(known["claims"]) != dict(m.claims):  # refreshed token: keep the new claims
+        if dict(known[0]) != dict(m.claims):  # refreshed token: keep the new claims
             entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
     if ctx.reply_payload is None:
         ctx.reply(initial)
@@ -134,9 +134,9 @@ def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
 
 def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
     record = entity._connections.get(m.connection_id)
-    if record is None or not record["live"]:
+    if record is None or not record[1]:
         return  # unknown or already dropped: nothing to do, and nothing changes
-    claims = record["claims"]
+    claims = record[0]
     entity._drop_connection(connection_id=m.connection_id, reason=m.reason)
     entity.on_disconnect(ctx, m.connection_id, claims, m.reason)
     if entity.GRACE_PERIOD > 0:
@@ -147,14 +147,14 @@ def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
 
 
 def _timer_fired(entity: Entity, ctx: Context, m: TimerFired) -> None:
-    if m.key not in entity._timers:
+    if entity.timer(m.key) is None:
         return  # cancelled or already fired: a stale firing changes nothing
     entity._stop_timer(key=m.key)
     if m.name == GRACE_TIMER:
         cid = m.data["connection_id"]
         record = entity._connections.get(cid)
-        if record is not None and not record["live"]:
-            entity.on_leave(ctx, cid, record["claims"])
+        if record is not None and not record[1]:
+            entity.on_leave(ctx, cid, record[0])
             entity._forget_connection(connection_id=cid)
         return
     _call(type(entity)._xp_handlers, ("timer", m.name), entity, ctx, dict(m.data))

@@ -180,9 +180,11 @@ class Entity(BaseAggregate[str]):
         entity = cls.__new__(cls)
         now = datetime.now(timezone.utc)
         entity.__base_init__(EntityRef(cls.CATEGORY, entity_id).stream_id, cls.INITIAL_VERSION - 1, now)
+        # Kept small on purpose (1M+ small entities must fit): timers and the idempotency
+        # window are created on first use; a connection record is [claims, live].
         entity._connections = {}
-        entity._timers = {}
-        entity._seen = {}
+        entity._timers = None
+        entity._seen = None
         entity.initialise()
         return entity
 
@@ -224,14 +226,14 @@ class Entity(BaseAggregate[str]):
     def connection_claims(self, connection_id: str) -> Mapping[str, Any] | None:
         """Claims of an accepted connection (live or within its grace period)."""
         record = self._connections.get(connection_id)
-        return None if record is None else record["claims"]
+        return None if record is None else record[0]
 
     def is_live(self, connection_id: str) -> bool:
         record = self._connections.get(connection_id)
-        return bool(record and record["live"])
+        return bool(record and record[1])
 
     def live_connections(self) -> dict[str, Mapping[str, Any]]:
-        return {cid: rec["claims"] for cid, rec in self._connections.items() if rec["live"]}
+        return {cid: rec[0] for cid, rec in self._connections.items() if rec[1]}
 
     def require_claim(self, ctx: Context, name: str, *accepted: Any) -> None:
         """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
@@ -243,15 +245,15 @@ class Entity(BaseAggregate[str]):
 
     @event("ConnectionAccepted")
     def _accept_connection(self, connection_id: str, claims: dict[str, Any]) -> None:
-        self._connections[connection_id] = {"claims": claims, "live": True}
+        self._connections[connection_id] = [claims, True]
 
     @event("ConnectionDropped")
     def _drop_connection(self, connection_id: str, reason: str) -> None:
-        self._connections[connection_id]["live"] = False
+        self._connections[connection_id][1] = False
 
     @event("ConnectionResumed")
     def _resume_connection(self, connection_id: str) -> None:
-        self._connections[connection_id]["live"] = True
+        self._connections[connection_id][1] = True
 
     @event("ConnectionForgotten")
     def _forget_connection(self, connection_id: str) -> None:
@@ -260,22 +262,34 @@ class Entity(BaseAggregate[str]):
     # ----------------------------------------------------------------- timers
     @event("TimerStarted")
     def _start_timer(self, key: str, name: str, due: float, data: dict[str, Any]) -> None:
+        if self._timers is None:
+            self._timers = {}
         self._timers[key] = [due, name, data]
 
     @event("TimerStopped")
     def _stop_timer(self, key: str) -> None:
-        self._timers.pop(key, None)
+        if self._timers is not None:
+            self._timers.pop(key, None)
+            if not self._timers:
+                self._timers = None
 
     def timers(self) -> dict[str, tuple[float, str, Mapping[str, Any]]]:
         """Pending timers: key → (due epoch seconds, handler name, data)."""
-        return {key: (t[0], t[1], t[2]) for key, t in self._timers.items()}
+        return {key: (t[0], t[1], t[2]) for key, t in (self._timers or {}).items()}
+
+    def timer(self, key: str) -> tuple[float, str, Mapping[str, Any]] | None:
+        """The pending timer ``key``, if any: (due, handler name, data)."""
+        spec = (self._timers or {}).get(key)
+        return None if spec is None else (spec[0], spec[1], spec[2])
 
     # ----------------------------------------------------------------- idempotency
     def _xp_remember(self, message_id: str, reply_record: list[Any]) -> None:
         seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
         seen[message_id] = reply_record
         if len(seen) > self.DEDUP_WINDOW:
             del seen[next(iter(seen))]
 
     def seen_reply(self, message_id: str) -> list[Any] | None:
-        return self._seen.get(message_id)
+        return None if self._seen is None else self._seen.get(message_id)

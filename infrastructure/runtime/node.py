@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 ReplyTo = Callable[[Reply], None] | None
 
+READER_THREADS = 2
+"""Threads reading entities for activation; SQLite and PostgreSQL reads release the GIL."""
+LOAD_BATCH = 256
+"""Most activations read in one reader job: bounds the wait of the first in the batch."""
+
 
 class OutboundSink(Protocol):
     """Where client-bound effects go (edges). Called after the causing events are durable."""
@@ -111,7 +116,10 @@ class StateNode:
         self.router: Router | None = None
         self.cells: OrderedDict[EntityRef, Cell] = OrderedDict()
         self._committer: GroupCommitter | None = None
-        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xplatform-reader")
+        self._reader = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="xplatform-reader")
+        self._to_load: deque[tuple[EntityRef, Cell]] = deque()
+        self._loads_in_flight = 0
+        self._load_scheduled = False
         self._sweeper: asyncio.Task[None] | None = None
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,12 +251,46 @@ class StateNode:
 
     # ------------------------------------------------------------------ activation
     def _load(self, ref: EntityRef, cell: Cell) -> None:
+        """Queue an activation. Activations are read in batches on the reader threads
+        (like group commit for reads): a reconnect storm after a failover activates
+        thousands of entities at once, and one thread hop per entity would dominate."""
         cell.loading = True
-        entity_class = self.types[ref.category]
-        assert self._loop is not None
-        started = time.perf_counter()
-        future = self._loop.run_in_executor(self._reader, self._read_entity, entity_class, ref)
-        future.add_done_callback(lambda f: self._loaded(ref, cell, f, started))
+        self._to_load.append((ref, cell))
+        if self._loads_in_flight < READER_THREADS and not self._load_scheduled:
+            self._load_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._start_load_batch)
+
+    def _start_load_batch(self) -> None:
+        self._load_scheduled = False
+        while self._to_load and self._loads_in_flight < READER_THREADS:
+            batch = [self._to_load.popleft() for _ in range(min(LOAD_BATCH, len(self._to_load)))]
+            self._loads_in_flight += 1
+            assert self._loop is not None
+            started = time.perf_counter()
+            future = self._loop.run_in_executor(self._reader, self._read_batch, batch)
+            future.add_done_callback(lambda f, b=batch, t=started: self._batch_loaded(b, f, t))
+
+    def _read_batch(self, batch: list[tuple[EntityRef, Cell]]) -> list[tuple[Entity, int] | Exception]:
+        results: list[tuple[Entity, int] | Exception] = []
+        for ref, _cell in batch:
+            try:
+                results.append(self._read_entity(self.types[ref.category], ref))
+            except Exception as exc:  # one unreadable entity must not fail its batch-mates
+                results.append(exc)
+        return results
+
+    def _batch_loaded(self, batch: list[tuple[EntityRef, Cell]], future: asyncio.Future[Any], started: float) -> None:
+        self._loads_in_flight -= 1
+        try:
+            results = future.result()
+        except Exception as exc:
+            results = [exc] * len(batch)
+        elapsed = time.perf_counter() - started
+        for (ref, cell), result in zip(batch, results, strict=True):
+            self._loaded(ref, cell, result, elapsed)
+        if self._to_load:
+            self._start_load_batch()
 
     def _read_entity(self, entity_class: type[Entity], ref: EntityRef) -> tuple[Entity, int]:
         """Snapshot + tail → entity (reader thread). Returns the entity and snapshot version."""
@@ -262,19 +304,18 @@ class StateNode:
             self.mapper.to_domain_event(stored).mutate(entity)  # type: ignore[attr-defined]
         return entity, snapshot_version
 
-    def _loaded(self, ref: EntityRef, cell: Cell, future: asyncio.Future[tuple[Entity, int]], started: float) -> None:
+    def _loaded(self, ref: EntityRef, cell: Cell, result: tuple[Entity, int] | Exception, elapsed: float) -> None:
         cell.loading = False
-        try:
-            entity, snapshot_version = future.result()
-        except Exception as exc:
-            log.error("activation of %s failed: %s", ref, exc)
-            error = RetryLater(f"entity {ref} could not be loaded: {exc}")
+        if isinstance(result, Exception):
+            log.error("activation of %s failed: %s", ref, result)
+            error = RetryLater(f"entity {ref} could not be loaded: {result}")
             for message, reply_to in cell.queue or ():
                 self.metrics.message(ref.category, error.code)
                 _answer(reply_to, _reply_for(message.message_id, error))
             self._forget(ref)
             return
-        self.metrics.activation_duration.observe(time.perf_counter() - started)
+        entity, snapshot_version = result
+        self.metrics.activation_duration.observe(elapsed)
         cell.entity = entity
         cell.snapshot_version = snapshot_version
         self._rearm(ref, cell, (), entity.timers())
@@ -292,10 +333,9 @@ class StateNode:
             old = timers.pop(key, None)
             if old is not None:
                 old.cancel()
-        entity_timers = cell.entity._timers if cell.entity is not None else {}
         assert self._loop is not None
         for key in arm:
-            spec = entity_timers.get(key)
+            spec = cell.entity.timer(key) if cell.entity is not None else None
             old = timers.pop(key, None)
             if old is not None:
                 old.cancel()

@@ -1,0 +1,1 @@
+"""Edges: websocket (public) and device (internal) entry points. Built in the edge issue."""

@@ -1,0 +1,1 @@
+"""Projections: read models and hot mirrors fed by the event stream. Built in a later issue."""
