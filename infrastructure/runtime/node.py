@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from eventsourcing.persistence import Mapper
 
 from domain.dispatch import Outcome, handle
-from domain.effects import Reply, Send, Tell, Terminate
+from domain.effects import Reply, Tell
 from domain.entity import Entity
 from domain.errors import DomainError, HandlerFailed, RetryLater, UnknownCategory
 from domain.messages import EntityMessage, Inbound, TimerFired
@@ -50,6 +50,7 @@ from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
+from infrastructure.transport.port import OutboundSink
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,6 @@ READER_THREADS = 2
 """Threads reading entities for activation; SQLite and PostgreSQL reads release the GIL."""
 LOAD_BATCH = 256
 """Most activations read in one reader job: bounds the wait of the first in the batch."""
-
-
-class OutboundSink(Protocol):
-    """Where client-bound effects go (edges). Called after the causing events are durable."""
-
-    def publish(self, source: EntityRef, effect: Send | Terminate) -> None: ...
 
 
 class Router(Protocol):

@@ -18,7 +18,8 @@ from domain.refs import EntityRef
 from infrastructure.errors import TransportError
 
 if TYPE_CHECKING:
-    from infrastructure.runtime.node import OutboundSink, StateNode
+    from infrastructure.runtime.node import StateNode
+    from infrastructure.transport.port import OutboundSink
 
 
 class LocalTransport:

@@ -258,7 +258,7 @@ def test_auction_flow_across_entities_on_every_store(store_settings: Settings) -
         assert (await connect(p, lot, "bob", {"sub": bidder, "role": "bidder"})).ok
         reply = await client(p, lot, {"type": "bid", "amount": 10}, "bid-1", cid="bob")
         assert reply.payload["status"] == "pending"
-        for _ in range(100):
+        for _ in range(500):  # the reservation round trip: Lot -> Bidder -> Lot (generous under load)
             await asyncio.sleep(0.02)
             if p.node.resident(lot).high_bidder == bidder:
                 break
