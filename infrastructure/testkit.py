@@ -36,6 +36,7 @@ from domain.errors import UnknownCategory
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
 from domain.refs import EntityRef
 from infrastructure.persistence import RecorderJournal, StreamWrite, new_mapper
+from infrastructure.persistence.rehydrate import rehydrate
 from infrastructure.runtime.registry import EntityTypes
 
 
@@ -204,13 +205,7 @@ class Sandbox:
             cls = self.types.get(ref.category)
             if cls is None:
                 raise UnknownCategory(f"no entity category {ref.category!r} in this sandbox")
-            stored_snapshot = self.journal.latest_snapshot(ref.stream_id)
-            if stored_snapshot is not None:
-                entity = self.mapper.to_domain_event(stored_snapshot).mutate(None)  # type: ignore[attr-defined]
-            else:
-                entity = cls.blank(ref.entity_id)
-            for stored in self.journal.read(ref.stream_id, after_version=entity.version):
-                self.mapper.to_domain_event(stored).mutate(entity)  # type: ignore[attr-defined]
+            entity, _ = rehydrate(self.journal, self.mapper, cls, ref)
             self._entities[ref] = entity
             self._known.add(ref)
         return entity

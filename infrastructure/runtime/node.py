@@ -46,6 +46,7 @@ from domain.refs import EntityRef
 from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence.port import EventJournal, StreamWrite
+from infrastructure.persistence.rehydrate import rehydrate
 from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import ShardOwnership
@@ -270,7 +271,7 @@ class StateNode:
         results: list[tuple[Entity, int] | Exception] = []
         for ref, _cell in batch:
             try:
-                results.append(self._read_entity(self.types[ref.category], ref))
+                results.append(rehydrate(self.journal, self.mapper, self.types[ref.category], ref))
             except Exception as exc:  # one unreadable entity must not fail its batch-mates
                 results.append(exc)
         return results
@@ -286,18 +287,6 @@ class StateNode:
             self._loaded(ref, cell, result, elapsed)
         if self._to_load:
             self._start_load_batch()
-
-    def _read_entity(self, entity_class: type[Entity], ref: EntityRef) -> tuple[Entity, int]:
-        """Snapshot + tail → entity (reader thread). Returns the entity and snapshot version."""
-        stored_snapshot = self.journal.latest_snapshot(ref.stream_id)
-        if stored_snapshot is not None:
-            entity = self.mapper.to_domain_event(stored_snapshot).mutate(None)  # type: ignore[attr-defined]
-            snapshot_version = stored_snapshot.originator_version
-        else:
-            entity, snapshot_version = entity_class.blank(ref.entity_id), 0
-        for stored in self.journal.read(ref.stream_id, after_version=entity.version):
-            self.mapper.to_domain_event(stored).mutate(entity)  # type: ignore[attr-defined]
-        return entity, snapshot_version
 
     def _loaded(self, ref: EntityRef, cell: Cell, result: tuple[Entity, int] | Exception, elapsed: float) -> None:
         cell.loading = False
