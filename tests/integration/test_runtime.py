@@ -4,6 +4,7 @@ test takes ``store_settings`` (SQLite, PostgreSQL server, memory)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -219,7 +220,13 @@ def test_passivation_snapshot_reload_and_duplicate_after_reload(tmp_path: Any) -
         assert stored(p, ref) == list(range(1, 14))
         metrics = p.node.metrics.exposition().decode()
         assert 'xplatform_node_messages_total{category="Counter",outcome="duplicate"} 1.0' in metrics
-        assert "xplatform_node_entities_passivated_total" in metrics and "xplatform_node_snapshots_total" in metrics
+        assert "xplatform_node_entities_passivated_total 1.0" in metrics
+        assert "xplatform_node_snapshots_total 2.0" in metrics  # versions 5 and 10
+        assert "xplatform_node_entities_active 1.0" in metrics  # reactivated
+        assert "xplatform_node_activation_duration_seconds_count 2.0" in metrics
+        appends = float(re.search(r"^xplatform_node_append_duration_seconds_count (\S+)$", metrics, re.M).group(1))
+        batched = float(re.search(r"^xplatform_node_append_batch_events_sum (\S+)$", metrics, re.M).group(1))
+        assert appends >= 1 and batched == 13  # every stored event went through group commit
 
     run(scenario, settings)
 
