@@ -3,7 +3,9 @@
 The entity ID is the user's ``sub`` claim. An account opens on its first reservation with
 ``INITIAL_CREDIT`` (a demo rule; a real house would take deposits). A reservation waits for
 the lot to settle it; if the lot never answers (messages between entities are at most
-once), a timer asks the lot again every ``RESERVATION_TIMEOUT`` seconds.
+once), one timer per account asks the lots about reservations still unsettled after
+``RESERVATION_TIMEOUT`` seconds. One timer for all reservations, not one per bid: a busy
+bidder would otherwise write two timer events per bid.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Bidder(Entity):
     def initialise(self) -> None:
         self.opened = False
         self.credit = 0
-        self.reserved: dict[str, list[Any]] = {}  # bid_id -> [lot, amount, settled]
+        self.reserved: dict[str, list[Any]] = {}  # bid_id -> [lot, amount, settled, reserved_at]
 
     @property
     def available(self) -> int:
@@ -53,8 +55,9 @@ class Bidder(Entity):
         if amount > self.available:
             ctx.tell(ctx.sender, "credit_refused", bid_id=bid_id, reason="insufficient credit", connection_id=connection_id)
             return
-        self._credit_reserved(bid_id=bid_id, lot=lot, amount=amount)
-        ctx.start_timer("reservation_timeout", self.RESERVATION_TIMEOUT, key=f"reservation:{bid_id}", bid_id=bid_id)
+        self._credit_reserved(bid_id=bid_id, lot=lot, amount=amount, at=ctx.now)
+        if self.timer("reservation_check") is None:
+            ctx.start_timer("reservation_check", self.RESERVATION_TIMEOUT)
         ctx.tell(ctx.sender, "credit_reserved", bid_id=bid_id, bidder=self.entity_id, amount=amount,
                  connection_id=connection_id, sent_at=sent_at)
         ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
@@ -63,13 +66,11 @@ class Bidder(Entity):
     def bid_settled(self, ctx: Context, bid_id: str) -> None:
         if bid_id in self.reserved:
             self._reservation_settled(bid_id=bid_id)
-            ctx.cancel_timer(f"reservation:{bid_id}")
 
     @entity_message("release_credit")
     def release_credit(self, ctx: Context, bid_id: str | None) -> None:
         if bid_id in self.reserved:
             self._credit_released(bid_id=bid_id)
-            ctx.cancel_timer(f"reservation:{bid_id}")
             ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
 
     @entity_message("won")
@@ -79,15 +80,17 @@ class Bidder(Entity):
         self._credit_spent(bid_id=bid_id)
         ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
 
-    @timer("reservation_timeout")
-    def reservation_timeout(self, ctx: Context, bid_id: str) -> None:
-        """The lot has not settled the bid yet: ask it again (its answer is bid_settled or
-        release_credit) and keep waiting. Credit is only released on the lot's word, so a
-        lost message can delay a release but never free credit a lot still counts on."""
-        reservation = self.reserved.get(bid_id)
-        if reservation is not None and not reservation[2]:
-            ctx.tell(EntityRef("Lot", reservation[0]), "bid_status", bid_id=bid_id, bidder=self.entity_id)
-            ctx.start_timer("reservation_timeout", self.RESERVATION_TIMEOUT, key=f"reservation:{bid_id}", bid_id=bid_id)
+    @timer("reservation_check")
+    def reservation_check(self, ctx: Context) -> None:
+        """Reservations the lots have not settled in time: ask each lot again (its answer is
+        bid_settled or release_credit). Credit is only released on the lot's word, so a lost
+        message can delay a release but never free credit a lot still counts on."""
+        unsettled = {bid: r for bid, r in self.reserved.items() if not r[2]}
+        for bid_id, (lot, _amount, _settled, at) in unsettled.items():
+            if ctx.now - at >= self.RESERVATION_TIMEOUT:
+                ctx.tell(EntityRef("Lot", lot), "bid_status", bid_id=bid_id, bidder=self.entity_id)
+        if unsettled:
+            ctx.start_timer("reservation_check", self.RESERVATION_TIMEOUT)
 
     @event("AccountOpened")
     def _account_opened(self, credit: int) -> None:
@@ -95,8 +98,8 @@ class Bidder(Entity):
         self.credit = credit
 
     @event("CreditReserved")
-    def _credit_reserved(self, bid_id: str, lot: str, amount: int) -> None:
-        self.reserved[bid_id] = [lot, amount, False]
+    def _credit_reserved(self, bid_id: str, lot: str, amount: int, at: float) -> None:
+        self.reserved[bid_id] = [lot, amount, False, at]
 
     @event("ReservationSettled")
     def _reservation_settled(self, bid_id: str) -> None:
@@ -108,5 +111,5 @@ class Bidder(Entity):
 
     @event("CreditSpent")
     def _credit_spent(self, bid_id: str) -> None:
-        _lot, amount, _settled = self.reserved.pop(bid_id)
+        amount = self.reserved.pop(bid_id)[1]
         self.credit -= amount

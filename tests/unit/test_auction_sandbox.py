@@ -75,7 +75,7 @@ def test_bid_reserves_credit_through_the_bidder_entity(kit: Sandbox) -> None:
     [reserve] = result.tells
     assert (reserve.to, reserve.type, reserve.data["amount"]) == (EntityRef("Bidder", "bob"), "reserve_credit", 100)
     bidder_step, lot_step = result.chain[0], result.chain[0].chain[0]
-    assert bidder_step.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]
+    assert bidder_step.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]  # one check timer
     assert lot_step.event_names == ["BidAccepted"]
     assert kit.state(LOT).high_bidder == "bob" and kit.state(LOT).high_amount == 100
     bob = kit.state(EntityRef("Bidder", "bob"))
@@ -147,12 +147,18 @@ def test_close_spends_the_winners_credit(kit: Sandbox) -> None:
 def test_unsettled_reservation_asks_the_lot_again_after_timeout() -> None:
     kit = Sandbox(Lot, Bidder, deliver_entity_messages=False)
     bob = EntityRef("Bidder", "bob")
-    kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b1", amount=50, connection_id=None)
-    [fired] = kit.advance(Bidder.RESERVATION_TIMEOUT + 1)
-    assert [(t.to, t.type) for t in fired.tells] == [(LOT, "bid_status")]
+    first = kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b1", amount=50, connection_id=None)
+    assert first.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]
+    kit.advance(10)
+    second = kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b2", amount=20, connection_id=None)
+    assert second.event_names == ["CreditReserved"]  # one timer serves every reservation
+    kit.tell(bob, LOT, "bid_settled", bid_id="b2")
+    [fired] = kit.advance(Bidder.RESERVATION_TIMEOUT - 9)
+    assert [(t.to, t.type, t.data["bid_id"]) for t in fired.tells] == [(LOT, "bid_status", "b1")]
     assert kit.state(bob).reserved["b1"][1] == 50  # not released until the lot answers
     kit.tell(bob, LOT, "release_credit", bid_id="b1")
-    assert kit.state(bob).reserved == {}
+    assert set(kit.state(bob).reserved) == {"b2"}
+    assert kit.advance(Bidder.RESERVATION_TIMEOUT + 1)[0].tells == []  # b2 is settled: nothing to ask
 
 
 def test_given_events_build_history() -> None:
