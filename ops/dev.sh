@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES=(postgresql)   # the PostgreSQL contract tests start a real server
+DEBIAN_PACKAGES=(postgresql zookeeper)   # real servers the integration tests start (PostgreSQL, ZooKeeper)
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 

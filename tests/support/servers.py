@@ -115,3 +115,76 @@ class PostgresServer:
                 self.process.kill()
                 self.process.wait(5)
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+@dataclass
+class ZooKeeperServer:
+    """A standalone ZooKeeper (Debian package) with tiny ticks, so sessions of 200 ms+ work.
+    ``stop()`` + ``start_again()`` keep the data dir and port (a ZooKeeper restart)."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> ZooKeeperServer:
+        if not ZOOKEEPER_JAR.exists():
+            raise ServerStartError(f"{ZOOKEEPER_JAR} missing: install the Debian package 'zookeeper'")
+        root = Path(tempfile.mkdtemp(prefix="xplatform-zk-"))
+        (root / "data").mkdir()
+        server = cls(free_port(), root)
+        (root / "zoo.cfg").write_text(
+            f"tickTime=100\nminSessionTimeout=200\nmaxSessionTimeout=60000\ndataDir={root / 'data'}\n"
+            f"clientPort={server.port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+            "4lw.commands.whitelist=ruok\n"
+        )
+        server.start_again(timeout)
+        return server
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_again(self, timeout: float = 30.0) -> None:
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process lifetime
+        self.process = subprocess.Popen(
+            ["java", "-Xmx256m", "-cp", f"{self.root}:{ZOOKEEPER_JAR}",
+             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.root / "zoo.cfg")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"ZooKeeper exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"ruok")
+                    if s.recv(4) == b"imok":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(f"ZooKeeper not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

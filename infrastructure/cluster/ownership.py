@@ -1,0 +1,97 @@
+"""A state node's ownership state machine: may it serve (and write for) a shard right now?
+
+    CONNECTING ──session up──▶ SERVING ──SUSPENDED──▶ FENCED ──reconnected──▶ SERVING
+         ▲                        │                      │
+         └──────── LOST (session expired: re-register) ◀─┘
+
+- SERVING: the ZooKeeper session is connected; the node serves exactly the shards the
+  current map gives it, at the epoch the map gives them.
+- FENCED (kazoo SUSPENDED): the connection is gone but the session may still be alive
+  (or may have expired on the server without us knowing). The node stops taking messages
+  for every shard at once, *before* the session could expire and another node take over:
+  the new owner never races a node that still believes it owns the shard. In-flight writes
+  finish; the new owner's takeover marker makes any later stale append fail.
+- LOST: the session expired; everything this node owned may already be elsewhere. It stays
+  fenced until it has a new session and a fresh map.
+
+``owns(ref)`` is the only question the runtime asks (``ShardOwnership``); ``epoch(ref)``
+is the fencing token of the shard, written into takeover markers and carried on replies.
+Transitions arrive from kazoo's threads and are handed to the event loop thread
+(``call_soon_threadsafe``): kazoo callbacks must not block, and the runtime reads this state
+only on the loop thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+from domain.refs import EntityRef
+from infrastructure.cluster.allocation import Assignment, ShardOwner
+from infrastructure.runtime.sharding import shard_of
+
+log = logging.getLogger(__name__)
+
+
+class OwnershipState(enum.Enum):
+    CONNECTING = "connecting"
+    SERVING = "serving"
+    FENCED = "fenced"
+    LOST = "lost"
+
+
+class Ownership:
+    """This node's view of what it owns. Mutated only on the event loop thread."""
+
+    def __init__(self, node_id: str, shards_per_category: int) -> None:
+        self.node_id = node_id
+        self.shards_per_category = shards_per_category
+        self.state = OwnershipState.CONNECTING
+        self.assignment = Assignment()
+        self.listeners: list[Callable[[OwnershipState, Assignment], None]] = []
+
+    # ---------------------------------------------------------------- queries (runtime)
+    def owner_of(self, ref: EntityRef) -> ShardOwner | None:
+        return self.assignment.owner(ref.category, shard_of(ref, self.shards_per_category))
+
+    def owns(self, ref: EntityRef) -> bool:
+        if self.state is not OwnershipState.SERVING:
+            return False
+        owner = self.owner_of(ref)
+        return owner is not None and owner.node == self.node_id
+
+    def epoch(self, ref: EntityRef) -> int:
+        owner = self.owner_of(ref)
+        return 0 if owner is None else owner.epoch
+
+    def owned_shards(self) -> dict[str, list[int]]:
+        return {c: [i for i, o in enumerate(owners) if o is not None and o.node == self.node_id]
+                for c, owners in self.assignment.shards.items()}
+
+    # ---------------------------------------------------------------- transitions
+    def connected(self) -> None:
+        self._become(OwnershipState.SERVING)
+
+    def suspended(self) -> None:
+        self._become(OwnershipState.FENCED)
+
+    def lost(self) -> None:
+        self._become(OwnershipState.LOST)
+
+    def map_changed(self, assignment: Assignment) -> None:
+        if assignment.version < self.assignment.version:
+            log.warning("ignoring older shard map %s < %s", assignment.version, self.assignment.version)
+            return
+        self.assignment = assignment
+        self._notify()
+
+    def _become(self, state: OwnershipState) -> None:
+        if state is not self.state:
+            log.info("ownership of %s: %s -> %s", self.node_id, self.state.value, state.value)
+            self.state = state
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener(self.state, self.assignment)

@@ -1,0 +1,199 @@
+"""ZooKeeper adapter (kazoo): membership, the shard map, and the elected allocator.
+
+ZooKeeper layout under ``/xplatform/<cluster>/``:
+
+- ``members/<node_id>`` — ephemeral, JSON {address, version, role, group, lanes}: exists
+  exactly while the node's session lives (a ``kill -9`` is seen when the session expires).
+- ``assignment`` — JSON of :class:`~infrastructure.cluster.allocation.Assignment`, written
+  only by the allocator with a compare-and-set on the znode version (two allocators for a
+  moment can never interleave writes).
+- ``allocator`` — kazoo ``Election``: one node at a time recomputes the map when members
+  change.
+
+Every kazoo callback runs on kazoo's threads and must not block: each one hands its news
+to the event loop with ``call_soon_threadsafe`` (architecture page, example 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.recipe.election import Election
+
+from infrastructure.cluster.allocation import Assignment, allocate
+from infrastructure.cluster.layout import Layout
+from infrastructure.cluster.ownership import Ownership
+from infrastructure.errors import InfrastructureError
+
+log = logging.getLogger(__name__)
+
+
+class CoordinationError(InfrastructureError):
+    """Raised when ZooKeeper cannot be reached or refuses a coordination step."""
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a node announces about itself."""
+
+    node_id: str
+    address: str = ""
+    version: str = "0.1.0"
+    role: str = "state"
+    group: str = "default"
+    lanes: list[str] = field(default_factory=list)
+
+
+class ZooKeeperCoordinator:
+    """Keeps an :class:`Ownership` current from ZooKeeper; allocates when elected."""
+
+    def __init__(self, hosts: str, cluster: str, member: MemberInfo, categories: Mapping[str, int],
+                 layout: Layout, ownership: Ownership, session_timeout_s: float = 2.0) -> None:
+        layout.check_covers(categories)
+        self.member = member
+        self.categories = dict(categories)
+        self.layout = layout
+        self.ownership = ownership
+        self.root = f"/xplatform/{cluster}"
+        self.client = KazooClient(hosts=hosts, timeout=session_timeout_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._members_changed = threading.Event()
+        self._stopping = threading.Event()
+        self._election_thread: threading.Thread | None = None
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, connect_timeout_s: float = 10.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.client.add_listener(self._on_state)
+        try:
+            await asyncio.to_thread(self.client.start, connect_timeout_s)
+            await asyncio.to_thread(self._register)
+        except (KazooException, TimeoutError) as exc:
+            raise CoordinationError(f"cannot join ZooKeeper at {self.client.hosts}: {exc}") from exc
+        self.client.DataWatch(f"{self.root}/assignment", self._on_assignment)
+        self.client.ChildrenWatch(f"{self.root}/members", self._on_members)
+        if self.member.role == "state":
+            self._election_thread = threading.Thread(target=self._run_election, name="xplatform-allocator", daemon=True)
+            self._election_thread.start()
+        data, _stat = await asyncio.to_thread(self.client.get, f"{self.root}/assignment")
+        self._started = True
+        self._apply_then_serve(_decode(data))
+
+    async def stop(self) -> None:
+        """Leave: the ephemeral member node goes with the session, so others see it at once."""
+        self._stopping.set()
+        self._members_changed.set()
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        try:
+            self.client.stop()
+            self.client.close()
+        except KazooException:
+            log.warning("ZooKeeper client did not stop cleanly", exc_info=True)
+
+    def _register(self) -> None:
+        for path in ("members", "assignment"):
+            self.client.ensure_path(f"{self.root}/{path}")
+        data = json.dumps(asdict(self.member)).encode()
+        try:
+            self.client.create(f"{self.root}/members/{self.member.node_id}", data, ephemeral=True)
+        except NodeExistsError:
+            # Our previous session's node may linger until that session expires.
+            raise CoordinationError(f"a member named {self.member.node_id} is already registered") from None
+
+    # ------------------------------------------------------------------ kazoo callbacks (kazoo threads)
+    def _on_state(self, state: str) -> None:
+        assert self._loop is not None
+        if state == KazooState.SUSPENDED:
+            self._loop.call_soon_threadsafe(self.ownership.suspended)
+        elif state == KazooState.LOST:
+            self._loop.call_soon_threadsafe(self.ownership.lost)
+        elif state == KazooState.CONNECTED and self._started:
+            # Back in the same session (SUSPENDED → CONNECTED): re-read the map before serving.
+            self.client.handler.spawn(self._resume)
+
+    def _resume(self) -> None:
+        assert self._loop is not None
+        try:
+            if not self.client.exists(f"{self.root}/members/{self.member.node_id}"):
+                self._register()  # a new session after LOST
+            data, _stat = self.client.get(f"{self.root}/assignment")
+        except (KazooException, CoordinationError):
+            log.warning("resume after reconnect failed; staying fenced", exc_info=True)
+            return
+        assignment = _decode(data)
+        self._loop.call_soon_threadsafe(self._apply_then_serve, assignment)
+
+    def _apply_then_serve(self, assignment: Assignment) -> None:
+        self.ownership.map_changed(assignment)
+        self.ownership.connected()
+
+    def _on_assignment(self, data: bytes | None, _stat: object) -> None:
+        if data is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.ownership.map_changed, _decode(data))
+
+    def _on_members(self, _children: list[str]) -> bool:
+        self._members_changed.set()
+        return not self._stopping.is_set()
+
+    # ------------------------------------------------------------------ allocator (its own thread)
+    def _run_election(self) -> None:
+        election = Election(self.client, f"{self.root}/allocator", self.member.node_id)
+        while not self._stopping.is_set():
+            try:
+                election.run(self._allocate_while_leader)
+            except KazooException:
+                if self._stopping.is_set():
+                    return
+                self._stopping.wait(0.2)
+
+    def _allocate_while_leader(self) -> None:
+        log.info("%s is the shard allocator", self.member.node_id)
+        self._members_changed.set()
+        while not self._stopping.is_set() and self.client.state == KazooState.CONNECTED:
+            if self._members_changed.wait(0.5):
+                self._members_changed.clear()
+                try:
+                    self.reallocate()
+                except KazooException:
+                    log.warning("allocation failed; retrying", exc_info=True)
+                    self._members_changed.set()
+
+    def reallocate(self) -> Assignment:
+        """Recompute and CAS-write the map from the live members (allocator only)."""
+        while True:
+            groups = {}
+            for node_id in self.client.get_children(f"{self.root}/members"):
+                try:
+                    data, _ = self.client.get(f"{self.root}/members/{node_id}")
+                except NoNodeError:
+                    continue
+                info = json.loads(data)
+                if info.get("role") == "state":
+                    groups[node_id] = info.get("group", "default")
+            data, stat = self.client.get(f"{self.root}/assignment")
+            previous = _decode(data)
+            nxt = allocate(previous, self.categories, groups, self.layout)
+            if nxt.version == previous.version:
+                return previous
+            try:
+                self.client.set(f"{self.root}/assignment", json.dumps(nxt.to_json()).encode(), version=stat.version)
+                log.info("shard map v%s for members %s", nxt.version, sorted(groups))
+                return nxt
+            except BadVersionError:
+                continue  # another allocator wrote in between: recompute on its map
+
+
+def _decode(data: bytes | None) -> Assignment:
+    if not data:
+        return Assignment()
+    return Assignment.from_json(json.loads(data))
