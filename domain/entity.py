@@ -157,6 +157,10 @@ class Entity(BaseAggregate[str]):
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
+    _epoch: int = 0
+    """Ownership epoch of the last takeover marker in the stream (class default: none yet,
+    so entities that never moved carry no extra attribute)."""
+
     _xp_handlers: ClassVar[dict[tuple[str, str], Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -258,6 +262,17 @@ class Entity(BaseAggregate[str]):
     @event("ConnectionForgotten")
     def _forget_connection(self, connection_id: str) -> None:
         self._connections.pop(connection_id, None)
+
+    # ----------------------------------------------------------------- ownership
+    @event("OwnerChanged")
+    def _take_ownership(self, epoch: int, node: str) -> None:
+        """Takeover marker, written by a new owner before it serves the entity: a zombie
+        owner's next append expects the version before this event and fails."""
+        self._epoch = epoch
+
+    @property
+    def owner_epoch(self) -> int:
+        return self._epoch
 
     # ----------------------------------------------------------------- timers
     @event("TimerStarted")

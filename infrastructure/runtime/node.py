@@ -300,8 +300,19 @@ class StateNode:
             return
         entity, snapshot_version = result
         self.metrics.activation_duration.observe(elapsed)
+        epoch = self.ownership.epoch(ref)
+        if entity.owner_epoch > epoch:
+            # A newer owner already took this entity over: we are the stale one.
+            error = RetryLater(f"{ref} is served by a newer owner (epoch {entity.owner_epoch} > {epoch})")
+            for message, reply_to in cell.queue or ():
+                self.metrics.message(ref.category, error.code)
+                _answer(reply_to, _reply_for(message.message_id, error))
+            self._forget(ref)
+            return
         cell.entity = entity
         cell.snapshot_version = snapshot_version
+        if entity.owner_epoch < epoch:
+            self._write_takeover_marker(ref, cell, entity, epoch)
         self._rearm(ref, cell, (), entity.timers())
         queue = cell.queue
         while queue and cell.entity is not None:
@@ -309,6 +320,16 @@ class StateNode:
             self._process(ref, cell, message, reply_to)
         if not queue:
             cell.queue = None
+
+    def _write_takeover_marker(self, ref: EntityRef, cell: Cell, entity: Entity, epoch: int) -> None:
+        """Before serving a moved entity, append the takeover marker with our epoch; the
+        messages queued behind it are pipelined and released only once it is durable."""
+        version_before = entity.version
+        entity._take_ownership(epoch=epoch, node=self.settings.node_id)
+        outcome = Outcome(Reply(f"takeover:{epoch}", True), list(entity.collect_events()))
+        pending = self._pending_write(ref, cell, entity, version_before, outcome)
+        assert pending is not None and self._committer is not None
+        self._committer.submit(pending)
 
     # ------------------------------------------------------------------ timers
     def _rearm(self, ref: EntityRef, cell: Cell, disarm: Iterable[str], arm: Iterable[str]) -> None:

@@ -24,9 +24,12 @@ def shard_of(ref: EntityRef, shards: int) -> int:
 
 
 class ShardOwnership(Protocol):
-    """Answers whether this node may serve an entity now."""
+    """Answers whether this node may serve an entity now, and at which epoch (fencing
+    token; 0 when ownership does not move, as in dev mode: then no takeover markers)."""
 
     def owns(self, ref: EntityRef) -> bool: ...
+
+    def epoch(self, ref: EntityRef) -> int: ...
 
 
 class AllShards:
@@ -35,13 +38,20 @@ class AllShards:
     def owns(self, ref: EntityRef) -> bool:
         return True
 
+    def epoch(self, ref: EntityRef) -> int:
+        return 0
+
 
 class StaticShards:
     """A fixed set of (category, shard) pairs; for tests and static layouts."""
 
-    def __init__(self, shards_per_category: int, owned: dict[str, set[int]]) -> None:
+    def __init__(self, shards_per_category: int, owned: dict[str, set[int]], epoch: int = 0) -> None:
         self.shards_per_category = shards_per_category
         self.owned = owned
+        self.current_epoch = epoch
 
     def owns(self, ref: EntityRef) -> bool:
         return shard_of(ref, self.shards_per_category) in self.owned.get(ref.category, ())
+
+    def epoch(self, ref: EntityRef) -> int:
+        return self.current_epoch
