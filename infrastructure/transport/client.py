@@ -1,0 +1,216 @@
+"""The calling side of the network transport: edges (and state nodes, for entity-to-entity
+messages) reach the entity's owning node, routed by the shard map.
+
+Implements the :class:`~infrastructure.transport.port.Transport` port, so an edge works
+unchanged over the in-process transport (dev mode) or this one (cluster).
+
+- Routing: ``route(ref)`` answers (owner node, epoch) from the current shard map (kept
+  current by ZooKeeper watches); ``address_of(node)`` from membership.
+- Lanes: one link per (node, lane); ``lane_of(ref)`` picks the lane (e.g. per category),
+  so a flood in one lane never queues behind another on the same socket.
+- At most once: a DELIVER is sent once; if the link breaks or no reply comes in time the
+  caller gets a retryable error and may resend with the same message ID (entities
+  deduplicate). A shard without an owner (handoff) is waited for briefly, then ``retry``.
+- Epochs: a REPLY whose epoch is older than the epoch the map now gives the shard is
+  dropped (an answer from a replaced owner) and the caller gets ``retry``.
+- Outbound: ``hold(ref)`` / ``release(ref)`` count the local connections of an entity and
+  tell its owner (INTEREST), also again after a move or a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from domain.effects import Reply
+from domain.errors import RetryLater
+from domain.messages import Inbound
+from domain.refs import EntityRef
+from infrastructure.transport.envelopes import Deliver, Envelope, Hello, Interest, Outbound, ReplyEnvelope
+from infrastructure.transport.link import Link
+from infrastructure.transport.port import OutboundSink
+
+log = logging.getLogger(__name__)
+
+Route = Callable[[EntityRef], tuple[str, int] | None]
+
+
+class ClusterClient:
+    """Transport over the network. See the module docstring."""
+
+    def __init__(self, node_id: str, role: str, route: Route, address_of: Callable[[str], str | None],
+                 lane_of: Callable[[EntityRef], str] = lambda ref: "default",
+                 ask_timeout_s: float = 5.0, handoff_wait_s: float = 0.5) -> None:
+        self.node_id, self.role = node_id, role
+        self.route, self.address_of, self.lane_of = route, address_of, lane_of
+        self.ask_timeout_s, self.handoff_wait_s = ask_timeout_s, handoff_wait_s
+        self._links: dict[tuple[str, str], Link] = {}
+        self._connecting: dict[tuple[str, str], asyncio.Future[Link]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[ReplyEnvelope], Link]] = {}
+        self._corr = itertools.count(1)
+        self._sinks: list[OutboundSink] = []
+        self._held: Counter[EntityRef] = Counter()
+        self._interest_at: dict[EntityRef, str] = {}
+
+    # ------------------------------------------------------------------ Transport port
+    async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
+        timeout = timeout or self.ask_timeout_s
+        owner = await self._owner(to)
+        if owner is None:
+            return _retry(message.message_id, f"no node owns the shard of {to} (handoff in progress)")
+        node, _epoch = owner
+        try:
+            link = await self._link(node, self.lane_of(to))
+        except OSError as exc:
+            return _retry(message.message_id, f"owner {node} of {to} unreachable: {exc}")
+        corr = next(self._corr)
+        future: asyncio.Future[ReplyEnvelope] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = (future, link)
+        if not link.send(Deliver(corr, to, message, True)):
+            self._pending.pop(corr, None)
+            return _retry(message.message_id, f"link to {node} closed")
+        try:
+            envelope = await asyncio.wait_for(future, timeout)
+        except (TimeoutError, ConnectionError) as exc:
+            return _retry(message.message_id, f"no reply from {node} for {to}: {type(exc).__name__}")
+        finally:
+            self._pending.pop(corr, None)
+        current = self.route(to)
+        if current is not None and envelope.epoch < current[1]:
+            return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})")
+        r = envelope.reply
+        return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable)
+
+    def send(self, to: EntityRef, message: Inbound) -> None:
+        asyncio.get_running_loop().create_task(self._send(to, message))
+
+    def tell(self, to: EntityRef, message: Inbound) -> None:
+        """Router for a state node: entity-to-entity messages go to the owner's node."""
+        self.send(to, message)
+
+    def subscribe(self, sink: OutboundSink) -> None:
+        self._sinks.append(sink)
+
+    def unsubscribe(self, sink: OutboundSink) -> None:
+        self._sinks.remove(sink)
+
+    # ------------------------------------------------------------------ interest (edges)
+    def hold(self, ref: EntityRef) -> None:
+        """A local connection of ``ref`` opened: make sure its owner sends us its outbound."""
+        self._held[ref] += 1
+        if self._held[ref] == 1:
+            asyncio.get_running_loop().create_task(self._announce(ref))
+
+    def release(self, ref: EntityRef) -> None:
+        self._held[ref] -= 1
+        if self._held[ref] <= 0:
+            del self._held[ref]
+            node = self._interest_at.pop(ref, None)
+            link = self._links.get((node, self.lane_of(ref))) if node else None
+            if link is not None:
+                link.send(Interest(remove=(ref,)))
+
+    def reannounce(self) -> None:
+        """After a shard-map change: tell new owners about the entities we hold."""
+        for ref in list(self._held):
+            owner = self.route(ref)
+            if owner is not None and self._interest_at.get(ref) != owner[0]:
+                asyncio.get_running_loop().create_task(self._announce(ref))
+
+    async def _announce(self, ref: EntityRef) -> None:
+        owner = await self._owner(ref)
+        if owner is None or ref not in self._held:
+            return
+        try:
+            link = await self._link(owner[0], self.lane_of(ref))
+        except OSError:
+            return
+        if link.send(Interest(add=(ref,))):
+            self._interest_at[ref] = owner[0]
+
+    # ------------------------------------------------------------------ links
+    async def close(self) -> None:
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+
+    async def _owner(self, ref: EntityRef) -> tuple[str, int] | None:
+        owner = self.route(ref)
+        waited = 0.0
+        while owner is None and waited < self.handoff_wait_s:
+            await asyncio.sleep(0.02)
+            waited += 0.02
+            owner = self.route(ref)
+        return owner
+
+    async def _send(self, to: EntityRef, message: Inbound) -> None:
+        owner = await self._owner(to)
+        if owner is None:
+            log.warning("dropping %s for %s: no owner (at most once; the sender may retry)", message.message_id, to)
+            return
+        try:
+            link = await self._link(owner[0], self.lane_of(to))
+        except OSError as exc:
+            log.warning("dropping %s for %s: %s", message.message_id, to, exc)
+            return
+        link.send(Deliver(0, to, message, False))
+
+    async def _link(self, node: str, lane: str) -> Link:
+        key = (node, lane)
+        link = self._links.get(key)
+        if link is not None and not link.closed.is_set():
+            return link
+        pending = self._connecting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+        self._connecting[key] = future
+        try:
+            address = self.address_of(node)
+            if address is None:
+                raise OSError(f"no address for node {node}")
+            host, port = address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            link = Link(reader, writer, f"{self.node_id}->{node}/{lane}")
+            link.peer = node
+            link.start(self._on_envelope, self._on_closed)
+            link.send(Hello(self.node_id, self.role, (lane,)))
+            self._links[key] = link
+            future.set_result(link)
+            return link
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it through shield
+            raise
+        finally:
+            self._connecting.pop(key, None)
+
+    def _on_envelope(self, link: Link, envelope: Envelope) -> None:
+        if isinstance(envelope, ReplyEnvelope):
+            waiting = self._pending.get(envelope.corr)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result(envelope)
+        elif isinstance(envelope, Outbound):
+            for sink in self._sinks:
+                sink.publish(envelope.source, envelope.effect)
+
+    def _on_closed(self, link: Link) -> None:
+        for key, known in list(self._links.items()):
+            if known is link:
+                del self._links[key]
+        for future, on_link in list(self._pending.values()):
+            if on_link is link and not future.done():
+                future.set_exception(ConnectionError(f"link {link.name} closed"))
+        for ref, node in list(self._interest_at.items()):
+            if node == link.peer:
+                del self._interest_at[ref]
+        if self._held:
+            asyncio.get_running_loop().call_later(0.05, self.reannounce)
+
+
+def _retry(message_id: str, reason: str) -> Reply:
+    return Reply(message_id, False, None, RetryLater.code, reason, True)
+

@@ -1,0 +1,198 @@
+"""Wire envelopes between edges and state nodes (transport protocol v1).
+
+Frames are length-prefixed (4 bytes, big endian) msgpack arrays whose first element is
+the envelope kind. The client payload inside a ``Deliver`` of a ``ClientMessage`` stays
+raw bytes end to end: neither the edge nor the transport parses it.
+
+Sender → receiver:
+- ``HELLO``    [1, node_id, role, lanes]           either side, first frame of a connection
+- ``DELIVER``  [2, corr, category, entity_id, message, want_reply]   edge/node → owning node
+- ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable] node → asker
+- ``OUTBOUND`` [4, category, entity_id, effect]     node → each edge interested in the entity
+- ``INTEREST`` [5, add[[category, id]...], remove[...]]  edge → node: entities it holds
+                                                      connections for (outbound goes only there)
+
+``message`` is [kind, message_id, timestamp, ...fields] with kinds 1 Connect, 2 Terminated,
+3 ClientMessage, 4 EntityMessage. ``effect`` is [1 Send, target, payload, coalesce_key] or
+[2 Terminate, connection_id, reason, reconnect]; ``target`` is [1, connection_id] |
+[2] (all) | [3, match]. A malformed envelope raises :class:`EnvelopeError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from domain.effects import Reply, Send, Target, Terminate, ToAllConnections, ToClaims, ToConnection
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated
+from domain.refs import EntityRef
+from infrastructure.errors import TransportError
+
+HELLO, DELIVER, REPLY, OUTBOUND, INTEREST = 1, 2, 3, 4, 5
+_HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class EnvelopeError(TransportError):
+    """Raised when a frame is not a well-formed envelope of this protocol version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node_id: str
+    role: str
+    lanes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    corr: int
+    to: EntityRef
+    message: Inbound
+    want_reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnvelope:
+    corr: int
+    epoch: int
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    source: EntityRef
+    effect: Send | Terminate
+
+
+@dataclass(frozen=True, slots=True)
+class Interest:
+    add: tuple[EntityRef, ...] = ()
+    remove: tuple[EntityRef, ...] = ()
+
+
+Envelope = Hello | Deliver | ReplyEnvelope | Outbound | Interest
+
+
+def frame(envelope: Envelope) -> bytes:
+    """Length-prefixed bytes of ``envelope``."""
+    body = msgpack.packb(_to_list(envelope), use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def parse(body: bytes) -> Envelope:
+    """Envelope from a frame body (without the length prefix)."""
+    try:
+        data = msgpack.unpackb(body, raw=False)
+        return _from_list(data)
+    except EnvelopeError:
+        raise
+    except Exception as exc:  # msgpack and shape errors of many kinds
+        raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}") from None
+
+
+def header_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise EnvelopeError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    return length
+
+
+HEADER_BYTES = _HEADER.size
+
+
+def _to_list(e: Envelope) -> list[Any]:
+    if isinstance(e, Deliver):
+        return [DELIVER, e.corr, e.to.category, e.to.entity_id, _message_to_list(e.message), e.want_reply]
+    if isinstance(e, ReplyEnvelope):
+        r = e.reply
+        return [REPLY, e.corr, e.epoch, r.ok, r.payload, r.code, r.reason, r.retryable]
+    if isinstance(e, Outbound):
+        return [OUTBOUND, e.source.category, e.source.entity_id, _effect_to_list(e.effect)]
+    if isinstance(e, Interest):
+        return [INTEREST, [[r.category, r.entity_id] for r in e.add], [[r.category, r.entity_id] for r in e.remove]]
+    return [HELLO, e.node_id, e.role, list(e.lanes)]
+
+
+def _from_list(d: Any) -> Envelope:
+    if not isinstance(d, list) or not d:
+        raise EnvelopeError("envelope must be a non-empty array")
+    kind = d[0]
+    if kind == DELIVER:
+        _, corr, category, entity_id, message, want_reply = d
+        return Deliver(int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
+    if kind == REPLY:
+        _, corr, epoch, ok, payload, code, reason, retryable = d
+        return ReplyEnvelope(int(corr), int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)))
+    if kind == OUTBOUND:
+        _, category, entity_id, effect = d
+        return Outbound(EntityRef(category, entity_id), _effect_from_list(effect))
+    if kind == INTEREST:
+        _, add, remove = d
+        return Interest(tuple(EntityRef(c, i) for c, i in add), tuple(EntityRef(c, i) for c, i in remove))
+    if kind == HELLO:
+        _, node_id, role, lanes = d
+        if not isinstance(node_id, str) or not node_id:
+            raise EnvelopeError("hello without a node id")
+        return Hello(node_id, str(role), tuple(map(str, lanes)))
+    raise EnvelopeError(f"unknown envelope kind {kind!r}")
+
+
+def _message_to_list(m: Inbound) -> list[Any]:
+    if isinstance(m, ClientMessage):
+        return [3, m.message_id, m.timestamp, m.connection_id, m.payload]
+    if isinstance(m, Connect):
+        return [1, m.message_id, m.timestamp, m.connection_id, dict(m.claims)]
+    if isinstance(m, Terminated):
+        return [2, m.message_id, m.timestamp, m.connection_id, m.reason]
+    if isinstance(m, EntityMessage):
+        return [4, m.message_id, m.timestamp, m.sender.category, m.sender.entity_id, m.type, dict(m.data)]
+    raise EnvelopeError(f"{type(m).__name__} does not travel between processes")
+
+
+def _message_from_list(d: list[Any]) -> Inbound:
+    kind, message_id, timestamp = d[0], str(d[1]), float(d[2])
+    if kind == 3 and isinstance(d[4], bytes):
+        return ClientMessage(message_id, timestamp, str(d[3]), d[4])
+    if kind == 1 and isinstance(d[4], dict):
+        return Connect(message_id, timestamp, str(d[3]), d[4])
+    if kind == 2:
+        return Terminated(message_id, timestamp, str(d[3]), str(d[4]))
+    if kind == 4 and isinstance(d[6], dict):
+        return EntityMessage(message_id, timestamp, EntityRef(d[3], d[4]), str(d[5]), d[6])
+    raise EnvelopeError(f"unknown or malformed message kind {kind!r}")
+
+
+def _effect_to_list(effect: Send | Terminate) -> list[Any]:
+    if isinstance(effect, Send):
+        return [1, _target_to_list(effect.target), effect.payload, effect.coalesce_key]
+    return [2, effect.connection_id, effect.reason, effect.reconnect]
+
+
+def _effect_from_list(d: list[Any]) -> Send | Terminate:
+    if d[0] == 1:
+        return Send(_target_from_list(d[1]), d[2], d[3])
+    if d[0] == 2:
+        return Terminate(str(d[1]), str(d[2]), bool(d[3]))
+    raise EnvelopeError(f"unknown effect kind {d[0]!r}")
+
+
+def _target_to_list(t: Target) -> list[Any]:
+    if isinstance(t, ToConnection):
+        return [1, t.connection_id]
+    if isinstance(t, ToAllConnections):
+        return [2]
+    return [3, dict(t.match)]
+
+
+def _target_from_list(d: list[Any]) -> Target:
+    if d[0] == 1:
+        return ToConnection(str(d[1]))
+    if d[0] == 2:
+        return ToAllConnections()
+    if d[0] == 3 and isinstance(d[1], dict):
+        return ToClaims(d[1])
+    raise EnvelopeError(f"unknown target kind {d[0]!r}")

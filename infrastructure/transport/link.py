@@ -1,0 +1,80 @@
+"""One persistent TCP connection carrying envelopes (one lane between two processes).
+
+A link has one reader task (frames → the handler, in order) and writes frames straight to
+the socket buffer (``StreamWriter.write`` never blocks the loop). A link whose buffer grows
+past ``max_buffer`` is a peer that does not read: it is closed rather than let it hold
+memory or delay anything else (at-most-once: senders see the failure and may retry by ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from infrastructure.transport.envelopes import HEADER_BYTES, Envelope, EnvelopeError, frame, header_length, parse
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Link", Envelope], None]
+
+
+class Link:
+    """A framed, persistent connection. See the module docstring."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str,
+                 max_buffer: int = 16 * 1024 * 1024) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.name = name
+        self.peer = ""  # node id, from its HELLO
+        self.max_buffer = max_buffer
+        self.closed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, handler: Handler, on_close: Callable[[Link], None] | None = None) -> None:
+        self._task = asyncio.create_task(self._read_forever(handler, on_close), name=f"link-{self.name}")
+
+    def send(self, envelope: Envelope) -> bool:
+        """Queue one envelope; False when the link is closed or had to be closed."""
+        return self.send_frame(frame(envelope))
+
+    def send_frame(self, data: bytes) -> bool:
+        """Queue an already encoded frame (one encoding for many links)."""
+        if self.closed.is_set():
+            return False
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > self.max_buffer:
+            log.warning("link %s to %s: peer not reading (%d bytes buffered); closing", self.name, self.peer,
+                        transport.get_write_buffer_size())
+            self.close()
+            return False
+        self.writer.write(data)
+        return True
+
+    def close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self.writer.close()
+            if self._task is not None and self._task is not asyncio.current_task():
+                self._task.cancel()
+
+    async def _read_forever(self, handler: Handler, on_close: Callable[[Link], None] | None) -> None:
+        try:
+            while True:
+                header = await self.reader.readexactly(HEADER_BYTES)
+                body = await self.reader.readexactly(header_length(header))
+                handler(self, parse(body))
+                if self.closed.is_set():
+                    break  # the handler closed us: nothing more from this peer is read
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # peer went away
+        except EnvelopeError as exc:
+            log.error("link %s from %s: %s; closing", self.name, self.peer or "?", exc)  # logged once: we close
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.closed.set()
+            self.writer.close()
+            if on_close is not None:
+                on_close(self)

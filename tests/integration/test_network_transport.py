@@ -1,0 +1,96 @@
+"""The network transport between an edge-side client and a state node over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from domain import ClientMessage, Connect, EntityRef
+from domain.effects import Send, ToAllConnections
+from infrastructure.bootstrap import build_platform
+from infrastructure.runtime.sharding import StaticShards
+from infrastructure.settings import Settings
+from infrastructure.transport.client import ClusterClient
+from infrastructure.transport.envelopes import Deliver, Hello, frame
+from infrastructure.transport.server import NodeServer
+from tests.support.entities import Counter
+
+OWNED = {"Counter": set(range(32))}  # shards 32..63 belong to nobody here
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.got: list[tuple[EntityRef, Any]] = []
+
+    def publish(self, source: EntityRef, effect: Any) -> None:
+        self.got.append((source, effect))
+
+
+def owned_ref(owned: bool) -> EntityRef:
+    from infrastructure.runtime.sharding import shard_of
+
+    for i in range(1000):
+        ref = EntityRef("Counter", f"e{i}")
+        if (shard_of(ref, 64) < 32) == owned:
+            return ref
+    raise AssertionError
+
+
+def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        settings = Settings(store="sqlite", data_dir=str(tmp_path))
+        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=3)) as p:
+            server = NodeServer(p.node, "node-a", is_member=lambda peer: peer.startswith("edge-"))
+            await server.start()
+            mine, nobodys = owned_ref(True), owned_ref(False)
+            edge = ClusterClient("edge-1", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address)
+            sink = Sink()
+            edge.subscribe(sink)
+            assert (await edge.ask(mine, Connect("c", time.time(), "conn", {"sub": "u"}))).ok
+            edge.hold(mine)
+            await asyncio.sleep(0.05)
+            add = ClientMessage("m1", time.time(), "conn", msgpack.packb({"type": "add", "n": 4}))
+            reply = await edge.ask(mine, add)
+            assert reply.ok and reply.payload == 4 and reply.message_id == "m1"
+            await asyncio.sleep(0.05)
+            assert sink.got == [(mine, Send(ToAllConnections(), {"total": 4}, "total"))]  # via INTEREST
+
+            other_edge = ClusterClient("edge-2", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address)
+            other_sink = Sink()
+            other_edge.subscribe(other_sink)
+            await other_edge.ask(mine, ClientMessage("m2", time.time(), "conn", msgpack.packb({"type": "add", "n": 1})))
+            await asyncio.sleep(0.05)
+            assert other_sink.got == []  # outbound only to edges that hold connections of the entity
+            assert len(sink.got) == 2
+
+            not_owned = await edge.ask(nobodys, Connect("c2", time.time(), "conn", {"sub": "u"}))
+            assert not not_owned.ok and not_owned.code == "retry"
+
+            stale = ClusterClient("edge-3", "edge", route=lambda ref: ("node-a", 4), address_of=lambda n: server.address)
+            dropped = await stale.ask(mine, ClientMessage("m3", time.time(), "conn", msgpack.packb({"type": "peek"})))
+            assert not dropped.ok and "replaced owner" in dropped.reason  # epoch 3 < 4 known to the edge
+
+            # An unknown peer is refused: nothing it sends is delivered.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frame(Hello("intruder", "edge")))
+            writer.write(frame(Deliver(1, mine, ClientMessage("evil", time.time(), "conn",
+                                                              msgpack.packb({"type": "add", "n": 1000})), True)))
+            await writer.drain()
+            assert await reader.read() == b""  # closed on us
+            # A malformed frame closes the link; the node keeps serving.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frame(Hello("edge-9", "edge")) + b"\x00\x00\x00\x03\xc1\xc1\xc1")
+            await writer.drain()
+            await reader.read()
+            total = await edge.ask(mine, ClientMessage("m4", time.time(), "conn", msgpack.packb({"type": "peek"})))
+            assert total.ok and total.payload == 5
+            assert server.refused_peers == {"intruder"}
+            for client in (edge, other_edge, stale):
+                await client.close()
+            await server.stop()
+
+    asyncio.run(scenario())
