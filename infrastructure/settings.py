@@ -15,7 +15,7 @@ from typing import Any
 
 from infrastructure.errors import ConfigurationError
 
-STORES = ("sqlite", "postgres", "memory")
+STORES = ("sqlite", "postgres", "memory", "eventstoredb")
 
 
 def _setting(default: Any, why: str) -> Any:
@@ -27,7 +27,8 @@ class Settings:
     """Platform settings. Each field's ``why`` metadata is the reason for its default."""
 
     store: str = _setting("sqlite", "Embedded default: one file, no server to run. 'postgres' for "
-                          "a shared server; 'memory' for tests and the sandbox.")
+                          "a shared server; 'memory' for tests and the sandbox; 'eventstoredb' for "
+                          "production (EventStoreDB/KurrentDB cluster, see eventstoredb_uri).")
     data_dir: str = _setting(".xplatform-data", "Where the SQLite file lives; relative to the working "
                              "directory so a checkout's demo data stays with it.")
     postgres_host: str = _setting("127.0.0.1", "Local server by default; set for a remote one.")
@@ -35,6 +36,31 @@ class Settings:
     postgres_user: str = _setting("xplatform", "A dedicated role, not the superuser.")
     postgres_password: str = _setting("", "Empty: rely on the server's local trust/peer auth unless set.")
     postgres_dbname: str = _setting("xplatform", "One database per platform installation.")
+    eventstoredb_uri: str = _setting("", "No default on purpose: a production store must be named "
+                                     "(kurrentdb://node1:2113,node2:2113,node3:2113 or kurrentdb+discover://<dns name>:2113 "
+                                     "for a cluster; "
+                                     "kurrentdb://127.0.0.1:2113?tls=false for a local node or the emulator). "
+                                     "Also read from EVENTSTOREDB_URI, the variable the eventsourcing "
+                                     "adapter and our tests use. TLS is on unless the URI says tls=false.")
+    eventstoredb_tls_ca_file: str = _setting("", "Self-hosted clusters use a private CA the system trust "
+                                             "store does not know; name its PEM file here (mounted from a "
+                                             "secret). Empty: the system roots verify the server.")
+    eventstoredb_username: str = _setting("", "Credentials kept out of the URI so they can come from a "
+                                          "secret; empty uses the URI's user:password@ part, if any. "
+                                          "Refused with tls=false: the client only sends them over TLS.")
+    eventstoredb_password: str = _setting("", "See eventstoredb_username.")
+    eventstoredb_deadline_s: float = _setting(5.0, "Per call. An append of a full group commit takes well "
+                                              "under a second on a healthy cluster; 5 s rides out a short "
+                                              "stall, and after it the batch fails (its messages get a "
+                                              "retryable error) instead of holding the node.")
+    eventstoredb_retries: int = _setting(2, "Extra attempts for reads, and for appends whose outcome is "
+                                         "unknown (deadline, dropped connection) - safe because each event's "
+                                         "ID is derived from its content, so the server treats a re-sent "
+                                         "append as a duplicate. Two keep the worst case near the 5 s ask "
+                                         "timeout's order of magnitude instead of far beyond it.")
+    eventstoredb_stream_prefix: str = _setting("", "Prepended to every stream name, so several installations "
+                                               "(staging, test runs) can share one cluster without seeing "
+                                               "each other's streams. Empty in production.")
     shards_per_category: int = _setting(64, "Fixed per category for the life of the data (the shard "
                                         "function must never move an entity); 64 spreads over up to "
                                         "~16 nodes with room to rebalance.")
@@ -55,6 +81,71 @@ class Settings:
                                       "155 ms); 2,000 measured p99 2.3 ms at 2k msg/s. 0 keeps Python's default.")
     node_id: str = _setting("node-1", "Name of this state node in metrics and logs.")
     log_level: str = _setting("INFO", "Operators see starts, stops and errors, not every message.")
+    # ---- edges (public websocket edge, internal device edge, JWT); parsed by edge/config.py
+    edge_host: str = _setting("127.0.0.1", "Dev mode listens on loopback only; set 0.0.0.0 behind a proxy "
+                              "or load balancer in production.")
+    edge_port: int = _setting(8080, "A common unprivileged HTTP port; 0 picks a free one (tests).")
+    edge_allowed_origins: str = _setting("", "Comma-separated browser Origins allowed to open websockets; "
+                                         "empty allows only the edge's own origin (the demo page), '*' any. "
+                                         "Requests without Origin (non-browsers) rely on the token alone.")
+    edge_max_frame_bytes: int = _setting(65_536, "64 KiB covers any sane client message (the sample's are "
+                                         "<100 B) while one frame cannot make the edge buffer megabytes "
+                                         "(over it: close 1009; also the internal edge's body limit).")
+    edge_rate_per_s: float = _setting(50.0, "Per connection: a person produces a few messages per second; "
+                                      "50/s sustained is far above that and far below a flood (close 1008).")
+    edge_rate_burst: float = _setting(100.0, "Frames a connection may send at once (page load, reconnect "
+                                      "resend) before the sustained rate applies.")
+    edge_send_queue_frames: int = _setting(256, "Bound of a connection's immediate send queue. Coalesced state "
+                                           "never queues; 256 unsent replies/notifications means the client is "
+                                           "not reading (close 1013) - Centrifugo-style bounded queues.")
+    edge_coalesce_hz: float = _setting(20.0, "Coalesced state updates leave at most 20 times a second per key "
+                                       "(Colyseus patches at 20 Hz): 1,000 updates/s x 1,000 viewers become "
+                                       "20k frames/s, within one core's ~115k frames/s.")
+    edge_heartbeat_s: float = _setting(20.0, "Websocket ping every 20 s (under common 30-60 s proxy idle "
+                                       "timeouts); no frame for 2.5 intervals closes a dead peer.")
+    edge_close_timeout_s: float = _setting(2.0, "How long a close waits for the client's close frame (and a "
+                                           "slow consumer's buffers) before the socket is aborted.")
+    edge_dev_tokens: int = _setting(0, "1 serves GET /dev/token (ES256 key pair made at start; tokens for "
+                                    "any sub/role). Off by default: it hands out identities; `xplatform run` "
+                                    "(dev mode) turns it on.")
+    edge_internal_networks: str = _setting("", "Device networks of the internal edge, 'CIDR=device_class,...'. "
+                                           "Empty disables it: behind a reverse proxy every client looks like "
+                                           "loopback, so no network is trusted until named.")
+    edge_internal_idle_s: float = _setting(60.0, "A device that neither pushes nor pulls for a minute is "
+                                           "disconnected (the entity starts its grace period).")
+    edge_internal_buffer: int = _setting(1000, "Outbound messages kept per device for pulls; older ones are "
+                                         "counted as missed (bounded memory per device).")
+    edge_internal_max_wait_s: float = _setting(25.0, "Longest long-poll: under the common 30 s proxy timeout.")
+    jwt_algorithms: str = _setting("RS256,ES256", "Explicit allow-list (never the token's own choice): "
+                                   "asymmetric only; HS256 is added only when a secret is set.")
+    jwt_jwks_file: str = _setting("", "JWKS file with the identity provider's public keys (re-read on "
+                                  "unknown kid and after jwt_jwks_max_age_s).")
+    jwt_jwks_url: str = _setting("", "JWKS URL of the identity provider (cached; refetched on key rotation).")
+    jwt_hs256_secret: str = _setting("", "Shared HMAC secret; empty keeps HS256 disabled (key-confusion proof).")
+    jwt_issuer: str = _setting("", "Required iss when set; empty skips the check (dev).")
+    jwt_audience: str = _setting("", "Required aud when set; empty refuses nothing for aud (dev).")
+    jwt_leeway_s: float = _setting(5.0, "Clock skew tolerated on exp/nbf: NTP-synced hosts drift well "
+                                   "under a second; 5 s is small enough not to extend sessions.")
+    jwt_jwks_max_age_s: float = _setting(300.0, "Keys are re-read every 5 minutes so revoked keys leave soon.")
+    jwt_jwks_refetch_s: float = _setting(30.0, "At most one refetch per 30 s for unknown kids, so made-up "
+                                         "kids cannot hammer the key server.")
+    # ---- cluster (ZooKeeper shard ownership, network transport); see infrastructure/cluster/
+    zookeeper_hosts: str = _setting("", "Empty: dev mode, one node owns every shard, no ZooKeeper. Set "
+                                    "(host:port,host:port,...) to run state nodes and edges as a cluster.")
+    cluster_name: str = _setting("xplatform", "Root of this cluster's znodes (/xplatform/<name>): several "
+                                 "clusters (or test runs) can share one ensemble.")
+    zk_session_timeout_s: float = _setting(2.0, "Detection floor of a crashed node (~timeout + one tick). "
+                                           "2 s is safe against GC pauses and network blips; sub-second "
+                                           "failover needs 0.4-0.6 s sessions plus a local supervisor.")
+    node_group: str = _setting("default", "Which layout rule this node falls under (cluster_layout).")
+    cluster_layout: str = _setting("", "JSON rules of which node groups host which categories, with weights; "
+                                   "empty: every node hosts every category equally. See cluster/layout.py.")
+    transport_host: str = _setting("127.0.0.1", "Where a state node listens for edges and peers; loopback "
+                                   "until the deployment names its network.")
+    transport_port: int = _setting(0, "0 picks a free port; the address is published in ZooKeeper, so "
+                                   "nothing needs to know it in advance.")
+    transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
+                                    "connections, so a flood in one cannot delay another; others use 'default'.")
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
@@ -64,9 +155,41 @@ class Settings:
         for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
-        for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s"):
+        for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
+                     "zk_session_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
+        if self.eventstoredb_retries < 0:
+            raise ConfigurationError("XPLATFORM_EVENTSTOREDB_RETRIES must be 0 or positive")
+        if self.store == "eventstoredb":
+            self._check_eventstoredb()
+
+    def _check_eventstoredb(self) -> None:
+        from kurrentdbclient.connection_spec import ConnectionSpec  # only when this store is chosen
+
+        if not self.eventstoredb_uri:
+            raise ConfigurationError("XPLATFORM_STORE=eventstoredb needs XPLATFORM_EVENTSTOREDB_URI "
+                                     "(or EVENTSTOREDB_URI), e.g. kurrentdb://127.0.0.1:2113?tls=false")
+        if bool(self.eventstoredb_username) != bool(self.eventstoredb_password):
+            raise ConfigurationError("XPLATFORM_EVENTSTOREDB_USERNAME and _PASSWORD must be set together")
+        if set(self.eventstoredb_username) & set(":@/?#") or set(self.eventstoredb_password) & set("@/?#"):
+            raise ConfigurationError("XPLATFORM_EVENTSTOREDB_USERNAME/_PASSWORD cannot contain @ / ? # "
+                                     "(nor : in the user name): the client takes them from the URI unescaped")
+        try:
+            spec = ConnectionSpec(self.eventstoredb_client_uri())
+        except ValueError as exc:
+            raise ConfigurationError(f"XPLATFORM_EVENTSTOREDB_URI is not a usable KurrentDB connection string "
+                                     f"({_redact(str(exc))}); TLS (the default) needs a user and password") from None
+        has_credentials = bool(self.eventstoredb_username or spec.username)
+        if has_credentials and not spec.options.tls:
+            raise ConfigurationError("EventStoreDB credentials with tls=false would never be sent (the client "
+                                     "only sends them over TLS): enable TLS or drop the credentials")
+        if self.eventstoredb_tls_ca_file:
+            if not spec.options.tls:
+                raise ConfigurationError("XPLATFORM_EVENTSTOREDB_TLS_CA_FILE is set but the URI says tls=false")
+            if not Path(self.eventstoredb_tls_ca_file).is_file():
+                raise ConfigurationError(f"XPLATFORM_EVENTSTOREDB_TLS_CA_FILE={self.eventstoredb_tls_ca_file!r} "
+                                         "is not a readable file")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -82,6 +205,8 @@ class Settings:
                 values[f.name] = kind(raw)
             except ValueError:
                 raise ConfigurationError(f"XPLATFORM_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        if "eventstoredb_uri" not in values and environ.get("EVENTSTOREDB_URI"):
+            values["eventstoredb_uri"] = environ["EVENTSTOREDB_URI"]
         values.update(overrides)
         return cls(**values)
 
@@ -104,8 +229,39 @@ class Settings:
                     "POSTGRES_PORT": str(self.postgres_port), "POSTGRES_USER": self.postgres_user,
                     "POSTGRES_PASSWORD": self.postgres_password, "POSTGRES_DBNAME": self.postgres_dbname,
                     "POSTGRES_CONNECT_TIMEOUT": "5"}
+        if self.store == "eventstoredb":
+            env = {"PERSISTENCE_MODULE": "eventsourcing_eventstoredb", "EVENTSTOREDB_URI": self.eventstoredb_client_uri()}
+            if self.eventstoredb_tls_ca_file:
+                env["EVENTSTOREDB_ROOT_CERTIFICATES"] = Path(self.eventstoredb_tls_ca_file).read_text()
+            return env
         return {**common, "PERSISTENCE_MODULE": "eventsourcing.popo"}
+
+    def eventstoredb_client_uri(self) -> str:
+        """``eventstoredb_uri`` with ``eventstoredb_username``/``_password`` put in its user part."""
+        if not self.eventstoredb_username:
+            return self.eventstoredb_uri
+        # kurrentdbclient reads the user part raw (no percent-decoding), so it goes in as is;
+        # _check_eventstoredb refuses the characters that would break the URI.
+        scheme, _, rest = self.eventstoredb_uri.partition("://")
+        hosts = rest.rpartition("@")[2]
+        return f"{scheme}://{self.eventstoredb_username}:{self.eventstoredb_password}@{hosts}"
 
     def describe(self) -> list[tuple[str, Any, str]]:
         """(name, value, why) for every setting, for ``xplatform settings``."""
-        return [(f.name, getattr(self, f.name), f.metadata.get("why", "")) for f in fields(self)]
+        return [(f.name, _shown(f.name, getattr(self, f.name)), f.metadata.get("why", "")) for f in fields(self)]
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A setting's value fit for printing: secrets hidden."""
+    if name.endswith(("password", "secret")) and value:
+        return "***"
+    return _redact(value) if name.endswith("uri") else value
+
+
+def _redact(value: Any) -> Any:
+    """Hide the password in a URI's ``user:password@`` part."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", value)

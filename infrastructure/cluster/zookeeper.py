@@ -27,6 +27,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
 
+from domain.refs import EntityRef
 from infrastructure.cluster.allocation import Assignment, allocate
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
@@ -68,6 +69,8 @@ class ZooKeeperCoordinator:
         self._stopping = threading.Event()
         self._election_thread: threading.Thread | None = None
         self._started = False
+        self.members: dict[str, dict[str, object]] = {}
+        """Live members (node id → announced info), kept current by a watch."""
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, connect_timeout_s: float = 10.0) -> None:
@@ -141,9 +144,39 @@ class ZooKeeperCoordinator:
         if data is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.ownership.map_changed, _decode(data))
 
-    def _on_members(self, _children: list[str]) -> bool:
+    def _on_members(self, children: list[str]) -> bool:
         self._members_changed.set()
+        self.client.handler.spawn(self._read_members, list(children))
         return not self._stopping.is_set()
+
+    def _read_members(self, children: list[str]) -> None:
+        members: dict[str, dict[str, object]] = {}
+        for node_id in children:
+            try:
+                data, _ = self.client.get(f"{self.root}/members/{node_id}")
+                members[node_id] = json.loads(data)
+            except (NoNodeError, ValueError):
+                continue
+            except KazooException:
+                return  # connection trouble: the next watch event reads again
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._set_members, members)
+
+    def _set_members(self, members: dict[str, dict[str, object]]) -> None:
+        self.members = members
+
+    # ------------------------------------------------------------------ queries (loop thread)
+    def is_member(self, node_id: str) -> bool:
+        return node_id in self.members
+
+    def address_of(self, node_id: str) -> str | None:
+        info = self.members.get(node_id)
+        return None if info is None else str(info.get("address") or "") or None
+
+    def route(self, ref: EntityRef) -> tuple[str, int] | None:
+        """Owner node and epoch of ``ref``'s shard, for the transport client."""
+        owner = self.ownership.owner_of(ref)
+        return None if owner is None else (owner.node, owner.epoch)
 
     # ------------------------------------------------------------------ allocator (its own thread)
     def _run_election(self) -> None:

@@ -1,0 +1,93 @@
+"""Composition of one clustered state node process: runtime + ZooKeeper ownership + the
+network transport (``xplatform state-node``).
+
+Start order matters: the transport server listens first (its address goes into the
+ZooKeeper member record), then the node joins ZooKeeper and serves the shards the map
+gives it. Stop order: leave ZooKeeper first (the allocator moves our shards at once,
+instead of after a session timeout), finish pending appends, then close the links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from domain.auction import ENTITIES
+from domain.entity import Entity
+from domain.messages import EntityMessage
+from domain.refs import EntityRef
+from infrastructure.bootstrap import Platform, build_platform
+from infrastructure.cluster.layout import Layout
+from infrastructure.cluster.ownership import Ownership
+from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.runtime.node import StateNode
+from infrastructure.settings import Settings
+from infrastructure.transport.client import ClusterClient
+from infrastructure.transport.server import NodeServer
+
+log = logging.getLogger(__name__)
+
+
+def lanes_from(settings: Settings) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in settings.transport_lanes.split(",") if p.strip()]
+    return {category.strip(): lane.strip() for category, lane in pairs}
+
+
+class LocalFirstRouter:
+    """Entity-to-entity messages: delivered in this process when we own the target, else
+    sent to its owner over the transport."""
+
+    def __init__(self, node: StateNode, remote: ClusterClient) -> None:
+        self.node, self.remote = node, remote
+
+    def tell(self, to: EntityRef, message: EntityMessage) -> None:
+        if self.node.ownership.owns(to):
+            asyncio.get_running_loop().call_soon(self.node.deliver, to, message)
+        else:
+            self.remote.tell(to, message)
+
+
+class ClusteredStateNode:
+    """A state node in a cluster. ``async with`` runs it."""
+
+    def __init__(self, settings: Settings, entities: Iterable[type[Entity]] = ENTITIES) -> None:
+        self.settings = settings
+        self.ownership = Ownership(settings.node_id, settings.shards_per_category)
+        self.platform: Platform = build_platform(settings, entities=entities, ownership=self.ownership)
+        layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
+        categories = {c: settings.shards_per_category for c in self.platform.node.types.categories}
+        self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),
+                                 host=settings.transport_host, port=settings.transport_port)
+        self.coordinator = ZooKeeperCoordinator(
+            settings.zookeeper_hosts, settings.cluster_name,
+            MemberInfo(settings.node_id, role="state", group=settings.node_group), categories, layout,
+            self.ownership, session_timeout_s=settings.zk_session_timeout_s)
+        lanes = lanes_from(settings)
+        self.client = ClusterClient(settings.node_id, "state", route=self.coordinator.route,
+                                    address_of=self.coordinator.address_of,
+                                    lane_of=lambda ref: lanes.get(ref.category, "default"),
+                                    ask_timeout_s=settings.ask_timeout_s)
+        self.platform.node.router = LocalFirstRouter(self.platform.node, self.client)
+
+    async def start(self) -> None:
+        await self.platform.start()
+        await self.server.start()
+        self.coordinator.member = MemberInfo(self.settings.node_id, address=self.server.address, role="state",
+                                             group=self.settings.node_group)
+        await self.coordinator.start()
+        log.info("state node %s serving on %s", self.settings.node_id, self.server.address)
+
+    async def stop(self) -> None:
+        await self.coordinator.stop()
+        await self.platform.node.drain()
+        await self.client.close()
+        await self.server.stop()
+        await self.platform.stop()
+
+    async def __aenter__(self) -> ClusteredStateNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
