@@ -20,6 +20,74 @@ class ConcurrencyConflict(PersistenceError):
     someone else wrote the stream. Nothing of the append was stored."""
 
 
+class StoreError(PersistenceError):
+    """Raised when an event store server refuses or cannot answer a call. The client
+    library's exception is the ``__cause__``; ``transient`` says whether the same call
+    may succeed later unchanged (so a retry is worth it) or needs an operator."""
+
+    transient = False
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the event store cannot be reached: connection refused, name not
+    resolved, no cluster member found, or the connection dropped mid-call. For an
+    append whose connection dropped mid-call the outcome is unknown (see the adapter
+    on how re-sending stays safe)."""
+
+    transient = True
+
+
+class StoreDeadlineExceeded(StoreError):
+    """Raised when the event store did not answer within the configured deadline. For
+    an append the outcome is unknown: it may have been written."""
+
+    transient = True
+
+
+class StoreNotLeader(StoreError):
+    """Raised when a write reached a cluster node that is not the leader and following
+    the redirect did not help. ``leader`` is the ``host:port`` the node named, if any."""
+
+    transient = True
+
+    def __init__(self, message: str, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class StoreAuthenticationFailed(StoreError):
+    """Raised when the event store rejects the configured credentials (wrong user or
+    password, or none given where the server requires them)."""
+
+
+class StoreAccessDenied(StoreError):
+    """Raised when the credentials are valid but not allowed to do the operation
+    (the stream's ACL or the server's default ACL forbids it)."""
+
+
+class StoreTlsError(StoreError):
+    """Raised when TLS cannot be agreed with the event store: the client expects TLS
+    and the server speaks plaintext (or the reverse), or the server's certificate is
+    not signed by the configured CA."""
+
+
+class SubscriptionError(PersistenceError):
+    """Raised when a subscription to the event store's event stream fails or is misused."""
+
+
+class SubscriptionGroupNotFound(SubscriptionError):
+    """Raised when a persistent subscription group does not exist (never created, or deleted)."""
+
+
+class SubscriptionGroupExists(SubscriptionError):
+    """Raised when creating a persistent subscription group whose name is already taken."""
+
+
+class SubscriptionDropped(SubscriptionError):
+    """Raised when the server ends a subscription the consumer did not stop (group
+    updated or deleted, too many consumers, consumer too slow)."""
+
+
 class CodecError(InfrastructureError):
     """Raised when a value cannot be encoded or decoded by the msgpack transcoder."""
 

@@ -1,6 +1,6 @@
 """Durable events per second on a store: group commit vs one event per save, same run.
 
-    python -m loadtests.bench_persistence [--store sqlite|postgres|memory] [--events 40000]
+    python -m loadtests.bench_persistence [--store sqlite|postgres|memory|eventstoredb] [--events 40000]
 
 - ``group_commit_events_per_s``: commands to 100 entities through the state node, each
   producing one event; up to ``--window`` commands in flight; time until every reply
@@ -10,7 +10,10 @@
   journal: what a store does without group commit.
 
 Runs in a fresh temporary data directory (SQLite) or the configured server (postgres:
-``XPLATFORM_POSTGRES_*``).
+``XPLATFORM_POSTGRES_*``; eventstoredb: ``EVENTSTOREDB_URI``, else the gRPC emulator is
+started for the run, in a fresh stream namespace either way). Against the emulator the
+absolute figures mean little (a Python test server); the group-commit / single-save ratio
+is what carries over to a real server.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from domain import ClientMessage, Connect, EntityRef, Reply
 from infrastructure.bootstrap import build_platform
 from infrastructure.persistence import StreamWrite, open_journal
 from infrastructure.settings import Settings
-from loadtests.common import emit
+from loadtests.common import emit, eventstoredb_for_benchmark
 from loadtests.entities import Tally
 
 
@@ -80,14 +83,16 @@ def _single_saves(settings: Settings, events: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default="sqlite", choices=["sqlite", "postgres", "memory"])
+    parser.add_argument("--store", default="sqlite", choices=["sqlite", "postgres", "memory", "eventstoredb"])
     parser.add_argument("--events", type=int, default=40_000, help="events per group-commit phase")
     parser.add_argument("--single-events", type=int, default=2_000, help="events in the one-per-save phase")
     parser.add_argument("--entities", type=int, default=100)
     parser.add_argument("--window", type=int, default=2_000, help="commands in flight")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="xplatform-bench-") as data_dir:
-        settings = Settings.from_env(store=args.store, data_dir=data_dir, snapshot_every=1_000_000)
+    with tempfile.TemporaryDirectory(prefix="xplatform-bench-") as data_dir, \
+            eventstoredb_for_benchmark(args.store == "eventstoredb") as esdb:
+        extra = {} if esdb is None else {"eventstoredb_uri": esdb, "eventstoredb_stream_prefix": f"bench-{uuid.uuid4().hex[:8]}-"}
+        settings = Settings.from_env(store=args.store, data_dir=data_dir, snapshot_every=1_000_000, **extra)
         group, group_errors = asyncio.run(_through_node(settings, args.entities, args.events, args.window))
         hot, hot_errors = asyncio.run(_through_node(settings, 1, args.events, args.window))
         single = _single_saves(settings, args.single_events)

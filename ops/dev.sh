@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES=(postgresql zookeeper)   # real servers the integration tests start (PostgreSQL, ZooKeeper)
+# real servers the integration tests start (PostgreSQL, ZooKeeper); headless Chromium + its driver
+# for the demo-page browser test; node runs the browser client's JS tests (node --test)
+DEBIAN_PACKAGES=(postgresql zookeeper chromium chromium-driver nodejs)
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 

@@ -8,8 +8,10 @@ answers per write, so one conflicting stream does not fail the others. All the w
 one stream in a call stand or fall together, in order.
 
 Adapters: :mod:`infrastructure.persistence.recorder_journal` (SQLite, PostgreSQL, memory,
-through the ``eventsourcing`` library's recorders). The contract every adapter must meet
-is ``tests/contract/test_journal_contract.py``.
+through the ``eventsourcing`` library's recorders) and
+:mod:`infrastructure.persistence.eventstoredb_journal` (EventStoreDB/KurrentDB, the
+production store). The contract every adapter must meet is
+``tests/contract/test_journal_contract.py``; it runs on all four.
 """
 
 from __future__ import annotations

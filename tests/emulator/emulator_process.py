@@ -10,8 +10,9 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,16 @@ class EmulatorProcess:
     process: subprocess.Popen[str]
     host: str
     port: int
+    log_path: Path | None = field(default=None)
+
+    def log(self, tail: int = 8000) -> str:
+        """The end of the emulator's stderr (its log), for failure reports."""
+        if self.log_path is None:
+            return "(no log)"
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return "(no log)"
 
     @property
     def uri(self) -> str:
@@ -47,6 +58,8 @@ class EmulatorProcess:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
 
 def launch_emulator(*extra_args: str) -> EmulatorProcess:
@@ -66,14 +79,19 @@ def launch_emulator(*extra_args: str) -> EmulatorProcess:
         *extra_args,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(  # noqa: S603 - fixed command line
-        command,
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # stderr goes to a file, not a pipe: nobody drains a pipe during a long session, and a
+    # full pipe would block the emulator.
+    log_fd, log_name = tempfile.mkstemp(prefix="eventstoredb-emulator-", suffix=".log")
+    log_path = Path(log_name)
+    with os.fdopen(log_fd, "w") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - fixed command line
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read_stdout() -> None:
@@ -92,12 +110,13 @@ def launch_emulator(*extra_args: str) -> EmulatorProcess:
             seen.append(line)
             if line.startswith("listening on "):
                 host, _, port = line.split("listening on ", 1)[1].strip().rpartition(":")
-                return EmulatorProcess(process=process, host=host, port=int(port))
+                return EmulatorProcess(process=process, host=host, port=int(port), log_path=log_path)
     except (queue.Empty, EmulatorStartupError) as error:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
-        stderr = process.stderr.read() if process.stderr is not None else ""
+        stderr = log_path.read_text(errors="replace")[-8000:]
+        log_path.unlink(missing_ok=True)
         message = (
             f"EventStoreDB emulator failed to start ({error!r}); command={command}\n"
             f"--- stdout ---\n{''.join(seen)}\n--- stderr ---\n{stderr}"

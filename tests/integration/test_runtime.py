@@ -1,5 +1,5 @@
 """The state-node runtime over real stores: SQLite file by default, every store where the
-test takes ``store_settings`` (SQLite, PostgreSQL server, memory)."""
+test takes ``store_settings`` (SQLite, PostgreSQL server, memory, EventStoreDB)."""
 
 from __future__ import annotations
 
@@ -140,15 +140,15 @@ def test_replies_of_messages_without_events_wait_for_earlier_writes(tmp_path: An
 
 
 # ---------------------------------------------------------------------------- conflicts
-def test_conflict_reloads_entity_and_rejects_with_retryable_error(tmp_path: Any) -> None:
-    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+def test_conflict_reloads_entity_and_rejects_with_retryable_error(store_settings: Settings) -> None:
+    settings = store_settings
 
     async def scenario(p: Platform) -> None:
-        ref = EntityRef("Counter", "contested")
+        ref = EntityRef("Counter", f"contested-{time.time_ns()}")  # the PostgreSQL database is per session
         await connect(p, ref)
         assert (await client(p, ref, {"type": "add", "n": 1}, "m1")).payload == 1
         # Someone else (a zombie owner, an operator's script) writes the stream behind our back.
-        foreign = Counter.blank("contested")
+        foreign = Counter.blank(ref.entity_id)
         foreign.version = 2
         foreign._added(n=1000)
         [event] = foreign.collect_events()
@@ -200,11 +200,11 @@ def test_bad_input_gets_typed_errors_and_changes_nothing(store_settings: Setting
 
 
 # ---------------------------------------------------------------------------- lifecycle
-def test_passivation_snapshot_reload_and_duplicate_after_reload(tmp_path: Any) -> None:
-    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+def test_passivation_snapshot_reload_and_duplicate_after_reload(store_settings: Settings) -> None:
+    settings = store_settings
 
     async def scenario(p: Platform) -> None:
-        ref = EntityRef("Counter", "sleepy")
+        ref = EntityRef("Counter", f"sleepy-{time.time_ns()}")
         await connect(p, ref)
         replies = [await client(p, ref, {"type": "add", "n": i}, f"m{i}") for i in range(1, 13)]
         assert replies[-1].payload == 78

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc.aio
 from kurrentdbclient.protos.v1 import gossip_pb2_grpc, persistent_pb2_grpc, streams_pb2_grpc
 
+from .access import AccessInterceptor
 from .errors import EmulatorError
 from .gossip_service import GossipService
 from .journal import FileJournal
@@ -32,6 +35,16 @@ class BindError(EmulatorError):
     """The requested host/port could not be bound."""
 
 
+@dataclass(frozen=True)
+class AccessOptions:
+    """TLS, users and follower mode (all off by default; see :mod:`.access`)."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+    follower_of: tuple[str, int] | None = None
+
+
 @dataclass
 class RunningEmulator:
     """A started server and the port it actually listens on."""
@@ -42,12 +55,19 @@ class RunningEmulator:
     log: EventLog
 
 
-async def start_emulator(host: str, port: int, data_file: str | None) -> RunningEmulator:
+async def start_emulator(
+    host: str, port: int, data_file: str | None, access: AccessOptions | None = None
+) -> RunningEmulator:
     """Create and start the server; ``port=0`` picks a free port."""
+    access = access or AccessOptions()
     log = EventLog(FileJournal(data_file) if data_file else None)
     registry = PersistentSubscriptionRegistry(log)
     registry.load()
+    interceptors = []
+    if access.users or access.follower_of:
+        interceptors.append(AccessInterceptor(access.users, access.follower_of))
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -56,21 +76,27 @@ async def start_emulator(host: str, port: int, data_file: str | None) -> Running
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
         ]
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if access.tls_cert and access.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(access.tls_key).read_bytes(), Path(access.tls_cert).read_bytes())]
+        )
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise BindError(f"cannot bind {host}:{port}")
     streams_pb2_grpc.add_StreamsServicer_to_server(StreamsService(log), server)
     persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server(
         PersistentSubscriptionsService(registry), server
     )
-    gossip_pb2_grpc.add_GossipServicer_to_server(GossipService(host, bound), server)
+    gossip_pb2_grpc.add_GossipServicer_to_server(GossipService(host, bound, access.follower_of), server)
     await server.start()
     return RunningEmulator(server=server, host=host, port=bound, log=log)
 
 
-async def serve(host: str, port: int, data_file: str | None) -> None:
+async def serve(host: str, port: int, data_file: str | None, access: AccessOptions | None = None) -> None:
     """Run until SIGTERM/SIGINT, announcing readiness on stdout."""
-    running = await start_emulator(host, port, data_file)
+    running = await start_emulator(host, port, data_file, access)
     sys.stdout.write(f"listening on {running.host}:{running.port}\n")
     sys.stdout.flush()
     stop = asyncio.Event()

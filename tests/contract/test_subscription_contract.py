@@ -1,0 +1,330 @@
+"""Contract of the downstream event stream ports (infrastructure.persistence.subscriptions).
+
+Runs against every adapter that offers subscriptions: EventStoreDB (the emulator, or the
+server ``EVENTSTOREDB_URI`` names). Events go in through the journal port, as the state
+nodes write them, in a namespace (stream prefix) of the test's own. Where a test asserts
+the server's semantics, its docstring cites the EventStoreDB documentation
+(https://developers.eventstore.com/, "Clients / gRPC" and "Server / Features").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from infrastructure.errors import SubscriptionError, SubscriptionGroupExists, SubscriptionGroupNotFound
+from infrastructure.persistence import EventJournal, StreamWrite, open_journal, open_subscriptions
+from infrastructure.persistence.eventstoredb_subscriptions import EventStoreDBSubscriptions
+from infrastructure.persistence.subscriptions import (
+    Checkpoint,
+    Delivery,
+    EventFilter,
+    GroupSettings,
+    Source,
+    StreamEvent,
+)
+from tests.conftest import eventstoredb_settings
+
+WAIT = 10.0
+
+
+@pytest.fixture(params=["eventstoredb"])
+def store(request: pytest.FixtureRequest) -> Iterator[tuple[EventJournal, EventStoreDBSubscriptions]]:
+    """A journal and the subscription ports on the same store and namespace."""
+    settings = eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"))
+    journal, subscriptions = open_journal(settings), open_subscriptions(settings)
+    yield journal, subscriptions
+    subscriptions.close()
+    journal.close()
+
+
+def write(journal: EventJournal, stream_id: str, *topics: str, after: int = 0) -> None:
+    events = tuple(StoredEvent(stream_id, after + i, topic, f"{stream_id}:{after + i}".encode())
+                   for i, topic in enumerate(topics, start=1))
+    assert journal.append([StreamWrite(stream_id, after, events)]) == [None]
+
+
+def take(iterator: Any, count: int, timeout: float = WAIT) -> list[Any]:
+    """The first ``count`` items, read on a thread; fails (after stopping) on timeout."""
+    got: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for item in iterator:
+                got.append(item)
+                if len(got) >= count:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        iterator.stop()
+        thread.join(5)
+        raise AssertionError(f"got {len(got)} of {count} items in {timeout}s: {got}")
+    if failure:
+        raise failure[0]
+    return got
+
+
+def events_only(items: list[Any]) -> list[StreamEvent]:
+    return [i for i in items if isinstance(i, StreamEvent)]
+
+
+# ---------------------------------------------------------------------------- catch-up
+def test_category_subscription_gets_that_category_in_order(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    journal, stream = store
+    write(journal, "Lot-a", "m:Lot.Opened", "m:Lot.BidPlaced")
+    write(journal, "Bidder-x", "m:Bidder.AccountOpened")
+    write(journal, "Lot-b", "m:Lot.Opened")
+    journal.save_snapshot(StoredEvent("Lot-a", 2, "m:Lot.Snapshot", b"snap"))
+    with stream.subscribe_category("Lot") as subscription:
+        got = take(subscription, 3)
+    assert [(e.stream_id, e.version, e.topic) for e in got] == [
+        ("Lot-a", 1, "m:Lot.Opened"), ("Lot-a", 2, "m:Lot.BidPlaced"), ("Lot-b", 1, "m:Lot.Opened")]
+    assert got[0].state == b"Lot-a:1" and got[0].category == "Lot"
+    assert got[0].stored() == StoredEvent("Lot-a", 1, "m:Lot.Opened", b"Lot-a:1")
+    positions = [e.position for e in got]
+    assert positions == sorted(set(positions))  # strictly increasing
+
+
+def test_whole_store_subscription_skips_snapshots_and_filters_topics(
+        store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    journal, stream = store
+    write(journal, "Lot-a", "m:Lot.Opened", "m:Lot.Closed")
+    journal.save_snapshot(StoredEvent("Lot-a", 2, "m:Lot.Snapshot", b"snap"))
+    write(journal, "Bidder-x", "m:Bidder.AccountOpened")
+    with stream.subscribe_all() as everything:
+        assert [e.stream_id for e in take(everything, 3)] == ["Lot-a", "Lot-a", "Bidder-x"]
+    only_closed = EventFilter(topics=("m:Lot.Closed",), topic_prefixes=("m:Bidder.",))
+    assert [e.topic for e in stream.read_all(filter=only_closed)] == ["m:Lot.Closed", "m:Bidder.AccountOpened"]
+    by_pattern = EventFilter(stream_pattern=r"Bidder-.*")
+    assert [e.stream_id for e in stream.read_all(filter=by_pattern)] == ["Bidder-x"]
+    both = EventFilter(categories=("Lot",), topics=("m:Lot.Closed",))  # server filters one kind, we the other
+    assert [e.topic for e in stream.read_all(filter=both)] == ["m:Lot.Closed"]
+
+
+def test_resuming_after_a_position_is_exclusive(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Clients / Catch-up subscriptions, "Subscribing from a specific
+    position": the subscription delivers the events *after* the given position."""
+    journal, stream = store
+    write(journal, "Lot-a", "m:E", "m:E", "m:E")
+    with stream.subscribe_category("Lot") as first:
+        one, two, _ = take(first, 3)
+    with stream.subscribe_category("Lot", after=two.position) as resumed:
+        [three] = take(resumed, 1)
+    assert three.version == 3
+    with stream.subscribe_all(after=one.position) as resumed_all:
+        assert [e.version for e in take(resumed_all, 2)] == [2, 3]
+    assert [e.version for e in stream.read_all(after=one.position)] == [2, 3]
+    assert [e.version for e in stream.read_all(limit=2)] == [1, 2]
+    assert stream.head_position() == three.position
+
+
+def test_live_events_arrive_after_catching_up(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    journal, stream = store
+    write(journal, "Lot-a", "m:E")
+    subscription = stream.subscribe_category("Lot")
+    received: list[StreamEvent] = []
+    reader = threading.Thread(target=lambda: received.extend(take(subscription, 3)), daemon=True)
+    reader.start()
+    time.sleep(0.2)  # the subscription is live now
+    write(journal, "Lot-a", "m:E", after=1)
+    write(journal, "Lot-b", "m:E")
+    reader.join(WAIT)
+    subscription.stop()
+    assert [(e.stream_id, e.version) for e in received] == [("Lot-a", 1), ("Lot-a", 2), ("Lot-b", 1)]
+
+
+def test_checkpoints_let_a_rarely_matching_consumer_advance(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Clients / Catch-up subscriptions, "Server-side filtering":
+    a filtered subscription receives checkpoints (positions up to which the filter has
+    looked) so it can store its progress while no event matches."""
+    journal, stream = store
+    write(journal, "Noise-1", *["m:Noise"] * 400)  # well past the server's checkpoint interval
+    write(journal, "Rare-1", "m:Rare")
+    with stream.subscribe_category("Rare", include_checkpoints=True) as subscription:
+        items = take(subscription, 1)
+        while not events_only(items):
+            items += take(subscription, 1)
+    checkpoints = [i.position for i in items if isinstance(i, Checkpoint)]
+    [rare] = events_only(items)
+    assert checkpoints and checkpoints == sorted(checkpoints) and checkpoints[-1] < rare.position
+    write(journal, "Rare-2", "m:Rare")
+    with stream.subscribe_category("Rare", after=checkpoints[-1]) as resumed:  # a checkpoint is a resume point
+        assert [e.stream_id for e in events_only(take(resumed, 2))] == ["Rare-1", "Rare-2"]
+
+
+def test_namespaces_do_not_see_each_other(store: tuple[EventJournal, EventStoreDBSubscriptions],
+                                          eventstoredb_uri: str) -> None:
+    journal, stream = store
+    other_settings = eventstoredb_settings(eventstoredb_uri)
+    other = open_journal(other_settings)
+    try:
+        write(other, "Lot-a", "m:Other")
+        write(journal, "Lot-a", "m:Mine")
+    finally:
+        other.close()
+    assert [e.topic for e in stream.read_all()] == ["m:Mine"]
+
+
+def test_a_position_that_is_not_an_event_is_refused(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Clients / Reading events, "Reading from the $all stream": a
+    position must be one the server gave out (a commit position of an event)."""
+    journal, stream = store
+    write(journal, "Lot-a", "m:E", "m:E")
+    first = stream.read_all()[0]
+    with pytest.raises(SubscriptionError):
+        subscription = stream.subscribe_all(after=first.position + 1)
+        take(subscription, 1, timeout=3)
+
+
+def test_stop_ends_a_blocked_iteration(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    _, stream = store
+    subscription = stream.subscribe_category("Empty")
+    ended = threading.Event()
+
+    def consume() -> None:
+        for _ in subscription:
+            pass
+        ended.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    time.sleep(0.2)
+    subscription.stop()
+    assert ended.wait(5)
+
+
+# ---------------------------------------------------------------------------- persistent
+def group_name() -> str:
+    return f"g-{uuid.uuid4().hex[:10]}"
+
+
+def test_group_lifecycle_create_info_list_update_delete(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    _, subs = store
+    group, source = group_name(), Source.category("Lot")
+    subs.create_group(group, source, GroupSettings(max_retry_count=3))
+    with pytest.raises(SubscriptionGroupExists):
+        subs.create_group(group, source)
+    info = subs.group_info(group, source)
+    assert (info.group, info.source, info.max_retry_count, info.strategy) == (group, "$all", 3, "round_robin")
+    assert group in [g.group for g in subs.list_groups()]
+    subs.update_group(group, source, GroupSettings(max_retry_count=7, message_timeout_s=5))
+    updated = subs.group_info(group, source)
+    assert (updated.max_retry_count, updated.message_timeout_s) == (7, 5)
+    subs.delete_group(group, source)
+    with pytest.raises(SubscriptionGroupNotFound):
+        subs.group_info(group, source)
+    with pytest.raises(SubscriptionGroupNotFound):
+        subs.delete_group(group, source)
+
+
+def test_two_consumers_in_one_group_each_event_goes_to_one(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Server / Persistent subscriptions, "Consumer strategies":
+    consumers of one group compete for its events; RoundRobin hands each event to one
+    consumer, taking turns."""
+    journal, subs = store
+    group, source = group_name(), Source.category("Lot")
+    subs.create_group(group, source, GroupSettings(strategy="round_robin"))
+    consumers = [subs.consume(group, source, buffer_size=5) for _ in range(2)]
+    seen: dict[int, list[tuple[str, int]]] = {0: [], 1: []}
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        for delivery in consumers[n]:
+            with lock:
+                seen[n].append((delivery.event.stream_id, delivery.event.version))
+            consumers[n].ack(delivery)
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for i in range(10):
+        write(journal, f"Lot-{i}", "m:E")
+    write(journal, "Bidder-x", "m:E")  # not in the group's source
+    deadline = time.monotonic() + WAIT
+    while len(seen[0]) + len(seen[1]) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # nothing more (no duplicates, no Bidder) arrives
+    for consumer in consumers:
+        consumer.stop()
+    all_seen = seen[0] + seen[1]
+    assert seen[0] and seen[1], seen
+    assert sorted(all_seen) == sorted((f"Lot-{i}", 1) for i in range(10))  # each exactly once
+    assert not set(seen[0]) & set(seen[1])
+
+
+def test_nacked_events_are_retried_then_parked_then_replayed(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Server / Persistent subscriptions: "Acknowledgements" (a nack with
+    Retry redelivers the event with its retry count incremented), "Parking" (an event whose
+    retry count reached maxRetryCount is parked in the group's parked-message stream) and
+    "Replaying parked messages" (ReplayParked delivers the parked events again)."""
+    journal, subs = store
+    group, source = group_name(), Source.stream("Lot-poison")
+    write(journal, "Lot-poison", "m:Bad", "m:Good")
+    subs.create_group(group, source, GroupSettings(max_retry_count=2, strategy="dispatch_to_single"))
+    consumer = subs.consume(group, source)
+    deliveries: list[Delivery] = []
+    try:
+        while len([d for d in deliveries if d.event.topic == "m:Bad"]) < 3:  # first try + 2 retries
+            [delivery] = take(consumer, 1)
+            deliveries.append(delivery)
+            if delivery.event.topic == "m:Bad":
+                consumer.nack(delivery, "retry")
+            else:
+                consumer.ack(delivery)
+        bad = [d.retry_count for d in deliveries if d.event.topic == "m:Bad"]
+        assert bad == [0, 1, 2]
+        assert any(d.event.topic == "m:Good" for d in deliveries) or take(consumer, 1)[0].event.topic == "m:Good"
+        deadline = time.monotonic() + WAIT
+        while subs.group_info(group, source).parked != 1:  # parked after max retries, not redelivered
+            assert time.monotonic() < deadline, subs.group_info(group, source)
+            time.sleep(0.05)
+
+        subs.replay_parked(group, source)
+        [replayed] = take(consumer, 1)
+        assert (replayed.event.topic, replayed.event.version) == ("m:Bad", 1)
+        consumer.ack(replayed)
+        deadline = time.monotonic() + WAIT
+        while (info := subs.group_info(group, source)).parked or info.in_flight:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+
+
+def test_nack_park_parks_at_once_and_skip_drops(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """EventStoreDB docs, Server / Persistent subscriptions, "Acknowledgements": nack
+    actions Park (park now), Skip (drop the event) besides Retry and Stop."""
+    journal, subs = store
+    group, source = group_name(), Source.category("Lot")
+    subs.create_group(group, source)
+    write(journal, "Lot-a", "m:Park", "m:Skip", "m:Ok")
+    with subs.consume(group, source) as consumer:
+        first, second, third = take(consumer, 3)
+        consumer.nack(first, "park")
+        consumer.nack(second, "skip")
+        consumer.ack(third)
+        deadline = time.monotonic() + WAIT
+        while subs.group_info(group, source).parked != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        subs.replay_parked(group, source)
+        [again] = take(consumer, 1)
+        assert again.event.topic == "m:Park"
+        consumer.ack(again)
+
+
+def test_joining_an_unknown_group_is_a_typed_error(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    _, subs = store
+    with pytest.raises(SubscriptionGroupNotFound):
+        take(subs.consume(group_name(), Source.category("Lot")), 1, timeout=3)
