@@ -35,7 +35,7 @@ from domain.entity import Entity
 from domain.errors import UnknownCategory
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
 from domain.refs import EntityRef
-from infrastructure.persistence import RecorderJournal, StreamWrite, new_mapper
+from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
 from infrastructure.persistence.rehydrate import rehydrate
 from infrastructure.runtime.registry import EntityTypes
 
@@ -104,10 +104,12 @@ class Sandbox:
     """Entities of a domain, in memory, with virtual time. See the module docstring."""
 
     def __init__(self, *entity_classes: type[Entity], start_time: float = 1_800_000_000.0,
-                 deliver_entity_messages: bool = True) -> None:
+                 deliver_entity_messages: bool = True, journal: EventJournal | None = None) -> None:
         self.types = EntityTypes(entity_classes)
         self.mapper = new_mapper()
-        self.journal = RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        # Any adapter of the port (e.g. EventStoreDB, to run a domain's suite on the real
+        # store); in memory by default.
+        self.journal = journal if journal is not None else RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.popo"})
         self.now = start_time
         self.deliver_entity_messages = deliver_entity_messages
         self._entities: dict[EntityRef, Entity] = {}
