@@ -1,8 +1,11 @@
 """``xplatform`` command line.
 
 Subcommands:
-  run       start the one-process platform (SQLite, in-process transport) and drive the
-            sample auction through it, printing every reply and outbound message
+  run       serve the one-process platform (SQLite, in-process transport) with its public
+            edge: the demo page at /, websockets at /ws/<category>/<id>, dev tokens at
+            /dev/token, metrics at /metrics; prints the URL and runs until Ctrl-C
+  demo      drive the sample auction through the one-process platform from the console,
+            printing every reply and outbound message (no server)
   settings  print every setting, its value and why it defaults as it does
   inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
 """
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -23,7 +27,7 @@ import msgpack
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
 from infrastructure.bootstrap import Platform, build_platform
-from infrastructure.errors import InfrastructureError
+from infrastructure.errors import ConfigurationError, InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import Settings
 
@@ -31,8 +35,11 @@ from infrastructure.settings import Settings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xplatform", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the one-process platform and drive the sample domain")
-    run.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
+    run = sub.add_parser("run", help="serve the one-process platform, its edge and the demo page until Ctrl-C")
+    run.add_argument("--host", default=None, help="address to listen on (default: XPLATFORM_EDGE_HOST)")
+    run.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
+    demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
+    demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
     sub.add_parser("settings", help="print settings with their reasons")
     inspect = sub.add_parser("inspect", help="print an entity's stored events")
     inspect.add_argument("category")
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "run":
+            _serve(settings, args.host, args.port)
+        elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
         elif args.command == "settings":
             for name, value, why in settings.describe():
@@ -52,6 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    """``run``: dev mode is the one-process platform plus its edge; dev tokens are on unless
+    XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them)."""
+    from edge.app import serve
+    from edge.config import EdgeConfig
+
+    overrides: dict[str, Any] = {}
+    if "XPLATFORM_EDGE_DEV_TOKENS" not in os.environ:
+        overrides["dev_tokens"] = True
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        config = EdgeConfig.from_settings(settings, **overrides)
+    except Exception as exc:  # EdgeConfigurationError: name it like the other configuration errors
+        raise ConfigurationError(str(exc)) from None
+    platform = build_platform(settings)
+    where = settings.sqlite_path if settings.store == "sqlite" else settings.store
+    print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
+    asyncio.run(serve(platform, config))
 
 
 def _inspect(settings: Settings, ref: EntityRef) -> None:

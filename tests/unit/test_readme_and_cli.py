@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +28,66 @@ def _xplatform(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_run_command_drives_the_sample_domain(tmp_path: Path) -> None:
-    done = _xplatform(tmp_path, "run", "--lot", "smoke")
+def test_demo_command_drives_the_sample_domain(tmp_path: Path) -> None:
+    done = _xplatform(tmp_path, "demo", "--lot", "smoke")
     assert done.returncode == 0, done.stderr
     assert "rejected: bid must be at least 110" in done.stdout
     assert 'final state of Lot/smoke: {"lot": "smoke", "status": "closed"' in done.stdout
     assert (tmp_path / "data" / "events.sqlite3").exists()
     inspected = _xplatform(tmp_path, "inspect", "Lot", "smoke")
     assert inspected.returncode == 0 and "BidAccepted" in inspected.stdout and "Closed" in inspected.stdout
+
+
+def test_run_command_serves_the_edge_until_interrupted(tmp_path: Path) -> None:
+    """``run`` prints its URL, serves dev tokens, websockets, the demo page and metrics,
+    and stops cleanly on Ctrl-C (SIGINT) with the events stored."""
+    env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
+    env.pop("XPLATFORM_EDGE_DEV_TOKENS", None)
+    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = ""
+        deadline = time.monotonic() + 60
+        while not url and time.monotonic() < deadline:
+            line = server.stdout.readline() if server.stdout else ""
+            if not line and server.poll() is not None:
+                break
+            found = re.search(r"serving on (http://\S+/)", line)
+            url = found.group(1) if found else ""
+        assert url, server.stderr.read() if server.stderr else "no URL printed"
+        asyncio.run(_drive_served_platform(url))
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0, server.stderr.read() if server.stderr else ""
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    inspected = _xplatform(tmp_path, "inspect", "Lot", "served")
+    assert inspected.returncode == 0 and "Opened" in inspected.stdout
+
+
+async def _drive_served_platform(url: str) -> None:
+    import aiohttp
+
+    from edge.client import connect
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}dev/token", params={"sub": "ann", "role": "auctioneer"}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            assert body["expires_in"] == 3600 and body["token"].count(".") == 2
+        async with session.get(url) as resp:
+            assert resp.status == 200
+    client = await connect(url, "Lot", "served", body["token"])
+    try:
+        assert client.welcome["status"] == "new"
+        reply = await client.request({"type": "open", "title": "Vase"})
+        assert reply.ok and reply.payload["status"] == "open"
+    finally:
+        await client.close()
+    async with aiohttp.ClientSession() as session, session.get(f"{url}metrics") as resp:
+        text = await resp.text()
+        assert "xplatform_edge_round_trip_seconds_count 1.0" in text and "xplatform_node_messages" in text
 
 
 def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> None:
@@ -49,6 +104,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
          {"group_commit_events_per_s", "hot_entity_events_per_s", "single_save_events_per_s"}),
         ("loadtests.bench_runtime", ["--rate", "200", "--seconds", "0.5", "--entities", "500"],
          {"reply_p50_ms", "reply_p99_ms", "activation_ms", "bytes_per_entity"}),
+        ("loadtests.bench_rtt", ["--connections", "5", "--rate", "100", "--seconds", "0.5"],
+         {"p50_ms", "p99_ms", "rate"}),
+        ("loadtests.bench_connections", ["--connections", "200"], {"connections"}),
     ]:
         done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -1,0 +1,126 @@
+"""Composition of the edges on a one-process :class:`~infrastructure.bootstrap.Platform`
+(dev mode), and the server ``xplatform run`` starts.
+
+One aiohttp application serves: the public edge (``/ws/...``), the internal edge
+(``/internal/...``, only when device networks are configured), ``/metrics`` (edge and node
+registries), the dev token issuer (``/dev/token``, only when ``edge_dev_tokens`` is on) and
+the demo page (``/`` → ``edge/static/demo.html``, ``/static/`` → ``edge/static/``).
+
+The dev token issuer: ``GET /dev/token?sub=<name>&role=<role>`` → ``{"token", "expires_in"}``,
+an ES256 token signed with a key pair made at start (its public key is trusted by this
+edge only). Off unless ``XPLATFORM_EDGE_DEV_TOKENS=1``; ``xplatform run`` turns it on because
+it is the dev mode. Tokens are never logged (the access log shows the path and query, and
+the query holds no token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from edge.auth import DevTokenIssuer
+from edge.config import EdgeConfig
+from edge.internal import InternalEdge, add_internal_edge
+from edge.metrics import EdgeMetrics
+from edge.public import PublicEdge, add_public_edge, build_verifier
+from infrastructure.bootstrap import Platform
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+PLATFORM_KEY = web.AppKey("xplatform_platform", Platform)
+DEV_ISSUER_KEY = web.AppKey("xplatform_dev_issuer", DevTokenIssuer)
+
+
+def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, manage_platform: bool = False,
+                   static_dir: Path | None = STATIC_DIR) -> web.Application:
+    """The edge application for ``platform``. ``manage_platform``: start and stop the
+    platform with the app (the platform starts before the edge and stops after it)."""
+    config = config or EdgeConfig.from_settings(platform.settings)
+    categories = platform.node.types.categories
+    metrics = EdgeMetrics()
+    verifier = build_verifier(config)
+    app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
+    app[PLATFORM_KEY] = platform
+    if manage_platform:
+        async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
+            await platform.start()
+            yield
+            await platform.stop()
+
+        app.cleanup_ctx.append(platform_lifecycle)
+    if config.dev_tokens:
+        issuer = DevTokenIssuer(config.jwt_issuer, config.jwt_audience)
+        verifier.keys.add_jwks(issuer.jwks())
+        app[DEV_ISSUER_KEY] = issuer
+        app.router.add_get("/dev/token", _dev_token)
+    public = PublicEdge(platform.transport, config, categories=categories, verifier=verifier, metrics=metrics)
+    add_public_edge(app, public)
+    if config.internal_networks:
+        add_internal_edge(app, InternalEdge(platform.transport, config, registry=public.registry, metrics=metrics,
+                                            categories=categories))
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        body = metrics.exposition() + generate_latest(platform.node.metrics.registry)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    app.router.add_get("/metrics", metrics_page)
+    if static_dir is not None:
+        _add_static(app, static_dir)
+    return app
+
+
+async def _dev_token(request: web.Request) -> web.Response:
+    sub = request.query.get("sub", "")
+    role = request.query.get("role", "")
+    if not _NAME.match(sub) or (role and not _NAME.match(role)):
+        return web.json_response({"error": "bad_request", "reason": "sub (and role) must be 1-64 of A-Z a-z 0-9 _ . @ -"},
+                                 status=400)
+    issuer = request.app[DEV_ISSUER_KEY]
+    return web.json_response({"token": issuer.issue(sub, role), "expires_in": issuer.ttl_s},
+                             headers={"Cache-Control": "no-store"})
+
+
+def _add_static(app: web.Application, static_dir: Path) -> None:
+    """Serve whatever is in ``static_dir`` (the browser client and demo page live there)."""
+    async def index(request: web.Request) -> web.StreamResponse:
+        page = static_dir / "demo.html"
+        if not page.is_file():
+            return web.Response(text="X Platform edge: no demo page installed (edge/static/demo.html)\n")
+        return web.FileResponse(page)
+
+    app.router.add_get("/", index)
+    if static_dir.is_dir():
+        app.router.add_static("/static/", static_dir, follow_symlinks=False)
+
+
+async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
+    """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
+    app = build_edge_app(platform, config, manage_platform=True)
+    runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = site._server
+        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else config.port
+        print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
+              f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
+              flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

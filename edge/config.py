@@ -1,0 +1,97 @@
+"""The edge's settings, in the shape the edge uses them (parsed once from
+:class:`infrastructure.settings.Settings`, where each default's reason is written down).
+
+Why a separate dataclass: tests build edges with tiny timeouts and limits without going
+through environment variables, and malformed values (a bad CIDR) fail at start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.errors import EdgeConfigurationError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything the public and internal edges need to know. See ``infrastructure/settings.py``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    max_frame_bytes: int = 65536
+    rate_per_s: float = 50.0
+    rate_burst: float = 100.0
+    send_queue_frames: int = 256
+    coalesce_hz: float = 20.0
+    heartbeat_s: float = 20.0
+    close_timeout_s: float = 2.0
+    connect_timeout_s: float = 5.0
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_jwks_file: str = ""
+    jwt_jwks_url: str = ""
+    jwt_hs256_secret: str = field(default="", repr=False)
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: float = 5.0
+    jwks_max_age_s: float = 300.0
+    jwks_refetch_s: float = 30.0
+    dev_tokens: bool = False
+    internal_networks: tuple[tuple[Network, str], ...] = ()
+    internal_idle_s: float = 60.0
+    internal_buffer: int = 1000
+    internal_max_wait_s: float = 25.0
+
+    @property
+    def coalesce_tick_s(self) -> float:
+        return 1.0 / self.coalesce_hz
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> EdgeConfig:
+        """Parse the ``edge_*``/``jwt_*`` fields of platform settings."""
+        s = settings
+        values: dict[str, Any] = dict(
+            host=s.edge_host, port=s.edge_port, allowed_origins=_split(s.edge_allowed_origins),
+            max_frame_bytes=s.edge_max_frame_bytes, rate_per_s=s.edge_rate_per_s, rate_burst=s.edge_rate_burst,
+            send_queue_frames=s.edge_send_queue_frames, coalesce_hz=s.edge_coalesce_hz,
+            heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
+            connect_timeout_s=s.ask_timeout_s, jwt_algorithms=_split(s.jwt_algorithms),
+            jwt_jwks_file=s.jwt_jwks_file, jwt_jwks_url=s.jwt_jwks_url, jwt_hs256_secret=s.jwt_hs256_secret,
+            jwt_issuer=s.jwt_issuer, jwt_audience=s.jwt_audience, jwt_leeway_s=s.jwt_leeway_s,
+            jwks_max_age_s=s.jwt_jwks_max_age_s, jwks_refetch_s=s.jwt_jwks_refetch_s,
+            dev_tokens=bool(s.edge_dev_tokens), internal_networks=parse_networks(s.edge_internal_networks),
+            internal_idle_s=s.edge_internal_idle_s, internal_buffer=s.edge_internal_buffer,
+            internal_max_wait_s=s.edge_internal_max_wait_s,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in ("max_frame_bytes", "send_queue_frames", "internal_buffer"):
+            if getattr(self, name) < 1:
+                raise EdgeConfigurationError(f"{name} must be positive")
+        for name in ("rate_per_s", "rate_burst", "coalesce_hz", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise EdgeConfigurationError(f"{name} must be positive")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:
+    """``"10.0.0.0/8=sensor,127.0.0.1/32=bidder"`` → ((network, device class), ...)."""
+    parsed: list[tuple[Network, str]] = []
+    for item in _split(value):
+        cidr, sep, device_class = item.partition("=")
+        if not sep or not device_class.strip():
+            raise EdgeConfigurationError(f"internal network {item!r} must be written CIDR=device_class")
+        try:
+            parsed.append((ipaddress.ip_network(cidr.strip(), strict=False), device_class.strip()))
+        except ValueError:
+            raise EdgeConfigurationError(f"internal network {cidr!r} is not a CIDR") from None
+    return tuple(parsed)

@@ -1,0 +1,65 @@
+"""Prometheus metrics of an edge (``xplatform_edge_*``).
+
+Each edge gets its own ``CollectorRegistry`` (several edges can live in one test process).
+Labels are bounded: auth failure reasons (:data:`edge.errors.AUTH_REASONS`), frame kinds,
+close reasons from a fixed list. Latency is measured on three levels, as the seed asks:
+the heartbeat RTT the edge measures with websocket pings, the RTT clients measure and
+report in LATENCY frames, and the in-system round trip from the moment a MSG arrives at
+the edge to the moment its (durable) reply is back at the edge.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
+FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
+CLOSE_REASONS = ("client", "bye", "going_away", "protocol", "too_big", "text", "flood", "slow_consumer",
+                 "token_expired", "refused", "terminated", "heartbeat_timeout", "superseded", "unavailable")
+
+
+class EdgeMetrics:
+    """Metrics of one edge. Labelled children are created once (``.labels()`` is slow)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("xplatform_edge_connections", "Open client connections (websocket and device).",
+                                 ["kind"], registry=r)
+        self.ws_connections = self.connections.labels("websocket")
+        self.device_connections = self.connections.labels("device")
+        auth = Counter("xplatform_edge_auth_failures", "Upgrades refused for the token, by reason.", ["reason"], registry=r)
+        from edge.errors import AUTH_REASONS
+
+        self.auth_failures = {reason: auth.labels(reason) for reason in AUTH_REASONS}
+        refused = Counter("xplatform_edge_upgrades_refused", "Upgrades refused before any 101, by HTTP status.",
+                          ["status"], registry=r)
+        self.refused = {s: refused.labels(str(s)) for s in (400, 401, 403, 404, 409, 426)}
+        frames_in = Counter("xplatform_edge_frames_in", "Frames received from clients, by kind.", ["kind"], registry=r)
+        self.frames_in = {k: frames_in.labels(k) for k in FRAMES_IN}
+        frames_out = Counter("xplatform_edge_frames_out", "Frames sent to clients, by kind.", ["kind"], registry=r)
+        self.frames_out = {k: frames_out.labels(k) for k in FRAMES_OUT}
+        closes = Counter("xplatform_edge_closes", "Connections closed, by reason.", ["reason"], registry=r)
+        self.closes = {k: closes.labels(k) for k in CLOSE_REASONS}
+        self.coalesced = Counter("xplatform_edge_coalesced_dropped",
+                                 "Coalesced updates replaced by a newer one before they were sent.", registry=r)
+        self.heartbeat_rtt = Histogram("xplatform_edge_heartbeat_rtt_seconds",
+                                       "Round trip of the edge's websocket ping to the client's pong.",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.client_latency = Histogram("xplatform_edge_client_latency_seconds",
+                                        "Round trips reported by clients (LATENCY frames).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.round_trip = Histogram("xplatform_edge_round_trip_seconds",
+                                    "From a MSG's arrival at the edge to its durable reply back at the edge.",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+
+    def exposition(self) -> bytes:
+        """Text exposition format for ``/metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,149 @@
+"""Client → edge → entity → durable → edge → client round trip over real websockets.
+
+    python -m loadtests.bench_rtt [--connections 200] [--rate 2000] [--seconds 10] [--same-process]
+
+The platform (SQLite file, in-process transport) and its public edge run in this process;
+the clients run in a separate process by default (``--same-process`` puts them on the same
+event loop, which then does both sides' work). Each of ``--connections`` websockets talks
+to its own ``Tally`` entity; MSGs are sent open loop at ``--rate`` per second in total
+(round robin), each an ``add`` with one event, and the time from send to its REPLY (which
+leaves only after the event is durable) is measured at the client.
+
+Last stdout line: JSON with ``p50_ms``, ``p99_ms``, ``rate`` (achieved send rate), ``errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import msgpack
+from aiohttp import web
+
+from edge import protocol
+from edge.app import build_edge_app
+from edge.config import EdgeConfig
+from infrastructure.bootstrap import build_platform
+from infrastructure.settings import Settings
+from loadtests.common import emit, percentile
+from loadtests.entities import Tally
+
+
+async def drive(base_url: str, connections: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Open ``connections`` websockets, send open loop, return latencies' percentiles."""
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    errors = 0
+    # limit=0: a websocket holds its connection, and the default pool stops at 100
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with session.get(f"{base_url}/dev/token", params={"sub": "bench", "role": "bench"}) as resp:
+            token = (await resp.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def open_one(i: int) -> aiohttp.ClientWebSocketResponse:
+            ws = await session.ws_connect(f"{base_url.replace('http', 'ws', 1)}/ws/Tally/rtt-{i}?cid={uuid.uuid4()}",
+                                          protocols=(protocol.SUBPROTOCOL,), headers=headers, max_msg_size=0)
+            welcome = msgpack.unpackb((await ws.receive()).data)
+            assert welcome[0] == protocol.WELCOME, welcome
+            return ws
+
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        for start in range(0, connections, 50):
+            sockets += await asyncio.gather(*(open_one(i) for i in range(start, min(connections, start + 50))))
+
+        async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal errors
+            async for msg in ws:
+                frame = msgpack.unpackb(msg.data)
+                if frame[0] == protocol.REPLY:
+                    started = sent_at.pop(frame[1], None)
+                    if started is not None:
+                        latencies.append(time.perf_counter() - started)
+                        errors += 0 if frame[2] else 1
+
+        readers = [asyncio.create_task(read(ws)) for ws in sockets]
+        payload = msgpack.packb({"type": "add", "n": 1})
+
+        async def run(total: int, record: bool) -> float:
+            started = time.perf_counter()
+            sent = 0
+            while sent < total:
+                due = min(total, int((time.perf_counter() - started) * rate) + 1)
+                while sent < due:
+                    mid = uuid.uuid4().hex
+                    if record:
+                        sent_at[mid] = time.perf_counter()
+                    await sockets[sent % len(sockets)].send_bytes(protocol.pack([protocol.MSG, mid, payload]))
+                    sent += 1
+                await asyncio.sleep(0.0005)
+            return total / (time.perf_counter() - started)
+
+        await run(int(rate), record=False)  # one second of warm-up (activations, JIT-free caches)
+        await asyncio.sleep(0.5)
+        achieved = await run(int(rate * seconds), record=True)
+        deadline = time.monotonic() + 10
+        while sent_at and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        errors += len(sent_at)
+        for ws in sockets:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+    return {"p50_ms": percentile(latencies, 50) * 1000, "p90_ms": percentile(latencies, 90) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies, default=0.0) * 1000,
+            "rate": achieved, "errors": errors, "replies": len(latencies)}
+
+
+def _client_process(base_url: str, connections: int, rate: float, seconds: float, out: Any) -> None:
+    out.put(asyncio.run(drive(base_url, connections, rate, seconds)))
+
+
+async def bench(connections: int, rate: float, seconds: float, same_process: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
+        config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=max(50.0, 4 * rate / connections),
+                            heartbeat_s=30)
+        app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            if same_process:
+                result = await drive(base_url, connections, rate, seconds)
+            else:
+                ctx = multiprocessing.get_context("spawn")
+                out = ctx.Queue()
+                proc = ctx.Process(target=_client_process, args=(base_url, connections, rate, seconds, out))
+                proc.start()
+                result = await asyncio.to_thread(out.get, True, seconds + 120)
+                await asyncio.to_thread(proc.join, 10)
+        finally:
+            await runner.cleanup()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--same-process", action="store_true", help="clients on the edge's event loop")
+    args = parser.parse_args(argv)
+    result = asyncio.run(bench(args.connections, args.rate, args.seconds, args.same_process))
+    print(f"{args.connections} connections, {result['rate']:.0f} msg/s: p50 {result['p50_ms']:.2f} ms, "
+          f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
+    emit({**result, "connections": args.connections, "offered_rate": args.rate, "seconds": args.seconds,
+          "clients": "same process" if args.same_process else "separate process", "store": "sqlite"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""An in-process platform + edge on a real socket (free port), with tiny timeouts, for edge tests.
+
+Tokens: an RSA key (kid ``rsa-1``) published in a JWKS file the edge reads, issuer
+``https://idp.test``, audience ``xplatform``. ``forge`` builds hostile tokens by hand
+(``alg: none``, HS256 signed with the RSA public key as the secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from domain.auction import Bidder, Lot
+from domain.refs import EntityRef
+from edge.app import build_edge_app
+from edge.client import Client, connect
+from edge.config import EdgeConfig
+from edge.public import EDGE_KEY, PublicEdge
+from infrastructure.bootstrap import Platform, build_platform
+from infrastructure.persistence import new_mapper
+from infrastructure.settings import Settings
+from tests.edge.entities import Room
+
+ISSUER = "https://idp.test"
+AUDIENCE = "xplatform"
+KID = "rsa-1"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ROOM = EntityRef("Room", "r1")
+
+
+def jwks_of(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return {"keys": [{**public, "kid": kid, "alg": "RS256", "use": "sig"}]}
+
+
+def token(sub: str = "ann", role: str = "member", ttl: float = 60, *, key: Any = RSA_KEY, kid: str = KID,
+          alg: str = "RS256", iss: str = ISSUER, aud: str = AUDIENCE, **claims: Any) -> str:
+    now = time.time()
+    body = {"sub": sub, "role": role, "iat": int(now), "exp": now + ttl, "iss": iss, "aud": aud, **claims}
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], secret: bytes | None) -> str:
+    """A token built by hand: ``secret`` None gives an empty signature (``alg: none``)."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = b"" if secret is None else hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def good_claims(sub: str = "mallory", role: str = "member") -> dict[str, Any]:
+    return {"sub": sub, "role": role, "exp": time.time() + 60, "iss": ISSUER, "aud": AUDIENCE}
+
+
+def public_pem() -> bytes:
+    return RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass
+class Edge:
+    platform: Platform
+    app: web.Application
+    base_url: str
+    config: EdgeConfig
+
+    @property
+    def public(self) -> PublicEdge:
+        return self.app[EDGE_KEY]
+
+    async def client(self, sub: str = "ann", role: str = "member", ref: EntityRef = ROOM, **options: Any) -> Client:
+        options.setdefault("heartbeat_s", 0)
+        options.setdefault("reconnect", False)
+        options.setdefault("request_timeout_s", 5)
+        tok = options.pop("token", None) or token(sub, role)
+        return await connect(self.base_url, ref.category, ref.entity_id, tok, **options)
+
+    def event_types(self, ref: EntityRef = ROOM) -> list[str]:
+        mapper = new_mapper()
+        return [type(mapper.to_domain_event(e)).__name__ for e in self.platform.journal.read(ref.stream_id)]
+
+    def entity(self, ref: EntityRef = ROOM) -> Any:
+        return self.platform.node.resident(ref)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.public.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    async def upgrade(self, path: str, headers: dict[str, str] | None = None,
+                      protocols: str | None = "xplatform.v1") -> tuple[int, dict[str, Any]]:
+        """A raw websocket upgrade request; returns (status, JSON body) of a refusal."""
+        sent = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+        if protocols is not None:
+            sent["Sec-WebSocket-Protocol"] = protocols
+        sent.update(headers or {})
+        async with aiohttp.ClientSession() as session, session.get(self.base_url + path, headers=sent) as resp:
+            body = await resp.json(content_type=None) if resp.status != 101 else {}
+            return resp.status, body
+
+
+@asynccontextmanager
+async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(jwks_of(RSA_KEY, KID)))
+    settings = Settings(store="sqlite", data_dir=str(tmp_path / "data"), ask_timeout_s=5.0)
+    platform = build_platform(settings, entities=(Room, Lot, Bidder))
+    values: dict[str, Any] = dict(port=0, jwt_jwks_file=str(jwks_file), jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
+                                  heartbeat_s=30.0, close_timeout_s=0.5, jwks_refetch_s=0.2)
+    values.update(overrides)
+    config = EdgeConfig(**values)
+    app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+    runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield Edge(platform, app, f"http://127.0.0.1:{port}", config)
+    finally:
+        await runner.cleanup()
+
+
+def run_edge(tmp_path: Path, scenario: Callable[[Edge], Awaitable[None]], **overrides: Any) -> None:
+    """Run ``scenario`` against a fresh edge (one event loop per test, like the runtime tests)."""
+    async def main() -> None:
+        async with running_edge(tmp_path, **overrides) as edge:
+            await asyncio.wait_for(scenario(edge), 20)
+
+    asyncio.run(main())
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def new_cid() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,123 @@
+"""The internal edge: devices push (POST) and pull (long-poll) over HTTP, admitted by network."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from edge.config import parse_networks
+from tests.edge.harness import ROOM, Edge, eventually, run_edge
+
+URL = "/internal/Room/r1/messages"
+LOOPBACK = parse_networks("127.0.0.0/8=member")
+
+
+async def _post(edge: Edge, body: Any, device: str = "sensor-1", raw: bytes | None = None,
+                content_type: str = "application/json") -> tuple[int, Any]:
+    data = raw if raw is not None else (msgpack.packb(body) if content_type == "application/msgpack"
+                                        else __import__("json").dumps(body).encode())
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{edge.base_url}{URL}", params={"device": device}, data=data,
+            headers={"Content-Type": content_type}) as resp:
+        payload = msgpack.unpackb(await resp.read()) if resp.content_type == "application/msgpack" else await resp.json()
+        return resp.status, payload
+
+
+async def _pull(edge: Edge, cursor: int = 0, wait: float = 0, device: str = "sensor-1") -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{edge.base_url}{URL}", params={"device": device, "cursor": str(cursor), "wait": str(wait)}) as resp:
+        return resp.status, await resp.json()
+
+
+def test_device_push_is_answered_with_the_durable_reply(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        status, body = await _post(edge, {"message_id": "dev-m1", "payload": {"type": "set", "value": 4}})
+        assert status == 200 and body == {"message_id": "dev-m1", "ok": True, "payload": 4}
+        assert edge.event_types() == ["ConnectionAccepted", "Set"]
+        claims = next(iter(edge.entity().live_connections().values()))
+        assert claims == {"sub": "sensor-1", "role": "member", "device_class": "member", "auth": "network"}
+        status, body = await _post(edge, {"message_id": "dev-m1", "payload": {"type": "set", "value": 4}})
+        assert status == 200 and len(edge.event_types()) == 2  # same ID: applied once
+        status, body = await _post(edge, {"message_id": "dev-m2", "payload": {"type": "nope"}},
+                                   content_type="application/msgpack")
+        assert status == 422 and body["error"]["code"] == "unknown_message_type"
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+def test_device_pull_long_polls_outbound_messages_since_a_cursor(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        status, body = await _pull(edge)
+        assert status == 200 and body["messages"] == [] and body["cursor"] == 0
+        waiting = asyncio.create_task(_pull(edge, cursor=0, wait=5))
+        await asyncio.sleep(0.05)
+        ann = await edge.client("ann")
+        await ann.request({"type": "say", "text": "hello devices"})
+        status, body = await waiting
+        assert status == 200 and [m["payload"] for m in body["messages"]] == [{"text": "hello devices"}]
+        cursor = body["cursor"]
+        for value in range(1, 6):
+            await ann.request({"type": "set", "value": value})
+        await asyncio.sleep(0.1)
+        status, body = await _pull(edge, cursor=cursor)
+        assert [m["payload"] for m in body["messages"]][-1] == {"value": 5}
+        assert len(body["messages"]) < 5 or body["messages"] == sorted(body["messages"], key=lambda m: m["seq"])
+        status, again = await _pull(edge, cursor=body["cursor"])
+        assert again["messages"] == []
+        await ann.close()
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+def test_address_outside_the_device_networks_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        status, body = await _post(edge, {"message_id": "m1", "payload": {"type": "set", "value": 1}})
+        assert status == 403 and body["error"]["code"] == "network_not_allowed"
+        status, body = await _pull(edge)
+        assert status == 403
+        assert edge.entity() is None and edge.event_types() == []
+
+    run_edge(tmp_path, scenario, internal_networks=parse_networks("10.0.0.0/8=member"))
+
+
+@pytest.mark.parametrize("raw, content_type, device, status, error", [
+    (b"{not json", "application/json", "sensor-1", 400, "malformed"),
+    (b"\xc1", "application/msgpack", "sensor-1", 400, "malformed"),
+    (b'{"payload": {"type": "set", "value": 1}}', "application/json", "sensor-1", 400, "bad_message_id"),
+    (b'{"message_id": "m1"}', "application/json", "sensor-1", 400, "malformed"),
+    (b'{"message_id": "m1", "payload": 1, "extra": 2}', "application/json", "sensor-1", 400, "malformed"),
+    (b'{"message_id": "m1", "payload": 1}', "text/plain", "sensor-1", 415, "unsupported_media_type"),
+    (b'{"message_id": "m1", "payload": 1}', "application/json", "bad device!", 400, "bad_device_id"),
+])
+def test_bad_device_requests_get_4xx_json_and_change_nothing(tmp_path: Path, raw: bytes, content_type: str,
+                                                               device: str, status: int, error: str) -> None:
+    async def scenario(edge: Edge) -> None:
+        got, body = await _post(edge, None, device=device, raw=raw, content_type=content_type)
+        assert (got, body["error"]["code"]) == (status, error)
+        assert edge.entity() is None and edge.event_types() == []
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+def test_idle_device_is_disconnected(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        await _post(edge, {"message_id": "m1", "payload": {"type": "get"}})
+        [cid] = edge.entity().live_connections()
+        await eventually(lambda: not edge.entity().is_live(cid), timeout=3, what="idle disconnect")
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK, internal_idle_s=0.3)
+
+
+def test_unknown_category_for_a_device_is_404(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{edge.base_url}/internal/Nope/x/messages?device=d1", json={"message_id": "m", "payload": {}}) as resp:
+            assert resp.status == 404
+        assert edge.platform.node.resident(ROOM) is None
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
