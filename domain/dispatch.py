@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.context import Context
-from domain.effects import Effect, Reply, Terminate
+from domain.effects import Effect, Reply
 from domain.entity import GRACE_TIMER, Entity
 from domain.errors import DomainError, HandlerFailed, NotAuthorised, NotConnected, UnknownMessageType
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
@@ -75,14 +75,14 @@ def handle(entity: Entity, message: Inbound) -> Outcome:
 def _failed(entity: Entity, message: Inbound, exc: DomainError) -> Outcome:
     triggered = entity.collect_events()
     reply = Reply(message.message_id, False, None, exc.code, exc.reason, exc.retryable)
-    effects: list[Effect] = []
-    if isinstance(message, Connect):
-        effects.append(Terminate(message.connection_id, exc.reason, reconnect=False))
+    # A refused Connect is answered by this reply alone: the edge that asked terminates the
+    # socket. No Terminate effect: it would reach every edge holding that connection ID,
+    # and end the live connection of the user whose ID another user tried to reuse.
     if not triggered and not exc.retryable:
         # Nothing changed: remember the refusal so a duplicate gets the same answer while
         # the entity stays resident (refusals are not persisted; see the SDK guide).
         entity._xp_remember(message.message_id, reply.to_record())
-    return Outcome(reply, effects=effects, restore=bool(triggered))
+    return Outcome(reply, restore=bool(triggered))
 
 
 def _route(entity: Entity, ctx: Context, m: Inbound) -> None:
@@ -130,6 +130,7 @@ def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
             entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
     if ctx.reply_payload is None:
         ctx.reply(initial)
+    entity.on_joined(ctx, m.connection_id, m.claims, known is not None)
 
 
 def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
@@ -138,7 +139,7 @@ def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
         return  # unknown or already dropped: nothing to do, and nothing changes
     claims = record[0]
     entity._drop_connection(connection_id=m.connection_id, reason=m.reason)
-    entity.on_disconnect(ctx, m.connection_id, claims, m.reason)
+    entity.on_disconnect(ctx, m.connection_id, claims, m.reason)  # after the drop: live views exclude it
     if entity.GRACE_PERIOD > 0:
         ctx.start_timer(GRACE_TIMER, entity.GRACE_PERIOD, key=f"{GRACE_TIMER}:{m.connection_id}", connection_id=m.connection_id)
     else:

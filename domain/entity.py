@@ -209,6 +209,10 @@ class Entity(BaseAggregate[str]):
         state to send it; raise Rejected(reason) to terminate it. Default: accept."""
         return None
 
+    def on_joined(self, ctx: Context, connection_id: str, claims: Mapping[str, Any], reconnect: bool) -> None:
+        """The connection is accepted and recorded (``live_connections()`` includes it):
+        e.g. tell the others someone joined. Default: nothing."""
+
     def on_disconnect(self, ctx: Context, connection_id: str, claims: Mapping[str, Any], reason: str) -> None:
         """A connection dropped. It is kept for GRACE_PERIOD seconds, waiting for a reconnect."""
 

@@ -69,6 +69,12 @@ class Lot(Entity):
             raise Rejected("claims carry no subject")
         return {"type": "state", **self.view(), "reconnected": reconnect}
 
+    def on_joined(self, ctx: Context, connection_id: str, claims: Mapping[str, Any], reconnect: bool) -> None:
+        self._publish(ctx)  # everyone sees who is present (coalesced with other state updates)
+
+    def on_disconnect(self, ctx: Context, connection_id: str, claims: Mapping[str, Any], reason: str) -> None:
+        self._publish(ctx)
+
     def on_leave(self, ctx: Context, connection_id: str, claims: Mapping[str, Any]) -> None:
         ctx.broadcast({"type": "left", "user": claims.get("sub")})
 

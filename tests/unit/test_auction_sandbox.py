@@ -32,13 +32,15 @@ def test_connect_is_accepted_with_initial_state(kit: Sandbox) -> None:
     assert result.ok and result.reply.payload["status"] == "open" and result.reply.payload["title"] == "Ming vase"
     assert result.event_names == ["ConnectionAccepted"]
     assert kit.state(LOT).connection_claims("c-bob") == BOB
+    assert result.payloads_for("c-ann", kit.state(LOT))[-1]["present"] == 2  # the others see who is here
 
 
 def test_connect_without_a_role_is_terminated_and_changes_nothing(kit: Sandbox) -> None:
     before = kit.event_names(LOT)
     result = kit.connect(LOT, "c-eve", {"sub": "eve", "role": "hacker"})
     assert not result.ok and result.reply.code == "rejected"
-    assert [(t.connection_id, t.reconnect) for t in result.terminations] == [("c-eve", False)]
+    assert result.reply.reason.startswith("role must be one of")  # the edge terminates with this reason
+    assert result.terminations == [] and result.sends == []  # nothing reaches other edges or clients
     assert result.events == [] and kit.event_names(LOT) == before
     assert kit.state(LOT).connection_claims("c-eve") is None
 
