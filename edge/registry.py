@@ -8,7 +8,7 @@ the entity. A connection ID is unique per entity: a second registration of the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from domain.refs import EntityRef
@@ -41,10 +41,21 @@ class Registry:
     def __init__(self) -> None:
         self._by_entity: dict[EntityRef, dict[str, Receiver]] = {}
         self._count = 0
+        self._watchers: list[tuple[Callable[[EntityRef], None], Callable[[EntityRef], None]]] = []
+
+    def watch(self, first: Callable[[EntityRef], None], last: Callable[[EntityRef], None]) -> None:
+        """Call ``first(ref)`` when an entity gets its first connection here and ``last(ref)``
+        when its last one goes: a clustered edge tells the owning node which entities it
+        holds connections for (outbound then comes once per edge)."""
+        self._watchers.append((first, last))
 
     def add(self, conn: Receiver) -> Receiver | None:
         """Register ``conn``; if its connection ID is taken, return the holder and change nothing."""
-        conns = self._by_entity.setdefault(conn.ref, {})
+        conns = self._by_entity.get(conn.ref)
+        if conns is None:
+            conns = self._by_entity[conn.ref] = {}
+            for first, _last in self._watchers:
+                first(conn.ref)
         held = conns.get(conn.cid)
         if held is not None and held is not conn:
             return held
@@ -67,6 +78,8 @@ class Registry:
         del conns[conn.cid]
         if not conns:
             del self._by_entity[conn.ref]
+            for _first, last in self._watchers:
+                last(conn.ref)
         self._count -= 1
         return True
 

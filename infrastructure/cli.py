@@ -6,6 +6,8 @@ Subcommands:
             /dev/token, metrics at /metrics; prints the URL and runs until Ctrl-C
   demo      drive the sample auction through the one-process platform from the console,
             printing every reply and outbound message (no server)
+  state-node  run a clustered state node (XPLATFORM_ZOOKEEPER_HOSTS; shards from ZooKeeper)
+  edge      run a clustered public edge (routes to state nodes by the shard map)
   settings  print every setting, its value and why it defaults as it does
   inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
 """
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
     demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
     demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
+    sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
+    edge = sub.add_parser("edge", help="run a clustered public edge (needs XPLATFORM_ZOOKEEPER_HOSTS)")
+    edge.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
     sub.add_parser("settings", help="print settings with their reasons")
     inspect = sub.add_parser("inspect", help="print an entity's stored events")
     inspect.add_argument("category")
@@ -52,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             _serve(settings, args.host, args.port)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
+        elif args.command == "state-node":
+            from infrastructure.cluster.state_node import serve_state_node
+
+            asyncio.run(serve_state_node(settings))
+        elif args.command == "edge":
+            from domain.auction import ENTITIES
+            from edge.cluster import serve_cluster_edge
+
+            if args.port is not None:
+                settings = settings.with_(edge_port=args.port)
+            asyncio.run(serve_cluster_edge(settings, [e.CATEGORY for e in ENTITIES]))
         elif args.command == "settings":
             for name, value, why in settings.describe():
                 print(f"{name} = {value!r}\n    {why}")

@@ -91,3 +91,21 @@ class ClusteredStateNode:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def serve_state_node(settings: Settings) -> None:
+    """``xplatform state-node``: run until SIGTERM/SIGINT, then leave the cluster gracefully
+    (ZooKeeper first, so the allocator moves our shards at once)."""
+    import signal
+
+    from infrastructure.errors import ConfigurationError
+
+    if not settings.zookeeper_hosts:
+        raise ConfigurationError("state-node needs XPLATFORM_ZOOKEEPER_HOSTS (dev mode without ZooKeeper: xplatform run)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with ClusteredStateNode(settings) as node:
+        print(f"state node {settings.node_id} ready on {node.server.address}", flush=True)
+        await stop.wait()

@@ -66,6 +66,11 @@ class ClusterClient:
             link = await self._link(node, self.lane_of(to))
         except OSError as exc:
             return _retry(message.message_id, f"owner {node} of {to} unreachable: {exc}")
+        if to in self._held and self._interest_at.get(to) != node:
+            # Same link, so the owner records our interest before it processes the message
+            # (pushes caused by this very message, e.g. "X joined", reach us).
+            if link.send(Interest(add=(to,))):
+                self._interest_at[to] = node
         corr = next(self._corr)
         future: asyncio.Future[ReplyEnvelope] = asyncio.get_running_loop().create_future()
         self._pending[corr] = (future, link)

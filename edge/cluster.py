@@ -1,0 +1,93 @@
+"""A public edge in a cluster (``xplatform edge``): the same edge as in dev mode, but its
+transport is the network client, routed by the shard map from ZooKeeper.
+
+The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
+only from members), watches the shard map, and tells each owning node which entities it
+holds connections for (the registry's first/last-connection hooks), again whenever the
+map moves an entity. Shutdown closes every socket with 1001 GOING_AWAY: clients reconnect,
+with the same connection ID, to another edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+
+from aiohttp import web
+
+from edge.config import EdgeConfig
+from edge.metrics import EdgeMetrics
+from edge.public import PublicEdge, add_public_edge, build_verifier
+from infrastructure.cluster.layout import Layout
+from infrastructure.cluster.ownership import Ownership
+from infrastructure.cluster.state_node import lanes_from
+from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.settings import Settings
+from infrastructure.transport.client import ClusterClient
+
+
+class ClusteredEdge:
+    """Coordinator + network transport + public edge. See the module docstring."""
+
+    def __init__(self, settings: Settings, categories: Collection[str]) -> None:
+        self.settings = settings
+        self.config = EdgeConfig.from_settings(settings)
+        layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
+        self.ownership = Ownership(settings.node_id, settings.shards_per_category)
+        self.coordinator = ZooKeeperCoordinator(
+            settings.zookeeper_hosts, settings.cluster_name, MemberInfo(settings.node_id, role="edge"),
+            {c: settings.shards_per_category for c in categories}, layout, self.ownership,
+            session_timeout_s=settings.zk_session_timeout_s)
+        lanes = lanes_from(settings)
+        self.client = ClusterClient(settings.node_id, "edge", route=self.coordinator.route,
+                                    address_of=self.coordinator.address_of,
+                                    lane_of=lambda ref: lanes.get(ref.category, "default"),
+                                    ask_timeout_s=settings.ask_timeout_s)
+        self.metrics = EdgeMetrics()
+        self.public = PublicEdge(self.client, self.config, categories=categories,
+                                 verifier=build_verifier(self.config), metrics=self.metrics)
+        self.public.registry.watch(self.client.hold, self.client.release)
+        self.ownership.listeners.append(lambda _state, _map: self.client.reannounce())
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=max(self.config.max_frame_bytes, 1024))
+
+        async def coordination(app: web.Application) -> AsyncIterator[None]:
+            await self.coordinator.start()
+            yield
+            await self.client.close()
+            await self.coordinator.stop()
+
+        app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
+        add_public_edge(app, self.public)
+
+        async def metrics_page(request: web.Request) -> web.Response:
+            return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics_page)
+        return app
+
+
+async def serve_cluster_edge(settings: Settings, categories: Collection[str]) -> None:
+    """``xplatform edge``: serve until SIGTERM/SIGINT (then GOING_AWAY to every client)."""
+    import asyncio
+    import signal
+
+    from infrastructure.errors import ConfigurationError
+
+    if not settings.zookeeper_hosts:
+        raise ConfigurationError("edge needs XPLATFORM_ZOOKEEPER_HOSTS (dev mode without ZooKeeper: xplatform run)")
+    edge = ClusteredEdge(settings, categories)
+    runner = web.AppRunner(edge.app(), shutdown_timeout=edge.config.close_timeout_s * 3)
+    await runner.setup()
+    site = web.TCPSite(runner, edge.config.host, edge.config.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

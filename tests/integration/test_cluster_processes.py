@@ -1,0 +1,123 @@
+"""Fault tests with real processes: ZooKeeper, PostgreSQL, two state nodes and an edge as
+subprocesses on loopback; a client through the edge; kill -9 of the node serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import jwt
+import msgpack
+import pytest
+
+from edge.client import connect
+from infrastructure.persistence import RecorderJournal
+from tests.support.cluster import HS256_SECRET, Cluster
+from tests.support.servers import PostgresServer, ZooKeeperServer
+
+
+@pytest.fixture
+def cluster(postgres_server: PostgresServer) -> Iterator[Cluster]:
+    zk = ZooKeeperServer.start()
+    c = Cluster(zk, postgres_server, name=f"t{uuid.uuid4().hex[:6]}")
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        zk.destroy()
+
+
+def token(sub: str, role: str) -> str:
+    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, HS256_SECRET, algorithm="HS256")
+
+
+def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(cluster: Cluster,
+                                                                                 postgres_server: PostgresServer) -> None:
+    cluster.start("state-node", "node-a")
+    cluster.start("state-node", "node-b")
+    edge = cluster.start("edge", "edge-1")
+    base_url = edge.ready_line.split("ready on ")[1].rstrip("/")
+
+    async def scenario() -> tuple[list[str], float]:
+        lot_id = f"lot-{uuid.uuid4().hex[:6]}"
+        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
+        bidder = await connect(base_url, "Lot", lot_id, token("bob", "bidder"))
+        assert (await auct.request({"type": "open", "title": "Vase"})).ok
+        acknowledged: list[str] = []
+        amount = 0
+        owners_before = None
+        killed_at = 0.0
+        recovered_at = 0.0
+        for step in range(60):
+            amount += 1
+            mid = f"bid-{amount}"
+            while True:  # resend with the same message ID until the entity answers
+                reply = await bidder.request({"type": "bid", "amount": amount}, message_id=mid, timeout=5)
+                if reply.ok or not reply.retryable:
+                    break
+                await asyncio.sleep(0.05)
+            if reply.ok:
+                acknowledged.append(mid)
+                if killed_at and not recovered_at:
+                    recovered_at = time.monotonic()
+            if step == 20:
+                owners_before = _owner_of_lot(cluster, lot_id)
+                cluster.processes[owners_before].kill9()
+                killed_at = time.monotonic()
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # the last reservations settle
+        await auct.close()
+        await bidder.close()
+        return acknowledged, recovered_at - killed_at
+
+    try:
+        acknowledged, failover_s = asyncio.run(scenario())
+    except BaseException:
+        print(cluster.logs())
+        raise
+    print(f"failover (kill -9 to the next acknowledged bid): {failover_s:.2f} s")
+    assert len(acknowledged) == 60 and 0 < failover_s < 10, cluster.logs()
+    journal = RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
+                               "POSTGRES_PORT": str(postgres_server.port), "POSTGRES_USER": postgres_server.user,
+                               "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres_server.dbname,
+                               "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
+    try:
+        lots = [s for s in _streams(journal) if s.startswith("Lot-lot-")]
+        for stream in lots:
+            events = journal.read(stream)
+            assert [e.originator_version for e in events] == list(range(1, len(events) + 1))  # contiguous
+            epochs = [msgpack.unpackb(e.state)["epoch"] for e in events if e.topic.endswith("OwnerChanged")]
+            assert epochs == sorted(set(epochs)) and len(epochs) >= 2  # a takeover happened, epochs only grow
+            bids = [msgpack.unpackb(e.state)["bid_id"] for e in events if e.topic.endswith("BidAccepted")]
+            assert len(bids) == len(set(bids))  # every accepted bid exactly once
+    finally:
+        journal.close()
+
+
+def _owner_of_lot(cluster: Cluster, lot_id: str) -> str:
+    from kazoo.client import KazooClient
+
+    from domain import EntityRef
+    from infrastructure.cluster.allocation import Assignment
+    from infrastructure.runtime.sharding import shard_of
+
+    import json
+
+    zk = KazooClient(cluster.zookeeper.hosts)
+    zk.start(5)
+    try:
+        data, _ = zk.get(f"/xplatform/{cluster.name}/assignment")
+    finally:
+        zk.stop()
+        zk.close()
+    owner = Assignment.from_json(json.loads(data)).owner("Lot", shard_of(EntityRef("Lot", lot_id), 8))
+    assert owner is not None
+    return owner.node
+
+
+def _streams(journal: RecorderJournal) -> list[str]:
+    recorder = journal._events  # noqa: SLF001 - test inspection of the shared store
+    notifications = recorder.select_notifications(start=1, limit=100000)  # type: ignore[attr-defined]
+    return sorted({str(n.originator_id) for n in notifications})
