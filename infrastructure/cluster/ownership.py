@@ -13,6 +13,8 @@
   finish; the new owner's takeover marker makes any later stale append fail.
 - LOST: the session expired; everything this node owned may already be elsewhere. It stays
   fenced until it has a new session and a fresh map.
+- DRAINING (graceful stop): no new messages; pending appends finish; then the node leaves
+  ZooKeeper and the allocator hands its shards to others at once.
 
 ``owns(ref)`` is the only question the runtime asks (``ShardOwnership``); ``epoch(ref)``
 is the fencing token of the shard, written into takeover markers and carried on replies.
@@ -39,6 +41,7 @@ class OwnershipState(enum.Enum):
     SERVING = "serving"
     FENCED = "fenced"
     LOST = "lost"
+    DRAINING = "draining"
 
 
 class Ownership:
@@ -71,13 +74,19 @@ class Ownership:
 
     # ---------------------------------------------------------------- transitions
     def connected(self) -> None:
-        self._become(OwnershipState.SERVING)
+        if self.state is not OwnershipState.DRAINING:
+            self._become(OwnershipState.SERVING)
 
     def suspended(self) -> None:
         self._become(OwnershipState.FENCED)
 
     def lost(self) -> None:
         self._become(OwnershipState.LOST)
+
+    def draining(self) -> None:
+        """Graceful leave: refuse new messages (``retry``; callers resend to the next owner)
+        while pending appends finish; never serve again in this session."""
+        self._become(OwnershipState.DRAINING)
 
     def map_changed(self, assignment: Assignment) -> None:
         if assignment.version < self.assignment.version:

@@ -79,8 +79,11 @@ class ClusteredStateNode:
         log.info("state node %s serving on %s", self.settings.node_id, self.server.address)
 
     async def stop(self) -> None:
-        await self.coordinator.stop()
+        """Drain: refuse new messages (callers resend to the next owner), flush pending
+        appends, then leave ZooKeeper so the shards move at once, then close."""
+        self.ownership.draining()
         await self.platform.node.drain()
+        await self.coordinator.stop()
         await self.client.close()
         await self.server.stop()
         await self.platform.stop()

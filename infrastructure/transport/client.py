@@ -57,15 +57,30 @@ class ClusterClient:
 
     # ------------------------------------------------------------------ Transport port
     async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
+        """Deliver and await the reply. A ``retry`` answer while the shard moves (the old
+        owner fenced, drained or replaced) is resent, with the same message ID, to whoever
+        owns the shard next, until ``handoff_wait_s`` has passed: a handoff is invisible to
+        callers unless it takes longer than that. Resending is safe: entities apply each ID once."""
         timeout = timeout or self.ask_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
+        give_up_moving = asyncio.get_running_loop().time() + self.handoff_wait_s
+        while True:
+            reply, moving = await self._ask_once(to, message, max(0.01, deadline - asyncio.get_running_loop().time()))
+            now = asyncio.get_running_loop().time()
+            if reply.ok or not moving or now >= min(deadline, give_up_moving):
+                return reply
+            await asyncio.sleep(0.02)
+
+    async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float) -> tuple[Reply, bool]:
+        """One attempt; the flag says whether the shard looked like it was moving."""
         owner = await self._owner(to)
         if owner is None:
-            return _retry(message.message_id, f"no node owns the shard of {to} (handoff in progress)")
+            return _retry(message.message_id, f"no node owns the shard of {to} (handoff in progress)"), False
         node, _epoch = owner
         try:
             link = await self._link(node, self.lane_of(to))
         except OSError as exc:
-            return _retry(message.message_id, f"owner {node} of {to} unreachable: {exc}")
+            return _retry(message.message_id, f"owner {node} of {to} unreachable: {exc}"), True
         if to in self._held and self._interest_at.get(to) != node:
             # Same link, so the owner records our interest before it processes the message
             # (pushes caused by this very message, e.g. "X joined", reach us).
@@ -76,18 +91,21 @@ class ClusterClient:
         self._pending[corr] = (future, link)
         if not link.send(Deliver(corr, to, message, True)):
             self._pending.pop(corr, None)
-            return _retry(message.message_id, f"link to {node} closed")
+            return _retry(message.message_id, f"link to {node} closed"), True
         try:
             envelope = await asyncio.wait_for(future, timeout)
-        except (TimeoutError, ConnectionError) as exc:
-            return _retry(message.message_id, f"no reply from {node} for {to}: {type(exc).__name__}")
+        except TimeoutError:
+            return _retry(message.message_id, f"no reply from {node} for {to} in time"), False
+        except ConnectionError as exc:
+            return _retry(message.message_id, f"link to {node} lost: {exc}"), True
         finally:
             self._pending.pop(corr, None)
         current = self.route(to)
         if current is not None and envelope.epoch < current[1]:
-            return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})")
+            return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})"), True
         r = envelope.reply
-        return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable)
+        moving = not r.ok and r.code == "retry" and (current is None or current[0] != node or "shard" in r.reason)
+        return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable), moving
 
     def send(self, to: EntityRef, message: Inbound) -> None:
         asyncio.get_running_loop().create_task(self._send(to, message))

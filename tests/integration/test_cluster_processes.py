@@ -121,3 +121,39 @@ def _streams(journal: RecorderJournal) -> list[str]:
     recorder = journal._events  # noqa: SLF001 - test inspection of the shared store
     notifications = recorder.select_notifications(start=1, limit=100000)  # type: ignore[attr-defined]
     return sorted({str(n.originator_id) for n in notifications})
+
+
+def test_drain_under_load_is_invisible_to_clients(cluster: Cluster) -> None:
+    """SIGTERM = graceful drain: stop taking messages, flush appends, leave ZooKeeper; the
+    edge resends to the next owner. Clients see no error at all."""
+    cluster.start("state-node", "node-a")
+    cluster.start("state-node", "node-b")
+    edge = cluster.start("edge", "edge-1")
+    base_url = edge.ready_line.split("ready on ")[1].rstrip("/")
+
+    async def scenario() -> tuple[int, float]:
+        lot_id = f"lot-{uuid.uuid4().hex[:6]}"
+        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
+        bidder = await connect(base_url, "Lot", lot_id, token("bob", "bidder"))
+        assert (await auct.request({"type": "open", "title": "Vase"})).ok
+        errors, slowest = 0, 0.0
+        for amount in range(1, 61):
+            started = time.monotonic()
+            reply = await bidder.request({"type": "bid", "amount": amount}, timeout=5)
+            slowest = max(slowest, time.monotonic() - started)
+            errors += 0 if reply.ok else 1
+            if amount == 20:
+                cluster.processes[_owner_of_lot(cluster, lot_id)].stop()  # SIGTERM: drain
+            await asyncio.sleep(0.01)
+        await auct.close()
+        await bidder.close()
+        return errors, slowest
+
+    try:
+        errors, slowest = asyncio.run(scenario())
+    except BaseException:
+        print(cluster.logs())
+        raise
+    print(f"drain: slowest reply {slowest * 1000:.0f} ms, client errors {errors}")
+    assert errors == 0, cluster.logs()
+    assert slowest < 2.0
