@@ -48,3 +48,25 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         """Text exposition format, for a /metrics endpoint or ``xplatform status``."""
         return generate_latest(self.registry)
+
+
+class ClusterMetrics:
+    """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned, handoffs,
+    ZooKeeper/ownership state, routing misses, transport lane buffers. Bounded labels:
+    category, ownership state, lane."""
+
+    STATES = ("connecting", "serving", "fenced", "lost", "draining")
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.shards_owned = Gauge("xplatform_cluster_shards_owned", "Shards this node owns now.", ["category"], registry=r)
+        self.handoffs = Counter("xplatform_cluster_handoffs", "Shards gained or lost by this node in map changes.",
+                                ["direction"], registry=r)
+        self.map_version = Gauge("xplatform_cluster_map_version", "Version (epoch) of the shard map in use.", registry=r)
+        self.state = Gauge("xplatform_cluster_ownership_state", "1 for the current ownership state (ZooKeeper "
+                           "session: serving, fenced while suspended, lost, draining).", ["state"], registry=r)
+        self.routing_misses = Counter("xplatform_cluster_routing_misses", "Messages that reached a node not owning "
+                                      "their shard, or found no owner (answered retry).", registry=r)
+        self.lane_buffer = Gauge("xplatform_cluster_lane_buffer_bytes", "Bytes waiting in transport link buffers.",
+                                 ["lane"], registry=r)

@@ -101,7 +101,8 @@ class Settings:
                                            "not reading (close 1013) - Centrifugo-style bounded queues.")
     edge_coalesce_hz: float = _setting(20.0, "Coalesced state updates leave at most 20 times a second per key "
                                        "(Colyseus patches at 20 Hz): 1,000 updates/s x 1,000 viewers become "
-                                       "20k frames/s, within one core's ~115k frames/s.")
+                                       "20k frames/s, within one core's ~115k frames/s. 0 turns coalescing "
+                                       "off (every update a frame: benchmarks).")
     edge_heartbeat_s: float = _setting(20.0, "Websocket ping every 20 s (under common 30-60 s proxy idle "
                                        "timeouts); no frame for 2.5 intervals closes a dead peer.")
     edge_close_timeout_s: float = _setting(2.0, "How long a close waits for the client's close frame (and a "
@@ -145,6 +146,8 @@ class Settings:
                                    "until the deployment names its network.")
     transport_port: int = _setting(0, "0 picks a free port; the address is published in ZooKeeper, so "
                                    "nothing needs to know it in advance.")
+    metrics_port: int = _setting(0, "Where a clustered state node serves /metrics; 0 picks a free port "
+                                 "(printed at start and scrapeable through service discovery).")
     transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
                                     "connections, so a flood in one cannot delay another; others use 'default'.")
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from domain.refs import EntityRef
 from infrastructure.cluster.allocation import Assignment, ShardOwner
+from infrastructure.metrics import ClusterMetrics
 from infrastructure.runtime.sharding import shard_of
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,33 @@ class OwnershipState(enum.Enum):
 class Ownership:
     """This node's view of what it owns. Mutated only on the event loop thread."""
 
-    def __init__(self, node_id: str, shards_per_category: int) -> None:
+    def __init__(self, node_id: str, shards_per_category: int, metrics: ClusterMetrics | None = None) -> None:
         self.node_id = node_id
         self.shards_per_category = shards_per_category
         self.state = OwnershipState.CONNECTING
         self.assignment = Assignment()
         self.listeners: list[Callable[[OwnershipState, Assignment], None]] = []
+        self.metrics = metrics or ClusterMetrics()
+        self._record()
 
     # ---------------------------------------------------------------- queries (runtime)
     def owner_of(self, ref: EntityRef) -> ShardOwner | None:
         return self.assignment.owner(ref.category, shard_of(ref, self.shards_per_category))
 
-    def owns(self, ref: EntityRef) -> bool:
+    def is_mine(self, ref: EntityRef) -> bool:
+        """Like owns() but not counted as a routing miss (local-vs-remote decisions)."""
         if self.state is not OwnershipState.SERVING:
             return False
         owner = self.owner_of(ref)
         return owner is not None and owner.node == self.node_id
+
+    def owns(self, ref: EntityRef) -> bool:
+        if self.state is OwnershipState.SERVING:
+            owner = self.owner_of(ref)
+            if owner is not None and owner.node == self.node_id:
+                return True
+        self.metrics.routing_misses.inc()
+        return False
 
     def epoch(self, ref: EntityRef) -> int:
         owner = self.owner_of(ref)
@@ -92,14 +104,28 @@ class Ownership:
         if assignment.version < self.assignment.version:
             log.warning("ignoring older shard map %s < %s", assignment.version, self.assignment.version)
             return
+        before = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
         self.assignment = assignment
+        after = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
+        self.metrics.handoffs.labels("gained").inc(len(after - before))
+        self.metrics.handoffs.labels("lost").inc(len(before - after))
+        self._record()
         self._notify()
 
     def _become(self, state: OwnershipState) -> None:
         if state is not self.state:
             log.info("ownership of %s: %s -> %s", self.node_id, self.state.value, state.value)
             self.state = state
+            self._record()
             self._notify()
+
+    def _record(self) -> None:
+        m = self.metrics
+        for state in OwnershipState:
+            m.state.labels(state.value).set(1 if state is self.state else 0)
+        m.map_version.set(self.assignment.version)
+        for category, shards in self.owned_shards().items():
+            m.shards_owned.labels(category).set(len(shards))
 
     def _notify(self) -> None:
         for listener in list(self.listeners):

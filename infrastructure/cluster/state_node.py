@@ -13,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
+from aiohttp import web
+
 from domain.auction import ENTITIES
 from domain.entity import Entity
 from domain.messages import EntityMessage
@@ -38,11 +40,11 @@ class LocalFirstRouter:
     """Entity-to-entity messages: delivered in this process when we own the target, else
     sent to its owner over the transport."""
 
-    def __init__(self, node: StateNode, remote: ClusterClient) -> None:
-        self.node, self.remote = node, remote
+    def __init__(self, node: StateNode, ownership: Ownership, remote: ClusterClient) -> None:
+        self.node, self.ownership, self.remote = node, ownership, remote
 
     def tell(self, to: EntityRef, message: EntityMessage) -> None:
-        if self.node.ownership.owns(to):
+        if self.ownership.is_mine(to):
             asyncio.get_running_loop().call_soon(self.node.deliver, to, message)
         else:
             self.remote.tell(to, message)
@@ -68,7 +70,8 @@ class ClusteredStateNode:
                                     address_of=self.coordinator.address_of,
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
                                     ask_timeout_s=settings.ask_timeout_s)
-        self.platform.node.router = LocalFirstRouter(self.platform.node, self.client)
+        self._metrics_runner: web.AppRunner | None = None
+        self.platform.node.router = LocalFirstRouter(self.platform.node, self.ownership, self.client)
 
     async def start(self) -> None:
         await self.platform.start()
@@ -86,7 +89,26 @@ class ClusteredStateNode:
         await self.coordinator.stop()
         await self.client.close()
         await self.server.stop()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.platform.stop()
+
+    async def serve_metrics(self) -> str:
+        """``/metrics`` over HTTP (node + cluster registries) on ``metrics_port``."""
+        from prometheus_client import generate_latest
+
+        async def page(request: web.Request) -> web.Response:
+            body = generate_latest(self.platform.node.metrics.registry) + generate_latest(self.ownership.metrics.registry)
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get("/metrics", page)
+        self._metrics_runner = web.AppRunner(app)
+        await self._metrics_runner.setup()
+        site = web.TCPSite(self._metrics_runner, self.settings.transport_host, self.settings.metrics_port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        return f"http://{self.settings.transport_host}:{port}/metrics"
 
     async def __aenter__(self) -> ClusteredStateNode:
         await self.start()
@@ -110,5 +132,6 @@ async def serve_state_node(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with ClusteredStateNode(settings) as node:
-        print(f"state node {settings.node_id} ready on {node.server.address}", flush=True)
+        metrics_url = await node.serve_metrics()
+        print(f"state node {settings.node_id} ready on {node.server.address} (metrics: {metrics_url})", flush=True)
         await stop.wait()

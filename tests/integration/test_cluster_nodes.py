@@ -103,6 +103,13 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
     assert failover < 5
     await until(lambda: all(a.platform.node.resident(l) is not None and a.platform.node.resident(l).high_amount == 9
                             for l in b_lots))
+    from prometheus_client import generate_latest
+
+    exposition = generate_latest(a.ownership.metrics.registry).decode()
+    assert 'xplatform_cluster_shards_owned{category="Lot"} 8.0' in exposition  # all of them after b died
+    assert 'xplatform_cluster_ownership_state{state="serving"} 1.0' in exposition
+    gained = float(exposition.split('xplatform_cluster_handoffs_total{direction="gained"} ')[1].split()[0])
+    assert gained >= 16  # at least its half of both categories at start, then the 8 b held
     for lot in b_lots:
         names = [e.topic.rsplit(".", 1)[-1] for e in a.platform.journal.read(lot.stream_id)]
         assert names.count("OwnerChanged") == 2 and names[-1] == "BidAccepted"  # b's epoch, then a's
