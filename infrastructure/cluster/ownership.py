@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 
 from domain.refs import EntityRef
@@ -55,21 +56,38 @@ class Ownership:
         self.assignment = Assignment()
         self.listeners: list[Callable[[OwnershipState, Assignment], None]] = []
         self.metrics = metrics or ClusterMetrics()
+        self.lease_until: float | None = None
+        """Monotonic time until which our ZooKeeper session is certainly alive (renewed by
+        round trips; shorter than the session timeout). None: no lease (tests, dev)."""
         self._record()
 
     # ---------------------------------------------------------------- queries (runtime)
     def owner_of(self, ref: EntityRef) -> ShardOwner | None:
         return self.assignment.owner(ref.category, shard_of(ref, self.shards_per_category))
 
+    def leased(self) -> bool:
+        """False once the lease ran out: e.g. the process was stopped (SIGSTOP, a long GC
+        or VM pause) longer than it can vouch for its session. Checked before every write,
+        so a zombie that wakes up cannot append before kazoo even notices."""
+        return self.lease_until is None or time.monotonic() < self.lease_until
+
+    def renew(self, until: float) -> None:
+        if self.lease_until is None or until > self.lease_until:
+            self.lease_until = until
+
+    def writable(self) -> bool:
+        """May this node append at all right now (runtime's check before each batch)?"""
+        return self.state in (OwnershipState.SERVING, OwnershipState.DRAINING) and self.leased()
+
     def is_mine(self, ref: EntityRef) -> bool:
         """Like owns() but not counted as a routing miss (local-vs-remote decisions)."""
-        if self.state is not OwnershipState.SERVING:
+        if self.state is not OwnershipState.SERVING or not self.leased():
             return False
         owner = self.owner_of(ref)
         return owner is not None and owner.node == self.node_id
 
     def owns(self, ref: EntityRef) -> bool:
-        if self.state is OwnershipState.SERVING:
+        if self.state is OwnershipState.SERVING and self.leased():
             owner = self.owner_of(ref)
             if owner is not None and owner.node == self.node_id:
                 return True

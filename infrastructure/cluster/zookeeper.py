@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -86,6 +87,8 @@ class ZooKeeperCoordinator:
         if self.member.role == "state":
             self._election_thread = threading.Thread(target=self._run_election, name="xplatform-allocator", daemon=True)
             self._election_thread.start()
+            self._lease_thread = threading.Thread(target=self._renew_lease_forever, name="xplatform-lease", daemon=True)
+            self._lease_thread.start()
         data, _stat = await asyncio.to_thread(self.client.get, f"{self.root}/assignment")
         self._started = True
         self._apply_then_serve(_decode(data))
@@ -177,6 +180,23 @@ class ZooKeeperCoordinator:
         """Owner node and epoch of ``ref``'s shard, for the transport client."""
         owner = self.ownership.owner_of(ref)
         return None if owner is None else (owner.node, owner.epoch)
+
+    # ------------------------------------------------------------------ lease (its own thread)
+    def _renew_lease_forever(self) -> None:
+        """A ZooKeeper round trip every third of the session timeout; each success vouches
+        for the session until (request start + 2/3 of the timeout): the server cannot have
+        expired it before then. See Ownership.leased()."""
+        timeout = self.client._session_timeout / 1000.0 if self.client._session_timeout else 2.0  # noqa: SLF001
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.client.exists(self.root)
+            except KazooException:
+                pass
+            else:
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.ownership.renew, started + timeout * 2 / 3)
+            self._stopping.wait(timeout / 3)
 
     # ------------------------------------------------------------------ allocator (its own thread)
     def _run_election(self) -> None:

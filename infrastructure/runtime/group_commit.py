@@ -56,8 +56,10 @@ class PendingWrite:
 class GroupCommitter:
     """Batches PendingWrites into journal appends. See the module docstring."""
 
-    def __init__(self, journal: EventJournal, metrics: NodeMetrics, max_batch_events: int) -> None:
+    def __init__(self, journal: EventJournal, metrics: NodeMetrics, max_batch_events: int,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
         self._journal = journal
+        self._may_write = may_write
         self._metrics = metrics
         self._max_batch_events = max_batch_events
         self._collecting: list[PendingWrite] = []
@@ -109,6 +111,15 @@ class GroupCommitter:
         batch = self._collecting[:take]
         del self._collecting[:take]
         count = sum(len(p.write.events) for p in batch)
+        if not self._may_write():
+            # Fenced (ownership lease ran out, e.g. after a SIGSTOP): nothing of this batch
+            # may reach the store; the senders get a retryable error and the entities reload.
+            fenced = PersistenceError("not written: this node's ownership is fenced")
+            for pending in batch:
+                pending.settle(fenced)
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_next)
+            return
         self._in_flight = True
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._write, batch)

@@ -123,7 +123,9 @@ class StateNode:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._committer = GroupCommitter(self.journal, self.metrics, self.settings.max_batch_events)
+        writable = getattr(self.ownership, "writable", None)
+        self._committer = GroupCommitter(self.journal, self.metrics, self.settings.max_batch_events,
+                                         may_write=writable or (lambda: True))
         self._running = True
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="xplatform-passivation")
 

@@ -93,9 +93,11 @@ class ClusterClient:
             self._pending.pop(corr, None)
             return _retry(message.message_id, f"link to {node} closed"), True
         try:
-            envelope = await asyncio.wait_for(future, timeout)
+            envelope = await self._await_reply(future, to, node, timeout)
         except TimeoutError:
             return _retry(message.message_id, f"no reply from {node} for {to} in time"), False
+        except _OwnerChanged:
+            return _retry(message.message_id, f"{to} moved away from {node} while we waited"), True
         except ConnectionError as exc:
             return _retry(message.message_id, f"link to {node} lost: {exc}"), True
         finally:
@@ -106,6 +108,23 @@ class ClusterClient:
         r = envelope.reply
         moving = not r.ok and r.code == "retry" and (current is None or current[0] != node or "shard" in r.reason)
         return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable), moving
+
+    async def _await_reply(self, future: asyncio.Future[ReplyEnvelope], to: EntityRef, node: str,
+                           timeout: float) -> ReplyEnvelope:
+        """The reply, unless the map moves ``to`` to another node first (its old owner
+        crashed or is a zombie: waiting for it would only add the full timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait({future}, timeout=min(0.05, remaining))
+            if done:
+                return future.result()
+            owner = self.route(to)
+            if owner is not None and owner[0] != node:
+                raise _OwnerChanged
 
     def send(self, to: EntityRef, message: Inbound) -> None:
         asyncio.get_running_loop().create_task(self._send(to, message))
@@ -232,6 +251,10 @@ class ClusterClient:
                 del self._interest_at[ref]
         if self._held:
             asyncio.get_running_loop().call_later(0.05, self.reannounce)
+
+
+class _OwnerChanged(Exception):
+    """The shard map moved the entity while a reply was awaited."""
 
 
 def _retry(message_id: str, reason: str) -> Reply:

@@ -4,6 +4,7 @@ subprocesses on loopback; a client through the edge; kill -9 of the node serving
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -157,3 +158,68 @@ def test_drain_under_load_is_invisible_to_clients(cluster: Cluster) -> None:
     print(f"drain: slowest reply {slowest * 1000:.0f} ms, client errors {errors}")
     assert errors == 0, cluster.logs()
     assert slowest < 2.0
+
+
+def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster, postgres_server: PostgresServer) -> None:
+    """SIGSTOP the lot's owner for longer than its session, keep bidding (the client resends
+    to the new owner), then SIGCONT: the zombie's lease has run out, so it writes nothing and
+    no client sees a success from it; the stream stays contiguous with growing epochs."""
+    cluster.start("state-node", "node-a")
+    cluster.start("state-node", "node-b")
+    edge = cluster.start("edge", "edge-1")
+    base_url = edge.ready_line.split("ready on ")[1].rstrip("/")
+    lot_id = f"lot-{uuid.uuid4().hex[:6]}"
+
+    zombie_name: list[str] = []
+
+    async def scenario() -> int:
+        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
+        bidder = await connect(base_url, "Lot", lot_id, token("bob", "bidder"))
+        assert (await auct.request({"type": "open", "title": "Vase"})).ok
+        acknowledged = 0
+        zombie = None
+        for amount in range(1, 41):
+            mid = f"bid-{amount}"
+            while True:
+                reply = await bidder.request({"type": "bid", "amount": amount}, message_id=mid, timeout=5)
+                if reply.ok or not reply.retryable:
+                    break
+                await asyncio.sleep(0.05)
+            acknowledged += reply.ok
+            if amount == 10:
+                zombie = cluster.processes[_owner_of_lot(cluster, lot_id)]
+                zombie_name.append(zombie.name)
+                zombie.process.send_signal(signal.SIGSTOP)
+            if amount == 25 and zombie is not None:
+                zombie.process.send_signal(signal.SIGCONT)  # wakes up believing it still owns the lot
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)
+        await auct.close()
+        await bidder.close()
+        return acknowledged
+
+    try:
+        acknowledged = asyncio.run(scenario())
+    except BaseException:
+        print(cluster.logs())
+        raise
+    assert acknowledged == 40
+    zombie_log = cluster.processes[zombie_name[0]].log()
+    assert f"ownership of {zombie_name[0]}: serving -> " in zombie_log, zombie_log  # it noticed it lost the shard
+    journal = _journal(postgres_server)
+    try:
+        events = journal.read(f"Lot-{lot_id}")
+        assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
+        epochs = [msgpack.unpackb(e.state)["epoch"] for e in events if e.topic.endswith("OwnerChanged")]
+        assert len(epochs) >= 2 and epochs == sorted(set(epochs))
+        bids = [msgpack.unpackb(e.state)["amount"] for e in events if e.topic.endswith("BidAccepted")]
+        assert bids == sorted(set(bids)) and bids[-1] == 40  # every accepted bid once, in order
+    finally:
+        journal.close()
+
+
+def _journal(postgres_server: PostgresServer) -> RecorderJournal:
+    return RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
+                            "POSTGRES_PORT": str(postgres_server.port), "POSTGRES_USER": postgres_server.user,
+                            "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres_server.dbname,
+                            "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
