@@ -27,10 +27,13 @@ ROLES = ("auctioneer", "bidder", "viewer")
 
 
 class Lot(Entity):
-    """A lot under auction. State: status, title, reserve, increment, the highest bid."""
+    """A lot under auction. State: status, title, reserve, increment, the highest bid, the
+    last chat messages of its room."""
 
     CATEGORY = "Lot"
     GRACE_PERIOD = 30.0
+    CHAT_KEPT = 20
+    CHAT_MAX_CHARS = 500
 
     def initialise(self) -> None:
         self.status = "new"
@@ -42,6 +45,7 @@ class Lot(Entity):
         self.high_bid_at = 0.0
         self.bid_count = 0
         self.winner: str | None = None
+        self.chat: list[list[Any]] = []  # the last CHAT_KEPT messages: [message_id, user, text]
 
     # ------------------------------------------------------------------ views
     def view(self) -> dict[str, Any]:
@@ -56,6 +60,7 @@ class Lot(Entity):
             "sent_at": self.high_bid_at,
             "winner": self.winner,
             "present": len(self.live_connections()),
+            "chat": [{"user": user, "text": text} for _mid, user, text in self.chat],
         }
 
     def _publish(self, ctx: Context) -> None:
@@ -116,6 +121,22 @@ class Lot(Entity):
     def _closed(self, winner: str | None, amount: int) -> None:
         self.status = "closed"
         self.winner = winner
+
+    # ------------------------------------------------------------------ chat
+    @client_message("chat")
+    def post_chat(self, ctx: Context, text: str) -> dict[str, Any]:
+        """Anyone in the room may talk; the message is stored (the reply means durable)
+        and pushed to everyone. Late joiners get the last CHAT_KEPT in the state."""
+        if not isinstance(text, str) or not text.strip() or len(text) > self.CHAT_MAX_CHARS:
+            raise Rejected(f"chat text must be 1-{self.CHAT_MAX_CHARS} characters")
+        user = str((ctx.claims or {}).get("sub"))
+        self._chatted(message_id=ctx.message_id, user=user, text=text)
+        ctx.broadcast({"type": "chat", "user": user, "text": text})
+        return {"posted": ctx.message_id}
+
+    @event("Chatted")
+    def _chatted(self, message_id: str, user: str, text: str) -> None:
+        self.chat = [*self.chat[-(self.CHAT_KEPT - 1):], [message_id, user, text]]
 
     # ------------------------------------------------------------------ bidding
     @client_message("bid")

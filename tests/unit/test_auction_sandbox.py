@@ -194,3 +194,16 @@ def test_sandbox_catches_events_that_do_not_survive_the_codec() -> None:
     with pytest.raises(Exception) as caught:
         kit.client(ref, "c", {"type": "note", "text": "hi"})
     assert "not msgpack-transcodable" in str(caught.value) or isinstance(caught.value, CodecRoundTripError)
+
+
+def test_chat_is_stored_pushed_and_kept_for_late_joiners(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    posted = kit.client(LOT, "c-bob", {"type": "chat", "text": "hello room"})
+    assert posted.ok and posted.event_names == ["Chatted"]
+    assert posted.payloads_for("c-ann", kit.state(LOT)) == [{"type": "chat", "user": "bob", "text": "hello room"}]
+    for i in range(25):
+        kit.client(LOT, "c-ann", {"type": "chat", "text": f"lot {i}"})
+    late = kit.connect(LOT, "c-vic", {"sub": "vic", "role": "viewer"})
+    assert len(late.reply.payload["chat"]) == Lot.CHAT_KEPT and late.reply.payload["chat"][-1]["text"] == "lot 24"
+    too_long = kit.client(LOT, "c-bob", {"type": "chat", "text": "x" * 501})
+    assert not too_long.ok and too_long.events == []
