@@ -1,0 +1,1 @@
+"""Operations: runbook tools, local servers for development and benchmarks, deployment."""

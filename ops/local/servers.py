@@ -1,0 +1,191 @@
+"""Real servers (PostgreSQL, ZooKeeper) started as subprocesses on free loopback ports, for
+the test suite's fixtures, the cluster benchmarks and local development.
+
+A server that cannot start raises ServerStartError with its log (in tests: a failure,
+never a skip). Every server is stopped by the PID we started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+class ServerStartError(RuntimeError):
+    """Raised when a test server does not come up; the message carries its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_tool(name: str) -> str:
+    for directory in PG_BIN_DIRS:
+        candidate = directory / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServerStartError(f"PostgreSQL tool {name!r} not found: install the Debian package 'postgresql'")
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """initdb/postgres refuse to run as root: run them as the 'postgres' OS user then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb into a temp dir, trust auth, loopback only)."""
+
+    port: int
+    user: str
+    dbname: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log_path: Path
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> PostgresServer:
+        root = Path(tempfile.mkdtemp(prefix="xplatform-pg-"))
+        data_dir, log_path = root / "data", root / "server.log"
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        init = subprocess.run(
+            _as_postgres_user([_pg_tool("initdb"), "-D", str(data_dir), "-U", "xplatform", "-A", "trust", "-E", "UTF8"]),
+            capture_output=True, text=True,
+        )
+        if init.returncode != 0:
+            raise ServerStartError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        port = free_port()
+        log_file = open(log_path, "wb")  # noqa: SIM115 - closed when the server stops
+        if os.geteuid() == 0:
+            shutil.chown(log_path, "postgres", "postgres")
+        process = subprocess.Popen(
+            _as_postgres_user([_pg_tool("postgres"), "-D", str(data_dir), "-p", str(port), "-k", str(root),
+                               "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on", "-c", "max_connections=100"]),
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        server = cls(port, "xplatform", "xplatform", process, data_dir, log_path)
+        server._wait_ready(timeout)
+        created = subprocess.run([_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "xplatform", "xplatform"],
+                                 capture_output=True, text=True)
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            server.stop()
+            raise ServerStartError(f"createdb failed: {created.stderr}\n{server.log()}")
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"postgres exited with {self.process.returncode}:\n{self.log()}")
+            ready = subprocess.run([_pg_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                   capture_output=True)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ServerStartError(f"postgres not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # smart shutdown of the PID we started
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+@dataclass
+class ZooKeeperServer:
+    """A standalone ZooKeeper (Debian package) with tiny ticks, so sessions of 200 ms+ work.
+    ``stop()`` + ``start_again()`` keep the data dir and port (a ZooKeeper restart)."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> ZooKeeperServer:
+        if not ZOOKEEPER_JAR.exists():
+            raise ServerStartError(f"{ZOOKEEPER_JAR} missing: install the Debian package 'zookeeper'")
+        root = Path(tempfile.mkdtemp(prefix="xplatform-zk-"))
+        (root / "data").mkdir()
+        server = cls(free_port(), root)
+        (root / "zoo.cfg").write_text(
+            f"tickTime=100\nminSessionTimeout=200\nmaxSessionTimeout=60000\ndataDir={root / 'data'}\n"
+            f"clientPort={server.port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+            "4lw.commands.whitelist=ruok\n"
+        )
+        server.start_again(timeout)
+        return server
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_again(self, timeout: float = 30.0) -> None:
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - owned by the process lifetime
+        self.process = subprocess.Popen(
+            ["java", "-Xmx256m", "-cp", f"{self.root}:{ZOOKEEPER_JAR}",
+             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.root / "zoo.cfg")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"ZooKeeper exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"ruok")
+                    if s.recv(4) == b"imok":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(f"ZooKeeper not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
