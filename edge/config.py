@@ -48,7 +48,8 @@ class EdgeConfig:
 
     @property
     def coalesce_tick_s(self) -> float:
-        return 1.0 / self.coalesce_hz
+        """The coalescing tick; 0.0 when ``coalesce_hz`` is 0 (coalescing off: every update a frame)."""
+        return 1.0 / self.coalesce_hz if self.coalesce_hz else 0.0
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> EdgeConfig:
@@ -74,9 +75,11 @@ class EdgeConfig:
         for name in ("max_frame_bytes", "send_queue_frames", "internal_buffer"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
-        for name in ("rate_per_s", "rate_burst", "coalesce_hz", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):
+        for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):
             if getattr(self, name) <= 0:
                 raise EdgeConfigurationError(f"{name} must be positive")
+        if self.coalesce_hz < 0:
+            raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
 
 
 def _split(value: str) -> tuple[str, ...]:

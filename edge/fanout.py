@@ -13,6 +13,10 @@ the edge resolves its target against the local registry:
   tick leaves at once (leading edge), so a lone update is not delayed by the tick;
 - a Terminate reaches its one connection (TERMINATE frame, then close).
 
+``tick_s`` 0 turns coalescing off (``coalesce_hz`` 0): a Send with a ``coalesce_key`` then
+takes the immediate path like any other, every update one frame (the fan-out benchmark's
+"coalescing off" phase; the bounded queue and its 1013 policy apply).
+
 Sequence numbers order coalesced frames, so a per-connection frame and a per-entity frame
 for the same key resolve to the newer one.
 """
@@ -41,6 +45,7 @@ class Fanout:
         self.metrics = metrics
         self.tick_s = tick_s
         self.clock = clock
+        self.coalescing = tick_s > 0
         self._seq = itertools.count(1)
         self._entity_pending: dict[EntityRef, dict[str, tuple[int, bytes, Any]]] = {}
         self._dirty: set[Receiver] = set()
@@ -59,7 +64,7 @@ class Fanout:
             return
         target = effect.target
         frame = protocol.push(effect.payload)
-        key = effect.coalesce_key
+        key = effect.coalesce_key if self.coalescing else None
         if isinstance(target, ToConnection):
             one = conns.get(target.connection_id)
             receivers: Any = () if one is None else (one,)

@@ -107,6 +107,10 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         ("loadtests.bench_rtt", ["--connections", "5", "--rate", "100", "--seconds", "0.5"],
          {"p50_ms", "p99_ms", "rate"}),
         ("loadtests.bench_connections", ["--connections", "200"], {"connections"}),
+        ("loadtests.bench_hot_entity", ["--viewers", "20", "--bidders", "3", "--rate", "200", "--seconds", "1",
+                                        "--fanout-rate", "50", "--fanout-seconds", "0.5"],
+         {"accepted_updates_per_s", "frames_per_s", "update_to_client_p50_ms", "update_to_client_p99_ms",
+          "fanout_frames_per_s", "raw_broadcast_frames_per_s", "fanout_ratio"}),
     ]:
         done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
