@@ -38,6 +38,11 @@ from infrastructure.runtime.sharding import shard_of
 log = logging.getLogger(__name__)
 
 
+EPOCH_BITS = 20
+"""Map versions per cluster generation (1M). With generations in ms (< 2**42 until the year
+2109) epochs stay below 2**62: signed 64-bit everywhere (msgpack, SQL, EventStoreDB)."""
+
+
 class OwnershipState(enum.Enum):
     CONNECTING = "connecting"
     SERVING = "serving"
@@ -56,6 +61,10 @@ class Ownership:
         self.assignment = Assignment()
         self.listeners: list[Callable[[OwnershipState, Assignment], None]] = []
         self.metrics = metrics or ClusterMetrics()
+        self.generation = 0
+        """Creation time (ms) of the cluster's ZooKeeper root: part of every epoch, so epochs
+        keep growing even if ZooKeeper's data is lost and the map restarts at version 1
+        (markers already in the store carry the older generation and never outrank us)."""
         self.lease_until: float | None = None
         """Monotonic time until which our ZooKeeper session is certainly alive (renewed by
         round trips; shorter than the session timeout). None: no lease (tests, dev)."""
@@ -96,7 +105,7 @@ class Ownership:
 
     def epoch(self, ref: EntityRef) -> int:
         owner = self.owner_of(ref)
-        return 0 if owner is None else owner.epoch
+        return 0 if owner is None else (self.generation << EPOCH_BITS) | owner.epoch
 
     def owned_shards(self) -> dict[str, list[int]]:
         return {c: [i for i, o in enumerate(owners) if o is not None and o.node == self.node_id]

@@ -109,6 +109,8 @@ class ZooKeeperCoordinator:
     def _register(self) -> None:
         for path in ("members", "assignment"):
             self.client.ensure_path(f"{self.root}/{path}")
+        _data, root_stat = self.client.get(self.root)
+        self.ownership.generation = int(root_stat.ctime)
         data = json.dumps(asdict(self.member)).encode()
         try:
             self.client.create(f"{self.root}/members/{self.member.node_id}", data, ephemeral=True)
@@ -179,7 +181,7 @@ class ZooKeeperCoordinator:
     def route(self, ref: EntityRef) -> tuple[str, int] | None:
         """Owner node and epoch of ``ref``'s shard, for the transport client."""
         owner = self.ownership.owner_of(ref)
-        return None if owner is None else (owner.node, owner.epoch)
+        return None if owner is None else (owner.node, self.ownership.epoch(ref))
 
     # ------------------------------------------------------------------ lease (its own thread)
     def _renew_lease_forever(self) -> None:

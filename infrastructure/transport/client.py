@@ -130,8 +130,16 @@ class ClusterClient:
         asyncio.get_running_loop().create_task(self._send(to, message))
 
     def tell(self, to: EntityRef, message: Inbound) -> None:
-        """Router for a state node: entity-to-entity messages go to the owner's node."""
-        self.send(to, message)
+        """Router for a state node: entity-to-entity messages go to the owner's node. Sent
+        as an ask so that a shard in handoff (old owner refusing, link lost) is retried at
+        the next owner within ``handoff_wait_s``; the message ID makes that safe. Beyond
+        that it is at most once, and the entities' own timers recover (e.g. reservations)."""
+        asyncio.get_running_loop().create_task(self._tell(to, message))
+
+    async def _tell(self, to: EntityRef, message: Inbound) -> None:
+        reply = await self.ask(to, message)
+        if not reply.ok and reply.retryable:
+            log.warning("entity message %s to %s not delivered: %s", message.message_id, to, reply.reason)
 
     def subscribe(self, sink: OutboundSink) -> None:
         self._sinks.append(sink)
