@@ -77,7 +77,8 @@ class Context:
     def broadcast(self, payload: Any, coalesce_key: str | None = None) -> None:
         """Send to every connection of this entity; a ``coalesce_key`` lets edges keep only
         the newest such message per connection within a tick (state updates)."""
-        self.send(ToAllConnections(), payload, coalesce_key)
+        if self.entity.has_live_connections():  # nobody live: nothing to send
+            self.send(ToAllConnections(), payload, coalesce_key)
 
     def to_connection(self, connection_id: str, payload: Any) -> None:
         self.send(ToConnection(connection_id), payload)

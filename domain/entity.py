@@ -240,6 +240,10 @@ class Entity(BaseAggregate[str]):
         record = self._connections.get(connection_id)
         return bool(record and record[1])
 
+    def has_live_connections(self) -> bool:
+        """Cheap check before building a view nobody would receive."""
+        return any(record[1] for record in self._connections.values())
+
     def live_connections(self) -> dict[str, Mapping[str, Any]]:
         return {cid: rec[0] for cid, rec in self._connections.items() if rec[1]}
 

@@ -27,6 +27,7 @@ class EdgeConfig:
     rate_per_s: float = 50.0
     rate_burst: float = 100.0
     send_queue_frames: int = 256
+    max_in_flight: int = 64
     coalesce_hz: float = 20.0
     heartbeat_s: float = 20.0
     close_timeout_s: float = 2.0
@@ -58,7 +59,8 @@ class EdgeConfig:
         values: dict[str, Any] = dict(
             host=s.edge_host, port=s.edge_port, allowed_origins=_split(s.edge_allowed_origins),
             max_frame_bytes=s.edge_max_frame_bytes, rate_per_s=s.edge_rate_per_s, rate_burst=s.edge_rate_burst,
-            send_queue_frames=s.edge_send_queue_frames, coalesce_hz=s.edge_coalesce_hz,
+            send_queue_frames=s.edge_send_queue_frames, max_in_flight=s.edge_max_in_flight,
+            coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
             connect_timeout_s=s.ask_timeout_s, jwt_algorithms=_split(s.jwt_algorithms),
             jwt_jwks_file=s.jwt_jwks_file, jwt_jwks_url=s.jwt_jwks_url, jwt_hs256_secret=s.jwt_hs256_secret,
@@ -72,7 +74,7 @@ class EdgeConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "send_queue_frames", "internal_buffer"):
+        for name in ("max_frame_bytes", "send_queue_frames", "internal_buffer", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
         for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):

@@ -70,6 +70,8 @@ class WsConnection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._asks: set[asyncio.Future[Reply]] = set()
+        self._room = asyncio.Event()  # set while fewer than max_in_flight messages await replies
+        self._room.set()
         self._expiry: asyncio.TimerHandle | None = None
         self._bucket = TokenBucket(edge.config.rate_per_s, edge.config.rate_burst)
         self.last_seen = time.monotonic()
@@ -205,6 +207,8 @@ class WsConnection:
         ws = self.ws
         metrics = self.edge.metrics
         while True:
+            if not self._room.is_set():
+                await self._room.wait()  # backpressure: read on when replies come back
             msg = await ws.receive()
             self.last_seen = time.monotonic()
             kind = msg.type
@@ -273,9 +277,13 @@ class WsConnection:
         message = ClientMessage(message_id, time.time(), self.cid, payload)
         future = asyncio.ensure_future(self.edge.transport.ask(self.ref, message, self.edge.config.connect_timeout_s))
         self._asks.add(future)
+        if len(self._asks) >= self.edge.config.max_in_flight:
+            self._room.clear()
 
         def replied(done: asyncio.Future[Reply]) -> None:
             self._asks.discard(done)
+            if len(self._asks) < self.edge.config.max_in_flight:
+                self._room.set()
             if done.cancelled():
                 return
             exc = done.exception()

@@ -99,6 +99,9 @@ class Settings:
     edge_send_queue_frames: int = _setting(256, "Bound of a connection's immediate send queue. Coalesced state "
                                            "never queues; 256 unsent replies/notifications means the client is "
                                            "not reading (close 1013) - Centrifugo-style bounded queues.")
+    edge_max_in_flight: int = _setting(64, "Messages of one connection awaiting their replies before the edge "
+                                       "stops reading that socket: a client that far ahead of its entity is "
+                                       "held back by TCP instead of filling the server's memory (backpressure).")
     edge_coalesce_hz: float = _setting(20.0, "Coalesced state updates leave at most 20 times a second per key "
                                        "(Colyseus patches at 20 Hz): 1,000 updates/s x 1,000 viewers become "
                                        "20k frames/s, within one core's ~115k frames/s. 0 turns coalescing "

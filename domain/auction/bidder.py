@@ -31,14 +31,19 @@ class Bidder(Entity):
         self.opened = False
         self.credit = 0
         self.reserved: dict[str, list[Any]] = {}  # bid_id -> [lot, amount, settled, reserved_at]
+        self.reserved_total = 0  # kept with the events: a busy bidder holds many reservations
 
     @property
     def available(self) -> int:
-        return self.credit - sum(r[1] for r in self.reserved.values())
+        return self.credit - self.reserved_total
 
     def view(self) -> dict[str, Any]:
         return {"bidder": self.entity_id, "credit": self.credit, "available": self.available,
                 "reserved": {bid: {"lot": r[0], "amount": r[1]} for bid, r in self.reserved.items()}}
+
+    def _publish(self, ctx: Context) -> None:
+        if self.has_live_connections():  # building the view costs O(reservations): only for watchers
+            ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
 
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
         if claims.get("sub") != self.entity_id and claims.get("role") != "auctioneer":
@@ -60,7 +65,7 @@ class Bidder(Entity):
             ctx.start_timer("reservation_check", self.RESERVATION_TIMEOUT)
         ctx.tell(ctx.sender, "credit_reserved", bid_id=bid_id, bidder=self.entity_id, amount=amount,
                  connection_id=connection_id, sent_at=sent_at)
-        ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
+        self._publish(ctx)
 
     @entity_message("bid_settled")
     def bid_settled(self, ctx: Context, bid_id: str) -> None:
@@ -71,14 +76,14 @@ class Bidder(Entity):
     def release_credit(self, ctx: Context, bid_id: str | None) -> None:
         if bid_id in self.reserved:
             self._credit_released(bid_id=bid_id)
-            ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
+            self._publish(ctx)
 
     @entity_message("won")
     def won(self, ctx: Context, bid_id: str | None, lot: str) -> None:
         if bid_id not in self.reserved:
             raise Rejected(f"no reservation {bid_id} for lot {lot}")
         self._credit_spent(bid_id=bid_id)
-        ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
+        self._publish(ctx)
 
     @timer("reservation_check")
     def reservation_check(self, ctx: Context) -> None:
@@ -100,6 +105,7 @@ class Bidder(Entity):
     @event("CreditReserved")
     def _credit_reserved(self, bid_id: str, lot: str, amount: int, at: float) -> None:
         self.reserved[bid_id] = [lot, amount, False, at]
+        self.reserved_total += amount
 
     @event("ReservationSettled")
     def _reservation_settled(self, bid_id: str) -> None:
@@ -107,9 +113,12 @@ class Bidder(Entity):
 
     @event("CreditReleased")
     def _credit_released(self, bid_id: str) -> None:
-        self.reserved.pop(bid_id, None)
+        released = self.reserved.pop(bid_id, None)
+        if released is not None:
+            self.reserved_total -= released[1]
 
     @event("CreditSpent")
     def _credit_spent(self, bid_id: str) -> None:
         amount = self.reserved.pop(bid_id)[1]
+        self.reserved_total -= amount
         self.credit -= amount
