@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -102,7 +102,19 @@ def _add_static(app: web.Application, static_dir: Path) -> None:
 
 async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
-    app = build_edge_app(platform, config, manage_platform=True)
+    def announce(port: int) -> None:
+        print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
+              f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
+              flush=True)
+        if ready is not None:
+            ready.set()
+
+    await serve_app(build_edge_app(platform, config, manage_platform=True), config, announce)
+
+
+async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None]) -> None:
+    """Serve ``app`` on the configured address until SIGINT/SIGTERM; ``announce(port)`` once
+    listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
@@ -112,13 +124,8 @@ async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        server = site._server
-        port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else config.port
-        print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
-              f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
-              flush=True)
-        if ready is not None:
-            ready.set()
+        server = site._server  # noqa: SLF001 - the bound port when config.port is 0
+        announce(server.sockets[0].getsockname()[1] if server is not None and server.sockets else config.port)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -69,25 +69,11 @@ class ClusteredEdge:
 
 async def serve_cluster_edge(settings: Settings, categories: Collection[str]) -> None:
     """``xplatform edge``: serve until SIGTERM/SIGINT (then GOING_AWAY to every client)."""
-    import asyncio
-    import signal
-
+    from edge.app import serve_app
     from infrastructure.errors import ConfigurationError
 
     if not settings.zookeeper_hosts:
         raise ConfigurationError("edge needs XPLATFORM_ZOOKEEPER_HOSTS (dev mode without ZooKeeper: xplatform run)")
     edge = ClusteredEdge(settings, categories)
-    runner = web.AppRunner(edge.app(), shutdown_timeout=edge.config.close_timeout_s * 3)
-    await runner.setup()
-    site = web.TCPSite(runner, edge.config.host, edge.config.port)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(edge.app(), edge.config,
+                    lambda port: print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True))
