@@ -1,0 +1,155 @@
+"""Crash failover of a state node under load, with real processes on loopback.
+
+    python -m loadtests.bench_failover [--kills 10] [--lots 12] [--session 0.6]
+
+ZooKeeper, PostgreSQL, 3 state nodes and 2 edges run as local processes (ops/local). One
+chat client per lot (half through each edge) posts messages without pause; a posted chat
+message is acknowledged only after its event is durable. Then, ``--kills`` times: kill -9
+one state node, measure the time until every lot it owned has acknowledged a message
+again, and start the node again. At the end every acknowledged message must be in its
+lot's stream exactly once (``lost_acks`` counts those that are not).
+
+JSON: failover_p50_s, failover_max_s, lost_acks (+ per-kill times, messages acknowledged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+import jwt
+import msgpack
+from kazoo.client import KazooClient
+
+from domain.refs import EntityRef
+from edge.client import connect
+from infrastructure.cluster.allocation import Assignment
+from infrastructure.persistence import RecorderJournal
+from infrastructure.runtime.sharding import shard_of
+from loadtests.common import emit, median
+from ops.local.cluster import HS256_SECRET, Cluster
+from ops.local.servers import PostgresServer, ZooKeeperServer
+
+SHARDS = 8
+
+
+def _token(sub: str) -> str:
+    return jwt.encode({"sub": sub, "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
+
+
+def _owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
+    zk = KazooClient(cluster.zookeeper.hosts)
+    zk.start(5)
+    try:
+        data, _ = zk.get(f"/xplatform/{cluster.name}/assignment")
+    finally:
+        zk.stop()
+        zk.close()
+    assignment = Assignment.from_json(json.loads(data))
+    return {lot: assignment.owner("Lot", shard_of(EntityRef("Lot", lot), SHARDS)).node for lot in lots}  # type: ignore[union-attr]
+
+
+async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int) -> tuple[list[float], dict[str, list[str]]]:
+    acked: dict[str, list[str]] = {lot: [] for lot in lots}
+    last_ack: dict[str, float] = {lot: 0.0 for lot in lots}
+    answered: dict[str, float] = {lot: 0.0 for lot in lots}
+    stop = asyncio.Event()
+
+    async def chatter(i: int, lot: str) -> None:
+        client = await connect(edges[i % len(edges)], "Lot", lot, _token(f"u{i}"), request_timeout_s=10)
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                mid = f"{lot}-m{n}"
+                sent = time.monotonic()
+                while not stop.is_set():  # resend with the same ID until answered
+                    try:
+                        reply = await client.request({"type": "chat", "text": f"hello {n}"}, message_id=mid, timeout=10)
+                    except Exception:
+                        await asyncio.sleep(0.05)
+                        continue
+                    if reply.ok:
+                        acked[lot].append(mid)
+                        last_ack[lot] = sent  # "answers again": a message SENT after the kill was acknowledged
+                        answered[lot] = time.monotonic()
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.01)
+        finally:
+            await client.close()
+
+    tasks = [asyncio.create_task(chatter(i, lot)) for i, lot in enumerate(lots)]
+    await asyncio.sleep(2.0)  # warm up: every lot active
+    times: list[float] = []
+    for k in range(kills):
+        owners = _owners(cluster, lots)
+        victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
+        affected = [lot for lot, node in owners.items() if node == victim]
+        cluster.processes[victim].kill9()
+        killed = time.monotonic()
+        deadline = killed + 30
+        while time.monotonic() < deadline and not all(last_ack[lot] > killed for lot in affected):
+            await asyncio.sleep(0.01)
+        times.append(max(answered[lot] for lot in affected) - killed)
+        await asyncio.to_thread(_wait_gone, cluster, victim)  # its old session must have expired
+        cluster.start("state-node", victim)  # back to three nodes before the next kill
+        await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return times, acked
+
+
+def _wait_gone(cluster: Cluster, node: str, timeout: float = 15.0) -> None:
+    zk = KazooClient(cluster.zookeeper.hosts)
+    zk.start(5)
+    try:
+        deadline = time.monotonic() + timeout
+        while zk.exists(f"/xplatform/{cluster.name}/members/{node}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--lots", type=int, default=12)
+    parser.add_argument("--session", type=float, default=0.6, help="ZooKeeper session timeout, seconds")
+    args = parser.parse_args(argv)
+    postgres, zookeeper = PostgresServer.start(), ZooKeeperServer.start()
+    cluster = Cluster(zookeeper, postgres, name=f"bench{uuid.uuid4().hex[:6]}", session_timeout_s=args.session)
+    try:
+        for node in ("node-a", "node-b", "node-c"):
+            cluster.start("state-node", node)
+        edges = [cluster.start("edge", f"edge-{i}").ready_line.split("ready on ")[1].rstrip("/") for i in (1, 2)]
+        lots = [f"lot-{i}" for i in range(args.lots)]
+        times, acked = asyncio.run(_run(cluster, edges, lots, args.kills))
+        journal = RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
+                                   "POSTGRES_PORT": str(postgres.port), "POSTGRES_USER": postgres.user,
+                                   "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres.dbname,
+                                   "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
+        lost = 0
+        try:
+            for lot, mids in acked.items():
+                stored = [msgpack.unpackb(e.state)["message_id"] for e in journal.read(f"Lot-{lot}")
+                          if e.topic.endswith("Chatted")]
+                lost += sum(1 for mid in mids if stored.count(mid) != 1)
+        finally:
+            journal.close()
+    finally:
+        cluster.stop_all()
+        zookeeper.destroy()
+        postgres.stop()
+    emit({"benchmark": "bench_failover", "state_nodes": 3, "edges": 2, "kills": args.kills, "session_timeout_s": args.session,
+          "failover_p50_s": round(median(times), 3), "failover_max_s": round(max(times), 3),
+          "failover_s": [round(t, 3) for t in times], "lost_acks": lost,
+          "acknowledged": sum(len(m) for m in acked.values())})
+
+
+if __name__ == "__main__":
+    main()
