@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections import Counter
 
 from edge.client import connect
 from loadtests.bench_failover import _owners, _token, _wait_gone
@@ -24,10 +25,12 @@ from ops.local.cluster import Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
 
 
-async def _run(cluster: Cluster, edges: list[str], lots: list[str], drains: int) -> tuple[float, int, int]:
+async def _run(cluster: Cluster, edges: list[str], lots: list[str],
+               drains: int) -> tuple[float, int, int, dict[str, int]]:
     stop = asyncio.Event()
     gaps = {"max": 0.0}
     errors = {"n": 0}
+    reasons: Counter[str] = Counter()
     acked = {"n": 0}
     measuring = {"on": False}
 
@@ -40,8 +43,9 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], drains: int)
                 n += 1
                 try:
                     reply = await client.request({"type": "chat", "text": f"hi {n}"}, message_id=f"{lot}-{n}", timeout=10)
-                except Exception:
+                except Exception as exc:
                     errors["n"] += 1
+                    reasons[f"{type(exc).__name__}: {exc}"[:80]] += 1
                     continue
                 now = time.monotonic()
                 if reply.ok:
@@ -51,6 +55,7 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], drains: int)
                     last = now
                 else:
                     errors["n"] += 1
+                    reasons[f"{reply.code}: {reply.reason}"[:80]] += 1
                 await asyncio.sleep(0.01)
         finally:
             await client.close()
@@ -67,7 +72,7 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], drains: int)
         await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return gaps["max"], errors["n"], acked["n"]
+    return gaps["max"], errors["n"], acked["n"], dict(reasons)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         for node in ("node-a", "node-b", "node-c"):
             cluster.start("state-node", node)
         edges = [cluster.start("edge", f"edge-{i}").ready_line.split("ready on ")[1].rstrip("/") for i in (1, 2)]
-        gap, errors, acked = asyncio.run(_run(cluster, edges, [f"lot-{i}" for i in range(args.lots)], args.drains))
+        gap, errors, acked, reasons = asyncio.run(_run(cluster, edges, [f"lot-{i}" for i in range(args.lots)], args.drains))
     finally:
         cluster.stop_all()
         zookeeper.destroy()
         postgres.stop()
     emit({"benchmark": "bench_drain", "state_nodes": 3, "edges": 2, "drains": args.drains,
-          "max_unavailable_ms": round(gap * 1000, 1), "client_errors": errors, "acknowledged": acked})
+          "max_unavailable_ms": round(gap * 1000, 1), "client_errors": errors, "error_reasons": reasons, "acknowledged": acked})
 
 
 if __name__ == "__main__":

@@ -106,7 +106,10 @@ class ClusterClient:
         if current is not None and envelope.epoch < current[1]:
             return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})"), True
         r = envelope.reply
-        moving = not r.ok and r.code == "retry" and (current is None or current[0] != node or "shard" in r.reason)
+        # Every ``retry`` answer is resent while the handoff window lasts: the shard moving
+        # (not owned, fenced, draining) or a write that lost to the new owner's takeover
+        # marker look the same from here, and resending is always safe (message IDs).
+        moving = not r.ok and r.code == "retry"
         return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable), moving
 
     async def _await_reply(self, future: asyncio.Future[ReplyEnvelope], to: EntityRef, node: str,
