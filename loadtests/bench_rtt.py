@@ -35,19 +35,22 @@ from loadtests.common import emit, percentile
 from loadtests.entities import Tally
 
 
-async def drive(base_url: str, connections: int, rate: float, seconds: float) -> dict[str, Any]:
-    """Open ``connections`` websockets, send open loop, return latencies' percentiles."""
+async def drive(base_url: str, connections: int, rate: float, seconds: float, token: str | None = None,
+                category: str = "Tally", body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Open ``connections`` websockets, send open loop, return latencies' percentiles.
+    Without ``token`` one is fetched from the dev server's /dev/token."""
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     errors = 0
     # limit=0: a websocket holds its connection, and the default pool stops at 100
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async with session.get(f"{base_url}/dev/token", params={"sub": "bench", "role": "bench"}) as resp:
-            token = (await resp.json())["token"]
+        if token is None:
+            async with session.get(f"{base_url}/dev/token", params={"sub": "bench", "role": "bench"}) as resp:
+                token = (await resp.json())["token"]
         headers = {"Authorization": f"Bearer {token}"}
 
         async def open_one(i: int) -> aiohttp.ClientWebSocketResponse:
-            ws = await session.ws_connect(f"{base_url.replace('http', 'ws', 1)}/ws/Tally/rtt-{i}?cid={uuid.uuid4()}",
+            ws = await session.ws_connect(f"{base_url.replace('http', 'ws', 1)}/ws/{category}/rtt-{i}?cid={uuid.uuid4()}",
                                           protocols=(protocol.SUBPROTOCOL,), headers=headers, max_msg_size=0)
             welcome = msgpack.unpackb((await ws.receive()).data)
             assert welcome[0] == protocol.WELCOME, welcome
@@ -68,7 +71,7 @@ async def drive(base_url: str, connections: int, rate: float, seconds: float) ->
                         errors += 0 if frame[2] else 1
 
         readers = [asyncio.create_task(read(ws)) for ws in sockets]
-        payload = msgpack.packb({"type": "add", "n": 1})
+        payload = msgpack.packb(body or {"type": "add", "n": 1})
 
         async def run(total: int, record: bool) -> float:
             started = time.perf_counter()
@@ -100,8 +103,39 @@ async def drive(base_url: str, connections: int, rate: float, seconds: float) ->
             "rate": achieved, "errors": errors, "replies": len(latencies)}
 
 
-def _client_process(base_url: str, connections: int, rate: float, seconds: float, out: Any) -> None:
-    out.put(asyncio.run(drive(base_url, connections, rate, seconds)))
+def _client_process(base_url: str, connections: int, rate: float, seconds: float, out: Any,
+                    token: str | None = None, category: str = "Tally", body: dict[str, Any] | None = None) -> None:
+    out.put(asyncio.run(drive(base_url, connections, rate, seconds, token, category, body)))
+
+
+def bench_cluster(connections: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Across processes: clients (one process) -> edge process -> state node process -> back,
+    ZooKeeper and PostgreSQL as local servers. Each message is a Lot chat post (one durable
+    event, reply after durability), one lot per connection."""
+    import jwt
+
+    from ops.local.cluster import HS256_SECRET, Cluster
+    from ops.local.servers import PostgresServer, ZooKeeperServer
+
+    postgres, zookeeper = PostgresServer.start(), ZooKeeperServer.start()
+    cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0)
+    try:
+        cluster.start("state-node", "node-a")
+        base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
+        token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET,
+                           algorithm="HS256")
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        proc = ctx.Process(target=_client_process, args=(base_url, connections, rate, seconds, out, token, "Lot",
+                                                         {"type": "chat", "text": "rtt"}))
+        proc.start()
+        result = out.get(True, seconds + 180)
+        proc.join(10)
+        return result
+    finally:
+        cluster.stop_all()
+        zookeeper.destroy()
+        postgres.stop()
 
 
 async def bench(connections: int, rate: float, seconds: float, same_process: bool) -> dict[str, Any]:
@@ -137,12 +171,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--same-process", action="store_true", help="clients on the edge's event loop")
+    parser.add_argument("--cluster", action="store_true",
+                        help="across processes: edge process + state node process (ZooKeeper, PostgreSQL)")
     args = parser.parse_args(argv)
-    result = asyncio.run(bench(args.connections, args.rate, args.seconds, args.same_process))
+    if args.cluster:
+        result = bench_cluster(args.connections, args.rate, args.seconds)
+    else:
+        result = asyncio.run(bench(args.connections, args.rate, args.seconds, args.same_process))
     print(f"{args.connections} connections, {result['rate']:.0f} msg/s: p50 {result['p50_ms']:.2f} ms, "
           f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
     emit({**result, "connections": args.connections, "offered_rate": args.rate, "seconds": args.seconds,
-          "clients": "same process" if args.same_process else "separate process", "store": "sqlite"})
+          "clients": "same process" if args.same_process else "separate process",
+          "topology": "cluster: edge process + state node process" if args.cluster else "one process",
+          "store": "postgres" if args.cluster else "sqlite"})
 
 
 if __name__ == "__main__":
