@@ -1,6 +1,7 @@
 """Persistence: the journal port, its adapters (eventsourcing recorders; EventStoreDB in
 :mod:`.eventstoredb_journal`), the downstream event stream port (:mod:`.subscriptions`),
-and the msgpack event codec."""
+and its adapters (EventStoreDB in :mod:`.eventstoredb_subscriptions`, the recorders in
+:mod:`.recorder_subscriptions`), and the msgpack event codec."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from eventsourcing.persistence import Mapper
 from infrastructure.errors import ConfigurationError
 from infrastructure.persistence.port import EventJournal, StreamWrite
 from infrastructure.persistence.recorder_journal import RecorderJournal
+from infrastructure.persistence.subscriptions import EventStream
 from infrastructure.persistence.transcoder import MsgpackTranscoder
 from infrastructure.settings import Settings
 
@@ -28,11 +30,34 @@ def open_journal(settings: Settings) -> EventJournal:
     return RecorderJournal(settings.journal_env())
 
 
+def open_event_stream(settings: Settings, journal: EventJournal | None = None) -> EventStream:
+    """The catch-up event stream port (:class:`~.subscriptions.EventStream`) on the
+    configured store, for every store.
+
+    EventStoreDB: a client of its own (``journal`` is not needed). SQLite/PostgreSQL: on
+    ``journal``'s recorder when given (closing the stream leaves the journal open), else on
+    a recorder of its own opened from ``settings`` (closed with the stream) - e.g. a
+    projection process following the database the state nodes write. Memory: the events
+    live in one journal object, so ``journal`` is required."""
+    if settings.store == "eventstoredb":
+        return open_subscriptions(settings)
+    if isinstance(journal, RecorderJournal):
+        return journal.event_stream()
+    if journal is not None:
+        raise ConfigurationError(f"journal {type(journal).__name__} is not a {settings.store!r} store's journal")
+    if settings.store == "memory":
+        raise ConfigurationError("the memory store's events live in its journal: pass journal= to follow them")
+    return RecorderJournal(settings.journal_env()).event_stream(close_journal=True)
+
+
 def open_subscriptions(settings: Settings) -> EventStoreDBSubscriptions:
     """The event stream and persistent subscription ports on the configured store
-    (EventStoreDB only: the other stores have no server-side subscriptions)."""
+    (EventStoreDB only: persistent subscriptions - server-kept group positions, competing
+    consumers, parking - are an EventStoreDB server feature; for catch-up subscriptions on
+    any store use :func:`open_event_stream`)."""
     if settings.store != "eventstoredb":
-        raise ConfigurationError(f"subscriptions need XPLATFORM_STORE=eventstoredb, not {settings.store!r}")
+        raise ConfigurationError(f"persistent subscriptions need XPLATFORM_STORE=eventstoredb, not {settings.store!r} "
+                                 "(catch-up subscriptions on any store: open_event_stream)")
     from infrastructure.persistence.eventstoredb_subscriptions import EventStoreDBSubscriptions
 
     return EventStoreDBSubscriptions(settings.journal_env(), deadline_s=settings.eventstoredb_deadline_s,
@@ -45,5 +70,5 @@ def new_mapper() -> Mapper[str]:
     return Mapper(transcoder=MsgpackTranscoder())
 
 
-__all__ = ["EventJournal", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper", "open_journal",
-           "open_subscriptions"]
+__all__ = ["EventJournal", "EventStream", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper",
+           "open_event_stream", "open_journal", "open_subscriptions"]

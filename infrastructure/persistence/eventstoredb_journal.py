@@ -43,7 +43,6 @@ subclasses with the client's exception as ``__cause__``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -73,6 +72,7 @@ from infrastructure.errors import (
     StoreTlsError,
     StoreUnavailable,
 )
+from infrastructure.persistence.event_ids import EVENT_ID_NAMESPACE, event_id  # noqa: F401 - re-exported
 from infrastructure.persistence.port import EventJournal, StreamWrite
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,8 @@ T = TypeVar("T")
 
 SNAPSHOT_STREAM_PREFIX = "snapshot-$"  # eventsourcing_eventstoredb.recorders.EventStoreDBAggregateRecorder
 CONTENT_TYPE = "application/octet-stream"
-EVENT_ID_NAMESPACE = uuid.UUID("5b0c6a8e-3f5e-5d1e-9a51-0f7d2a7c1e01")  # fixed forever: IDs must not change
 READ_PAGE = 1_000  # events per read call: each page gets a full deadline
 _SNAPSHOT_RACE_ATTEMPTS = 5
-
-
-def event_id(stream_name: str, position: int, topic: str, state: bytes) -> uuid.UUID:
-    """The ID of the event at ``position`` of ``stream_name``: a pure function of the
-    event, so a re-sent append carries the same IDs (see the module docstring)."""
-    digest = hashlib.sha256(state).hexdigest()
-    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{stream_name}\x00{position}\x00{topic}\x00{digest}")
 
 
 def translate(exc: BaseException, what: str) -> PersistenceError:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from eventsourcing.persistence import (
     AggregateRecorder,
+    ApplicationRecorder,
     InfrastructureFactory,
     IntegrityError,
     PersistenceError as LibraryPersistenceError,
@@ -26,6 +27,7 @@ from eventsourcing.persistence import (
 
 from infrastructure.errors import ConcurrencyConflict, PersistenceError
 from infrastructure.persistence.port import EventJournal, StreamWrite
+from infrastructure.persistence.recorder_subscriptions import RecorderEventStream
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class RecorderJournal(EventJournal):
     def __init__(self, env: Mapping[str, str]) -> None:
         try:
             self._factory = InfrastructureFactory.construct(dict(env))
-            self._events: AggregateRecorder = self._factory.application_recorder()
+            self._events: ApplicationRecorder = self._factory.application_recorder()
             self._snapshots: AggregateRecorder = self._factory.aggregate_recorder("snapshots")
         except LibraryPersistenceError as exc:
             raise PersistenceError(f"cannot open event store: {exc}") from exc
@@ -97,6 +99,14 @@ class RecorderJournal(EventJournal):
             pass  # a snapshot at this version exists: same state, nothing to do
         except LibraryPersistenceError as exc:
             raise PersistenceError(f"snapshot write failed: {exc}") from exc
+
+    def event_stream(self, *, close_journal: bool = False, **options: object) -> RecorderEventStream:
+        """The catch-up event stream port on this journal's events recorder (the only way
+        to follow the memory store, whose events live in this object). ``close_journal``:
+        closing the stream closes this journal too (a journal opened only for the stream).
+        ``options`` go to :class:`RecorderEventStream` (poll interval, checkpoint spacing)."""
+        return RecorderEventStream(self._events, on_close=self.close if close_journal else None,
+                                   **options)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._factory.close()

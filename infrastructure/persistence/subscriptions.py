@@ -6,8 +6,10 @@ Two ways to follow the events the state nodes write:
   Subscribe to one category (``subscribe_category("Lot")``) or the whole store
   (``subscribe_all(filter=...)``), from the start or *after* a position you stored
   (exclusive: the event at that position is not delivered again), then live. Positions
-  are the store's global order (EventStoreDB ``$all`` commit positions): strictly
-  increasing, NOT contiguous — never compute one, only store what you were given. With
+  are the store's global order (EventStoreDB ``$all`` commit positions; the recorder
+  stores' notification IDs): strictly increasing, NOT contiguous — never compute one, only
+  store what you were given (a position that is not a stored event's is refused with
+  :class:`~infrastructure.errors.SubscriptionError`). With
   ``include_checkpoints=True`` the subscription also yields :class:`Checkpoint` items while
   a filter skips events, so a rarely matching projection can still advance its stored
   position (read model = replay up to the tracked position, guarantee 5).
@@ -16,15 +18,20 @@ Two ways to follow the events the state nodes write:
   goes to one consumer), ack them when handled, or nack them (retry, park, skip, stop).
   An event retried ``max_retry_count`` times is parked; ``replay_parked`` sends parked
   events through the group again. This is how read models and hot mirrors are fed
-  (the user's design card).
+  (the user's design card). Persistent subscriptions are an EventStoreDB server feature
+  (the server keeps the group's position, dispatches among its consumers, parks): only
+  the EventStoreDB store offers them; SQLite, PostgreSQL and memory offer catch-up
+  subscriptions only.
 
 Both hand out :class:`StreamEvent` in the journal's terms: stream IDs without any
 namespace prefix, versions from 1, the stored topic and msgpack state (``stored()`` gives
 the :class:`~eventsourcing.persistence.StoredEvent` the mapper decodes). Snapshots and the
 store's own system events are never delivered.
 
-Adapter: :mod:`infrastructure.persistence.eventstoredb_subscriptions`. Contract:
-``tests/contract/test_subscription_contract.py``.
+Adapters: :mod:`infrastructure.persistence.eventstoredb_subscriptions` (both ports) and
+:mod:`infrastructure.persistence.recorder_subscriptions` (catch-up, on SQLite, PostgreSQL
+and memory); ``open_event_stream(settings)`` picks the catch-up one for any store.
+Contract: ``tests/contract/test_subscription_contract.py``.
 """
 
 from __future__ import annotations
@@ -147,7 +154,8 @@ class EventStream(ABC):
     def subscribe_all(self, after: int | None = None, filter: EventFilter = EVERYTHING,  # noqa: A002
                       include_checkpoints: bool = False) -> EventSubscription:
         """Every event matching ``filter`` after position ``after`` (None: from the
-        start), then live."""
+        start), then live. Raises SubscriptionError (here or at the first ``next()``) if
+        ``after`` is not the position of a stored event."""
 
     def subscribe_category(self, category: str, after: int | None = None,
                            include_checkpoints: bool = False) -> EventSubscription:

@@ -1,9 +1,18 @@
 """Contract of the downstream event stream ports (infrastructure.persistence.subscriptions).
 
-Runs against every adapter that offers subscriptions: EventStoreDB (the emulator, or the
-server ``EVENTSTOREDB_URI`` names). Events go in through the journal port, as the state
-nodes write them, in a namespace (stream prefix) of the test's own. Where a test asserts
-the server's semantics, its docstring cites the EventStoreDB documentation
+Catch-up subscriptions (:class:`EventStream`) run against every store: SQLite (file; the
+stream opened from the settings, like a projection process of its own, so it sees the
+journal's writes through the database), PostgreSQL (the real server the session fixture
+starts, a fresh database per test; the stream on a connection pool of its own, live
+events by LISTEN/NOTIFY), memory (the stream on the journal's recorder) and EventStoreDB
+(the emulator, or the server ``EVENTSTOREDB_URI`` names, in a namespace - stream prefix -
+of the test's own).
+
+Persistent subscriptions (server-kept group positions, competing consumers, acks,
+parking) are an EventStoreDB server feature: those tests run on EventStoreDB only.
+
+Events go in through the journal port, as the state nodes write them. Where a test
+asserts the server's semantics, its docstring cites the EventStoreDB documentation
 (https://developers.eventstore.com/, "Clients / gRPC" and "Server / Features").
 """
 
@@ -13,31 +22,88 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
+import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from infrastructure.errors import SubscriptionError, SubscriptionGroupExists, SubscriptionGroupNotFound
-from infrastructure.persistence import EventJournal, StreamWrite, open_journal, open_subscriptions
+from infrastructure.errors import (
+    ConfigurationError,
+    SubscriptionError,
+    SubscriptionGroupExists,
+    SubscriptionGroupNotFound,
+)
+from infrastructure.persistence import EventJournal, StreamWrite, open_event_stream, open_journal, open_subscriptions
+from infrastructure.persistence.event_ids import event_id
 from infrastructure.persistence.eventstoredb_subscriptions import EventStoreDBSubscriptions
 from infrastructure.persistence.subscriptions import (
     Checkpoint,
     Delivery,
     EventFilter,
+    EventStream,
     GroupSettings,
     Source,
     StreamEvent,
 )
-from tests.conftest import eventstoredb_settings
+from infrastructure.settings import Settings
+from tests.conftest import (
+    STORES,
+    eventstoredb_settings,
+    postgres_settings,
+    sqlite_settings,
+)
+from tests.support.servers import PostgresServer
 
 WAIT = 10.0
 
 
-@pytest.fixture(params=["eventstoredb"])
-def store(request: pytest.FixtureRequest) -> Iterator[tuple[EventJournal, EventStoreDBSubscriptions]]:
-    """A journal and the subscription ports on the same store and namespace."""
-    settings = eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"))
+@dataclass
+class Store:
+    name: str
+    journal: EventJournal
+    stream: EventStream
+
+
+@pytest.fixture
+def fresh_postgres(postgres_server: PostgresServer) -> Iterator[Settings]:
+    """Settings for a database of this test's own on the session's server (the tests
+    use fixed stream IDs and read the whole store)."""
+    dbname = f"sub_{uuid.uuid4().hex[:12]}"
+    admin = {"host": "127.0.0.1", "port": postgres_server.port, "user": postgres_server.user,
+                 "dbname": postgres_server.dbname, "autocommit": True}
+    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    yield replace(postgres_settings(postgres_server), postgres_dbname=dbname)
+    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Store]:
+    """A journal and the catch-up event stream on the same store (and namespace)."""
+    name = request.param
+    if name == "sqlite":
+        settings = sqlite_settings(tmp_path)
+    elif name == "postgres":
+        settings = request.getfixturevalue("fresh_postgres")
+    elif name == "eventstoredb":
+        settings = eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"))
+    else:
+        settings = Settings(store="memory")
+    journal = open_journal(settings)
+    # memory: the events live in the journal; the others: a stream of its own, like another process
+    stream = open_event_stream(settings, journal if name == "memory" else None)
+    yield Store(name, journal, stream)
+    stream.close()
+    journal.close()
+
+
+@pytest.fixture
+def groups(eventstoredb_uri: str) -> Iterator[tuple[EventJournal, EventStoreDBSubscriptions]]:
+    """EventStoreDB only: a journal and the persistent subscription port, one namespace."""
+    settings = eventstoredb_settings(eventstoredb_uri)
     journal, subscriptions = open_journal(settings), open_subscriptions(settings)
     yield journal, subscriptions
     subscriptions.close()
@@ -81,8 +147,8 @@ def events_only(items: list[Any]) -> list[StreamEvent]:
 
 
 # ---------------------------------------------------------------------------- catch-up
-def test_category_subscription_gets_that_category_in_order(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    journal, stream = store
+def test_category_subscription_gets_that_category_in_order(store: Store) -> None:
+    journal, stream = store.journal, store.stream
     write(journal, "Lot-a", "m:Lot.Opened", "m:Lot.BidPlaced")
     write(journal, "Bidder-x", "m:Bidder.AccountOpened")
     write(journal, "Lot-b", "m:Lot.Opened")
@@ -97,9 +163,8 @@ def test_category_subscription_gets_that_category_in_order(store: tuple[EventJou
     assert positions == sorted(set(positions))  # strictly increasing
 
 
-def test_whole_store_subscription_skips_snapshots_and_filters_topics(
-        store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    journal, stream = store
+def test_whole_store_subscription_skips_snapshots_and_filters_topics(store: Store) -> None:
+    journal, stream = store.journal, store.stream
     write(journal, "Lot-a", "m:Lot.Opened", "m:Lot.Closed")
     journal.save_snapshot(StoredEvent("Lot-a", 2, "m:Lot.Snapshot", b"snap"))
     write(journal, "Bidder-x", "m:Bidder.AccountOpened")
@@ -113,10 +178,10 @@ def test_whole_store_subscription_skips_snapshots_and_filters_topics(
     assert [e.topic for e in stream.read_all(filter=both)] == ["m:Lot.Closed"]
 
 
-def test_resuming_after_a_position_is_exclusive(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_resuming_after_a_position_is_exclusive(store: Store) -> None:
     """EventStoreDB docs, Clients / Catch-up subscriptions, "Subscribing from a specific
     position": the subscription delivers the events *after* the given position."""
-    journal, stream = store
+    journal, stream = store.journal, store.stream
     write(journal, "Lot-a", "m:E", "m:E", "m:E")
     with stream.subscribe_category("Lot") as first:
         one, two, _ = take(first, 3)
@@ -130,8 +195,8 @@ def test_resuming_after_a_position_is_exclusive(store: tuple[EventJournal, Event
     assert stream.head_position() == three.position
 
 
-def test_live_events_arrive_after_catching_up(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    journal, stream = store
+def test_live_events_arrive_after_catching_up(store: Store) -> None:
+    journal, stream = store.journal, store.stream
     write(journal, "Lot-a", "m:E")
     subscription = stream.subscribe_category("Lot")
     received: list[StreamEvent] = []
@@ -145,11 +210,11 @@ def test_live_events_arrive_after_catching_up(store: tuple[EventJournal, EventSt
     assert [(e.stream_id, e.version) for e in received] == [("Lot-a", 1), ("Lot-a", 2), ("Lot-b", 1)]
 
 
-def test_checkpoints_let_a_rarely_matching_consumer_advance(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_checkpoints_let_a_rarely_matching_consumer_advance(store: Store) -> None:
     """EventStoreDB docs, Clients / Catch-up subscriptions, "Server-side filtering":
     a filtered subscription receives checkpoints (positions up to which the filter has
     looked) so it can store its progress while no event matches."""
-    journal, stream = store
+    journal, stream = store.journal, store.stream
     write(journal, "Noise-1", *["m:Noise"] * 400)  # well past the server's checkpoint interval
     write(journal, "Rare-1", "m:Rare")
     with stream.subscribe_category("Rare", include_checkpoints=True) as subscription:
@@ -164,32 +229,44 @@ def test_checkpoints_let_a_rarely_matching_consumer_advance(store: tuple[EventJo
         assert [e.stream_id for e in events_only(take(resumed, 2))] == ["Rare-1", "Rare-2"]
 
 
-def test_namespaces_do_not_see_each_other(store: tuple[EventJournal, EventStoreDBSubscriptions],
-                                          eventstoredb_uri: str) -> None:
-    journal, stream = store
-    other_settings = eventstoredb_settings(eventstoredb_uri)
-    other = open_journal(other_settings)
+def test_namespaces_do_not_see_each_other(eventstoredb_uri: str) -> None:
+    """EventStoreDB only: namespaces are stream prefixes on one shared server (the other
+    stores separate installations by database/file)."""
+    mine, other_settings = eventstoredb_settings(eventstoredb_uri), eventstoredb_settings(eventstoredb_uri)
+    journal, other, stream = open_journal(mine), open_journal(other_settings), open_event_stream(mine)
     try:
         write(other, "Lot-a", "m:Other")
         write(journal, "Lot-a", "m:Mine")
+        assert [e.topic for e in stream.read_all()] == ["m:Mine"]
     finally:
+        stream.close()
         other.close()
-    assert [e.topic for e in stream.read_all()] == ["m:Mine"]
+        journal.close()
 
 
-def test_a_position_that_is_not_an_event_is_refused(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_a_position_that_is_not_an_event_is_refused(store: Store) -> None:
     """EventStoreDB docs, Clients / Reading events, "Reading from the $all stream": a
     position must be one the server gave out (a commit position of an event)."""
-    journal, stream = store
+    journal, stream = store.journal, store.stream
     write(journal, "Lot-a", "m:E", "m:E")
-    first = stream.read_all()[0]
-    with pytest.raises(SubscriptionError):
-        subscription = stream.subscribe_all(after=first.position + 1)
-        take(subscription, 1, timeout=3)
+    first, last = stream.read_all()
+    if store.name == "eventstoredb":
+        # ESDB-specific: commit positions are not contiguous, so first + 1 lies inside the
+        # log without being an event boundary (on the recorder stores it is the next event).
+        bogus = [first.position + 1]
+    else:
+        bogus = [last.position + 1, 0, -1]
+    for position in bogus:
+        with pytest.raises(SubscriptionError):
+            subscription = stream.subscribe_all(after=position)
+            take(subscription, 1, timeout=3)
+        if store.name != "eventstoredb":
+            with pytest.raises(SubscriptionError):
+                stream.read_all(after=position)
 
 
-def test_stop_ends_a_blocked_iteration(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    _, stream = store
+def test_stop_ends_a_blocked_iteration(store: Store) -> None:
+    stream = store.stream
     subscription = stream.subscribe_category("Empty")
     ended = threading.Event()
 
@@ -204,13 +281,44 @@ def test_stop_ends_a_blocked_iteration(store: tuple[EventJournal, EventStoreDBSu
     assert ended.wait(5)
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "memory"], indirect=True)
+def test_recorder_stores_deliver_live_by_notification_or_polling(store: Store) -> None:
+    """Recorder stores only (EventStoreDB pushes from the server): PostgreSQL and memory
+    use the recorder's subscribe() (LISTEN/NOTIFY, in-process listeners); SQLite has none
+    and polls. Closing the stream ends its running subscriptions."""
+    journal, stream = store.journal, store.stream
+    write(journal, "Lot-a", "m:E")
+    subscription = stream.subscribe_all()
+    [event] = take(subscription, 1)
+    assert event.event_id == str(event_id("Lot-a", 0, "m:E", b"Lot-a:1"))  # the same ID EventStoreDB stores
+    assert stream.live_mode == ("poll" if store.name == "sqlite" else "notify")  # type: ignore[attr-defined]
+    ended = threading.Event()
+    threading.Thread(target=lambda: (list(subscription), ended.set()), daemon=True).start()
+    time.sleep(0.1)
+    stream.close()
+    assert ended.wait(5)
+
+
+def test_the_memory_store_is_followed_through_its_journal() -> None:
+    with pytest.raises(ConfigurationError, match="journal"):
+        open_event_stream(Settings(store="memory"))
+    journal = open_journal(Settings(store="memory"))
+    with pytest.raises(ConfigurationError):
+        open_event_stream(Settings(store="memory"), journal=object())  # type: ignore[arg-type]
+    try:
+        write(journal, "Lot-a", "m:E")
+        assert [e.stream_id for e in open_event_stream(Settings(store="memory"), journal).read_all()] == ["Lot-a"]
+    finally:
+        journal.close()
+
+
 # ---------------------------------------------------------------------------- persistent
 def group_name() -> str:
     return f"g-{uuid.uuid4().hex[:10]}"
 
 
-def test_group_lifecycle_create_info_list_update_delete(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    _, subs = store
+def test_group_lifecycle_create_info_list_update_delete(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    _, subs = groups
     group, source = group_name(), Source.category("Lot")
     subs.create_group(group, source, GroupSettings(max_retry_count=3))
     with pytest.raises(SubscriptionGroupExists):
@@ -228,11 +336,11 @@ def test_group_lifecycle_create_info_list_update_delete(store: tuple[EventJourna
         subs.delete_group(group, source)
 
 
-def test_two_consumers_in_one_group_each_event_goes_to_one(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_two_consumers_in_one_group_each_event_goes_to_one(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
     """EventStoreDB docs, Server / Persistent subscriptions, "Consumer strategies":
     consumers of one group compete for its events; RoundRobin hands each event to one
     consumer, taking turns."""
-    journal, subs = store
+    journal, subs = groups
     group, source = group_name(), Source.category("Lot")
     subs.create_group(group, source, GroupSettings(strategy="round_robin"))
     consumers = [subs.consume(group, source, buffer_size=5) for _ in range(2)]
@@ -263,12 +371,12 @@ def test_two_consumers_in_one_group_each_event_goes_to_one(store: tuple[EventJou
     assert not set(seen[0]) & set(seen[1])
 
 
-def test_nacked_events_are_retried_then_parked_then_replayed(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_nacked_events_are_retried_then_parked_then_replayed(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
     """EventStoreDB docs, Server / Persistent subscriptions: "Acknowledgements" (a nack with
     Retry redelivers the event with its retry count incremented), "Parking" (an event whose
     retry count reached maxRetryCount is parked in the group's parked-message stream) and
     "Replaying parked messages" (ReplayParked delivers the parked events again)."""
-    journal, subs = store
+    journal, subs = groups
     group, source = group_name(), Source.stream("Lot-poison")
     write(journal, "Lot-poison", "m:Bad", "m:Good")
     subs.create_group(group, source, GroupSettings(max_retry_count=2, strategy="dispatch_to_single"))
@@ -302,10 +410,10 @@ def test_nacked_events_are_retried_then_parked_then_replayed(store: tuple[EventJ
         consumer.stop()
 
 
-def test_nack_park_parks_at_once_and_skip_drops(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+def test_nack_park_parks_at_once_and_skip_drops(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
     """EventStoreDB docs, Server / Persistent subscriptions, "Acknowledgements": nack
     actions Park (park now), Skip (drop the event) besides Retry and Stop."""
-    journal, subs = store
+    journal, subs = groups
     group, source = group_name(), Source.category("Lot")
     subs.create_group(group, source)
     write(journal, "Lot-a", "m:Park", "m:Skip", "m:Ok")
@@ -324,7 +432,7 @@ def test_nack_park_parks_at_once_and_skip_drops(store: tuple[EventJournal, Event
         consumer.ack(again)
 
 
-def test_joining_an_unknown_group_is_a_typed_error(store: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
-    _, subs = store
+def test_joining_an_unknown_group_is_a_typed_error(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    _, subs = groups
     with pytest.raises(SubscriptionGroupNotFound):
         take(subs.consume(group_name(), Source.category("Lot")), 1, timeout=3)
