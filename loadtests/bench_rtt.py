@@ -108,7 +108,7 @@ def _client_process(base_url: str, connections: int, rate: float, seconds: float
     out.put(asyncio.run(drive(base_url, connections, rate, seconds, token, category, body)))
 
 
-def bench_cluster(connections: int, rate: float, seconds: float) -> dict[str, Any]:
+def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> dict[str, Any]:
     """Across processes: clients (one process) -> edge process -> state node process -> back,
     ZooKeeper and PostgreSQL as local servers. Each message is a Lot chat post (one durable
     event, reply after durability), one lot per connection."""
@@ -118,7 +118,7 @@ def bench_cluster(connections: int, rate: float, seconds: float) -> dict[str, An
     from ops.local.servers import PostgresServer, ZooKeeperServer
 
     postgres, zookeeper = PostgresServer.start(), ZooKeeperServer.start()
-    cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0)
+    cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0, store=store)
     try:
         cluster.start("state-node", "node-a")
         base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
@@ -172,10 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--same-process", action="store_true", help="clients on the edge's event loop")
     parser.add_argument("--cluster", action="store_true",
-                        help="across processes: edge process + state node process (ZooKeeper, PostgreSQL)")
+                        help="across processes: edge process + state node process (ZooKeeper)")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
+                        help="with --cluster: the state node's store (sqlite: a file; postgres: a local server)")
     args = parser.parse_args(argv)
     if args.cluster:
-        result = bench_cluster(args.connections, args.rate, args.seconds)
+        result = bench_cluster(args.connections, args.rate, args.seconds, args.store)
     else:
         result = asyncio.run(bench(args.connections, args.rate, args.seconds, args.same_process))
     print(f"{args.connections} connections, {result['rate']:.0f} msg/s: p50 {result['p50_ms']:.2f} ms, "
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     emit({**result, "connections": args.connections, "offered_rate": args.rate, "seconds": args.seconds,
           "clients": "same process" if args.same_process else "separate process",
           "topology": "cluster: edge process + state node process" if args.cluster else "one process",
-          "store": "postgres" if args.cluster else "sqlite"})
+          "store": args.store if args.cluster else "sqlite"})
 
 
 if __name__ == "__main__":

@@ -48,17 +48,19 @@ class Cluster:
     postgres: PostgresServer
     name: str
     session_timeout_s: float = 0.6
+    store: str = "postgres"  # "sqlite": one file under root, shared by the node processes (one host only)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="xplatform-cluster-")))
     processes: dict[str, ClusterProcess] = field(default_factory=dict)
 
     def env(self, node_id: str) -> dict[str, str]:
+        store = {"XPLATFORM_STORE": "sqlite", "XPLATFORM_DATA_DIR": str(self.root / "data")} if self.store == "sqlite" else {}
         return {**os.environ, "XPLATFORM_ZOOKEEPER_HOSTS": self.zookeeper.hosts, "XPLATFORM_CLUSTER_NAME": self.name,
                 "XPLATFORM_NODE_ID": node_id, "XPLATFORM_ZK_SESSION_TIMEOUT_S": str(self.session_timeout_s),
                 "XPLATFORM_STORE": "postgres", "XPLATFORM_POSTGRES_PORT": str(self.postgres.port),
                 "XPLATFORM_POSTGRES_USER": self.postgres.user, "XPLATFORM_POSTGRES_DBNAME": self.postgres.dbname,
                 "XPLATFORM_POSTGRES_PASSWORD": "trust", "XPLATFORM_SHARDS_PER_CATEGORY": "8",
                 "XPLATFORM_JWT_HS256_SECRET": HS256_SECRET, "XPLATFORM_EDGE_PORT": "0",
-                "XPLATFORM_LOG_LEVEL": "INFO"}
+                "XPLATFORM_LOG_LEVEL": "INFO", **store}
 
     def start(self, kind: str, node_id: str, timeout: float = 30.0) -> ClusterProcess:
         log_path = self.root / f"{node_id}.log"
