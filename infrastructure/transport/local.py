@@ -34,18 +34,26 @@ class LocalTransport:
 
     async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
         """Deliver ``message`` and wait for its reply (released after durability)."""
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
 
         def answer(reply: Reply) -> None:
             if not future.done():
                 future.set_result(reply)
 
+        def expire() -> None:
+            if not future.done():
+                future.set_exception(TransportError(
+                    f"no reply from {to} for {message.message_id} within the timeout; "
+                    "the message may still be applied (resend with the same ID)"))
+
+        # A plain timer instead of asyncio.wait_for: no extra task per message on the hot path.
+        timer = loop.call_later(timeout or self.ask_timeout_s, expire)
         self.node.deliver(to, message, answer)
         try:
-            return await asyncio.wait_for(future, timeout or self.ask_timeout_s)
-        except TimeoutError:
-            raise TransportError(f"no reply from {to} for {message.message_id} within the timeout; "
-                                 "the message may still be applied (resend with the same ID)") from None
+            return await future
+        finally:
+            timer.cancel()
 
     def send(self, to: EntityRef, message: Inbound) -> None:
         """Deliver ``message`` without waiting for a reply."""
