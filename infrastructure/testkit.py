@@ -191,7 +191,7 @@ class Sandbox:
     def restart(self) -> None:
         """Drop every entity from memory and reload it from a snapshot + journal, as after
         passivation or on another node. Snapshots are taken (and round-tripped) first."""
-        for ref, entity in list(self._entities.items()):
+        for entity in list(self._entities.values()):
             self._snapshot(entity)
         self._entities.clear()
         for ref in sorted(self._known, key=str):
