@@ -65,10 +65,10 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str],
     measuring["on"] = True
     for k in range(drains):
         victim = _owners(cluster, lots)[lots[k % len(lots)]]
-        cluster.processes[victim].stop()  # SIGTERM: drain
+        await asyncio.to_thread(cluster.processes[victim].stop)  # SIGTERM: drain (off the clients' loop)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(_wait_gone, cluster, victim)
-        cluster.start("state-node", victim)  # rejoin: shards move back (another handoff)
+        await asyncio.to_thread(cluster.start, "state-node", victim)  # rejoin: shards move back (another handoff)
         await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -89,14 +89,14 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int) 
         owners = _owners(cluster, lots)
         victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
         affected = [lot for lot, node in owners.items() if node == victim]
-        cluster.processes[victim].kill9()
+        await asyncio.to_thread(cluster.processes[victim].kill9)
         killed = time.monotonic()
         deadline = killed + 30
         while time.monotonic() < deadline and not all(last_ack[lot] > killed for lot in affected):
             await asyncio.sleep(0.01)
         times.append(max(answered[lot] for lot in affected) - killed)
         await asyncio.to_thread(_wait_gone, cluster, victim)  # its old session must have expired
-        cluster.start("state-node", victim)  # back to three nodes before the next kill
+        await asyncio.to_thread(cluster.start, "state-node", victim)  # back to three nodes (off the clients' loop)
         await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
