@@ -23,7 +23,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +55,16 @@ class ClientReply:
 class Client:
     """One connection to one entity, reconnecting as needed. Use :func:`connect`."""
 
-    def __init__(self, base_url: str, category: str, entity_id: str, token: TokenSource, cid: str | None = None, *,
+    def __init__(self, base_url: str | Sequence[str], category: str, entity_id: str, token: TokenSource,
+                 cid: str | None = None, *,
                  session: aiohttp.ClientSession | None = None, token_in_protocol: bool = False,
                  heartbeat_s: float = 5.0, reconnect: bool = True, backoff_initial_s: float = 0.05,
                  backoff_max_s: float = 5.0, request_timeout_s: float = 10.0, origin: str | None = None) -> None:
-        self.url = f"{base_url.rstrip('/').replace('http', 'ws', 1)}/ws/{category}/{entity_id}"
+        bases = [base_url] if isinstance(base_url, str) else list(base_url)
+        # Several edges: an edge going away (1001) or unreachable sends us to the next one,
+        # with the same connection ID (the entity resumes us).
+        self.urls = [f"{b.rstrip('/').replace('http', 'ws', 1)}/ws/{category}/{entity_id}" for b in bases]
+        self._edge = 0
         self.cid = cid or str(uuid.uuid4())
         self.token = token
         self.token_in_protocol = token_in_protocol
@@ -85,6 +90,14 @@ class Client:
         self._done = False
         self._runner: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The edge this client uses now."""
+        return self.urls[self._edge]
+
+    def _next_edge(self) -> None:
+        self._edge = (self._edge + 1) % len(self.urls)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> Client:
@@ -232,6 +245,8 @@ class Client:
             self.connected.clear()
             if self._closing or not self._may_reconnect():
                 break
+            if self.close_code == protocol.GOING_AWAY:
+                self._next_edge()  # that edge is shutting down: use another one
             while not self._closing:
                 await asyncio.sleep(random.uniform(0, backoff))  # full jitter
                 backoff = min(self.backoff_max_s, backoff * 2)
@@ -247,7 +262,8 @@ class Client:
                         self._finish(exc)
                         return
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    log.debug("reconnect of %s failed: %s", self.cid, exc)
+                    log.debug("reconnect of %s to %s failed: %s", self.cid, self.url, exc)
+                    self._next_edge()
         self._finish(ClientError(self.close_code or 0, "closed",
                                  self.terminated[0] if self.terminated else "connection closed"))
 
@@ -323,7 +339,7 @@ def _decode(msg: aiohttp.WSMessage) -> list[Any] | None:
     return frame if isinstance(frame, list) and frame else None
 
 
-async def connect(base_url: str, category: str, entity_id: str, token: TokenSource, cid: str | None = None,
+async def connect(base_url: str | Sequence[str], category: str, entity_id: str, token: TokenSource, cid: str | None = None,
                   **options: Any) -> Client:
     """Open a connection to entity ``category``/``entity_id`` (see :class:`Client` for options)."""
     return await Client(base_url, category, entity_id, token, cid, **options).start()

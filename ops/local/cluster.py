@@ -62,10 +62,12 @@ class Cluster:
                 "XPLATFORM_JWT_HS256_SECRET": HS256_SECRET, "XPLATFORM_EDGE_PORT": "0",
                 "XPLATFORM_LOG_LEVEL": "INFO", **store}
 
-    def start(self, kind: str, node_id: str, timeout: float = 30.0) -> ClusterProcess:
+    def start(self, kind: str, node_id: str, timeout: float = 30.0, **env: str) -> ClusterProcess:
+        """Start ``xplatform <kind>`` as ``node_id``; ``env`` overrides variables (e.g. a fixed
+        XPLATFORM_EDGE_PORT so a restarted edge comes back where its clients look)."""
         log_path = self.root / f"{node_id}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", kind], env=self.env(node_id),
+        process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", kind], env={**self.env(node_id), **env},
                                    stdout=subprocess.PIPE, stderr=log, cwd=Path(__file__).resolve().parents[2])  # the repo root
         started = ClusterProcess(node_id, process, log_path)
         deadline = time.monotonic() + timeout
