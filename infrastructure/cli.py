@@ -8,6 +8,7 @@ Subcommands:
             printing every reply and outbound message (no server)
   state-node  run a clustered state node (XPLATFORM_ZOOKEEPER_HOSTS; shards from ZooKeeper)
   edge      run a clustered public edge (routes to state nodes by the shard map)
+  status    members and shard ownership of a cluster, from ZooKeeper (ops/RUNBOOK.md)
   settings  print every setting, its value and why it defaults as it does
   inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
 """
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
     edge = sub.add_parser("edge", help="run a clustered public edge (needs XPLATFORM_ZOOKEEPER_HOSTS)")
     edge.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
+    sub.add_parser("status", help="cluster members and shard ownership, from ZooKeeper")
     sub.add_parser("settings", help="print settings with their reasons")
     inspect = sub.add_parser("inspect", help="print an entity's stored events")
     inspect.add_argument("category")
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.port is not None:
                 settings = settings.with_(edge_port=args.port)
             asyncio.run(serve_cluster_edge(settings, [e.CATEGORY for e in ENTITIES]))
+        elif args.command == "status":
+            from ops.status import print_status
+
+            print_status(settings)
         elif args.command == "settings":
             for name, value, why in settings.describe():
                 print(f"{name} = {value!r}\n    {why}")

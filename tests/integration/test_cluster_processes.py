@@ -320,3 +320,23 @@ def _member_gone(cluster: Cluster, node: str, timeout: float = 15.0) -> None:
     finally:
         zk.stop()
         zk.close()
+
+
+def test_status_command_shows_members_and_shards(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    cluster.start("state-node", "node-a")
+    cluster.start("state-node", "node-b")
+    cluster.start("edge", "edge-1")
+    time.sleep(0.5)  # the allocator has written the map for both nodes
+    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"], env=cluster.env("ops"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "node-a" in out and "node-b" in out and "edge-1" in out and "shard map v" in out
+    assert "Lot: node-a=4, node-b=4" in out and "UNOWNED" not in out
+    missing = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"],
+                             env={**cluster.env("ops"), "XPLATFORM_CLUSTER_NAME": "no-such-cluster"},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "StatusError: no cluster named 'no-such-cluster'" in missing.stderr

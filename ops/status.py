@@ -1,0 +1,66 @@
+"""``xplatform status``: what the cluster looks like now, read from ZooKeeper (runbook tool).
+
+Prints the members (role, group, address), the shard map version, and how many shards of
+each category every state node owns; shards without an owner are called out. Read-only:
+safe to run at any time, from any machine that reaches ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+
+from infrastructure.cluster.allocation import Assignment
+from infrastructure.errors import ConfigurationError, InfrastructureError
+from infrastructure.settings import Settings
+
+
+class StatusError(InfrastructureError):
+    """Raised when the cluster's state cannot be read from ZooKeeper."""
+
+
+def read_status(settings: Settings) -> dict[str, Any]:
+    """Members and shard ownership of ``settings.cluster_name`` (see the module docstring)."""
+    if not settings.zookeeper_hosts:
+        raise ConfigurationError("status needs XPLATFORM_ZOOKEEPER_HOSTS")
+    root = f"/xplatform/{settings.cluster_name}"
+    zk = KazooClient(hosts=settings.zookeeper_hosts, timeout=settings.zk_session_timeout_s)
+    try:
+        zk.start(10)
+        members = {}
+        for node in sorted(zk.get_children(f"{root}/members")):
+            try:
+                members[node] = json.loads(zk.get(f"{root}/members/{node}")[0])
+            except NoNodeError:
+                continue
+        data, _ = zk.get(f"{root}/assignment")
+    except NoNodeError:
+        raise StatusError(f"no cluster named {settings.cluster_name!r} in ZooKeeper at {settings.zookeeper_hosts}") from None
+    except (KazooException, TimeoutError) as exc:
+        raise StatusError(f"cannot read ZooKeeper at {settings.zookeeper_hosts}: {exc}") from exc
+    finally:
+        zk.stop()
+        zk.close()
+    assignment = Assignment.from_json(json.loads(data)) if data else Assignment()
+    owned: dict[str, Counter[str]] = {}
+    unowned: dict[str, int] = {}
+    for category, owners in assignment.shards.items():
+        owned[category] = Counter(o.node for o in owners if o is not None)
+        unowned[category] = sum(1 for o in owners if o is None)
+    return {"cluster": settings.cluster_name, "map_version": assignment.version, "members": members,
+            "owned": {c: dict(n) for c, n in owned.items()}, "unowned": unowned}
+
+
+def print_status(settings: Settings) -> None:
+    status = read_status(settings)
+    print(f"cluster {status['cluster']}: shard map v{status['map_version']}")
+    for node, info in status["members"].items():
+        print(f"  {node:<16} {info.get('role', '?'):<6} group={info.get('group', '-'):<10} {info.get('address', '')}")
+    for category, per_node in sorted(status["owned"].items()):
+        spread = ", ".join(f"{node}={count}" for node, count in sorted(per_node.items())) or "-"
+        missing = status["unowned"].get(category, 0)
+        print(f"  {category}: {spread}" + (f"  UNOWNED: {missing}" if missing else ""))
