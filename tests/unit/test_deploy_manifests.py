@@ -113,13 +113,18 @@ def test_zookeeper_and_mongo_members_name_each_other() -> None:
 
 def test_platform_process_uses_real_settings_and_commands() -> None:
     config = by_kind("ConfigMap")["xplatform-settings"]["data"]
-    deployment = by_kind("Deployment")["xplatform"]
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    check_platform_env({**config, **env_of(container)})
-    assert container["args"][0] in cli_commands()
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two writers in a rollout
+    state = by_kind("StatefulSet")["xplatform-state"]
+    edge = by_kind("Deployment")["xplatform-edge"]
+    for workload, command in ((state, "state-node"), (edge, "edge")):
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        check_platform_env({**config, **env_of(container)})
+        assert container["args"][0] == command and command in cli_commands()
+    assert state["spec"]["replicas"] == 3 and state["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    [node] = state["spec"]["template"]["spec"]["containers"]
+    advertised = {e["name"]: e for e in node["env"]}["XPLATFORM_TRANSPORT_HOST"]
+    assert advertised["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"  # peers reach the pod, not 0.0.0.0
     service = by_kind("Service")["xplatform-edge"]
-    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= edge["spec"]["template"]["metadata"]["labels"].items()
 
 
 # ---------------------------------------------------------------------------- compose
@@ -147,11 +152,14 @@ def test_compose_topology_is_consistent() -> None:
         f"server.{i}=zk{i}:2888:3888;2181" for i in (1, 2, 3)]
     init = " ".join(services["mongo-init"]["command"])
     assert all(f"mongo{i}:27017" in init for i in (1, 2, 3))
-    platform = services["state-node-1"]
-    assert "secrets.env" in platform["env_file"]  # the password comes from there, never inline
-    check_platform_env({**platform["environment"], "XPLATFORM_EVENTSTOREDB_PASSWORD": None})
-    assert platform["command"][0] in cli_commands()
-    uri = platform["environment"]["XPLATFORM_EVENTSTOREDB_URI"]
+    for name, command in (("state-node-1", "state-node"), ("state-node-3", "state-node"), ("edge-1", "edge"),
+                          ("edge-2", "edge")):
+        platform = services[name]
+        assert "secrets.env" in platform["env_file"]  # the password comes from there, never inline
+        check_platform_env({**platform["environment"], "XPLATFORM_EVENTSTOREDB_PASSWORD": None})
+        assert platform["command"][0] == command and command in cli_commands()
+    assert services["state-node-2"]["environment"]["XPLATFORM_TRANSPORT_HOST"] == "state-node-2"
+    uri = services["state-node-1"]["environment"]["XPLATFORM_EVENTSTOREDB_URI"]
     assert {t.split(":")[0] for t in uri.split("://")[1].split(",")} == set(nodes)
     volumes = set(compose()["volumes"])
     for service in services.values():
