@@ -98,6 +98,8 @@ class ClusteredStateNode:
         from prometheus_client import generate_latest
 
         async def page(request: web.Request) -> web.Response:
+            for lane, buffered in self.client.buffered_by_lane().items():
+                self.ownership.metrics.lane_buffer.labels(lane).set(buffered)
             body = generate_latest(self.platform.node.metrics.registry) + generate_latest(self.ownership.metrics.registry)
             return web.Response(body=body, content_type="text/plain", charset="utf-8")
 

@@ -184,6 +184,14 @@ class ClusterClient:
         if link.send(Interest(add=(ref,))):
             self._interest_at[ref] = owner[0]
 
+    def buffered_by_lane(self) -> dict[str, int]:
+        """Bytes written but not yet sent, per lane (a growing figure: a peer not keeping up)."""
+        totals: dict[str, int] = {}
+        for (_node, lane), link in self._links.items():
+            transport = link.writer.transport
+            totals[lane] = totals.get(lane, 0) + (0 if transport.is_closing() else transport.get_write_buffer_size())
+        return totals
+
     # ------------------------------------------------------------------ links
     async def close(self) -> None:
         for link in list(self._links.values()):

@@ -336,6 +336,13 @@ def test_status_command_shows_members_and_shards(cluster: Cluster) -> None:
     out = done.stdout
     assert "node-a" in out and "node-b" in out and "edge-1" in out and "shard map v" in out
     assert "Lot: node-a=4, node-b=4" in out and "UNOWNED" not in out
+    import re
+    import urllib.request
+
+    metrics_url = re.search(r"metrics: (\S+)\)", cluster.processes["node-a"].ready_line).group(1)  # type: ignore[union-attr]
+    metrics = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    assert 'xplatform_cluster_ownership_state{state="serving"} 1.0' in metrics
+    assert "xplatform_node_messages_total" in metrics or "xplatform_node_entities_active" in metrics
     missing = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"],
                              env={**cluster.env("ops"), "XPLATFORM_CLUSTER_NAME": "no-such-cluster"},
                              capture_output=True, text=True, timeout=60)
