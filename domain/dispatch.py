@@ -121,13 +121,15 @@ def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
         raise NotAuthorised("connection ID is in use by another user")
     initial = entity.on_connect(ctx, m.claims, known is not None)
     if known is None:
-        entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
+        entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
     else:
-        if not known[1]:
-            entity._resume_connection(connection_id=m.connection_id)
-        ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")
+        # A new socket for a known connection (a reconnect, maybe through another edge):
+        # it becomes the connection's session, so the old socket's late Terminated is ignored.
         if dict(known[0]) != dict(m.claims):  # refreshed token: keep the new claims
-            entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims))
+            entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
+        else:
+            entity._resume_connection(connection_id=m.connection_id, session=m.message_id)
+        ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")
     if ctx.reply_payload is None:
         ctx.reply(initial)
     entity.on_joined(ctx, m.connection_id, m.claims, known is not None)
@@ -137,6 +139,8 @@ def _terminated(entity: Entity, ctx: Context, m: Terminated) -> None:
     record = entity._connections.get(m.connection_id)
     if record is None or not record[1]:
         return  # unknown or already dropped: nothing to do, and nothing changes
+    if m.session and len(record) > 2 and record[2] and record[2] != m.session:
+        return  # the socket that died is not the connection's current one: it was resumed since
     claims = record[0]
     entity._drop_connection(connection_id=m.connection_id, reason=m.reason)
     entity.on_disconnect(ctx, m.connection_id, claims, m.reason)  # after the drop: live views exclude it

@@ -256,16 +256,21 @@ class Entity(BaseAggregate[str]):
             raise Rejected(f"requires {name} in {sorted(map(str, accepted))}")
 
     @event("ConnectionAccepted")
-    def _accept_connection(self, connection_id: str, claims: dict[str, Any]) -> None:
-        self._connections[connection_id] = [claims, True]
+    def _accept_connection(self, connection_id: str, claims: dict[str, Any], session: str = "") -> None:
+        self._connections[connection_id] = [claims, True, session]
 
     @event("ConnectionDropped")
-    def _drop_connection(self, connection_id: str, reason: str) -> None:
+    def _drop_connection(self, connection_id: str, reason: str) -> None:  # noqa: ARG002 - in the event
         self._connections[connection_id][1] = False
 
     @event("ConnectionResumed")
-    def _resume_connection(self, connection_id: str) -> None:
-        self._connections[connection_id][1] = True
+    def _resume_connection(self, connection_id: str, session: str = "") -> None:
+        record = self._connections[connection_id]
+        record[1] = True
+        if len(record) > 2:
+            record[2] = session
+        else:
+            record.append(session)
 
     @event("ConnectionForgotten")
     def _forget_connection(self, connection_id: str) -> None:

@@ -39,8 +39,13 @@ class Connect(Inbound):
 
 @dataclass(frozen=True, slots=True)
 class Terminated(Inbound):
+    """``session``: the message ID of the Connect that opened the socket that died. A
+    connection resumed since (same connection ID, another socket, maybe another edge) has
+    a newer session, and a late Terminated of the old socket must not drop it."""
+
     connection_id: str
     reason: str = "closed"
+    session: str = ""
 
 
 @dataclass(frozen=True, slots=True)

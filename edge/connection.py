@@ -57,6 +57,7 @@ class WsConnection:
         self.ws = ws
         self.ref = ref
         self.cid = cid
+        self.session = ""  # message ID of the Connect this socket sent (see Terminated.session)
         self.claims = claims
         self.accepted = False
         self.superseded = False
@@ -315,4 +316,4 @@ class WsConnection:
         self.edge.forget(self)
         if not self.superseded:
             self.edge.transport.send(self.ref, Terminated(f"terminated-{uuid.uuid4().hex}", time.time(),
-                                                          self.cid, self.entity_reason))
+                                                          self.cid, self.entity_reason, self.session))

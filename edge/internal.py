@@ -72,6 +72,7 @@ class DeviceConnection:
     def __init__(self, ref: EntityRef, cid: str, claims: Mapping[str, Any], capacity: int) -> None:
         self.ref = ref
         self.cid = cid
+        self.session = ""  # message ID of this device session's Connect (Terminated.session)
         self.claims = claims
         self.accepted = False
         self.terminated: tuple[str, bool] | None = None
@@ -290,8 +291,9 @@ class InternalEdge:
         if self.registry.add(conn) is not None:
             raise DeviceRefused("connection ID in use")
         try:
-            reply = await self.transport.ask(ref, Connect(f"connect-{cid}-{uuid.uuid4().hex}", time.time(), cid, claims),
-                                             self.config.connect_timeout_s)
+            connect = Connect(f"connect-{cid}-{uuid.uuid4().hex}", time.time(), cid, claims)
+            conn.session = connect.message_id
+            reply = await self.transport.ask(ref, connect, self.config.connect_timeout_s)
         except Exception as exc:
             self.registry.remove(conn)
             raise BadRequest(503, "unavailable", str(exc)[:200]) from None
@@ -308,7 +310,8 @@ class InternalEdge:
         if conn in self._devices:
             self._devices.discard(conn)
             self.metrics.device_connections.dec()
-            self.transport.send(conn.ref, Terminated(f"terminated-{uuid.uuid4().hex}", time.time(), conn.cid, reason))
+            self.transport.send(conn.ref, Terminated(f"terminated-{uuid.uuid4().hex}", time.time(), conn.cid, reason,
+                                                     conn.session))
 
     async def _sweep_forever(self) -> None:
         idle = self.config.internal_idle_s

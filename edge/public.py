@@ -186,6 +186,7 @@ class PublicEdge:
 
     async def _connect(self, conn: WsConnection) -> None:
         message = Connect(f"connect-{conn.cid}-{uuid.uuid4().hex}", time.time(), conn.cid, conn.claims)
+        conn.session = message.message_id  # its Terminated names this session
         try:
             reply = await self.transport.ask(conn.ref, message, self.config.connect_timeout_s)
         except Exception as exc:  # TransportError: the entity may come back; the client retries

@@ -147,7 +147,7 @@ def _message_to_list(m: Inbound) -> list[Any]:
     if isinstance(m, Connect):
         return [1, m.message_id, m.timestamp, m.connection_id, dict(m.claims)]
     if isinstance(m, Terminated):
-        return [2, m.message_id, m.timestamp, m.connection_id, m.reason]
+        return [2, m.message_id, m.timestamp, m.connection_id, m.reason, m.session]
     if isinstance(m, EntityMessage):
         return [4, m.message_id, m.timestamp, m.sender.category, m.sender.entity_id, m.type, dict(m.data)]
     raise EnvelopeError(f"{type(m).__name__} does not travel between processes")
@@ -160,7 +160,7 @@ def _message_from_list(d: list[Any]) -> Inbound:
     if kind == 1 and isinstance(d[4], dict):
         return Connect(message_id, timestamp, str(d[3]), d[4])
     if kind == 2:
-        return Terminated(message_id, timestamp, str(d[3]), str(d[4]))
+        return Terminated(message_id, timestamp, str(d[3]), str(d[4]), str(d[5]) if len(d) > 5 else "")
     if kind == 4 and isinstance(d[6], dict):
         return EntityMessage(message_id, timestamp, EntityRef(d[3], d[4]), str(d[5]), d[6])
     raise EnvelopeError(f"unknown or malformed message kind {kind!r}")

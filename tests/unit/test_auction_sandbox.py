@@ -207,3 +207,16 @@ def test_chat_is_stored_pushed_and_kept_for_late_joiners(kit: Sandbox) -> None:
     assert len(late.reply.payload["chat"]) == Lot.CHAT_KEPT and late.reply.payload["chat"][-1]["text"] == "lot 24"
     too_long = kit.client(LOT, "c-bob", {"type": "chat", "text": "x" * 501})
     assert not too_long.ok and too_long.events == []
+
+
+def test_late_terminated_of_an_old_socket_does_not_drop_a_resumed_connection(kit: Sandbox) -> None:
+    """The client moved to another edge (same connection ID, new Connect) before the old edge
+    reported its socket dead: that late Terminated names the old session and changes nothing."""
+    from domain import Connect, Terminated
+
+    first = kit.deliver(LOT, Connect("connect-1", kit.now, "c-bob", BOB))
+    kit.deliver(LOT, Connect("connect-2", kit.now, "c-bob", BOB))  # the new socket, through another edge
+    late = kit.deliver(LOT, Terminated("t-old", kit.now, "c-bob", "edge going away", session="connect-1"))
+    assert first.ok and late.events == [] and kit.state(LOT).is_live("c-bob")
+    current = kit.deliver(LOT, Terminated("t-new", kit.now, "c-bob", "socket closed", session="connect-2"))
+    assert current.event_names[0] == "ConnectionDropped" and not kit.state(LOT).is_live("c-bob")
