@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
 
 import jwt
 import msgpack
-from kazoo.client import KazooClient
 
-from domain.refs import EntityRef
 from edge.client import connect
-from infrastructure.cluster.allocation import Assignment
-from infrastructure.persistence import RecorderJournal
-from infrastructure.runtime.sharding import shard_of
 from loadtests.common import emit, median
 from ops.local.cluster import HS256_SECRET, Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
@@ -41,15 +35,7 @@ def _token(sub: str) -> str:
 
 
 def _owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
-    zk = KazooClient(cluster.zookeeper.hosts)
-    zk.start(5)
-    try:
-        data, _ = zk.get(f"/xplatform/{cluster.name}/assignment")
-    finally:
-        zk.stop()
-        zk.close()
-    assignment = Assignment.from_json(json.loads(data))
-    return {lot: assignment.owner("Lot", shard_of(EntityRef("Lot", lot), SHARDS)).node for lot in lots}  # type: ignore[union-attr]
+    return cluster.owners("Lot", lots, SHARDS)
 
 
 async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int) -> tuple[list[float], dict[str, list[str]]]:
@@ -103,16 +89,8 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int) 
     return times, acked
 
 
-def _wait_gone(cluster: Cluster, node: str, timeout: float = 15.0) -> None:
-    zk = KazooClient(cluster.zookeeper.hosts)
-    zk.start(5)
-    try:
-        deadline = time.monotonic() + timeout
-        while zk.exists(f"/xplatform/{cluster.name}/members/{node}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        zk.stop()
-        zk.close()
+def _wait_gone(cluster: Cluster, node: str) -> None:
+    cluster.wait_member_gone(node)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,10 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         edges = [cluster.start("edge", f"edge-{i}").ready_line.split("ready on ")[1].rstrip("/") for i in (1, 2)]
         lots = [f"lot-{i}" for i in range(args.lots)]
         times, acked = asyncio.run(_run(cluster, edges, lots, args.kills))
-        journal = RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
-                                   "POSTGRES_PORT": str(postgres.port), "POSTGRES_USER": postgres.user,
-                                   "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres.dbname,
-                                   "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
+        journal = cluster.journal()
         lost = 0
         try:
             for lot, mids in acked.items():

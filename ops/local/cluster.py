@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infrastructure.persistence import RecorderJournal
 from ops.local.servers import PostgresServer, ServerStartError, ZooKeeperServer
 
 HS256_SECRET = "cluster-tests-secret-that-is-long-enough-for-hs256"
@@ -94,3 +95,51 @@ class Cluster:
     def stop_all(self) -> None:
         for p in self.processes.values():
             p.stop()
+
+    # ------------------------------------------------------------------ inspection
+    def wait_member_gone(self, node_id: str, timeout: float = 15.0) -> None:
+        """Until ``node_id``'s member entry left ZooKeeper (its session closed or expired):
+        only then can a process of the same name register again."""
+        from kazoo.client import KazooClient
+
+        zk = KazooClient(self.zookeeper.hosts)
+        zk.start(5)
+        try:
+            deadline = time.monotonic() + timeout
+            while zk.exists(f"/xplatform/{self.name}/members/{node_id}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            zk.stop()
+            zk.close()
+
+    def owners(self, category: str, entity_ids: list[str], shards: int = 8) -> dict[str, str]:
+        """entity ID → the state node the current shard map gives it."""
+        import json
+
+        from kazoo.client import KazooClient
+
+        from domain.refs import EntityRef
+        from infrastructure.cluster.allocation import Assignment
+        from infrastructure.runtime.sharding import shard_of
+
+        zk = KazooClient(self.zookeeper.hosts)
+        zk.start(5)
+        try:
+            data, _ = zk.get(f"/xplatform/{self.name}/assignment")
+        finally:
+            zk.stop()
+            zk.close()
+        assignment = Assignment.from_json(json.loads(data))
+        found = {}
+        for entity_id in entity_ids:
+            owner = assignment.owner(category, shard_of(EntityRef(category, entity_id), shards))
+            assert owner is not None, f"{category}/{entity_id} has no owner"
+            found[entity_id] = owner.node
+        return found
+
+    def journal(self) -> RecorderJournal:
+        """The shared PostgreSQL store, for checking what the nodes wrote."""
+        return RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
+                                "POSTGRES_PORT": str(self.postgres.port), "POSTGRES_USER": self.postgres.user,
+                                "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": self.postgres.dbname,
+                                "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})

@@ -80,10 +80,7 @@ def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(
         raise
     print(f"failover (kill -9 to the next acknowledged bid): {failover_s:.2f} s")
     assert len(acknowledged) == 60 and 0 < failover_s < 10, cluster.logs()
-    journal = RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
-                               "POSTGRES_PORT": str(postgres_server.port), "POSTGRES_USER": postgres_server.user,
-                               "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres_server.dbname,
-                               "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
+    journal = cluster.journal()
     try:
         lots = [s for s in _streams(journal) if s.startswith("Lot-lot-")]
         for stream in lots:
@@ -98,24 +95,7 @@ def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(
 
 
 def _owner_of_lot(cluster: Cluster, lot_id: str) -> str:
-    from kazoo.client import KazooClient
-
-    from domain import EntityRef
-    from infrastructure.cluster.allocation import Assignment
-    from infrastructure.runtime.sharding import shard_of
-
-    import json
-
-    zk = KazooClient(cluster.zookeeper.hosts)
-    zk.start(5)
-    try:
-        data, _ = zk.get(f"/xplatform/{cluster.name}/assignment")
-    finally:
-        zk.stop()
-        zk.close()
-    owner = Assignment.from_json(json.loads(data)).owner("Lot", shard_of(EntityRef("Lot", lot_id), 8))
-    assert owner is not None
-    return owner.node
+    return cluster.owners("Lot", [lot_id])[lot_id]
 
 
 def _streams(journal: RecorderJournal) -> list[str]:
@@ -209,7 +189,7 @@ def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster,
     while noticed not in cluster.processes[zombie_name[0]].log() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert noticed in cluster.processes[zombie_name[0]].log(), cluster.logs()  # it noticed it lost the shard
-    journal = _journal(postgres_server)
+    journal = cluster.journal()
     try:
         events = journal.read(f"Lot-{lot_id}")
         assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
@@ -222,12 +202,6 @@ def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster,
     finally:
         journal.close()
 
-
-def _journal(postgres_server: PostgresServer) -> RecorderJournal:
-    return RecorderJournal({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "127.0.0.1",
-                            "POSTGRES_PORT": str(postgres_server.port), "POSTGRES_USER": postgres_server.user,
-                            "POSTGRES_PASSWORD": "trust", "POSTGRES_DBNAME": postgres_server.dbname,
-                            "ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "false"})
 
 
 def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_server: PostgresServer) -> None:
@@ -277,7 +251,7 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_ser
         await asyncio.sleep(1.0)
         for node in ("node-a", "node-b", "node-c"):
             await asyncio.to_thread(cluster.processes[node].stop)
-            await asyncio.to_thread(_member_gone, cluster, node)
+            await asyncio.to_thread(cluster.wait_member_gone, node)
             await asyncio.to_thread(cluster.start, "state-node", node)
             await asyncio.sleep(0.5)
         for edge in ("edge-1", "edge-2"):
@@ -296,7 +270,7 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_ser
         print(cluster.logs())
         raise
     assert errors == [], errors
-    journal = _journal(postgres_server)
+    journal = cluster.journal()
     try:
         for lot, mids in acked.items():
             assert len(mids) > 20, (lot, len(mids))  # chatting went on through the restarts
@@ -306,44 +280,3 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_ser
             assert all(stored.count(mid) == 1 for mid in mids)  # every acknowledged message exactly once
     finally:
         journal.close()
-
-
-def _member_gone(cluster: Cluster, node: str, timeout: float = 15.0) -> None:
-    from kazoo.client import KazooClient
-
-    zk = KazooClient(cluster.zookeeper.hosts)
-    zk.start(5)
-    try:
-        deadline = time.monotonic() + timeout
-        while zk.exists(f"/xplatform/{cluster.name}/members/{node}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        zk.stop()
-        zk.close()
-
-
-def test_status_command_shows_members_and_shards(cluster: Cluster) -> None:
-    import subprocess
-    import sys
-
-    cluster.start("state-node", "node-a")
-    cluster.start("state-node", "node-b")
-    cluster.start("edge", "edge-1")
-    time.sleep(0.5)  # the allocator has written the map for both nodes
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"], env=cluster.env("ops"),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
-    assert "node-a" in out and "node-b" in out and "edge-1" in out and "shard map v" in out
-    assert "Lot: node-a=4, node-b=4" in out and "UNOWNED" not in out
-    import re
-    import urllib.request
-
-    metrics_url = re.search(r"metrics: (\S+)\)", cluster.processes["node-a"].ready_line).group(1)  # type: ignore[union-attr]
-    metrics = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    assert 'xplatform_cluster_ownership_state{state="serving"} 1.0' in metrics
-    assert "xplatform_node_messages_total" in metrics or "xplatform_node_entities_active" in metrics
-    missing = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"],
-                             env={**cluster.env("ops"), "XPLATFORM_CLUSTER_NAME": "no-such-cluster"},
-                             capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "StatusError: no cluster named 'no-such-cluster'" in missing.stderr
