@@ -34,8 +34,7 @@ def token(sub: str, role: str) -> str:
     return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, HS256_SECRET, algorithm="HS256")
 
 
-def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(cluster: Cluster,
-                                                                                 postgres_server: PostgresServer) -> None:
+def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(cluster: Cluster) -> None:
     cluster.start("state-node", "node-a")
     cluster.start("state-node", "node-b")
     edge = cluster.start("edge", "edge-1")
@@ -140,7 +139,7 @@ def test_drain_under_load_is_invisible_to_clients(cluster: Cluster) -> None:
     assert slowest < 2.0
 
 
-def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster, postgres_server: PostgresServer) -> None:
+def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster) -> None:
     """SIGSTOP the lot's owner for longer than its session, keep bidding (the client resends
     to the new owner), then SIGCONT: the zombie's lease has run out, so it writes nothing and
     no client sees a success from it; the stream stays contiguous with growing epochs."""
@@ -204,7 +203,7 @@ def test_sigstopped_zombie_cannot_write_or_answer_after_waking(cluster: Cluster,
 
 
 
-def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_server: PostgresServer) -> None:
+def test_rolling_restart_of_every_node_under_load(cluster: Cluster) -> None:
     """Every state node (drain, restart), then every edge (GOING_AWAY, restart on its port),
     one at a time, while clients keep chatting: no acknowledged message lost, no client error
     other than reconnects (clients move to the other edge with the same connection ID)."""
@@ -280,3 +279,30 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster, postgres_ser
             assert all(stored.count(mid) == 1 for mid in mids)  # every acknowledged message exactly once
     finally:
         journal.close()
+
+
+def test_status_command_shows_members_and_shards(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    cluster.start("state-node", "node-a")
+    cluster.start("state-node", "node-b")
+    cluster.start("edge", "edge-1")
+    time.sleep(0.5)  # the allocator has written the map for both nodes
+    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"], env=cluster.env("ops"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "node-a" in out and "node-b" in out and "edge-1" in out and "shard map v" in out
+    assert "Lot: node-a=4, node-b=4" in out and "UNOWNED" not in out
+    import re
+    import urllib.request
+
+    metrics_url = re.search(r"metrics: (\S+)\)", cluster.processes["node-a"].ready_line).group(1)  # type: ignore[union-attr]
+    metrics = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    assert 'xplatform_cluster_ownership_state{state="serving"} 1.0' in metrics
+    assert "xplatform_node_messages_total" in metrics or "xplatform_node_entities_active" in metrics
+    missing = subprocess.run([sys.executable, "-m", "infrastructure.cli", "status"],
+                             env={**cluster.env("ops"), "XPLATFORM_CLUSTER_NAME": "no-such-cluster"},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "StatusError: no cluster named 'no-such-cluster'" in missing.stderr
