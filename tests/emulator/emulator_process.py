@@ -122,3 +122,8 @@ def launch_emulator(*extra_args: str) -> EmulatorProcess:
             f"--- stdout ---\n{''.join(seen)}\n--- stderr ---\n{stderr}"
         )
         raise EmulatorStartupError(message) from None
+
+
+def launch_secure_emulator(cert_file: Path, key_file: Path, user: str = "admin:changeit") -> EmulatorProcess:
+    """An emulator that speaks TLS with ``cert_file``/``key_file`` and requires ``user``."""
+    return launch_emulator("--tls-cert", str(cert_file), "--tls-key", str(key_file), "--user", user)

@@ -11,7 +11,7 @@ from kurrentdbclient.exceptions import NodeIsNotLeaderError, UnauthenticatedErro
 
 from tests.support.tls import CertificateFiles, make_certificates
 
-from .emulator_process import EmulatorProcess, launch_emulator
+from .emulator_process import EmulatorProcess, launch_emulator, launch_secure_emulator
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateFiles:
 
 @pytest.fixture(scope="module")
 def secure(certificates: CertificateFiles) -> Iterator[EmulatorProcess]:
-    running = launch_emulator("--tls-cert", str(certificates.cert_file), "--tls-key", str(certificates.key_file),
-                              "--user", "admin:changeit")
+    running = launch_secure_emulator(certificates.cert_file, certificates.key_file)
     yield running
     running.stop()
 

@@ -42,7 +42,7 @@ from infrastructure.persistence import StreamWrite, open_journal
 from infrastructure.persistence.eventstoredb_journal import EventStoreDBJournal, event_id
 from infrastructure.settings import Settings
 from tests.conftest import eventstoredb_settings
-from tests.emulator.emulator_process import EmulatorProcess, launch_emulator
+from tests.emulator.emulator_process import EmulatorProcess, launch_emulator, launch_secure_emulator
 from tests.support.entities import Counter
 from tests.support.servers import free_port
 from tests.support.tls import CertificateFiles, make_certificates
@@ -195,8 +195,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateFiles:
 
 @pytest.fixture(scope="module")
 def secure_emulator(certificates: CertificateFiles) -> Iterator[EmulatorProcess]:
-    running = launch_emulator("--tls-cert", str(certificates.cert_file), "--tls-key", str(certificates.key_file),
-                              "--user", "admin:changeit")
+    running = launch_secure_emulator(certificates.cert_file, certificates.key_file)
     yield running
     running.stop()
 
