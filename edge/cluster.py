@@ -21,6 +21,7 @@ from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import lanes_from
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
 from infrastructure.transport.client import ClusterClient
 
@@ -43,6 +44,7 @@ class ClusteredEdge:
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
                                     ask_timeout_s=settings.ask_timeout_s)
         self.metrics = EdgeMetrics()
+        GcPauses.install().register(self.metrics.registry)  # an edge process has no node registry
         self.public = PublicEdge(self.client, self.config, categories=categories,
                                  verifier=build_verifier(self.config), metrics=self.metrics)
         self.public.registry.watch(self.client.hold, self.client.release)

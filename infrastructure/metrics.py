@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from infrastructure.gc_pauses import GcPauses
+
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -37,6 +39,7 @@ class NodeMetrics:
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.snapshots = Counter("xplatform_node_snapshots", "Snapshots written.", registry=r)
         self._message_children: dict[tuple[str, str], Counter] = {}
+        GcPauses.install().register(r)  # collector pauses are every latency's tail: shown beside them
 
     def message(self, category: str, outcome: str) -> None:
         key = (category, outcome)

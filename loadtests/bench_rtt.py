@@ -30,8 +30,9 @@ from edge import protocol
 from edge.app import build_edge_app
 from edge.config import EdgeConfig
 from infrastructure.bootstrap import build_platform
+from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
-from loadtests.common import emit, percentile
+from loadtests.common import LoopLag, emit, percentile
 from loadtests.entities import Tally
 
 
@@ -42,6 +43,7 @@ async def drive(base_url: str, connections: int, rate: float, seconds: float, to
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     errors = 0
+    lag = LoopLag().start()
     # limit=0: a websocket holds its connection, and the default pool stops at 100
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         if token is None:
@@ -100,12 +102,14 @@ async def drive(base_url: str, connections: int, rate: float, seconds: float, to
             task.cancel()
     return {"p50_ms": percentile(latencies, 50) * 1000, "p90_ms": percentile(latencies, 90) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies, default=0.0) * 1000,
-            "rate": achieved, "errors": errors, "replies": len(latencies)}
+            "rate": achieved, "errors": errors, "replies": len(latencies), "client_loop_lag": lag.stop()}
 
 
 def _client_process(base_url: str, connections: int, rate: float, seconds: float, out: Any,
                     token: str | None = None, category: str = "Tally", body: dict[str, Any] | None = None) -> None:
-    out.put(asyncio.run(drive(base_url, connections, rate, seconds, token, category, body)))
+    pauses = GcPauses.install()
+    result = asyncio.run(drive(base_url, connections, rate, seconds, token, category, body))
+    out.put({**result, "client_gc": pauses.summary()})
 
 
 def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> dict[str, Any]:
@@ -139,6 +143,8 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> 
 
 
 async def bench(connections: int, rate: float, seconds: float, same_process: bool) -> dict[str, Any]:
+    pauses = GcPauses.install()
+    lag = LoopLag().start()
     with tempfile.TemporaryDirectory() as data_dir:
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
         config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=max(50.0, 4 * rate / connections),
@@ -162,7 +168,7 @@ async def bench(connections: int, rate: float, seconds: float, same_process: boo
                 await asyncio.to_thread(proc.join, 10)
         finally:
             await runner.cleanup()
-    return result
+    return {**result, "server_gc": pauses.summary(), "server_loop_lag": lag.stop()}
 
 
 def main(argv: list[str] | None = None) -> None:

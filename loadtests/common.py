@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,30 @@ def eventstoredb_for_benchmark(wanted: bool) -> Iterator[str | None]:
                 process.kill()
                 process.wait(5)
             process.stdout.close()  # type: ignore[union-attr]
+
+
+class LoopLag:
+    """How late this process's event loop wakes up: a task sleeps 1 ms in a loop and
+    records the overshoot. A benchmark reports it for its own client process (a late client
+    loop shows up as server latency) and for the server when it runs in-process."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lags.append(time.perf_counter() - started - 0.001)
+
+    def stop(self) -> dict[str, float]:
+        if self._task is not None:
+            self._task.cancel()
+        return {"p99_ms": round(percentile(self.lags, 99) * 1000, 2),
+                "max_ms": round(max(self.lags, default=0.0) * 1000, 2),
+                "over_5ms": sum(1 for lag in self.lags if lag > 0.005)}

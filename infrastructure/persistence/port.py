@@ -64,5 +64,13 @@ class EventJournal(ABC):
     def save_snapshot(self, snapshot: StoredEvent) -> None:
         """Store a snapshot; saving one at a version that already has one is a no-op."""
 
+    def save_snapshots(self, snapshots: Sequence[StoredEvent]) -> None:
+        """Store several snapshots (each as :meth:`save_snapshot`). Adapters that can should
+        do it in one round trip: entities that take messages at the same pace reach their
+        snapshot versions together, and one transaction each made a burst of commits that
+        held the writer (measured: 66 snapshots, 60 ms, every reply of the node waiting)."""
+        for snapshot in snapshots:
+            self.save_snapshot(snapshot)
+
     def close(self) -> None:
         """Release connections."""

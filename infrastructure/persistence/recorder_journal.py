@@ -100,6 +100,17 @@ class RecorderJournal(EventJournal):
         except LibraryPersistenceError as exc:
             raise PersistenceError(f"snapshot write failed: {exc}") from exc
 
+    def save_snapshots(self, snapshots: Sequence[StoredEvent]) -> None:
+        """One transaction for all; if one of them exists already, one by one (the others
+        must still be stored)."""
+        try:
+            self._snapshots.insert_events(list(snapshots))
+        except IntegrityError:
+            for snapshot in snapshots:
+                self.save_snapshot(snapshot)
+        except LibraryPersistenceError as exc:
+            raise PersistenceError(f"snapshot write failed: {exc}") from exc
+
     def event_stream(self, *, close_journal: bool = False, **options: object) -> RecorderEventStream:
         """The catch-up event stream port on this journal's events recorder (the only way
         to follow the memory store, whose events live in this object). ``close_journal``:

@@ -46,7 +46,12 @@ class PendingWrite:
         self.waiters: list[Waiter] = []
 
     def settle(self, error: PersistenceError | None) -> None:
-        for waiter in self.waiters:
+        # Taking the list breaks the cycle write -> waiter closure -> write, so a settled
+        # write is freed by reference counting at once instead of surviving into the old
+        # generations: at thousands of writes/s, cyclic garbage made full collections of
+        # hundreds of thousands of objects (measured: ~45% of a hot entity's CPU, 1 s pauses).
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
             try:
                 waiter(error)
             except Exception:  # one failing waiter must not strand the others
@@ -135,13 +140,14 @@ class GroupCommitter:
             log.exception("journal append raised")
             results = [PersistenceError(f"append raised {type(exc).__name__}: {exc}")] * len(batch)
         elapsed = time.perf_counter() - started
-        for pending, error in zip(batch, results, strict=True):
-            if error is None and pending.snapshot is not None:
-                try:
-                    self._journal.save_snapshot(pending.snapshot)
-                    self._metrics.snapshots.inc()
-                except PersistenceError:
-                    log.warning("snapshot of %s not saved; activation replays more events", pending.write.stream_id)
+        snapshots = [p.snapshot for p, error in zip(batch, results, strict=True)
+                     if error is None and p.snapshot is not None]
+        if snapshots:  # after the events (a snapshot never runs ahead of its stream), all in one go
+            try:
+                self._journal.save_snapshots(snapshots)
+                self._metrics.snapshots.inc(len(snapshots))
+            except PersistenceError as exc:
+                log.warning("%d snapshots not saved (%s); activations replay more events", len(snapshots), exc)
         return results, elapsed
 
     def _finished(self, batch: list[PendingWrite], count: int, future: asyncio.Future) -> None:

@@ -106,3 +106,16 @@ def test_snapshots_latest_wins_and_duplicates_are_ignored(journal: EventJournal,
     journal.save_snapshot(StoredEvent(stream_id, 10, "tests:Snap", b"ten-again"))
     latest = journal.latest_snapshot(stream_id)
     assert latest is not None and latest.originator_version == 10 and latest.state == b"ten"
+
+
+def test_several_snapshots_at_once_even_when_one_exists(journal: EventJournal, stream_id: str) -> None:
+    """``save_snapshots`` (one round trip where the store allows): every snapshot is stored,
+    and one that exists already neither fails the call nor keeps the others out."""
+    other = f"{stream_id}-other"
+    journal.save_snapshot(StoredEvent(stream_id, 5, "tests:Snap", b"five"))
+    journal.save_snapshots([StoredEvent(stream_id, 5, "tests:Snap", b"five-again"),
+                            StoredEvent(stream_id, 9, "tests:Snap", b"nine"),
+                            StoredEvent(other, 3, "tests:Snap", b"three")])
+    mine, theirs = journal.latest_snapshot(stream_id), journal.latest_snapshot(other)
+    assert mine is not None and (mine.originator_version, mine.state) == (9, b"nine")
+    assert theirs is not None and (theirs.originator_version, theirs.state) == (3, b"three")
