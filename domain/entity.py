@@ -157,6 +157,10 @@ class Entity(BaseAggregate[str]):
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
+    _live: int = -1
+    """Live connections, kept by the connection events (so replay keeps it right); -1 (the
+    class default: nothing stored per small entity) means "count them on first ask"."""
+
     _epoch: int = 0
     """Ownership epoch of the last takeover marker in the stream (class default: none yet,
     so entities that never moved carry no extra attribute)."""
@@ -247,6 +251,18 @@ class Entity(BaseAggregate[str]):
     def live_connections(self) -> dict[str, Mapping[str, Any]]:
         return {cid: rec[0] for cid, rec in self._connections.items() if rec[1]}
 
+    def live_count(self) -> int:
+        """How many connections are live, without walking them: a large entity shows
+        "present" in every state update, and with thousands of viewers counting them per
+        message cost more than the message itself."""
+        if self._live < 0:
+            self._live = sum(1 for record in self._connections.values() if record[1])
+        return self._live
+
+    def _count_live(self, was: bool, now: bool) -> None:
+        if self._live >= 0 and was != now:
+            self._live += 1 if now else -1
+
     def require_claim(self, ctx: Context, name: str, *accepted: Any) -> None:
         """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
         claims = ctx.claims or {}
@@ -257,15 +273,20 @@ class Entity(BaseAggregate[str]):
 
     @event("ConnectionAccepted")
     def _accept_connection(self, connection_id: str, claims: dict[str, Any], session: str = "") -> None:
+        old = self._connections.get(connection_id)
+        self._count_live(bool(old and old[1]), True)
         self._connections[connection_id] = [claims, True, session]
 
     @event("ConnectionDropped")
     def _drop_connection(self, connection_id: str, reason: str) -> None:  # noqa: ARG002 - in the event
-        self._connections[connection_id][1] = False
+        record = self._connections[connection_id]
+        self._count_live(bool(record[1]), False)
+        record[1] = False
 
     @event("ConnectionResumed")
     def _resume_connection(self, connection_id: str, session: str = "") -> None:
         record = self._connections[connection_id]
+        self._count_live(bool(record[1]), True)
         record[1] = True
         if len(record) > 2:
             record[2] = session
@@ -274,7 +295,9 @@ class Entity(BaseAggregate[str]):
 
     @event("ConnectionForgotten")
     def _forget_connection(self, connection_id: str) -> None:
-        self._connections.pop(connection_id, None)
+        record = self._connections.pop(connection_id, None)
+        if record is not None:
+            self._count_live(bool(record[1]), False)
 
     # ----------------------------------------------------------------- ownership
     @event("OwnerChanged")

@@ -12,9 +12,10 @@ Phase 1 (coalescing on, the default 20 Hz tick): ``--viewers`` websockets watch 
 offer ``--rate`` bids/s in total for ``--seconds``. Bidders take turns in 10 ms slices (the
 bidder of slice k sends that slice's bids in one write), amounts strictly increase and every
 bid carries ``sent_at`` (the sender's epoch seconds), so bids arrive in order and each one
-is meant to be a new highest bid. A bid is accepted after the Lot -> Bidder -> Lot credit
-reservation round trip; the Lot's pushed state carries ``bid_count`` and ``sent_at`` of the
-newest accepted bid. Measured at the clients:
+is meant to be a new highest bid. Before the window each bidder registers a credit line
+(``register``: the Lot -> Bidder -> Lot round trip once per bidder), so a bid within it is
+accepted by the Lot alone with one durable event; the Lot's pushed state carries
+``bid_count`` and ``sent_at`` of the newest accepted bid. Measured at the clients:
 
 - ``accepted_updates_per_s``: bids accepted by the entity (the final ``bid_count``) over the
   time from the first bid sent until a viewer first saw that final count (the run waits,
@@ -68,6 +69,7 @@ from edge import protocol
 from edge.app import build_edge_app
 from edge.config import EdgeConfig
 from infrastructure.bootstrap import build_platform
+from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
 from loadtests.common import emit, percentile
 
@@ -78,10 +80,12 @@ PHASE2_QUEUE = 1_000_000  # phase 2 send-queue bound (frames): measure the backl
 _PUSH_HEAD = bytes([0x92, protocol.PUSH])  # msgpack fixarray(2), then the PUSH kind
 
 
+CREDIT_LINE = 10**12        # each bidder's registered credit line: far above the ~100k amounts reached
+
+
 class BenchBidder(Bidder):
-    """The sample ``Bidder`` with a credit that cannot run out. The demo's 1,000,000 credit is
-    a demo rule; here amounts climb by one per bid offered (to ~100k) while a bidder's slice
-    of 100 bids is reserved at once, which would refuse bids for credit, not for load."""
+    """The sample ``Bidder`` with a credit that covers ``CREDIT_LINE``. The demo's 1,000,000
+    credit is a demo rule; a bench that refused bids for credit would not measure load."""
 
     CATEGORY = "Bidder"  # an Entity subclass without its own CATEGORY gets its class name
     INITIAL_CREDIT = 10**15
@@ -102,6 +106,7 @@ class Stats:
         self.rejected: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.closed = 0
+        self.registered = 0                  # bidders whose credit line is in place
 
 
 class WsClient(asyncio.Protocol):
@@ -200,6 +205,8 @@ class WsClient(asyncio.Protocol):
                 stats.push_frames += 1
             elif isinstance(payload, dict) and payload.get("type") == "bid_rejected":
                 stats.rejected[f"credit: {payload.get('reason', '')[:40]}"] += 1
+            elif isinstance(payload, dict) and payload.get("type") == "registered":
+                stats.registered += 1
         elif kind == protocol.REPLY:
             waiter = self.replies.pop(frame[1], None)
             if waiter is not None:
@@ -326,9 +333,18 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
     watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_token, viewers, "viewer", stats)
     bidding = await open_clients(base, _lot_path(lot), lambda i: bidder_tokens[i], bidders, "bidder", stats)
     await asyncio.sleep(1.0)  # the joins' state pushes settle
-    # warm-up: one bid per bidder, one at a time, so each Bidder entity is active (loaded, its
-    # account open) before the measured window: cold activations finish in any order and
-    # would reorder the reservations of consecutive slices
+    # Registration, as in a real sale: each bidder asks for a credit line on the lot before
+    # bidding (its Bidder entity holds the credit), so its bids are accepted by the lot alone.
+    for bidder in bidding:
+        frame = await bidder.request({"type": "register", "limit": CREDIT_LINE})
+        if not frame[2]:
+            raise RuntimeError(f"registration refused: {frame[3]}")
+    deadline = time.monotonic() + 30
+    while stats.registered < len(bidding) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if stats.registered < len(bidding):
+        raise RuntimeError(f"only {stats.registered} of {len(bidding)} credit lines arrived")
+    # warm-up: one bid per bidder, one at a time (each connection's first message warms its path)
     amount = 0
     for i, bidder in enumerate(bidding):
         amount += 1
@@ -345,6 +361,7 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
     slices = max(1, round(seconds / SLICE_S))
     carry = 0.0
     meter = CpuMeter()
+    print(f"phase 1: offering {rate:.0f} bids/s for {seconds:.0f} s", file=sys.stderr, flush=True)
     stats.measuring = True
     started_wall = time.time()
     started = time.monotonic()
@@ -622,9 +639,11 @@ async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as data_dir:
         server = await Server.start(os.path.join(data_dir, "phase1"))
+        pauses = GcPauses.install()
         try:
             result.update(await _run_clients("coalesced", (server.url, viewers, bidders, rate, seconds),
                                              seconds + DRAIN_TIMEOUT_S + 180))
+            result["phase1_server_gc"] = pauses.summary()
         finally:
             await server.stop()
         frame = lot_state_frame()

@@ -1,11 +1,17 @@
-"""A bidder's account: credit and the reservations held for bids (small entity, 1M+ of them).
+"""A bidder's account: credit, and the part of it held for lots (small entity, 1M+ of them).
 
-The entity ID is the user's ``sub`` claim. An account opens on its first reservation with
-``INITIAL_CREDIT`` (a demo rule; a real house would take deposits). A reservation waits for
-the lot to settle it; if the lot never answers (messages between entities are at most
-once), one timer per account asks the lots about reservations still unsettled after
-``RESERVATION_TIMEOUT`` seconds. One timer for all reservations, not one per bid: a busy
-bidder would otherwise write two timer events per bid.
+The entity ID is the user's ``sub`` claim. An account opens on its first hold with
+``INITIAL_CREDIT`` (a demo rule; a real house would take deposits). A lot asks for a hold
+(``hold_credit``: at least ``minimum``, ideally ``limit``) and gets ``credit_held`` with the
+amount it may now accept bids up to, or ``credit_refused``. The hold lasts until the lot
+closes: the winner's account spends the winning amount (``won``), the others release
+(``release_hold``). Holds are per lot, not per bid: a bidder's exposure on a lot is its
+credit line there, and a busy bidder writes no event per bid.
+
+Messages between entities are at most once, so one timer per account (not one per hold)
+asks each lot about holds older than ``HOLD_CHECK`` seconds (``hold_status``); the lot
+answers by settling (closed) or by adopting the hold (open). Credit is only released on the
+lot's word, so a lost message can delay a release but never free credit a lot counts on.
 """
 
 from __future__ import annotations
@@ -25,24 +31,24 @@ class Bidder(Entity):
     GRACE_PERIOD = 0.0
     DEDUP_WINDOW = 64
     INITIAL_CREDIT = 1_000_000
-    RESERVATION_TIMEOUT = 60.0
+    HOLD_CHECK = 300.0
 
     def initialise(self) -> None:
         self.opened = False
         self.credit = 0
-        self.reserved: dict[str, list[Any]] = {}  # bid_id -> [lot, amount, settled, reserved_at]
-        self.reserved_total = 0  # kept with the events: a busy bidder holds many reservations
+        self.holds: dict[str, list[Any]] = {}  # lot -> [amount held, when last changed or checked]
+        self.held_total = 0
 
     @property
     def available(self) -> int:
-        return self.credit - self.reserved_total
+        return self.credit - self.held_total
 
     def view(self) -> dict[str, Any]:
         return {"bidder": self.entity_id, "credit": self.credit, "available": self.available,
-                "reserved": {bid: {"lot": r[0], "amount": r[1]} for bid, r in self.reserved.items()}}
+                "holds": {lot: held[0] for lot, held in self.holds.items()}}
 
     def _publish(self, ctx: Context) -> None:
-        if self.has_live_connections():  # building the view costs O(reservations): only for watchers
+        if self.has_live_connections():  # building the view costs O(holds): only for watchers
             ctx.broadcast({"type": "account", **self.view()}, coalesce_key="account")
 
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
@@ -50,75 +56,72 @@ class Bidder(Entity):
             raise Rejected("only the account holder may watch this account")
         return {"type": "account", **self.view()}
 
-    @entity_message("reserve_credit")
-    def reserve_credit(
-        self, ctx: Context, lot: str, bid_id: str, amount: int, connection_id: str | None, sent_at: float = 0.0
-    ) -> None:
+    @entity_message("hold_credit")
+    def hold_credit(self, ctx: Context, lot: str, minimum: int, limit: int, bid: Mapping[str, Any] | None = None,
+                    connection_id: str | None = None) -> None:
+        """Hold at least ``minimum`` (up to ``limit``) for ``lot``: the lot may accept this
+        bidder's bids up to the amount held. Asking again never lowers a hold."""
         assert ctx.sender is not None
         if not self.opened:
             self._account_opened(credit=self.INITIAL_CREDIT)
-        if amount > self.available:
-            ctx.tell(ctx.sender, "credit_refused", bid_id=bid_id, reason="insufficient credit", connection_id=connection_id)
+        current = self.holds[lot][0] if lot in self.holds else 0
+        if current >= minimum:  # held already (an ask repeated, or crossed with another)
+            ctx.tell(ctx.sender, "credit_held", bidder=self.entity_id, limit=current, bid=bid,
+                     connection_id=connection_id)
             return
-        self._credit_reserved(bid_id=bid_id, lot=lot, amount=amount, at=ctx.now)
-        if self.timer("reservation_check") is None:
-            ctx.start_timer("reservation_check", self.RESERVATION_TIMEOUT)
-        ctx.tell(ctx.sender, "credit_reserved", bid_id=bid_id, bidder=self.entity_id, amount=amount,
-                 connection_id=connection_id, sent_at=sent_at)
+        grant = min(max(limit, minimum), current + self.available)
+        if grant < minimum:
+            ctx.tell(ctx.sender, "credit_refused", reason="insufficient credit", bid=bid, connection_id=connection_id)
+            return
+        self._credit_held(lot=lot, amount=grant, at=ctx.now)
+        if self.timer("hold_check") is None:
+            ctx.start_timer("hold_check", self.HOLD_CHECK)
+        ctx.tell(ctx.sender, "credit_held", bidder=self.entity_id, limit=grant, bid=bid, connection_id=connection_id)
         self._publish(ctx)
 
-    @entity_message("bid_settled")
-    def bid_settled(self, ctx: Context, bid_id: str) -> None:
-        if bid_id in self.reserved:
-            self._reservation_settled(bid_id=bid_id)
-
-    @entity_message("release_credit")
-    def release_credit(self, ctx: Context, bid_id: str | None) -> None:
-        if bid_id in self.reserved:
-            self._credit_released(bid_id=bid_id)
+    @entity_message("release_hold")
+    def release_hold(self, ctx: Context, lot: str) -> None:
+        if lot in self.holds:
+            self._hold_released(lot=lot)
             self._publish(ctx)
 
     @entity_message("won")
-    def won(self, ctx: Context, bid_id: str | None, lot: str) -> None:
-        if bid_id not in self.reserved:
-            raise Rejected(f"no reservation {bid_id} for lot {lot}")
-        self._credit_spent(bid_id=bid_id)
-        self._publish(ctx)
+    def won(self, ctx: Context, lot: str, amount: int) -> None:
+        """Spend the winning amount, release the rest of the hold. A repeated ``won`` finds
+        no hold and changes nothing."""
+        if lot in self.holds:
+            self._credit_spent(lot=lot, amount=min(amount, self.holds[lot][0]))
+            self._publish(ctx)
 
-    @timer("reservation_check")
-    def reservation_check(self, ctx: Context) -> None:
-        """Reservations the lots have not settled in time: ask each lot again (its answer is
-        bid_settled or release_credit). Credit is only released on the lot's word, so a lost
-        message can delay a release but never free credit a lot still counts on."""
-        unsettled = {bid: r for bid, r in self.reserved.items() if not r[2]}
-        for bid_id, (lot, _amount, _settled, at) in unsettled.items():
-            if ctx.now - at >= self.RESERVATION_TIMEOUT:
-                ctx.tell(EntityRef("Lot", lot), "bid_status", bid_id=bid_id, bidder=self.entity_id)
-        if unsettled:
-            ctx.start_timer("reservation_check", self.RESERVATION_TIMEOUT)
+    @timer("hold_check")
+    def hold_check(self, ctx: Context) -> None:
+        """Ask each lot about holds not heard of for HOLD_CHECK seconds (its answer settles or
+        confirms them); keep checking while any hold is left."""
+        for lot, (amount, at) in self.holds.items():
+            if ctx.now - at >= self.HOLD_CHECK:
+                ctx.tell(EntityRef("Lot", lot), "hold_status", bidder=self.entity_id, held=amount)
+        if self.holds:
+            ctx.start_timer("hold_check", self.HOLD_CHECK)
 
     @event("AccountOpened")
     def _account_opened(self, credit: int) -> None:
         self.opened = True
         self.credit = credit
 
-    @event("CreditReserved")
-    def _credit_reserved(self, bid_id: str, lot: str, amount: int, at: float) -> None:
-        self.reserved[bid_id] = [lot, amount, False, at]
-        self.reserved_total += amount
+    @event("CreditHeld")
+    def _credit_held(self, lot: str, amount: int, at: float) -> None:
+        previous = self.holds[lot][0] if lot in self.holds else 0
+        self.holds[lot] = [amount, at]
+        self.held_total += amount - previous
 
-    @event("ReservationSettled")
-    def _reservation_settled(self, bid_id: str) -> None:
-        self.reserved[bid_id][2] = True
-
-    @event("CreditReleased")
-    def _credit_released(self, bid_id: str) -> None:
-        released = self.reserved.pop(bid_id, None)
+    @event("HoldReleased")
+    def _hold_released(self, lot: str) -> None:
+        released = self.holds.pop(lot, None)
         if released is not None:
-            self.reserved_total -= released[1]
+            self.held_total -= released[0]
 
     @event("CreditSpent")
-    def _credit_spent(self, bid_id: str) -> None:
-        amount = self.reserved.pop(bid_id)[1]
-        self.reserved_total -= amount
+    def _credit_spent(self, lot: str, amount: int) -> None:
+        held = self.holds.pop(lot)
+        self.held_total -= held[0]
         self.credit -= amount

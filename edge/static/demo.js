@@ -127,6 +127,8 @@ function onPush(payload) {
       notice(`Bid rejected: ${payload.reason}`, 'error');
       break;
     case 'left': log(`${payload.user} left`); break;
+    case 'registered': log(`your credit line on this lot: ${payload.limit}`); break;
+    case 'register_rejected': notice(`Credit line refused: ${payload.reason}`, 'error'); break;
     default: log(`${payload.type ?? 'message'}: ${JSON.stringify(payload)}`);
   }
 }
@@ -184,8 +186,11 @@ function nextAmount() {
 async function bid(amount) {
   if (!Number.isSafeInteger(amount) || amount < 1) { notice('Enter a whole amount.', 'error'); return; }
   const reply = await send({ type: 'bid', amount, sent_at: Date.now() / 1000 }, `Bid ${amount}`);
-  const settled = lot && lot.high_bidder === me?.name && lot.high_amount >= amount; // the push came first
-  if (reply && !settled) notice(`Bid ${amount} sent; waiting for the lot.`, 'info');
+  if (!reply) return;
+  // Within your credit line the lot accepts at once; the first bid (or one above the line)
+  // waits for your account to raise the line, and the outcome arrives as a push.
+  const settled = reply.status === 'accepted' || (lot && lot.high_bidder === me?.name && lot.high_amount >= amount);
+  notice(settled ? `Bid ${amount} accepted.` : `Bid ${amount} sent; your account is asked for credit.`, 'info');
 }
 
 // ------------------------------------------------------------------ drawing

@@ -324,15 +324,17 @@ def test_auction_flow_across_entities_on_every_store(store_settings: Settings) -
         assert (await connect(p, lot, "bob", {"sub": bidder, "role": "bidder"})).ok
         reply = await client(p, lot, {"type": "bid", "amount": 10}, "bid-1", cid="bob")
         assert reply.payload["status"] == "pending"
-        for _ in range(500):  # the reservation round trip: Lot -> Bidder -> Lot (generous under load)
+        for _ in range(500):  # the credit-line round trip: Lot -> Bidder -> Lot (generous under load)
             await asyncio.sleep(0.02)
             if p.node.resident(lot).high_bidder == bidder:
                 break
         assert p.node.resident(lot).high_amount == 10
         await p.node.drain()
         names = [e.topic.rsplit(".", 1)[-1] for e in p.journal.read(EntityRef("Bidder", bidder).stream_id)]
-        assert names[:2] == ["AccountOpened", "CreditReserved"] and "ReservationSettled" in names
+        assert names[:2] == ["AccountOpened", "CreditHeld"]
+        within = await client(p, lot, {"type": "bid", "amount": 12}, "bid-2", cid="bob")  # within the line
+        assert within.payload["status"] == "accepted" and p.node.resident(lot).high_amount == 12
         states = [e.payload for src, e in sink.published if src == lot and getattr(e, "coalesce_key", None) == "state"]
-        assert states[-1]["high_amount"] == 10
+        assert states[-1]["high_amount"] == 12
 
     run(scenario, store_settings)

@@ -75,31 +75,56 @@ def test_reconnect_within_grace_period_resumes_and_cancels_cleanup(kit: Sandbox)
     assert kit.state(LOT).is_live("c-bob")
 
 
-def test_bid_reserves_credit_through_the_bidder_entity(kit: Sandbox) -> None:
+def test_first_bid_raises_a_credit_line_through_the_bidder_entity(kit: Sandbox) -> None:
     kit.connect(LOT, "c-bob", BOB)
     result = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})
     assert result.reply.payload["status"] == "pending" and result.events == []
-    [reserve] = result.tells
-    assert (reserve.to, reserve.type, reserve.data["amount"]) == (EntityRef("Bidder", "bob"), "reserve_credit", 100)
+    [ask] = result.tells
+    assert (ask.to, ask.type, ask.data["minimum"], ask.data["limit"]) == (EntityRef("Bidder", "bob"), "hold_credit",
+                                                                          100, 150)  # 50% headroom
     bidder_step, lot_step = result.chain[0], result.chain[0].chain[0]
-    assert bidder_step.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]  # one check timer
-    assert lot_step.event_names == ["BidAccepted"]
+    assert bidder_step.event_names == ["AccountOpened", "CreditHeld", "TimerStarted"]  # one check timer
+    assert lot_step.event_names == ["LimitRaised", "BidAccepted"]
     assert kit.state(LOT).high_bidder == "bob" and kit.state(LOT).high_amount == 100
-    bob = kit.state(EntityRef("Bidder", "bob"))
-    assert bob.available == Bidder.INITIAL_CREDIT - 100 and bob.reserved[reserve.data["bid_id"]][2] is True
+    assert kit.state(EntityRef("Bidder", "bob")).available == Bidder.INITIAL_CREDIT - 150
     states = lot_step.payloads_for("c-ann", kit.state(LOT))
     assert states[-1]["high_amount"] == 100 and states[-1]["type"] == "state"
 
 
-def test_outbid_releases_the_previous_reservation(kit: Sandbox) -> None:
+def test_bids_within_the_line_are_accepted_at_once_with_one_event(kit: Sandbox) -> None:
     kit.connect(LOT, "c-bob", BOB)
     kit.connect(LOT, "c-cat", CAT)
-    kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})
-    kit.client(LOT, "c-cat", {"type": "bid", "amount": 105})
-    assert kit.state(LOT).high_bidder == "cat"
-    assert kit.state(EntityRef("Bidder", "bob")).reserved == {}
-    assert kit.state(EntityRef("Bidder", "bob")).available == Bidder.INITIAL_CREDIT
-    assert kit.event_names(EntityRef("Bidder", "bob"))[-1] == "CreditReleased"
+    kit.client(LOT, "c-bob", {"type": "bid", "amount": 100})  # line 150
+    kit.client(LOT, "c-cat", {"type": "bid", "amount": 110})
+    again = kit.client(LOT, "c-bob", {"type": "bid", "amount": 140, "sent_at": 12.5})
+    assert again.reply.payload == {"status": "accepted", "bid_id": again.message.message_id, "amount": 140}
+    assert again.event_names == ["BidAccepted"] and again.tells == []  # no entity message
+    assert kit.state(LOT).high_bidder == "bob" and kit.state(LOT).high_amount == 140
+    assert again.payloads_for("c-ann", kit.state(LOT))[-1]["sent_at"] == 12.5
+    # Outbid, bob's hold stays (he may bid again without asking); above the line he asks again.
+    assert kit.state(EntityRef("Bidder", "bob")).holds["vase"][0] == 150
+    above = kit.client(LOT, "c-bob", {"type": "bid", "amount": 200})
+    assert above.reply.payload["status"] == "pending" and above.chain[0].chain[0].event_names == [
+        "LimitRaised", "BidAccepted"]
+    assert kit.state(EntityRef("Bidder", "bob")).holds["vase"][0] == 300
+
+
+def test_register_asks_for_a_line_up_front(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    pending = kit.client(LOT, "c-bob", {"type": "register", "limit": 5000})
+    assert pending.reply.payload == {"status": "pending", "limit": 5000}
+    lot_step = pending.chain[0].chain[0]
+    assert lot_step.event_names == ["LimitRaised"]
+    assert lot_step.payloads_for("c-bob") == [{"type": "registered", "limit": 5000}]
+    again = kit.client(LOT, "c-bob", {"type": "register", "limit": 3000})
+    assert again.reply.payload == {"status": "registered", "limit": 5000} and again.tells == []
+    assert kit.client(LOT, "c-bob", {"type": "bid", "amount": 4000}).event_names == ["BidAccepted"]
+    bad = kit.client(LOT, "c-bob", {"type": "register", "limit": -1})
+    assert not bad.ok and bad.reply.reason == "limit must be a positive integer"
+    too_much = kit.client(LOT, "c-bob", {"type": "register", "limit": Bidder.INITIAL_CREDIT + 1})
+    assert too_much.chain[0].chain[0].payloads_for("c-bob") == [{"type": "register_rejected",
+                                                                  "reason": "insufficient credit"}]
+    assert kit.state(LOT).limits == {"bob": 5000}
 
 
 def test_bid_below_increment_or_by_viewer_is_rejected_without_change(kit: Sandbox) -> None:
@@ -120,7 +145,11 @@ def test_insufficient_credit_is_refused_by_the_bidder(kit: Sandbox) -> None:
     refused = result.chain[0].chain[0]
     assert refused.payloads_for("c-bob") == [{"type": "bid_rejected", "bid_id": result.message.message_id,
                                               "reason": "insufficient credit"}]
-    assert kit.state(LOT).high_bidder is None
+    assert kit.state(LOT).high_bidder is None and kit.state(LOT).limits == {}
+    # Headroom is granted only as far as the credit goes: the bid itself still fits.
+    near = kit.client(LOT, "c-bob", {"type": "bid", "amount": Bidder.INITIAL_CREDIT - 10})
+    assert near.chain[0].chain[0].event_names == ["LimitRaised", "BidAccepted"]
+    assert kit.state(EntityRef("Bidder", "bob")).available == 0
 
 
 def test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing(kit: Sandbox) -> None:
@@ -134,38 +163,54 @@ def test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing(kit:
     assert after_restart.duplicate and after_restart.reply == first.reply
     # An entity message retried with the same ID is also applied once.
     bob = EntityRef("Bidder", "bob")
-    tell_again = kit.tell(bob, LOT, "reserve_credit", message_id="bid-1/1", lot="vase", bid_id="bid-1", amount=100,
-                          connection_id="c-bob")
-    assert tell_again.duplicate and kit.state(bob).available == Bidder.INITIAL_CREDIT - 100
+    tell_again = kit.tell(bob, LOT, "hold_credit", message_id="bid-1/1", lot="vase", minimum=100, limit=150,
+                          bid=None, connection_id="c-bob")
+    assert tell_again.duplicate and kit.state(bob).available == Bidder.INITIAL_CREDIT - 150
     assert kit.event_names(LOT) == events_before
 
 
-def test_close_spends_the_winners_credit(kit: Sandbox) -> None:
+def test_close_spends_the_winners_credit_and_releases_the_others(kit: Sandbox) -> None:
     kit.connect(LOT, "c-bob", BOB)
+    kit.connect(LOT, "c-cat", CAT)
+    kit.client(LOT, "c-cat", {"type": "bid", "amount": 200})
     kit.client(LOT, "c-bob", {"type": "bid", "amount": 300})
     closed = kit.client(LOT, "c-ann", {"type": "close"})
     assert closed.ok and closed.event_names == ["Closed"] and kit.state(LOT).winner == "bob"
-    bob = kit.state(EntityRef("Bidder", "bob"))
-    assert bob.credit == Bidder.INITIAL_CREDIT - 300 and bob.reserved == {}
+    assert sorted((t.to.entity_id, t.type) for t in closed.tells) == [("bob", "won"), ("cat", "release_hold")]
+    bob, cat = kit.state(EntityRef("Bidder", "bob")), kit.state(EntityRef("Bidder", "cat"))
+    assert bob.credit == Bidder.INITIAL_CREDIT - 300 and bob.holds == {} and bob.available == bob.credit
+    assert cat.credit == Bidder.INITIAL_CREDIT and cat.holds == {} and cat.available == cat.credit
+    again = kit.tell(EntityRef("Bidder", "bob"), LOT, "won", lot="vase", amount=300)
+    assert again.events == [] and kit.state(EntityRef("Bidder", "bob")).credit == Bidder.INITIAL_CREDIT - 300
     late = kit.client(LOT, "c-bob", {"type": "bid", "amount": 900})
     assert not late.ok and late.reply.reason == "lot is closed"
 
 
-def test_unsettled_reservation_asks_the_lot_again_after_timeout(sandbox_journal: EventJournal | None) -> None:
+def test_unanswered_hold_is_checked_with_the_lot_after_a_while(sandbox_journal: EventJournal | None) -> None:
     kit = Sandbox(Lot, Bidder, deliver_entity_messages=False, journal=sandbox_journal)
     bob = EntityRef("Bidder", "bob")
-    first = kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b1", amount=50, connection_id=None)
-    assert first.event_names == ["AccountOpened", "CreditReserved", "TimerStarted"]
+    first = kit.tell(bob, LOT, "hold_credit", lot="vase", minimum=50, limit=75, connection_id=None)
+    assert first.event_names == ["AccountOpened", "CreditHeld", "TimerStarted"]
     kit.advance(10)
-    second = kit.tell(bob, LOT, "reserve_credit", lot="vase", bid_id="b2", amount=20, connection_id=None)
-    assert second.event_names == ["CreditReserved"]  # one timer serves every reservation
-    kit.tell(bob, LOT, "bid_settled", bid_id="b2")
-    [fired] = kit.advance(Bidder.RESERVATION_TIMEOUT - 9)
-    assert [(t.to, t.type, t.data["bid_id"]) for t in fired.tells] == [(LOT, "bid_status", "b1")]
-    assert kit.state(bob).reserved["b1"][1] == 50  # not released until the lot answers
-    kit.tell(bob, LOT, "release_credit", bid_id="b1")
-    assert set(kit.state(bob).reserved) == {"b2"}
-    assert kit.advance(Bidder.RESERVATION_TIMEOUT + 1)[0].tells == []  # b2 is settled: nothing to ask
+    second = kit.tell(bob, EntityRef("Lot", "jug"), "hold_credit", lot="jug", minimum=20, limit=20,
+                      connection_id=None)
+    assert second.event_names == ["CreditHeld"]  # one timer serves every hold
+    [fired] = kit.advance(Bidder.HOLD_CHECK - 9)
+    assert [(t.to, t.type, t.data["held"]) for t in fired.tells] == [(LOT, "hold_status", 75)]
+    assert kit.state(bob).holds["vase"][0] == 75  # not released until the lot answers
+    kit.tell(bob, LOT, "release_hold", lot="vase")
+    assert set(kit.state(bob).holds) == {"jug"} and kit.state(bob).available == Bidder.INITIAL_CREDIT - 20
+
+
+def test_lot_answers_hold_checks_from_its_state(kit: Sandbox) -> None:
+    kit.connect(LOT, "c-bob", BOB)
+    bob = EntityRef("Bidder", "bob")
+    # A hold whose credit_held was lost: the open lot adopts it, so that the close settles it.
+    adopt = kit.tell(LOT, bob, "hold_status", bidder="bob", held=500)
+    assert adopt.event_names == ["LimitRaised"] and kit.state(LOT).limits == {"bob": 500}
+    kit.client(LOT, "c-ann", {"type": "close"})
+    after = kit.tell(LOT, bob, "hold_status", bidder="bob", held=500)
+    assert [(t.to, t.type) for t in after.tells] == [(bob, "release_hold")] and after.events == []
 
 
 def test_given_events_build_history(sandbox_journal: EventJournal | None) -> None:
