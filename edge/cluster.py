@@ -63,7 +63,14 @@ class ClusteredEdge:
         add_public_edge(app, self.public)
 
         async def metrics_page(request: web.Request) -> web.Response:
-            return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
+            from prometheus_client import generate_latest
+
+            cluster = self.ownership.metrics  # ZooKeeper state, routing misses, lane buffers and queues to nodes
+            for lane, buffered in self.client.buffered_by_lane().items():
+                cluster.lane_buffer.labels(lane).set(buffered)
+            cluster.record_lanes("client", self.client.queued_by_lane())
+            body = self.metrics.exposition() + generate_latest(cluster.registry)
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
         app.router.add_get("/metrics", metrics_page)
         return app

@@ -6,7 +6,9 @@ Subcommands:
             /dev/token, metrics at /metrics; prints the URL and runs until Ctrl-C
   demo      drive the sample auction through the one-process platform from the console,
             printing every reply and outbound message (no server)
-  state-node  run a clustered state node (XPLATFORM_ZOOKEEPER_HOSTS; shards from ZooKeeper)
+  state-node  run a clustered state node (XPLATFORM_ZOOKEEPER_HOSTS; shards from ZooKeeper);
+            --supervised runs it under a local supervisor that ends a crashed node's
+            ZooKeeper session at once (sub-second failover with long sessions) and restarts it
   edge      run a clustered public edge (routes to state nodes by the shard map)
   status    members and shard ownership of a cluster, from ZooKeeper (ops/RUNBOOK.md)
   settings  print every setting, its value and why it defaults as it does
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
     demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
     demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
-    sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
+    state_node = sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
+    state_node.add_argument("--supervised", action="store_true",
+                            help="run the node as a child of a local supervisor: if it dies without draining, "
+                                 "its ZooKeeper session is ended at once (its shards move now, not after the "
+                                 "session timeout) and it is restarted; SIGTERM drains it and exits")
     edge = sub.add_parser("edge", help="run a clustered public edge (needs XPLATFORM_ZOOKEEPER_HOSTS)")
     edge.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
     sub.add_parser("status", help="cluster members and shard ownership, from ZooKeeper")
@@ -59,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             _serve(settings, args.host, args.port)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
+        elif args.command == "state-node" and args.supervised:
+            from infrastructure.cluster.supervisor import supervise_state_node
+
+            return asyncio.run(supervise_state_node(settings))
         elif args.command == "state-node":
             from infrastructure.cluster.state_node import serve_state_node
 

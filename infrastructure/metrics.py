@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from infrastructure.gc_pauses import GcPauses
 
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+HANDOFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -55,8 +56,9 @@ class NodeMetrics:
 
 class ClusterMetrics:
     """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned, handoffs,
-    ZooKeeper/ownership state, routing misses, transport lane buffers. Bounded labels:
-    category, ownership state, lane."""
+    ZooKeeper/ownership state, routing misses, handoff durations, transport lane buffers
+    (bytes) and queues (envelopes). Bounded labels: category, ownership state, direction
+    (gained/lost), lane (configured), side (client/server)."""
 
     STATES = ("connecting", "serving", "fenced", "lost", "draining")
 
@@ -71,5 +73,25 @@ class ClusterMetrics:
                            "session: serving, fenced while suspended, lost, draining).", ["state"], registry=r)
         self.routing_misses = Counter("xplatform_cluster_routing_misses", "Messages that reached a node not owning "
                                       "their shard, or found no owner (answered retry).", registry=r)
+        self.handoff_duration = Histogram(
+            "xplatform_cluster_handoff_duration_seconds",
+            "Per shard handed off. lost: from the map change (or drain start) reaching this node until "
+            "it stopped serving the shard with its pending writes durable. gained: from the map change "
+            "reaching this node until it accepts the shard's messages (entities then activate on demand: "
+            "xplatform_node_activation_duration_seconds).", ["direction"], buckets=HANDOFF_BUCKETS, registry=r)
         self.lane_buffer = Gauge("xplatform_cluster_lane_buffer_bytes", "Bytes waiting in transport link buffers.",
                                  ["lane"], registry=r)
+        self.lane_queue = Gauge("xplatform_cluster_lane_queue_messages",
+                                "Envelopes written to transport links but not yet sent, per lane. side=client: "
+                                "links this process opened (deliveries to owners); side=server: links it accepted "
+                                "(replies and outbound effects to edges and peers).", ["lane", "side"], registry=r)
+        self._lanes_seen: set[tuple[str, str]] = set()
+
+    def record_lanes(self, side: str, queued: dict[str, int]) -> None:
+        """Set the queue depth of every lane of ``side``; lanes seen before and now idle go to 0."""
+        for key in self._lanes_seen - {(lane, side) for lane in queued}:
+            if key[1] == side:
+                self.lane_queue.labels(*key).set(0)
+        for lane, depth in queued.items():
+            self._lanes_seen.add((lane, side))
+            self.lane_queue.labels(lane, side).set(depth)

@@ -140,8 +140,10 @@ class Settings:
     cluster_name: str = _setting("xplatform", "Root of this cluster's znodes (/xplatform/<name>): several "
                                  "clusters (or test runs) can share one ensemble.")
     zk_session_timeout_s: float = _setting(2.0, "Detection floor of a crashed node (~timeout + one tick). "
-                                           "2 s is safe against GC pauses and network blips; sub-second "
-                                           "failover needs 0.4-0.6 s sessions plus a local supervisor.")
+                                           "2 s is safe against GC pauses and network blips. Sub-second "
+                                           "failover after a crash: run nodes supervised (state-node "
+                                           "--supervised ends a dead child's session at once), or 0.4-0.6 s "
+                                           "sessions (which expire on pauses that long).")
     node_group: str = _setting("default", "Which layout rule this node falls under (cluster_layout).")
     cluster_layout: str = _setting("", "JSON rules of which node groups host which categories, with weights; "
                                    "empty: every node hosts every category equally. See cluster/layout.py.")
@@ -153,6 +155,14 @@ class Settings:
                                  "(printed at start and scrapeable through service discovery).")
     transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
                                     "connections, so a flood in one cannot delay another; others use 'default'.")
+    supervisor_restart_max_s: float = _setting(10.0, "`xplatform state-node --supervised` restarts a crashed "
+                                               "node after 0.2 s, doubling per crash up to this: a node that "
+                                               "crashes at start (bad config, store down) retries every 10 s "
+                                               "instead of spinning, and is back within 10 s once it can run.")
+    supervisor_session_file: str = _setting("", "Set by the supervisor for its child, not by operators: where "
+                                            "the child writes its ZooKeeper session (id, password; mode 0600) so "
+                                            "the supervisor can end that session the moment the child dies, "
+                                            "instead of everyone waiting out zk_session_timeout_s. Empty: not supervised.")
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
@@ -163,7 +173,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
-                     "zk_session_timeout_s"):
+                     "zk_session_timeout_s", "supervisor_restart_max_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.eventstoredb_retries < 0:

@@ -43,6 +43,10 @@ EPOCH_BITS = 20
 2109) epochs stay below 2**62: signed 64-bit everywhere (msgpack, SQL, EventStoreDB)."""
 
 
+RELEASING_KEPT = 4096
+"""Most shard handoffs kept waiting for their flush to be timed (more than a node owns)."""
+
+
 class OwnershipState(enum.Enum):
     CONNECTING = "connecting"
     SERVING = "serving"
@@ -68,6 +72,11 @@ class Ownership:
         self.lease_until: float | None = None
         """Monotonic time until which our ZooKeeper session is certainly alive (renewed by
         round trips; shorter than the session timeout). None: no lease (tests, dev)."""
+        self._gaining: dict[tuple[str, int], float] = {}
+        """Shards the map gave us that we do not serve yet (not connected), with when we learnt it."""
+        self._releasing: list[float] = []
+        """One start time per shard given up (map change or drain) whose writes may still be
+        pending; ``take_releasing`` hands them to whoever waits for the flush (the state node)."""
         self._record()
 
     # ---------------------------------------------------------------- queries (runtime)
@@ -115,6 +124,7 @@ class Ownership:
     def connected(self) -> None:
         if self.state is not OwnershipState.DRAINING:
             self._become(OwnershipState.SERVING)
+            self._observe_gained()
 
     def suspended(self) -> None:
         self._become(OwnershipState.FENCED)
@@ -124,20 +134,52 @@ class Ownership:
 
     def draining(self) -> None:
         """Graceful leave: refuse new messages (``retry``; callers resend to the next owner)
-        while pending appends finish; never serve again in this session."""
+        while pending appends finish; never serve again in this session. Every shard we own
+        is being handed off from now (``take_releasing``)."""
+        if self.state is not OwnershipState.DRAINING:
+            now = time.monotonic()
+            self._releasing.extend(now for shards in self.owned_shards().values() for _ in shards)
+            self._gaining.clear()
         self._become(OwnershipState.DRAINING)
 
-    def map_changed(self, assignment: Assignment) -> None:
+    def map_changed(self, assignment: Assignment, received_at: float | None = None) -> None:
+        """Apply a new shard map. ``received_at`` (monotonic) is when the watch brought it to
+        this process (on kazoo's thread): handoff durations count from then, so a busy event
+        loop that applies the map late shows in ``xplatform_cluster_handoff_duration_seconds``."""
         if assignment.version < self.assignment.version:
             log.warning("ignoring older shard map %s < %s", assignment.version, self.assignment.version)
             return
+        received = time.monotonic() if received_at is None else received_at
         before = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
         self.assignment = assignment
         after = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
         self.metrics.handoffs.labels("gained").inc(len(after - before))
         self.metrics.handoffs.labels("lost").inc(len(before - after))
+        if self.state is not OwnershipState.DRAINING:  # a draining node released everything at drain start
+            for shard in after - before:
+                self._gaining.setdefault(shard, received)
+            for shard in before - after:
+                if self._gaining.pop(shard, None) is None:  # never served: nothing to flush
+                    self._releasing.append(received)
+            del self._releasing[:-RELEASING_KEPT]  # bounded even if nobody takes them (bare Ownership)
+            self._observe_gained()
         self._record()
         self._notify()
+
+    def take_releasing(self) -> list[float]:
+        """Start times of shard handoffs away from us still waiting for their writes to be
+        flushed; the caller observes each once the node's pending appends are durable."""
+        released, self._releasing = self._releasing, []
+        return released
+
+    def _observe_gained(self) -> None:
+        """Gained shards are served from the moment we are SERVING with the new map."""
+        if self._gaining and self.state is OwnershipState.SERVING and self.leased():
+            now = time.monotonic()
+            histogram = self.metrics.handoff_duration.labels("gained")
+            for started in self._gaining.values():
+                histogram.observe(max(0.0, now - started))
+            self._gaining.clear()
 
     def _become(self, state: OwnershipState) -> None:
         if state is not self.state:

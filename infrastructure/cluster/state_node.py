@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -72,6 +73,43 @@ class ClusteredStateNode:
                                     ask_timeout_s=settings.ask_timeout_s)
         self._metrics_runner: web.AppRunner | None = None
         self.platform.node.router = LocalFirstRouter(self.platform.node, self.ownership, self.client)
+        if settings.supervisor_session_file:
+            self.coordinator.on_session = self._tell_supervisor
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.ownership.listeners.append(self._on_ownership)
+
+    def _tell_supervisor(self, session_id: int, password: bytes) -> None:
+        """Our supervisor ends this session if we die (infrastructure/cluster/supervisor.py)."""
+        from infrastructure.cluster.supervisor import write_session
+
+        try:
+            write_session(self.settings.supervisor_session_file, session_id, password)
+        except OSError:
+            log.error("cannot tell the supervisor our ZooKeeper session; a crash is detected only when "
+                      "the session expires", exc_info=True)
+
+    def _on_ownership(self, _state: object, _assignment: object) -> None:
+        """Shards handed away: time each until our pending writes are durable (handoff metric)."""
+        released = self.ownership.take_releasing()
+        if released:
+            task = asyncio.get_running_loop().create_task(self._flushed(released))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flushed(self, released: list[float]) -> None:
+        await self.platform.node.drain()
+        now = time.monotonic()
+        histogram = self.ownership.metrics.handoff_duration.labels("lost")
+        for started in released:
+            histogram.observe(now - started)
+
+    def record_transport_metrics(self) -> None:
+        """Lane buffers (bytes) and queues (envelopes) as of now; called per scrape."""
+        metrics = self.ownership.metrics
+        for lane, buffered in self.client.buffered_by_lane().items():
+            metrics.lane_buffer.labels(lane).set(buffered)
+        metrics.record_lanes("client", self.client.queued_by_lane())
+        metrics.record_lanes("server", self.server.queued_by_lane())
 
     async def start(self) -> None:
         await self.platform.start()
@@ -86,6 +124,8 @@ class ClusteredStateNode:
         appends, then leave ZooKeeper so the shards move at once, then close."""
         self.ownership.draining()
         await self.platform.node.drain()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.coordinator.stop()
         await self.client.close()
         await self.server.stop()
@@ -98,8 +138,7 @@ class ClusteredStateNode:
         from prometheus_client import generate_latest
 
         async def page(request: web.Request) -> web.Response:
-            for lane, buffered in self.client.buffered_by_lane().items():
-                self.ownership.metrics.lane_buffer.labels(lane).set(buffered)
+            self.record_transport_metrics()
             body = generate_latest(self.platform.node.metrics.registry) + generate_latest(self.ownership.metrics.registry)
             return web.Response(body=body, content_type="text/plain", charset="utf-8")
 

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from kazoo.client import KazooClient, KazooState
@@ -72,6 +72,10 @@ class ZooKeeperCoordinator:
         self._started = False
         self.members: dict[str, dict[str, object]] = {}
         """Live members (node id → announced info), kept current by a watch."""
+        self.on_session: Callable[[int, bytes], None] | None = None
+        """Called (on a kazoo or worker thread) with (session id, password) each time a new
+        session is about to register: a supervised node hands it to its supervisor, which
+        ends the session when the node dies (infrastructure/cluster/supervisor.py)."""
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, connect_timeout_s: float = 10.0) -> None:
@@ -107,6 +111,9 @@ class ZooKeeperCoordinator:
             log.warning("ZooKeeper client did not stop cleanly", exc_info=True)
 
     def _register(self) -> None:
+        session = self.client.client_id
+        if self.on_session is not None and session is not None:
+            self.on_session(*session)  # before the member entry exists: it never outlives what the supervisor knows
         for path in ("members", "assignment"):
             self.client.ensure_path(f"{self.root}/{path}")
         _data, root_stat = self.client.get(self.root)
@@ -147,7 +154,7 @@ class ZooKeeperCoordinator:
 
     def _on_assignment(self, data: bytes | None, _stat: object) -> None:
         if data is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.ownership.map_changed, _decode(data))
+            self._loop.call_soon_threadsafe(self.ownership.map_changed, _decode(data), time.monotonic())
 
     def _on_members(self, children: list[str]) -> bool:
         self._members_changed.set()

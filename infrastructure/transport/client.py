@@ -192,6 +192,13 @@ class ClusterClient:
             totals[lane] = totals.get(lane, 0) + (0 if transport.is_closing() else transport.get_write_buffer_size())
         return totals
 
+    def queued_by_lane(self) -> dict[str, int]:
+        """Envelopes written but not yet sent, per lane (links to owners)."""
+        totals: dict[str, int] = {}
+        for (_node, lane), link in self._links.items():
+            totals[lane] = totals.get(lane, 0) + link.queued()
+        return totals
+
     # ------------------------------------------------------------------ links
     async def close(self) -> None:
         for link in list(self._links.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from infrastructure.transport.envelopes import HEADER_BYTES, Envelope, EnvelopeError, frame, header_length, parse
@@ -28,9 +29,14 @@ class Link:
         self.writer = writer
         self.name = name
         self.peer = ""  # node id, from its HELLO
+        self.lane = "default"  # the lane the connecting side named in its HELLO
         self.max_buffer = max_buffer
         self.closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._written = 0
+        """Bytes handed to the socket transport so far."""
+        self._unsent_ends: deque[int] = deque()
+        """End offsets (in ``_written``) of frames not yet fully sent: the queue depth in envelopes."""
 
     def start(self, handler: Handler, on_close: Callable[[Link], None] | None = None) -> None:
         self._task = asyncio.create_task(self._read_forever(handler, on_close), name=f"link-{self.name}")
@@ -50,7 +56,24 @@ class Link:
             self.close()
             return False
         self.writer.write(data)
+        self._written += len(data)
+        if transport.get_write_buffer_size():
+            self._unsent_ends.append(self._written)
+        else:
+            self._unsent_ends.clear()  # all sent at once (the common case: nothing to count)
         return True
+
+    def queued(self) -> int:
+        """Envelopes written but not yet (fully) sent: the socket buffer in messages. Exact,
+        from the transport's buffered byte count and where each frame ends."""
+        transport = self.writer.transport
+        if self.closed.is_set() or transport.is_closing():
+            return 0
+        sent = self._written - transport.get_write_buffer_size()
+        ends = self._unsent_ends
+        while ends and ends[0] <= sent:
+            ends.popleft()
+        return len(ends)
 
     def close(self) -> None:
         if not self.closed.is_set():

@@ -74,6 +74,7 @@ class NodeServer:
                 link.close()
                 return
             link.peer = envelope.node_id
+            link.lane = envelope.lanes[0] if envelope.lanes else "default"
             link.send(Hello(self.node_id, "state"))
             return
         if isinstance(envelope, Deliver):
@@ -109,6 +110,13 @@ class NodeServer:
                 links.discard(link)
                 if not links:
                     del self._interest[ref]
+
+    def queued_by_lane(self) -> dict[str, int]:
+        """Envelopes (replies, outbound effects) written to callers but not yet sent, per lane."""
+        totals: dict[str, int] = {}
+        for link in self._links:
+            totals[link.lane] = totals.get(link.lane, 0) + link.queued()
+        return totals
 
     def publish(self, source: EntityRef, effect: Send | Terminate) -> None:
         """OutboundSink: once per interested edge."""

@@ -33,6 +33,31 @@ class ClusterProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def children(self) -> list[int]:
+        """PIDs of this process's live children (a supervised node's state node), from /proc."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            if int(fields[1]) == self.process.pid and fields[0] != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def kill9_child(self, timeout: float = 10.0) -> int:
+        """kill -9 the supervised state node (not its supervisor); its PID."""
+        deadline = time.monotonic() + timeout
+        while not (children := self.children()):
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"{self.name} has no child process to kill:\n{self.log()}")
+            time.sleep(0.02)
+        os.kill(children[0], signal.SIGKILL)
+        return children[0]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -63,12 +88,15 @@ class Cluster:
                 "XPLATFORM_JWT_HS256_SECRET": HS256_SECRET, "XPLATFORM_EDGE_PORT": "0",
                 "XPLATFORM_LOG_LEVEL": "INFO", **store}
 
-    def start(self, kind: str, node_id: str, timeout: float = 30.0, **env: str) -> ClusterProcess:
+    def start(self, kind: str, node_id: str, timeout: float = 30.0, supervised: bool = False, **env: str) -> ClusterProcess:
         """Start ``xplatform <kind>`` as ``node_id``; ``env`` overrides variables (e.g. a fixed
-        XPLATFORM_EDGE_PORT so a restarted edge comes back where its clients look)."""
+        XPLATFORM_EDGE_PORT so a restarted edge comes back where its clients look).
+        ``supervised``: ``state-node --supervised`` (the process is the supervisor; its child,
+        the node, prints the ready line through the inherited stdout; ``kill9_child`` kills it)."""
         log_path = self.root / f"{node_id}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", kind], env={**self.env(node_id), **env},
+        log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process; appends across restarts
+        args = [kind, "--supervised"] if supervised else [kind]
+        process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", *args], env={**self.env(node_id), **env},
                                    stdout=subprocess.PIPE, stderr=log, cwd=Path(__file__).resolve().parents[2])  # the repo root
         started = ClusterProcess(node_id, process, log_path)
         deadline = time.monotonic() + timeout
@@ -108,6 +136,23 @@ class Cluster:
             deadline = time.monotonic() + timeout
             while zk.exists(f"/xplatform/{self.name}/members/{node_id}") and time.monotonic() < deadline:
                 time.sleep(0.05)
+        finally:
+            zk.stop()
+            zk.close()
+
+    def wait_member_back(self, node_id: str, timeout: float = 15.0) -> bool:
+        """Until ``node_id`` is registered in ZooKeeper (a restarted node joined); False if not in time."""
+        from kazoo.client import KazooClient
+
+        zk = KazooClient(self.zookeeper.hosts)
+        zk.start(5)
+        try:
+            deadline = time.monotonic() + timeout
+            while not zk.exists(f"/xplatform/{self.name}/members/{node_id}"):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            return True
         finally:
             zk.stop()
             zk.close()
