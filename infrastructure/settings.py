@@ -151,6 +151,10 @@ class Settings:
                                    "until the deployment names its network.")
     transport_port: int = _setting(0, "0 picks a free port; the address is published in ZooKeeper, so "
                                    "nothing needs to know it in advance.")
+    transport_advertise: str = _setting("", "host:port other members connect to, published in ZooKeeper "
+                                        "instead of the listening address: behind NAT, a Kubernetes "
+                                        "Service or a TCP proxy the address a node binds is not the one "
+                                        "peers can reach. Empty publishes transport_host:<bound port>.")
     metrics_port: int = _setting(0, "Where a clustered state node serves /metrics; 0 picks a free port "
                                  "(printed at start and scrapeable through service discovery).")
     transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
@@ -176,10 +180,18 @@ class Settings:
                      "zk_session_timeout_s", "supervisor_restart_max_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
+        if self.transport_advertise:
+            self._check_advertise()
         if self.eventstoredb_retries < 0:
             raise ConfigurationError("XPLATFORM_EVENTSTOREDB_RETRIES must be 0 or positive")
         if self.store == "eventstoredb":
             self._check_eventstoredb()
+
+    def _check_advertise(self) -> None:
+        host, _, port = self.transport_advertise.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() for c in host):
+            raise ConfigurationError(f"XPLATFORM_TRANSPORT_ADVERTISE={self.transport_advertise!r} must be host:port "
+                                     "with a port of 1-65535 (or empty: publish the listening address)")
 
     def _check_eventstoredb(self) -> None:
         from kurrentdbclient.connection_spec import ConnectionSpec  # only when this store is chosen

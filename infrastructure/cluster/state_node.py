@@ -114,10 +114,16 @@ class ClusteredStateNode:
     async def start(self) -> None:
         await self.platform.start()
         await self.server.start()
-        self.coordinator.member = MemberInfo(self.settings.node_id, address=self.server.address, role="state",
+        self.coordinator.member = MemberInfo(self.settings.node_id, address=self.advertised_address, role="state",
                                              group=self.settings.node_group)
         await self.coordinator.start()
-        log.info("state node %s serving on %s", self.settings.node_id, self.server.address)
+        log.info("state node %s serving on %s (published as %s)", self.settings.node_id, self.server.address,
+                 self.advertised_address)
+
+    @property
+    def advertised_address(self) -> str:
+        """The address members are told to connect to (transport_advertise, else where we listen)."""
+        return self.settings.transport_advertise or self.server.address
 
     async def stop(self) -> None:
         """Drain: refuse new messages (callers resend to the next owner), flush pending

@@ -1,5 +1,6 @@
 """Fault tests with real processes: ZooKeeper, PostgreSQL, two state nodes and an edge as
-subprocesses on loopback; a client through the edge; kill -9 of the node serving it."""
+subprocesses on loopback; a client through the edge; kill -9 of the node serving it.
+The ``cluster`` fixture is in conftest.py; load and store checks in tests/support/chat_load.py."""
 
 from __future__ import annotations
 
@@ -7,31 +8,13 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
-import jwt
 import msgpack
-import pytest
 
 from edge.client import connect
 from infrastructure.persistence import RecorderJournal
-from tests.support.cluster import HS256_SECRET, Cluster
-from tests.support.servers import PostgresServer, ZooKeeperServer
-
-
-@pytest.fixture
-def cluster(postgres_server: PostgresServer) -> Iterator[Cluster]:
-    zk = ZooKeeperServer.start()
-    c = Cluster(zk, postgres_server, name=f"t{uuid.uuid4().hex[:6]}")
-    try:
-        yield c
-    finally:
-        c.stop_all()
-        zk.destroy()
-
-
-def token(sub: str, role: str) -> str:
-    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, HS256_SECRET, algorithm="HS256")
+from tests.support.chat_load import ChatLoad, check_lot_streams, token
+from tests.support.cluster import Cluster
 
 
 def test_kill_9_of_a_state_node_fails_over_without_losing_acknowledged_messages(cluster: Cluster) -> None:
@@ -213,40 +196,9 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster) -> None:
     ports = {f"edge-{i}": url.rsplit(":", 1)[1] for i, url in zip((1, 2), urls, strict=True)}
     lots = [f"roll-{uuid.uuid4().hex[:6]}-{i}" for i in range(4)]
 
-    async def scenario() -> tuple[dict[str, list[str]], list[str]]:
-        stop = asyncio.Event()
-        acked: dict[str, list[str]] = {lot: [] for lot in lots}
-        errors: list[str] = []
-        connects: list[int] = []
-
-        async def chatter(i: int, lot: str) -> None:
-            order = urls if i % 2 == 0 else urls[::-1]
-            client = await connect(order, "Lot", lot, token(f"u{i}", "viewer"), request_timeout_s=10,
-                                   heartbeat_s=0)
-            n = 0
-            try:
-                while not stop.is_set():
-                    n += 1
-                    mid = f"{lot}-{n}"
-                    while not stop.is_set():
-                        try:
-                            reply = await client.request({"type": "chat", "text": f"m{n}"}, message_id=mid, timeout=10)
-                        except Exception:  # the socket went away (edge restart): reconnect, resend same ID
-                            await asyncio.sleep(0.05)
-                            continue
-                        if reply.ok:
-                            acked[lot].append(mid)
-                            break
-                        if not reply.retryable:
-                            errors.append(f"{reply.code}: {reply.reason}")
-                            break
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(0.02)
-            finally:
-                connects.append(client.connects)
-                await client.close()
-
-        tasks = [asyncio.create_task(chatter(i, lot)) for i, lot in enumerate(lots)]
+    async def scenario() -> ChatLoad:
+        load = ChatLoad(urls, lots)  # clients move to the other edge (same connection ID) and resend
+        load.start()
         await asyncio.sleep(1.0)
         for node in ("node-a", "node-b", "node-c"):
             await asyncio.to_thread(cluster.processes[node].stop)
@@ -258,25 +210,21 @@ def test_rolling_restart_of_every_node_under_load(cluster: Cluster) -> None:
             await asyncio.to_thread(cluster.start, "edge", edge, XPLATFORM_EDGE_PORT=ports[edge])
             await asyncio.sleep(1.0)
         await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.gather(*tasks)
-        assert all(n >= 2 for n in connects), connects  # every client moved edge at least once
-        return acked, errors
+        await load.stop()
+        assert all(n >= 2 for n in load.connects), load.connects  # every client moved edge at least once
+        return load
 
     try:
-        acked, errors = asyncio.run(scenario())
+        load = asyncio.run(scenario())
     except BaseException:
         print(cluster.logs())
         raise
-    assert errors == [], errors
+    assert load.refused == [], load.refused
     journal = cluster.journal()
     try:
-        for lot, mids in acked.items():
-            assert len(mids) > 20, (lot, len(mids))  # chatting went on through the restarts
-            events = journal.read(f"Lot-{lot}")
-            assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
-            stored = [msgpack.unpackb(e.state)["message_id"] for e in events if e.topic.endswith("Chatted")]
-            assert all(stored.count(mid) == 1 for mid in mids)  # every acknowledged message exactly once
+        for lot in lots:
+            assert len(load.acked[lot]) > 20, (lot, len(load.acked[lot]))  # chatting went on through the restarts
+        check_lot_streams(journal, {lot: load.acked_ids(lot) for lot in lots})  # each acknowledged one exactly once
     finally:
         journal.close()
 

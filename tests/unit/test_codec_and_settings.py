@@ -64,6 +64,10 @@ def test_registered_transcoding_is_used() -> None:
     ({"XPLATFORM_SNAPSHOT_EVERY": "often"}, "XPLATFORM_SNAPSHOT_EVERY='often' is not a valid int"),
     ({"XPLATFORM_SNAPSHOT_EVERY": "0"}, "must be a positive integer"),
     ({"XPLATFORM_PASSIVATE_AFTER_S": "-1"}, "must be a positive number"),
+    ({"XPLATFORM_TRANSPORT_ADVERTISE": "10.0.0.5"}, "XPLATFORM_TRANSPORT_ADVERTISE='10.0.0.5' must be host:port"),
+    ({"XPLATFORM_TRANSPORT_ADVERTISE": "node-1:0"}, "must be host:port with a port of 1-65535"),
+    ({"XPLATFORM_TRANSPORT_ADVERTISE": ":7000"}, "must be host:port"),
+    ({"XPLATFORM_TRANSPORT_ADVERTISE": "node-1:http"}, "must be host:port"),
 ])
 def test_bad_settings_fail_at_start_with_the_variable_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
@@ -74,3 +78,8 @@ def test_settings_from_env_and_every_setting_has_a_reason() -> None:
     s = Settings.from_env({"XPLATFORM_STORE": "memory", "XPLATFORM_SNAPSHOT_EVERY": "7"})
     assert (s.store, s.snapshot_every) == ("memory", 7)
     assert all(why for _name, _value, why in s.describe())
+
+
+def test_advertised_transport_address_accepts_host_port() -> None:
+    for address in ("state-node-1.xplatform.svc:7000", "127.0.0.1:65535"):
+        assert Settings(transport_advertise=address).transport_advertise == address
