@@ -64,7 +64,7 @@ def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, mana
     add_public_edge(app, public)
     if config.internal_networks:
         add_internal_edge(app, InternalEdge(platform.transport, config, registry=public.registry, metrics=metrics,
-                                            categories=categories))
+                                            categories=categories, load=public.load))
 
     async def metrics_page(request: web.Request) -> web.Response:
         body = metrics.exposition() + generate_latest(platform.node.metrics.registry)

@@ -83,9 +83,10 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
 
     if not settings.zookeeper_hosts:
         raise ConfigurationError("edge needs XPLATFORM_ZOOKEEPER_HOSTS (dev mode without ZooKeeper: xplatform run)")
-    from infrastructure.bootstrap import tune_gc
+    from infrastructure.gc_tuning import GcTuning
 
-    tune_gc(settings.gc_gen0_threshold)  # the edge process allocates per frame as much as a node per message
+    # the edge process allocates per frame as much as a node per message, and holds every socket
+    GcTuning.acquire(settings.gc_gen0_threshold, settings.gc_reclaim_every_s)
     edge = ClusteredEdge(settings, categories)
     await serve_app(edge.app(), edge.config,
                     lambda port: print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True))

@@ -28,6 +28,7 @@ class EdgeConfig:
     rate_burst: float = 100.0
     send_queue_frames: int = 256
     max_in_flight: int = 64
+    shed_lag_ms: float = 10.0
     coalesce_hz: float = 20.0
     heartbeat_s: float = 20.0
     close_timeout_s: float = 2.0
@@ -60,6 +61,7 @@ class EdgeConfig:
             host=s.edge_host, port=s.edge_port, allowed_origins=_split(s.edge_allowed_origins),
             max_frame_bytes=s.edge_max_frame_bytes, rate_per_s=s.edge_rate_per_s, rate_burst=s.edge_rate_burst,
             send_queue_frames=s.edge_send_queue_frames, max_in_flight=s.edge_max_in_flight,
+            shed_lag_ms=s.edge_shed_lag_ms,
             coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
             connect_timeout_s=s.ask_timeout_s, jwt_algorithms=_split(s.jwt_algorithms),
@@ -80,6 +82,8 @@ class EdgeConfig:
         for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):
             if getattr(self, name) <= 0:
                 raise EdgeConfigurationError(f"{name} must be positive")
+        if self.shed_lag_ms < 0:
+            raise EdgeConfigurationError("shed_lag_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
 

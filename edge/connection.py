@@ -37,6 +37,7 @@ from domain.refs import EntityRef
 from edge import protocol
 from edge.errors import FrameError
 from edge.ratelimit import TokenBucket
+from edge.wsframes import binary_frames
 
 if TYPE_CHECKING:
     from edge.public import PublicEdge
@@ -156,16 +157,21 @@ class WsConnection:
                 while self._control:
                     kind, data = self._control.popleft()
                     await (ws.ping(data) if kind is WSMsgType.PING else ws.pong(data))
-                while self._queue:
-                    frame = self._queue.popleft()
-                    frames_out[_OUT_KIND.get(frame[1], "error")].inc()
-                    await ws.send_bytes(frame)
+                batch: list[bytes] = []
+                if self._queue:
+                    batch.extend(self._queue)
+                    self._queue.clear()
+                    for frame in batch:
+                        frames_out[_OUT_KIND.get(frame[1], "error")].inc()
                 if self._coalesced:
                     kept = sorted(self._coalesced.values())
                     self._coalesced.clear()
-                    for _, frame in kept:
-                        frames_out["push"].inc()
-                        await ws.send_bytes(frame)
+                    frames_out["push"].inc(len(kept))
+                    batch.extend(frame for _, frame in kept)
+                if len(batch) == 1:
+                    await ws.send_bytes(batch[0])
+                elif batch:
+                    await self._write_batch(batch)
                 if self._close_request is not None and not self._queue:
                     await self._close(*self._close_request)
                     return
@@ -173,6 +179,16 @@ class WsConnection:
             raise
         except Exception as exc:  # the socket broke under us: the reader sees it end
             log.debug("writer of %s on %s stopped: %s", self.cid, self.ref, exc)
+
+    async def _write_batch(self, frames: list[bytes]) -> None:
+        """All queued frames in one socket write (see ``edge.wsframes``), then the same flow
+        control as aiohttp's writer: wait while the transport's buffer is over its limit."""
+        writer = self.ws._writer
+        if writer is None or writer._closing or writer.transport is None or writer.transport.is_closing():
+            raise ConnectionResetError("socket closing")
+        writer.transport.write(binary_frames(frames))
+        if writer.protocol._paused:
+            await writer.protocol._drain_helper()
 
     async def _close(self, code: int, message: str) -> None:
         try:
@@ -259,6 +275,11 @@ class WsConnection:
                     or not isinstance(frame[2], bytes):
                 self._enqueue(protocol.error("bad_frame", "MSG is [1, message_id (str ≤ 64), payload (bin)]"))
                 return
+            if self.edge.load.overloaded:  # refused at once: see edge/overload.py
+                metrics.shed.inc()
+                self._enqueue(protocol.reply(frame[1], False, None, "overloaded",
+                                             "the edge is overloaded; retry shortly", True))
+                return
             self._ask(frame[1], frame[2])
         elif kind == protocol.PING:
             metrics.frames_in["ping"].inc()
@@ -276,7 +297,7 @@ class WsConnection:
     def _ask(self, message_id: str, payload: bytes) -> None:
         arrived = time.perf_counter()
         message = ClientMessage(message_id, time.time(), self.cid, payload)
-        future = asyncio.ensure_future(self.edge.transport.ask(self.ref, message, self.edge.config.connect_timeout_s))
+        future = self.edge.transport.ask_future(self.ref, message, self.edge.config.connect_timeout_s)
         self._asks.add(future)
         if len(self._asks) >= self.edge.config.max_in_flight:
             self._room.clear()

@@ -47,7 +47,7 @@ class Fanout:
         self.clock = clock
         self.coalescing = tick_s > 0
         self._seq = itertools.count(1)
-        self._entity_pending: dict[EntityRef, dict[str, tuple[int, bytes, Any]]] = {}
+        self._entity_pending: dict[EntityRef, dict[str, tuple[int, Any]]] = {}
         self._dirty: set[Receiver] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = float("-inf")
@@ -63,19 +63,21 @@ class Fanout:
                 conn.terminate(effect.reason, effect.reconnect)
             return
         target = effect.target
-        frame = protocol.push(effect.payload)
         key = effect.coalesce_key if self.coalescing else None
+        if key is not None and isinstance(target, ToAllConnections):
+            # Kept once per entity and key, encoded at the tick: a hot entity's updates
+            # replaced before the tick are never encoded at all.
+            pending = self._entity_pending.setdefault(source, {})
+            if key in pending:
+                self.metrics.coalesced.inc()
+            pending[key] = (next(self._seq), effect.payload)
+            self._schedule()
+            return
+        frame = protocol.push(effect.payload)
         if isinstance(target, ToConnection):
             one = conns.get(target.connection_id)
             receivers: Any = () if one is None else (one,)
         elif isinstance(target, ToAllConnections):
-            if key is not None:
-                pending = self._entity_pending.setdefault(source, {})
-                if key in pending:
-                    self.metrics.coalesced.inc()
-                pending[key] = (next(self._seq), frame, effect.payload)
-                self._schedule()
-                return
             receivers = list(conns.values())
         elif isinstance(target, ToClaims):
             receivers = [c for c in conns.values() if target.matches(c.claims)]
@@ -113,8 +115,9 @@ class Fanout:
             conns = self.registry.of(ref)
             if not conns:
                 continue
+            encoded = [(key, seq, protocol.push(payload), payload) for key, (seq, payload) in frames.items()]
             for conn in list(conns.values()):
-                for key, (seq, frame, payload) in frames.items():
+                for key, seq, frame, payload in encoded:
                     conn.coalesce(key, seq, frame, payload)
                 dirty.add(conn)
         for conn in dirty:

@@ -44,6 +44,7 @@ from edge.config import EdgeConfig
 from edge.errors import EdgeError
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from edge.overload import LoopLoad
 from edge.registry import Registry
 from infrastructure.transport.port import Transport
 
@@ -133,10 +134,12 @@ class InternalEdge:
     """Device entry point (HTTP push and pull). See the module docstring."""
 
     def __init__(self, transport: Transport, config: EdgeConfig, *, registry: Registry | None = None,
-                 metrics: EdgeMetrics | None = None, categories: Collection[str] | None = None) -> None:
+                 metrics: EdgeMetrics | None = None, categories: Collection[str] | None = None,
+                 load: LoopLoad | None = None) -> None:
         self.transport = transport
         self.config = config
         self.metrics = metrics or EdgeMetrics()
+        self.load = load  # the public edge's, when both share a loop (edge/overload.py); None: never shed
         self.own_fanout = registry is None
         self.registry = registry if registry is not None else Registry()
         self.fanout = Fanout(self.registry, self.metrics, config.coalesce_tick_s) if self.own_fanout else None
@@ -199,6 +202,9 @@ class InternalEdge:
             return _error(403, "refused", str(exc))
         conn.last_used = time.monotonic()
         self.metrics.frames_in["msg"].inc()
+        if self.load is not None and self.load.overloaded:
+            self.metrics.shed.inc()
+            return _error(503, "overloaded", "the edge is overloaded; retry shortly", retryable=True)
         arrived = time.perf_counter()
         try:
             reply = await self.transport.ask(ref, ClientMessage(message_id, time.time(), conn.cid, payload),

@@ -33,6 +33,7 @@ from edge.connection import WsConnection
 from edge.errors import AuthError
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
+from edge.overload import LoopLoad
 from edge.registry import Receiver, Registry
 from infrastructure.transport.port import Transport
 
@@ -76,10 +77,13 @@ class PublicEdge:
         self.categories = frozenset(categories) if categories is not None else None
         self._heartbeat: asyncio.Task[None] | None = None
         self._counted: set[int] = set()
+        self.load = LoopLoad(config.shed_lag_ms)
+        self.metrics.loop_lag.set_function(lambda: self.load.lag_s)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.transport.subscribe(self.fanout)
+        self.load.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="edge-heartbeat")
 
     async def shutdown(self) -> None:
@@ -97,6 +101,7 @@ class PublicEdge:
             self._heartbeat.cancel()
         self.transport.unsubscribe(self.fanout)
         self.fanout.close()
+        self.load.stop()
 
     async def _heartbeat_forever(self) -> None:
         interval = self.config.heartbeat_s

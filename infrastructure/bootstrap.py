@@ -9,11 +9,11 @@ There are no module-level singletons: build as many platforms as a test needs.
 from __future__ import annotations
 
 from collections.abc import Iterable
-import gc
 from dataclasses import dataclass
 
 from domain.auction import ENTITIES
 from domain.entity import Entity
+from infrastructure.gc_tuning import GcTuning
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence import EventJournal, new_mapper, open_journal
 from infrastructure.runtime import AllShards, EntityTypes, StateNode
@@ -32,12 +32,15 @@ class Platform:
     transport: LocalTransport
 
     async def start(self) -> None:
-        tune_gc(self.settings.gc_gen0_threshold)
+        GcTuning.acquire(self.settings.gc_gen0_threshold, self.settings.gc_reclaim_every_s)
         await self.node.start()
 
     async def stop(self) -> None:
-        await self.node.stop()
-        self.journal.close()
+        try:
+            await self.node.stop()
+            self.journal.close()
+        finally:
+            GcTuning.release()
 
     async def __aenter__(self) -> Platform:
         await self.start()
@@ -45,18 +48,6 @@ class Platform:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def tune_gc(gen0_threshold: int) -> None:
-    """Process-wide: objects alive at start move to the permanent generation (never
-    scanned again) and young collections run every ``gen0_threshold`` allocations.
-    See ``Settings.gc_gen0_threshold`` for the measurement behind it."""
-    if gen0_threshold:
-        gc.freeze()
-        _, gen1, gen2 = gc.get_threshold()
-        # Older generations keep Python's ratios: raising them makes each gen-1 pass scan
-        # tens of thousands of objects (measured: edge round trip p99 11 ms vs 5 ms).
-        gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 def build_platform(

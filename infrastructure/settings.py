@@ -80,6 +80,11 @@ class Settings:
                                       "thresholds make each pause long (50k: 60-90 ms pauses); 2,000 with the "
                                       "older generations at Python's ratios measured in-process reply p99 "
                                       "1.7-2.0 ms at 2k msg/s. 0 keeps Python's default.")
+    gc_reclaim_every_s: float = _setting(600.0, "Survivors of a full collection are frozen (never scanned "
+                                         "again): with 1,100 websockets on a hot lot, full collections took up "
+                                         "to 230 ms about once a second, every reply waiting. Cycles among frozen "
+                                         "objects are reclaimed by one deliberate full collection this often. "
+                                         "0 = no freezing (Python's own collector). See infrastructure/gc_tuning.py.")
     node_id: str = _setting("node-1", "Name of this state node in metrics and logs.")
     log_level: str = _setting("INFO", "Operators see starts, stops and errors, not every message.")
     # ---- edges (public websocket edge, internal device edge, JWT); parsed by edge/config.py
@@ -102,6 +107,13 @@ class Settings:
     edge_max_in_flight: int = _setting(64, "Messages of one connection awaiting their replies before the edge "
                                        "stops reading that socket: a client that far ahead of its entity is "
                                        "held back by TCP instead of filling the server's memory (backpressure).")
+    edge_shed_lag_ms: float = _setting(10.0, "While the edge's event loop runs this late (smoothed), new client "
+                                       "messages get a retryable 'overloaded' reply instead of queueing: a hot lot "
+                                       "offered 10k bids/s with ~5k/s of capacity otherwise showed viewers state "
+                                       "130-240 ms old. Measured: 20 ms kept viewers 130/210 ms (p50/p99) behind, "
+                                       "10 ms 57/138 ms at ~5k accepted bids/s, 5 ms shed three quarters of what "
+                                       "10 ms accepted (the 20 Hz ticks alone make the loop 5 ms late). A healthy "
+                                       "loop is 0.2-1 ms late. 0 = never shed. See edge/overload.py.")
     edge_coalesce_hz: float = _setting(20.0, "Coalesced state updates leave at most 20 times a second per key "
                                        "(Colyseus patches at 20 Hz): 1,000 updates/s x 1,000 viewers become "
                                        "20k frames/s, within one core's ~115k frames/s. 0 turns coalescing "
@@ -171,6 +183,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ConfigurationError(f"XPLATFORM_STORE must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.gc_reclaim_every_s < 0:
+            raise ConfigurationError("XPLATFORM_GC_RECLAIM_EVERY_S must be 0 (no freezing) or a positive number of seconds")
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
         for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):

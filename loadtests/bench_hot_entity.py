@@ -229,11 +229,18 @@ class WsClient(asyncio.Protocol):
         self.transport.write(frame_bytes(payload, first))
 
     async def request(self, payload: dict[str, Any], timeout: float = 10.0) -> list[Any]:
+        """Send and await the REPLY; a retryable refusal (e.g. ``overloaded`` while the
+        other clients connect) is resent with the same message ID, as a client would."""
         mid = uuid.uuid4().hex
-        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.replies[mid] = waiter
-        self.send(protocol.pack([protocol.MSG, mid, msgpack.packb(payload)]))
-        return await asyncio.wait_for(waiter, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self.replies[mid] = waiter
+            self.send(protocol.pack([protocol.MSG, mid, msgpack.packb(payload)]))
+            frame = await asyncio.wait_for(waiter, max(0.01, deadline - time.monotonic()))
+            if frame[2] or not frame[3].get("retryable") or time.monotonic() > deadline:
+                return frame
+            await asyncio.sleep(0.05)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -346,13 +353,13 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
         raise RuntimeError(f"only {stats.registered} of {len(bidding)} credit lines arrived")
     # warm-up: one bid per bidder, one at a time (each connection's first message warms its path)
     amount = 0
-    for i, bidder in enumerate(bidding):
+    for bidder in bidding:
         amount += 1
-        bidder.send(protocol.pack([protocol.MSG, f"warm-{i}", msgpack.packb({"type": "bid", "amount": amount})]))
-        deadline = time.monotonic() + 10
-        while stats.bid_count < amount and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
-    while stats.replies < amount and time.monotonic() < deadline:
+        frame = await bidder.request({"type": "bid", "amount": amount})
+        if not frame[2]:
+            raise RuntimeError(f"warm-up bid refused: {frame[3]}")
+    deadline = time.monotonic() + 10
+    while stats.bid_count < amount and time.monotonic() < deadline:
         await asyncio.sleep(0.002)
     warm_bids, warm_count = amount, stats.bid_count
     stats.rejected.clear()
@@ -392,10 +399,10 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
     while time.monotonic() < deadline:
         if stats.bid_count != last:
             last, rested = stats.bid_count, time.monotonic()
-        if stats.replies >= amount and time.monotonic() - rested >= QUIET_S:
+        if stats.replies >= amount - warm_bids and time.monotonic() - rested >= QUIET_S:
             break
         await asyncio.sleep(0.05)
-    drained = stats.replies >= amount
+    drained = stats.replies >= amount - warm_bids  # warm-up replies were awaited by request()
     stats.measuring = False
     for client in (*watchers, *bidding, auctioneer):
         client.abort()
@@ -411,7 +418,7 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
         "offered_rate": offered / offered_s,
         "rejected_bids": rejected,
         "rejected_reasons": dict(stats.rejected.most_common(5)),
-        "unanswered_bids": max(0, amount - stats.replies),
+        "unanswered_bids": max(0, amount - warm_bids - stats.replies),
         "drained": drained,
         "drain_s": round(max(0.0, stats.bid_count_seen_at - started_wall - offered_s), 2),
         "frames_per_s": window_frames / offered_s,

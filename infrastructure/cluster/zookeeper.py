@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.retry import KazooRetry
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
 
@@ -64,7 +65,11 @@ class ZooKeeperCoordinator:
         self.layout = layout
         self.ownership = ownership
         self.root = f"/xplatform/{cluster}"
-        self.client = KazooClient(hosts=hosts, timeout=session_timeout_s)
+        # Reconnect attempts every 0.1 s doubling up to half a session: kazoo's default backoff
+        # grows to an hour, so after a ZooKeeper outage a node could stay fenced about as long
+        # again as the outage lasted, or miss its session (seen in the ZooKeeper-restart test).
+        retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=max(0.2, session_timeout_s / 2))
+        self.client = KazooClient(hosts=hosts, timeout=session_timeout_s, connection_retry=retry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._members_changed = threading.Event()
         self._stopping = threading.Event()

@@ -71,6 +71,10 @@ class ClusterClient:
                 return reply
             await asyncio.sleep(0.02)
 
+    def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> asyncio.Future[Reply]:
+        """:meth:`ask` as a future (a task here: resending across a handoff needs one)."""
+        return asyncio.ensure_future(self.ask(to, message, timeout))
+
     async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float) -> tuple[Reply, bool]:
         """One attempt; the flag says whether the shard looked like it was moving."""
         owner = await self._owner(to)

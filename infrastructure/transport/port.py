@@ -5,6 +5,7 @@ the network transport (cluster issue) later.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from domain.effects import Reply, Send, Terminate
@@ -24,6 +25,11 @@ class Transport(Protocol):
     async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
         """Deliver ``message`` to entity ``to`` and wait for its reply (released only when
         the message's events are durable). Raises TransportError on timeout."""
+        ...
+
+    def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> asyncio.Future[Reply]:
+        """:meth:`ask` as a future (the edge's per-frame path): transports that can answer
+        from a callback create no task per message."""
         ...
 
     def send(self, to: EntityRef, message: Inbound) -> None:

@@ -1,0 +1,52 @@
+"""Collector tuning: survivors of full collections are frozen while a platform runs, cycles
+among them are reclaimed on schedule, and stopping the last platform undoes it all."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from infrastructure.errors import ConfigurationError
+from infrastructure.gc_tuning import GcTuning
+from infrastructure.settings import Settings
+
+
+class Node:
+    """An object in a reference cycle (only the cyclic collector frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_survivors_are_frozen_cycles_reclaimed_on_schedule_and_released_at_stop() -> None:
+    async def scenario() -> None:
+        threshold = gc.get_threshold()
+        GcTuning.acquire(2_000, reclaim_every_s=0.3)
+        GcTuning.acquire(2_000, reclaim_every_s=0.3)  # a second platform in the process: no-op
+        try:
+            keep = [Node() for _ in range(1000)]
+            gc.collect()  # a full collection: its survivors (ours included) are frozen
+            assert gc.get_freeze_count() > 1000
+            del keep  # now cyclic garbage, but frozen: nothing reclaims it yet
+            assert gc.collect() == 0
+            reclaims = GcTuning.reclaims
+            await asyncio.sleep(0.5)  # the scheduled reclaim unfreezes and collects
+            assert GcTuning.reclaims == reclaims + 1
+            assert not any(isinstance(o, Node) for o in gc.get_objects())
+            assert gc.get_freeze_count() > 0  # and froze the survivors again
+            GcTuning.release()  # one user left: still tuned
+            assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == 2_000
+        finally:
+            GcTuning.release()
+            gc.set_threshold(*threshold)
+        assert gc.get_freeze_count() == 0
+        assert GcTuning._after_collection not in gc.callbacks
+
+    asyncio.run(scenario())
+
+
+def test_negative_reclaim_interval_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="XPLATFORM_GC_RECLAIM_EVERY_S"):
+        Settings(gc_reclaim_every_s=-1)
