@@ -86,7 +86,7 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
     from infrastructure.gc_tuning import GcTuning
 
     # the edge process allocates per frame as much as a node per message, and holds every socket
-    GcTuning.acquire(settings.gc_gen0_threshold, settings.gc_reclaim_every_s)
+    GcTuning.acquire(settings.gc_gen0_threshold, settings.gc_reclaim_every_s, settings.gc_reclaim_growth)
     edge = ClusteredEdge(settings, categories)
     await serve_app(edge.app(), edge.config,
                     lambda port: print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True))

@@ -32,7 +32,8 @@ class Platform:
     transport: LocalTransport
 
     async def start(self) -> None:
-        GcTuning.acquire(self.settings.gc_gen0_threshold, self.settings.gc_reclaim_every_s)
+        GcTuning.acquire(self.settings.gc_gen0_threshold, self.settings.gc_reclaim_every_s,
+                         self.settings.gc_reclaim_growth)
         await self.node.start()
 
     async def stop(self) -> None:

@@ -47,6 +47,37 @@ def test_survivors_are_frozen_cycles_reclaimed_on_schedule_and_released_at_stop(
     asyncio.run(scenario())
 
 
-def test_negative_reclaim_interval_is_refused() -> None:
+def test_frozen_growth_triggers_a_reclaim_before_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Churn (cycles of closed connections piling up frozen) reclaims on growth, not only
+    on the clock."""
+    from infrastructure import gc_tuning
+
+    monkeypatch.setattr(gc_tuning, "RECLAIM_CHECK_S", 0.1)
+    monkeypatch.setattr(gc_tuning, "GROWTH_FLOOR", 0)
+
+    async def scenario() -> None:
+        threshold = gc.get_threshold()
+        GcTuning.acquire(2_000, reclaim_every_s=3600, reclaim_growth=0.5)
+        try:
+            baseline = gc.get_freeze_count()
+            garbage = [Node() for _ in range(int(baseline * 0.6) + 1000)]
+            gc.collect()  # frozen: over the 50% growth
+            del garbage
+            reclaims = GcTuning.reclaims
+            await asyncio.sleep(0.4)
+            assert GcTuning.reclaims == reclaims + 1
+            assert not any(isinstance(o, Node) for o in gc.get_objects())
+            await asyncio.sleep(0.3)
+            assert GcTuning.reclaims == reclaims + 1  # back under the bound: no more
+        finally:
+            GcTuning.release()
+            gc.set_threshold(*threshold)
+
+    asyncio.run(scenario())
+
+
+def test_negative_reclaim_settings_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="XPLATFORM_GC_RECLAIM_GROWTH"):
+        Settings(gc_reclaim_growth=-0.1)
     with pytest.raises(ConfigurationError, match="XPLATFORM_GC_RECLAIM_EVERY_S"):
         Settings(gc_reclaim_every_s=-1)
