@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 
 from edge.client import connect
-from loadtests.bench_failover import _owners, _token, _wait_gone
+from loadtests.bench_failover import PACE_S, _owners, _token, _wait_gone
 from loadtests.common import emit
 from ops.local.cluster import Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
@@ -46,6 +46,10 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str],
                 except Exception as exc:
                     errors["n"] += 1
                     reasons[f"{type(exc).__name__}: {exc}"[:80]] += 1
+                    # Yield before trying again: a request that fails at once (a client that
+                    # gave up) would otherwise spin this loop and starve every other task,
+                    # the benchmark's own deadline included (seen: a hung smoke run).
+                    await asyncio.sleep(0.05)
                     continue
                 now = time.monotonic()
                 if reply.ok:
@@ -56,7 +60,7 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str],
                 else:
                     errors["n"] += 1
                     reasons[f"{reply.code}: {reply.reason}"[:80]] += 1
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(PACE_S)
         finally:
             await client.close()
 
