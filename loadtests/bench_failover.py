@@ -84,7 +84,7 @@ async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int,
     await asyncio.sleep(2.0)  # warm up: every lot active
     times: list[float] = []
     for k in range(kills):
-        owners = _owners(cluster, lots)
+        owners = await asyncio.to_thread(_owners, cluster, lots)  # off the clients' loop
         victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
         affected = [lot for lot, node in owners.items() if node == victim]
         if supervised:

@@ -103,10 +103,29 @@ class ZooKeeperCoordinator:
         self._apply_then_serve(_decode(data))
 
     async def stop(self) -> None:
-        """Leave: the ephemeral member node goes with the session, so others see it at once."""
+        """Leave. A state node first withdraws its member entry and waits (briefly) for a map
+        without it, then closes the session: the allocator - this node too, while it still
+        holds the election - moves its shards at once. Closing first made a draining
+        allocator's shards wait for the next election as well."""
+        if self._started and self.member.role == "state":
+            await asyncio.to_thread(self._withdraw)
         self._stopping.set()
         self._members_changed.set()
         await asyncio.to_thread(self._close)
+
+    def _withdraw(self, timeout: float = 1.0) -> None:
+        try:
+            self.client.delete(f"{self.root}/members/{self.member.node_id}")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data, _stat = self.client.get(f"{self.root}/assignment")
+                if not any(owner is not None and owner.node == self.member.node_id
+                           for owners in _decode(data).shards.values() for owner in owners):
+                    return
+                time.sleep(0.01)
+            log.warning("no shard map without %s within %.1f s; leaving anyway", self.member.node_id, timeout)
+        except KazooException:
+            log.warning("could not withdraw from ZooKeeper before leaving", exc_info=True)
 
     def _close(self) -> None:
         try:
