@@ -16,14 +16,12 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
-import jwt
-import msgpack
 import pytest
 from kazoo.client import KazooClient
 
-from edge.client import connect
 from infrastructure.cluster.supervisor import ZkSession, end_session
-from tests.support.cluster import HS256_SECRET, Cluster
+from tests.support.chat_load import ChatLoad, check_lot_streams
+from tests.support.cluster import Cluster
 from tests.support.servers import PostgresServer, ZooKeeperServer
 
 LONG_SESSION_S = 4.0
@@ -40,10 +38,6 @@ def cluster(postgres_server: PostgresServer) -> Iterator[Cluster]:
         zk.destroy()
 
 
-def token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "role": "viewer", "exp": int(time.time()) + 600}, HS256_SECRET, algorithm="HS256")
-
-
 def test_kill_9_of_a_supervised_node_fails_over_before_its_long_session_could_expire(cluster: Cluster) -> None:
     supervised = cluster.start("state-node", "node-a", supervised=True)
     cluster.start("state-node", "node-b")
@@ -51,51 +45,24 @@ def test_kill_9_of_a_supervised_node_fails_over_before_its_long_session_could_ex
     lots = [f"lot-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
 
     async def scenario() -> tuple[dict[str, list[str]], float, int, int]:
-        acked: dict[str, list[str]] = {lot: [] for lot in lots}
-        sent_ok_at: dict[str, float] = {lot: 0.0 for lot in lots}  # when the last acknowledged message was SENT
-        answered_at: dict[str, float] = {lot: 0.0 for lot in lots}
-        stop = asyncio.Event()
-
-        async def chatter(i: int, lot: str) -> None:
-            client = await connect(url, "Lot", lot, token(f"u{i}"), request_timeout_s=10)
-            n = 0
-            try:
-                while not stop.is_set():
-                    n += 1
-                    mid = f"{lot}-m{n}"
-                    sent = time.monotonic()
-                    while not stop.is_set():  # resend with the same ID until answered
-                        try:
-                            reply = await client.request({"type": "chat", "text": f"m{n}"}, message_id=mid, timeout=10)
-                        except Exception:
-                            await asyncio.sleep(0.05)
-                            continue
-                        if reply.ok:
-                            acked[lot].append(mid)
-                            sent_ok_at[lot], answered_at[lot] = sent, time.monotonic()
-                            break
-                        await asyncio.sleep(0.02)
-                    await asyncio.sleep(0.01)
-            finally:
-                await client.close()
-
-        tasks = [asyncio.create_task(chatter(i, lot)) for i, lot in enumerate(lots)]
+        load = ChatLoad([url], lots)
+        load.start()
         await asyncio.sleep(1.5)  # every lot active
         owners = await asyncio.to_thread(cluster.owners, "Lot", lots)
         affected = [lot for lot, node in owners.items() if node == "node-a"]
         assert affected, owners  # 8 shards over two nodes: node-a owns some of these lots
         killed_pid = await asyncio.to_thread(supervised.kill9_child)
         killed = time.monotonic()
-        while time.monotonic() < killed + 10 and not all(sent_ok_at[lot] > killed for lot in affected):
+        while time.monotonic() < killed + 10 and not all(load.last_ok_sent[lot] > killed for lot in affected):
             await asyncio.sleep(0.01)
-        failover = max(answered_at[lot] for lot in affected) - killed
+        failover = max(load.acked[lot][-1][1] for lot in affected) - killed
         back = await asyncio.to_thread(cluster.wait_member_back, "node-a", 15)  # the supervisor restarted it
         assert back, cluster.logs()
         new_children = await asyncio.to_thread(supervised.children)
         await asyncio.sleep(1.0)  # chatting goes on while node-a takes its share back
-        stop.set()
-        await asyncio.gather(*tasks)
-        return acked, failover, killed_pid, (new_children or [0])[0]
+        await load.stop()
+        assert not load.refused, load.refused
+        return {lot: load.acked_ids(lot) for lot in lots}, failover, killed_pid, (new_children or [0])[0]
 
     try:
         acked, failover, killed_pid, new_pid = asyncio.run(scenario())
@@ -107,14 +74,10 @@ def test_kill_9_of_a_supervised_node_fails_over_before_its_long_session_could_ex
     assert new_pid and new_pid != killed_pid, cluster.logs()
     log = supervised.log()
     assert "died with SIGKILL" in log and "ZooKeeper session: ended" in log, log
+    assert all(len(mids) > 10 for mids in acked.values()), {lot: len(mids) for lot, mids in acked.items()}
     journal = cluster.journal()
-    try:
-        for lot, mids in acked.items():
-            assert len(mids) > 10, (lot, len(mids))
-            events = journal.read(f"Lot-{lot}")
-            assert [e.originator_version for e in events] == list(range(1, len(events) + 1))
-            stored = [msgpack.unpackb(e.state)["message_id"] for e in events if e.topic.endswith("Chatted")]
-            assert all(stored.count(mid) == 1 for mid in mids)  # every acknowledged message exactly once
+    try:  # versions contiguous, every acknowledged message stored exactly once
+        check_lot_streams(journal, acked)
     finally:
         journal.close()
     edge_metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()

@@ -40,11 +40,15 @@ class ChatLoad:
     retryable: list[float] = field(default_factory=list)
     """When a retryable answer, a timeout or a lost socket made a client resend."""
     connects: list[int] = field(default_factory=list)
+    last_ok_sent: dict[str, float] = field(default_factory=dict)
+    """lot → monotonic time the newest acknowledged message was first SENT: after a fault,
+    "the entity answers again" means a message sent after the fault was acknowledged."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
         self.acked = {lot: [] for lot in self.lots}
+        self.last_ok_sent = {lot: 0.0 for lot in self.lots}
         self._tasks = [asyncio.create_task(self._chatter(i, lot)) for i, lot in enumerate(self.lots)]
 
     async def stop(self) -> None:
@@ -66,6 +70,7 @@ class ChatLoad:
             while not self._stop.is_set():
                 n += 1
                 mid = f"{lot}-{n}"
+                sent = time.monotonic()
                 while not self._stop.is_set():
                     try:
                         reply = await client.request({"type": "chat", "text": f"m{n}"}, message_id=mid,
@@ -76,6 +81,7 @@ class ChatLoad:
                         continue
                     if reply.ok:
                         self.acked[lot].append((mid, time.monotonic()))
+                        self.last_ok_sent[lot] = sent
                         break
                     if not reply.retryable:
                         self.refused.append(f"{reply.code}: {reply.reason}")
