@@ -58,6 +58,14 @@ class ChatLoad:
     def acked_ids(self, lot: str) -> list[str]:
         return [mid for mid, _at in self.acked[lot]]
 
+    def check_stored(self, journal: RecorderJournal, more_than: int) -> dict[str, list[int]]:
+        """:func:`check_lot_streams` on what these clients were told, and every lot kept
+        chatting (more than ``more_than`` acknowledged). Returns the lots' marker epochs."""
+        epochs = check_lot_streams(journal, {lot: self.acked_ids(lot) for lot in self.lots})
+        counts = {lot: len(acks) for lot, acks in self.acked.items()}
+        assert all(n > more_than for n in counts.values()), counts
+        return epochs
+
     def acked_between(self, start: float, end: float) -> list[str]:
         return [mid for acks in self.acked.values() for mid, at in acks if start <= at <= end]
 
