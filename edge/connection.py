@@ -122,14 +122,20 @@ class WsConnection:
         else wake the writer. Writing here saves a task switch, and under load every task
         switch is a loop iteration (milliseconds) that the frame would wait."""
         if self._writer_idle and not self._control and self._close_request is None:
-            writer = self.ws._writer
-            if (writer is not None and not writer._closing and writer.transport is not None
-                    and not writer.transport.is_closing() and not writer.protocol._paused):
+            writer = self._open_writer()
+            if writer is not None and not writer.protocol._paused:
                 batch = self._take_batch()
                 if batch:
                     writer.transport.write(binary_frames(batch))
                 return
         self._wake.set()
+
+    def _open_writer(self) -> Any:
+        """aiohttp's writer of this socket while it still takes frames, else None."""
+        writer = self.ws._writer
+        if writer is None or writer._closing or writer.transport is None or writer.transport.is_closing():
+            return None
+        return writer
 
     def _take_batch(self) -> list[bytes]:
         """Every queued frame, then the kept coalesced ones (oldest first), counted."""
@@ -192,9 +198,7 @@ class WsConnection:
                     kind, data = self._control.popleft()
                     await (ws.ping(data) if kind is WSMsgType.PING else ws.pong(data))
                 batch = self._take_batch()
-                if len(batch) == 1:
-                    await ws.send_bytes(batch[0])
-                elif batch:
+                if batch:
                     await self._write_batch(batch)
                 if self._close_request is not None and not self._queue:
                     await self._close(*self._close_request)
@@ -207,8 +211,8 @@ class WsConnection:
     async def _write_batch(self, frames: list[bytes]) -> None:
         """All queued frames in one socket write (see ``edge.wsframes``), then the same flow
         control as aiohttp's writer: wait while the transport's buffer is over its limit."""
-        writer = self.ws._writer
-        if writer is None or writer._closing or writer.transport is None or writer.transport.is_closing():
+        writer = self._open_writer()
+        if writer is None:
             raise ConnectionResetError("socket closing")
         writer.transport.write(binary_frames(frames))
         if writer.protocol._paused:
