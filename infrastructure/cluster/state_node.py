@@ -3,8 +3,10 @@ network transport (``xplatform state-node``).
 
 Start order matters: the transport server listens first (its address goes into the
 ZooKeeper member record), then the node joins ZooKeeper and serves the shards the map
-gives it. Stop order: leave ZooKeeper first (the allocator moves our shards at once,
-instead of after a session timeout), finish pending appends, then close the links.
+gives it. Stop order (a drain): refuse new messages, finish pending appends, then leave
+ZooKeeper (withdraw the member entry, wait for a map without us, close the session: the
+allocator moves our shards at once instead of after a session timeout), then close the
+links. Flushing first means the next owner never races one of our appends.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.persistence import EventJournal
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
 from infrastructure.transport.client import ClusterClient
@@ -54,10 +57,13 @@ class LocalFirstRouter:
 class ClusteredStateNode:
     """A state node in a cluster. ``async with`` runs it."""
 
-    def __init__(self, settings: Settings, entities: Iterable[type[Entity]] = ENTITIES) -> None:
+    def __init__(self, settings: Settings, entities: Iterable[type[Entity]] = ENTITIES,
+                 journal: EventJournal | None = None) -> None:
+        """``journal``: the event store (default: opened from ``settings``), as for
+        :func:`build_platform`; tests pass a wrapper to hold appends in flight."""
         self.settings = settings
         self.ownership = Ownership(settings.node_id, settings.shards_per_category)
-        self.platform: Platform = build_platform(settings, entities=entities, ownership=self.ownership)
+        self.platform: Platform = build_platform(settings, entities=entities, journal=journal, ownership=self.ownership)
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         categories = {c: settings.shards_per_category for c in self.platform.node.types.categories}
         self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),
@@ -167,7 +173,8 @@ class ClusteredStateNode:
 
 async def serve_state_node(settings: Settings) -> None:
     """``xplatform state-node``: run until SIGTERM/SIGINT, then leave the cluster gracefully
-    (ZooKeeper first, so the allocator moves our shards at once)."""
+    (:meth:`ClusteredStateNode.stop`: flush pending appends, then leave ZooKeeper so the
+    allocator moves our shards at once)."""
     import signal
 
     from infrastructure.errors import ConfigurationError
