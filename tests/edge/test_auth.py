@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edge.auth import DevTokenIssuer, KeySet, Verifier
+from edge.auth import ASYMMETRIC, SYMMETRIC, DevTokenIssuer, KeySet, Verifier
 from edge.errors import AuthError, EdgeConfigurationError
 from tests.edge.harness import KID, RSA_KEY, jwks_of, token
 
@@ -124,3 +124,57 @@ def test_dev_issuer_tokens_verify_with_its_published_key() -> None:
     claims = asyncio.run(Verifier(keys, issuer="dev", audience="xplatform").verify(issuer.issue("ann", "bidder")))
     assert claims["sub"] == "ann" and claims["role"] == "bidder" and claims["exp"] - claims["iat"] == 60
     assert "d" not in issuer.jwks()["keys"][0]  # the private part is never published
+
+
+# Every algorithm edge/auth.py can allow, with a key of its family: a signature that does not
+# verify is refused for each, whether the token was tampered with or signed by another key.
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+SIGNING = {
+    "RS256": _rsa, "RS384": _rsa, "RS512": _rsa, "PS256": _rsa,
+    "ES256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "ES384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "HS256": lambda: "a-shared-secret-of-at-least-32-bytes!",
+}
+HS256_SECRET = SIGNING["HS256"]()
+
+
+def test_every_allowed_algorithm_has_a_signature_case() -> None:
+    assert set(SIGNING) == set(ASYMMETRIC) | SYMMETRIC
+
+
+def _verifier_for(alg: str, key: object) -> Verifier:
+    keys = KeySet()
+    if alg in SYMMETRIC:
+        return Verifier(keys, algorithms=(alg,), hs256_secret=str(key))
+    public = json.loads(jwt.get_algorithm_by_name(alg).to_jwk(key.public_key()))  # type: ignore[attr-defined]
+    keys.add_jwks({"keys": [{**public, "kid": "k1", "alg": alg, "use": "sig"}]})
+    return Verifier(keys, algorithms=(alg,))
+
+
+def _signed(alg: str, key: object, sub: str = "ann") -> str:
+    return jwt.encode({"sub": sub, "exp": time.time() + 60}, key, algorithm=alg, headers={"kid": "k1"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("alg", sorted(SIGNING))
+def test_forged_signature_is_refused(alg: str) -> None:
+    key = HS256_SECRET if alg in SYMMETRIC else SIGNING[alg]()
+    verifier = _verifier_for(alg, key)
+    genuine = _signed(alg, key)
+    assert _reason(verifier, genuine) == "ok"
+    header, _payload, signature = genuine.split(".")
+    tampered_payload = _signed(alg, key, sub="mallory").split(".")[1]
+    assert _reason(verifier, f"{header}.{tampered_payload}.{signature}") == "bad_signature"  # claims swapped
+    flipped = signature[:-4] + ("AAAA" if not signature.endswith("AAAA") else "BBBB")
+    assert _reason(verifier, f"{header}.{_payload}.{flipped}") in ("bad_signature", "malformed")
+    assert _reason(verifier, f"{header}.{_payload}.") in ("bad_signature", "malformed")  # signature stripped
+
+
+@pytest.mark.parametrize("alg", sorted(SIGNING))
+def test_token_signed_with_another_key_is_refused(alg: str) -> None:
+    trusted = HS256_SECRET if alg in SYMMETRIC else SIGNING[alg]()
+    attacker = "another-shared-secret-32-bytes-long!!" if alg in SYMMETRIC else SIGNING[alg]()
+    verifier = _verifier_for(alg, trusted)
+    assert _reason(verifier, _signed(alg, attacker)) == "bad_signature"  # the trusted key's kid, not its key

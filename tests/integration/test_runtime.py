@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -15,10 +14,10 @@ import msgpack
 from domain import ClientMessage, Connect, EntityRef, Reply, Terminated
 from domain.auction import Bidder, Lot
 from infrastructure.bootstrap import Platform, build_platform
-from infrastructure.errors import PersistenceError
 from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
 from infrastructure.settings import Settings
 from tests.support.entities import Counter
+from tests.support.journals import BlockingJournal
 
 
 class Counter40(Counter):
@@ -63,34 +62,6 @@ def stored(p: Platform, ref: EntityRef) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- durability
-class BlockingJournal(EventJournal):
-    """Wraps a journal; appends wait until ``release`` is set. Records each call's writes."""
-
-    def __init__(self, inner: EventJournal) -> None:
-        self.inner = inner
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.calls: list[list[str]] = []
-
-    def append(self, writes: Sequence[StreamWrite]) -> list[PersistenceError | None]:
-        self.calls.append([w.stream_id for w in writes])
-        self.entered.set()
-        self.release.wait(10)
-        return self.inner.append(writes)
-
-    def read(self, stream_id: str, after_version: int = 0) -> list[Any]:
-        return self.inner.read(stream_id, after_version)
-
-    def latest_snapshot(self, stream_id: str) -> Any:
-        return self.inner.latest_snapshot(stream_id)
-
-    def save_snapshot(self, snapshot: Any) -> None:
-        self.inner.save_snapshot(snapshot)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def test_group_commit_never_releases_a_reply_before_its_events_are_durable(tmp_path: Any) -> None:
     settings = Settings(store="sqlite", data_dir=str(tmp_path))
     journal = BlockingJournal(RecorderJournal(settings.journal_env()))
@@ -206,6 +177,55 @@ def test_bad_input_gets_typed_errors_and_changes_nothing(store_settings: Setting
     run(scenario, store_settings)
 
 
+def test_handler_failing_after_an_event_leaves_state_and_stream_as_before(store_settings: Settings) -> None:
+    """Never half-applied: the failed message's event is neither stored nor kept in memory;
+    the next message sees the old state (and appends at the old version)."""
+    async def scenario(p: Platform) -> None:
+        ref = EntityRef("Counter", f"half-{time.time_ns()}")
+        await connect(p, ref)
+        assert (await client(p, ref, {"type": "add", "n": 2}, "ok-1")).payload == 2
+        before = stored(p, ref)
+
+        failed = await client(p, ref, {"type": "add_then_fail", "n": 50}, "half")
+
+        assert (failed.ok, failed.code) == (False, "handler_failed")
+        assert (await client(p, ref, {"type": "peek"}, "peek")).payload == 2  # the next message: old state
+        assert stored(p, ref) == before
+        assert (await client(p, ref, {"type": "add", "n": 1}, "ok-2")).payload == 3
+        assert stored(p, ref) == [*before, before[-1] + 1]
+
+    run(scenario, store_settings)
+
+
+def test_drain_returns_only_after_every_write_in_flight_is_settled(tmp_path: Any) -> None:
+    """``drain()`` with one append blocked in the store and more collecting behind it: when
+    it returns, every one of those messages has its reply and its events are stored."""
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()
+
+    async def scenario(p: Platform) -> None:
+        refs = [EntityRef("Counter", f"drain-{i}") for i in range(4)]
+        for ref in refs:
+            await connect(p, ref)
+        journal.release.clear()
+        journal.entered.clear()
+        replies: list[Reply] = []
+        p.node.deliver(refs[0], ClientMessage("m-0", time.time(), "c1", msgpack.packb({"type": "add", "n": 1})),
+                       replies.append)
+        await asyncio.to_thread(journal.entered.wait, 5)  # the first append is in flight, blocked
+        for i, ref in enumerate(refs[1:], 1):  # these collect for the next append
+            p.node.deliver(ref, ClientMessage(f"m-{i}", time.time(), "c1", msgpack.packb({"type": "add", "n": 1})),
+                           replies.append)
+        assert replies == []
+        asyncio.get_running_loop().call_later(0.2, journal.release.set)
+        await p.node.drain()
+        assert sorted((r.message_id, r.ok) for r in replies) == [(f"m-{i}", True) for i in range(4)]
+        assert all(stored(p, ref) == [1, 2] for ref in refs)
+
+    run(scenario, settings, journal)
+
+
 # ---------------------------------------------------------------------------- lifecycle
 def test_passivation_snapshot_reload_and_duplicate_after_reload(store_settings: Settings) -> None:
     settings = store_settings
@@ -215,7 +235,6 @@ def test_passivation_snapshot_reload_and_duplicate_after_reload(store_settings: 
         await connect(p, ref)
         replies = [await client(p, ref, {"type": "add", "n": i}, f"m{i}") for i in range(1, 13)]
         assert replies[-1].payload == 78
-        await p.node.drain()
         assert p.node.passivate_idle(time.monotonic() + 1) >= 1
         assert p.node.resident(ref) is None
         snapshot = p.journal.latest_snapshot(ref.stream_id)
@@ -250,7 +269,6 @@ def test_entities_fed_at_one_pace_snapshot_at_spread_versions_in_one_batch(tmp_p
             await connect(p, ref)
         for i in range(45):  # versions 2..46: every entity passes 40
             await asyncio.gather(*(client(p, ref, {"type": "add", "n": 1}, f"m{i}") for ref in refs))
-        await p.node.drain()
         versions = [p.journal.latest_snapshot(ref.stream_id).originator_version for ref in refs]
         assert all(30 <= v <= 40 for v in versions), versions
         assert len(set(versions)) >= 3, f"snapshots not spread: {versions}"
@@ -302,12 +320,14 @@ def test_grace_period_timer_and_durable_timers_fire(tmp_path: Any) -> None:
         await connect(p, ref, "c2")  # c2 comes back within the grace period
         assert (await client(p, ref, {"type": "remind", "delay": 0.05}, "r1", cid="c2")).ok
         await asyncio.sleep(0.4)
-        await p.node.drain()
+        await p.node.drain()  # the timers' writes (nobody awaits their replies) are durable now
         entity = p.node.resident(ref)
         assert entity.left == ["c1"]  # c1 cleaned up by the grace timer, c2 kept
         assert entity.is_live("c2") and entity.connection_claims("c1") is None
         assert entity.total == 100  # the reminder timer fired once
         assert entity.timers() == {}
+        names = [e.topic.rsplit(".", 1)[-1] for e in p.journal.read(ref.stream_id)]
+        assert names.count("Left") == 1 and names.count("Added") == 1
 
     run(scenario, settings)
 
@@ -329,7 +349,6 @@ def test_auction_flow_across_entities_on_every_store(store_settings: Settings) -
             if p.node.resident(lot).high_bidder == bidder:
                 break
         assert p.node.resident(lot).high_amount == 10
-        await p.node.drain()
         names = [e.topic.rsplit(".", 1)[-1] for e in p.journal.read(EntityRef("Bidder", bidder).stream_id)]
         assert names[:2] == ["AccountOpened", "CreditHeld"]
         within = await client(p, lot, {"type": "bid", "amount": 12}, "bid-2", cid="bob")  # within the line

@@ -1,5 +1,6 @@
 """Single writer against zombies: a new owner's takeover marker makes the old owner's
-writes fail, and the old owner then refuses to serve the entity (two nodes, one store)."""
+writes fail, and the old owner then refuses to serve the entity (two nodes, one store);
+a fenced node writes and acknowledges nothing even while its lease still runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from pathlib import Path
 
 import msgpack
 
-from domain import ClientMessage, Connect, EntityRef
+from domain import ClientMessage, Connect, EntityRef, Reply
 from infrastructure.bootstrap import build_platform
+from infrastructure.cluster.allocation import Assignment, ShardOwner
+from infrastructure.cluster.ownership import Ownership, OwnershipState
+from infrastructure.persistence import RecorderJournal
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
 from tests.support.entities import Counter
+from tests.support.journals import BlockingJournal
 
 EVERY_SHARD = {"Counter": set(range(64))}
 
@@ -44,5 +49,44 @@ def test_zombie_owner_cannot_write_after_takeover(tmp_path: Path) -> None:
             markers = [msgpack.unpackb(e.state)["epoch"] for e in stored if e.topic.endswith("OwnerChanged")]
             assert markers == [1, 2]  # nothing of the zombie (epoch 1) after the epoch-2 marker
             assert (await new.transport.ask(ref, add(5, "m4"))).payload == 16
+
+    asyncio.run(scenario())
+
+
+def test_fenced_node_answers_nothing_and_writes_nothing_while_its_lease_lasts(tmp_path: Path) -> None:
+    """FENCED (ZooKeeper connection suspended) with the lease still valid: the append already
+    in flight finishes, but nothing processed before the fence is written or acknowledged,
+    and new messages are refused, not served."""
+    settings = Settings(store="sqlite", data_dir=str(tmp_path), node_id="a")
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()
+    ownership = Ownership("a", 64)
+    ownership.map_changed(Assignment(1, {"Counter": [ShardOwner("a", 1)] * 64}))
+    ownership.connected()
+    ownership.renew(time.monotonic() + 3600)  # the session is vouched for long after this test
+    ref = EntityRef("Counter", "fenced")
+
+    def add(mid: str) -> ClientMessage:
+        return ClientMessage(mid, time.time(), "c", msgpack.packb({"type": "add", "n": 1}))
+
+    async def scenario() -> None:
+        async with build_platform(settings, entities=[Counter], journal=journal, ownership=ownership) as p:
+            assert (await p.transport.ask(ref, Connect("c1", time.time(), "c", {"sub": "u"}))).ok
+            journal.release.clear()
+            journal.entered.clear()
+            replies: list[Reply] = []
+            p.node.deliver(ref, add("in-flight"), replies.append)
+            await asyncio.to_thread(journal.entered.wait, 5)  # its append is in the store's hands
+            p.node.deliver(ref, add("collected"), replies.append)  # processed, waiting for the next append
+            ownership.suspended()
+            assert ownership.state is OwnershipState.FENCED and ownership.leased()
+            p.node.deliver(ref, add("after-fence"), replies.append)
+            journal.release.set()
+            await p.node.drain()
+            answers = {r.message_id: (r.ok, r.retryable) for r in replies}
+            assert answers == {"in-flight": (True, False), "collected": (False, True), "after-fence": (False, True)}
+            names = [e.topic.rsplit(".", 1)[-1] for e in journal.read(ref.stream_id)]
+            assert names == ["OwnerChanged", "ConnectionAccepted", "Added"]  # only the append already in flight
+            assert ownership.leased()  # all of it happened while the lease was valid
 
     asyncio.run(scenario())
