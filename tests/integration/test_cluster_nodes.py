@@ -5,6 +5,7 @@ crash (session expiry) after which its entities serve again on the other node.""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +14,7 @@ import msgpack
 import pytest
 from kazoo.client import KazooClient
 
-from domain import ClientMessage, Connect, EntityRef
+from domain import ClientMessage, Connect, EntityRef, Reply
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import ClusteredStateNode
@@ -21,6 +22,8 @@ from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
 from infrastructure.transport.client import ClusterClient
+from tests.support.entities import Counter
+from tests.support.journals import BlockingJournal
 from tests.support.servers import ZooKeeperServer
 
 
@@ -139,5 +142,79 @@ def test_a_rebuilt_cluster_can_serve_entities_marked_by_the_old_one(zookeeper: Z
         names = [e.topic.rsplit(".", 1)[-1] for e in journal.read(lot.stream_id)]
         journal.close()
         assert names.count("OwnerChanged") == 2  # the new cluster took over with a higher epoch
+
+    asyncio.run(scenario())
+
+
+def test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears(
+        zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
+    """A drain (``stop()``) while one append is blocked in the store and more collect behind
+    it: every one is acknowledged and stored, and only then does the node's member entry
+    leave ZooKeeper (the next owner never races one of its appends)."""
+    settings = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
+                        cluster_name=f"d{uuid.uuid4().hex[:6]}", zk_session_timeout_s=2.0, shards_per_category=8,
+                        node_id="a")
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()
+    node = ClusteredStateNode(settings, entities=[Counter], journal=journal)
+    watcher = KazooClient(zookeeper.hosts)
+    seen: list[str] = []  # replies (loop thread) and the member entry's removal (kazoo thread), in order
+    gone = threading.Event()
+    refs = [EntityRef("Counter", f"drain-{i}") for i in range(4)]
+
+    def add(i: int) -> ClientMessage:
+        return ClientMessage(f"m-{i}", time.time(), "c", msgpack.packb({"type": "add", "n": 1}))
+
+    def reply(r: Reply) -> None:
+        seen.append(f"{r.message_id} {'ok' if r.ok else r.code}")
+
+    def release_later() -> None:
+        # A drain that leaves ZooKeeper before flushing shows here: the entry goes while the
+        # append is still held. A correct one holds on, and the append is released after a while.
+        gone.wait(2.0)
+        journal.release.set()
+
+    async def scenario() -> None:
+        await node.start()
+        stopping: asyncio.Task[None] | None = None
+        try:
+            await until(lambda: all(node.ownership.owns(r) for r in refs))
+            for ref in refs:
+                assert (await node.platform.transport.ask(ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
+                                                                          {"sub": "u"}))).ok
+            member = f"{node.coordinator.root}/members/a"
+            await asyncio.to_thread(watcher.start, 5)
+
+            def on_member(data: bytes | None, stat: object, event: object = None) -> bool | None:
+                if stat is None:
+                    seen.append("member gone")
+                    gone.set()
+                    return False
+                return None
+
+            watcher.DataWatch(member, on_member)
+            assert watcher.exists(member)
+            journal.release.clear()
+            journal.entered.clear()
+            node.platform.node.deliver(refs[0], add(0), reply)
+            await asyncio.to_thread(journal.entered.wait, 5)  # in flight, held by the store
+            for i, ref in enumerate(refs[1:], 1):
+                node.platform.node.deliver(ref, add(i), reply)  # collecting for the next append
+            threading.Thread(target=release_later, daemon=True).start()
+            stopping = asyncio.create_task(node.stop())
+            await stopping
+            await asyncio.to_thread(gone.wait, 10)
+        finally:
+            journal.release.set()
+            if stopping is None:
+                await node.stop()
+            await asyncio.to_thread(watcher.stop)
+            await asyncio.to_thread(watcher.close)
+        assert sorted(seen[:-1]) == [f"m-{i} ok" for i in range(4)] and seen[-1] == "member gone", seen
+        check = RecorderJournal(settings.journal_env())
+        try:
+            assert [[e.topic.rsplit(".", 1)[-1] for e in check.read(r.stream_id)][-1] for r in refs] == ["Added"] * 4
+        finally:
+            check.close()
 
     asyncio.run(scenario())

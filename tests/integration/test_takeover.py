@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from domain import ClientMessage, Connect, EntityRef, Reply
 from infrastructure.bootstrap import build_platform
@@ -53,10 +54,12 @@ def test_zombie_owner_cannot_write_after_takeover(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_fenced_node_answers_nothing_and_writes_nothing_while_its_lease_lasts(tmp_path: Path) -> None:
-    """FENCED (ZooKeeper connection suspended) with the lease still valid: the append already
-    in flight finishes, but nothing processed before the fence is written or acknowledged,
-    and new messages are refused, not served."""
+@pytest.mark.parametrize("fence", ["suspended", "lease_ran_out"])
+def test_fenced_node_answers_nothing_and_writes_nothing(tmp_path: Path, fence: str) -> None:
+    """``suspended``: FENCED (ZooKeeper connection suspended) with the lease still valid.
+    ``lease_ran_out``: still SERVING as far as kazoo knows, but the lease expired (a process
+    paused past it: a zombie). Either way the append already in flight finishes, nothing
+    processed before the fence is written or acknowledged, new messages are refused."""
     settings = Settings(store="sqlite", data_dir=str(tmp_path), node_id="a")
     journal = BlockingJournal(RecorderJournal(settings.journal_env()))
     journal.release.set()
@@ -78,8 +81,12 @@ def test_fenced_node_answers_nothing_and_writes_nothing_while_its_lease_lasts(tm
             p.node.deliver(ref, add("in-flight"), replies.append)
             await asyncio.to_thread(journal.entered.wait, 5)  # its append is in the store's hands
             p.node.deliver(ref, add("collected"), replies.append)  # processed, waiting for the next append
-            ownership.suspended()
-            assert ownership.state is OwnershipState.FENCED and ownership.leased()
+            if fence == "suspended":
+                ownership.suspended()
+                assert ownership.state is OwnershipState.FENCED and ownership.leased()
+            else:
+                ownership.lease_until = time.monotonic() - 1  # what a long pause leaves behind
+                assert ownership.state is OwnershipState.SERVING and not ownership.leased()
             p.node.deliver(ref, add("after-fence"), replies.append)
             journal.release.set()
             await p.node.drain()
@@ -87,6 +94,6 @@ def test_fenced_node_answers_nothing_and_writes_nothing_while_its_lease_lasts(tm
             assert answers == {"in-flight": (True, False), "collected": (False, True), "after-fence": (False, True)}
             names = [e.topic.rsplit(".", 1)[-1] for e in journal.read(ref.stream_id)]
             assert names == ["OwnerChanged", "ConnectionAccepted", "Added"]  # only the append already in flight
-            assert ownership.leased()  # all of it happened while the lease was valid
+            assert ownership.leased() == (fence == "suspended")  # suspended: all while the lease was valid
 
     asyncio.run(scenario())
