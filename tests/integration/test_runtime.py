@@ -33,7 +33,11 @@ def run(scenario: Callable[[Platform], Awaitable[None]], settings: Settings, jou
         entities: Sequence[type] = (Counter, Lot, Bidder)) -> None:
     async def main() -> None:
         async with build_platform(settings, entities=entities, journal=journal) as platform:
-            await scenario(platform)
+            try:
+                await scenario(platform)
+            finally:
+                if isinstance(journal, BlockingJournal):
+                    journal.release.set()  # a failed scenario must not leave the stop waiting for it
 
     asyncio.run(main())
 

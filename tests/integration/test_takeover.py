@@ -75,25 +75,30 @@ def test_fenced_node_answers_nothing_and_writes_nothing(tmp_path: Path, fence: s
     async def scenario() -> None:
         async with build_platform(settings, entities=[Counter], journal=journal, ownership=ownership) as p:
             assert (await p.transport.ask(ref, Connect("c1", time.time(), "c", {"sub": "u"}))).ok
-            journal.release.clear()
-            journal.entered.clear()
-            replies: list[Reply] = []
-            p.node.deliver(ref, add("in-flight"), replies.append)
-            await asyncio.to_thread(journal.entered.wait, 5)  # its append is in the store's hands
-            p.node.deliver(ref, add("collected"), replies.append)  # processed, waiting for the next append
-            if fence == "suspended":
-                ownership.suspended()
-                assert ownership.state is OwnershipState.FENCED and ownership.leased()
-            else:
-                ownership.lease_until = time.monotonic() - 1  # what a long pause leaves behind
-                assert ownership.state is OwnershipState.SERVING and not ownership.leased()
-            p.node.deliver(ref, add("after-fence"), replies.append)
-            journal.release.set()
-            await p.node.drain()
-            answers = {r.message_id: (r.ok, r.retryable) for r in replies}
-            assert answers == {"in-flight": (True, False), "collected": (False, True), "after-fence": (False, True)}
-            names = [e.topic.rsplit(".", 1)[-1] for e in journal.read(ref.stream_id)]
-            assert names == ["OwnerChanged", "ConnectionAccepted", "Added"]  # only the append already in flight
-            assert ownership.leased() == (fence == "suspended")  # suspended: all while the lease was valid
+            try:
+                journal.release.clear()
+                journal.entered.clear()
+                replies: list[Reply] = []
+                p.node.deliver(ref, add("in-flight"), replies.append)
+                await asyncio.to_thread(journal.entered.wait, 5)  # its append is in the store's hands
+                p.node.deliver(ref, add("collected"), replies.append)  # processed, waiting for the next append
+                if fence == "suspended":
+                    ownership.suspended()
+                    assert ownership.state is OwnershipState.FENCED and ownership.leased()
+                else:
+                    ownership.lease_until = time.monotonic() - 1  # what a long pause leaves behind
+                    assert ownership.state is OwnershipState.SERVING and not ownership.leased()
+                p.node.deliver(ref, add("after-fence"), replies.append)
+                journal.release.set()
+                await p.node.drain()
+                answers = {r.message_id: (r.ok, r.retryable) for r in replies}
+                assert answers == {"in-flight": (True, False), "collected": (False, True), "after-fence": (False, True)}
+                names = [e.topic.rsplit(".", 1)[-1] for e in journal.read(ref.stream_id)]
+                assert names == ["OwnerChanged", "ConnectionAccepted", "Added"]  # only the append already in flight
+                peek = await p.transport.ask(ref, ClientMessage("peek", time.time(), "c", msgpack.packb({"type": "peek"})))
+                assert (peek.ok, peek.retryable) == (False, True)  # not even a read is answered
+                assert ownership.leased() == (fence == "suspended")  # suspended: all while the lease was valid
+            finally:
+                journal.release.set()  # a failed check must not leave the stop waiting for the store
 
     asyncio.run(scenario())

@@ -169,6 +169,17 @@ def test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing(kit:
     assert kit.event_names(LOT) == events_before
 
 
+def test_a_refusal_is_remembered_while_the_entity_is_resident(kit: Sandbox) -> None:
+    """A refusal stores no event, but resending its message ID (a client retrying after a
+    lost reply) gets the same refusal, even if the message would now be accepted."""
+    kit.connect(LOT, "c-bob", BOB)
+    low = kit.client(LOT, "c-bob", {"type": "bid", "amount": 1}, message_id="bid-low")
+    assert not low.ok and low.reply.code == "rejected"
+    again = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-low")
+    assert again.duplicate and again.reply == low.reply and again.events == [] and again.tells == []
+    assert kit.state(LOT).high_amount == 0
+
+
 def test_close_spends_the_winners_credit_and_releases_the_others(kit: Sandbox) -> None:
     kit.connect(LOT, "c-bob", BOB)
     kit.connect(LOT, "c-cat", CAT)

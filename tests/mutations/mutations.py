@@ -1,0 +1,329 @@
+"""The guarantee mutations: each breaks ONE guarantee of tests/GUARANTEES.md on purpose, and
+names the tests that must then fail. ``python -m tests.mutations.run`` applies each to a
+copy of the repository and runs only those tests (see run.py).
+
+Editing: ``old`` must occur exactly once in ``file`` (the check fails loudly otherwise, so
+this list cannot silently drift from the code); ``new`` replaces it. ``tests`` are pytest
+node IDs, run with ``-x`` in the order given: the first is the one expected to kill the
+mutation, the rest are other guards of the same guarantee. Every ``guarantee`` is a row of
+tests/GUARANTEES.md, and every guarantee there has at least one mutation here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    guarantee: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+RUNTIME = "tests/integration/test_runtime.py"
+SANDBOX = "tests/unit/test_auction_sandbox.py"
+TAKEOVER = "tests/integration/test_takeover.py"
+AUTH = "tests/edge/test_auth.py"
+CONNECTIONS = "tests/edge/test_connections.py"
+BAD_FRAMES = "tests/edge/test_bad_frames.py"
+REFUSALS = "tests/edge/test_upgrade_refusals.py"
+CONTRACT = "tests/contract/test_journal_contract.py"
+
+MUTATIONS: list[Mutation] = [
+    # ------------------------------------------------------------ nothing heard before it is durable
+    Mutation(
+        "reply-before-durable", "durable-replies", "infrastructure/runtime/node.py",
+        old="""            assert cell.tail is not None
+            cell.tail.waiters.append(release)""",
+        new="""            assert cell.tail is not None
+            release(None)""",
+        tests=(f"{RUNTIME}::test_group_commit_never_releases_a_reply_before_its_events_are_durable",
+               f"{CONNECTIONS}::test_connect_welcome_and_reply_after_durability"),
+    ),
+    Mutation(
+        "group-commit-acks-early", "durable-replies", "infrastructure/runtime/group_commit.py",
+        old="""        self._executor.submit(self._write_and_report, loop, batch, count)""",
+        new="""        for pending in batch:
+            pending.settle(None)
+        self._executor.submit(self._write_and_report, loop, batch, count)""",
+        tests=(f"{RUNTIME}::test_group_commit_never_releases_a_reply_before_its_events_are_durable",),
+    ),
+    Mutation(
+        "read-skips-earlier-write", "durable-reads", "infrastructure/runtime/node.py",
+        old="""        elif cell.tail is not None:
+            cell.tail.waiters.append(release)""",
+        new="""        elif False:
+            cell.tail.waiters.append(release)""",
+        tests=(f"{RUNTIME}::test_replies_of_messages_without_events_wait_for_earlier_writes",),
+    ),
+    # ------------------------------------------------------------ every append states its expected version
+    Mutation(
+        "esdb-append-any-version", "expected-version", "infrastructure/persistence/eventstoredb_journal.py",
+        old="""        if self.expected_version > 0:
+            options.stream_position = self.expected_version - 1
+        else:
+            options.no_stream.SetInParent()""",
+        new="""        options.any.SetInParent()""",
+        tests=(f"{CONTRACT}::test_stale_expected_version_conflicts_and_stores_nothing[eventstoredb]",),
+    ),
+    Mutation(
+        "recorder-unchecked-sequence", "expected-version", "infrastructure/persistence/recorder_journal.py",
+        old="""        for write in writes:
+            write.check()
+        try:""",
+        new="""        try:""",
+        tests=(f"{CONTRACT}::test_out_of_sequence_write_is_refused[sqlite]",),
+    ),
+    # ------------------------------------------------------------ never half-applied
+    Mutation(
+        "no-reload-after-conflict", "half-applied-conflict", "infrastructure/runtime/node.py",
+        old="""            cell.entity = None
+            cell.tail = None
+            self._committer.discard_stream""",
+        new="""            cell.tail = None
+            self._committer.discard_stream""",
+        tests=(f"{RUNTIME}::test_conflict_reloads_entity_and_rejects_with_retryable_error[sqlite]",),
+    ),
+    Mutation(
+        "half-applied-runtime", "half-applied-handler", "domain/dispatch.py",
+        old="""    return Outcome(reply, restore=bool(triggered))""",
+        new="""    return Outcome(reply)""",
+        tests=(f"{RUNTIME}::test_handler_failing_after_an_event_leaves_state_and_stream_as_before[sqlite]",),
+    ),
+    Mutation(  # the same break, seen by the sandbox's own test
+        "half-applied-sandbox", "half-applied-handler", "domain/dispatch.py",
+        old="""    return Outcome(reply, restore=bool(triggered))""",
+        new="""    return Outcome(reply)""",
+        tests=("tests/unit/test_never_half_applied.py::test_handler_failing_after_an_event_leaves_state_and_stream_as_before",),
+    ),
+    # ------------------------------------------------------------ idempotent by message ID
+    Mutation(
+        "dedup-off", "idempotent-dedup", "domain/dispatch.py",
+        old="""    seen = entity.seen_reply(message_id)""",
+        new="""    seen = None""",
+        tests=(f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]",
+               f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]"),
+    ),
+    Mutation(
+        "window-not-in-snapshots", "idempotent-snapshot", "domain/entity.py",
+        old="""        for name in ("_id", "_version", "_pending_events"):""",
+        new="""        for name in ("_id", "_version", "_pending_events", "_seen"):""",
+        tests=(f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]",),
+    ),
+    Mutation(
+        "tell-ids-not-derived", "idempotent-derived-ids", "domain/context.py",
+        old="""f"{self.message_id}/{self._tells}\"""",
+        new="""f"{id(self)}/{self._tells}\"""",
+        tests=(f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]",),
+    ),
+    Mutation(
+        "refusals-forgotten", "idempotent-refusals", "domain/dispatch.py",
+        old="""        entity._xp_remember(message.message_id, reply.to_record())
+    return Outcome""",
+        new="""        pass
+    return Outcome""",
+        tests=(f"{SANDBOX}::test_a_refusal_is_remembered_while_the_entity_is_resident[memory]",),
+    ),
+    Mutation(
+        "late-terminated-drops-resumed", "connect-resume", "domain/dispatch.py",
+        old="""    if m.session and len(record) > 2 and record[2] and record[2] != m.session:""",
+        new="""    if False:""",
+        tests=(f"{SANDBOX}::test_late_terminated_of_an_old_socket_does_not_drop_a_resumed_connection[memory]",),
+    ),
+    # ------------------------------------------------------------ stable routing
+    Mutation(
+        "shard-hash-changed", "stable-routing", "infrastructure/runtime/sharding.py",
+        old="""    return zlib.crc32(f"{ref.category}/{ref.entity_id}".encode()) % shards""",
+        new="""    return zlib.adler32(f"{ref.category}/{ref.entity_id}".encode()) % shards""",
+        tests=("tests/unit/test_sharding.py",),
+    ),
+    # ------------------------------------------------------------ bad input changes nothing
+    Mutation(
+        "handler-error-answered-ok", "bad-input", "domain/dispatch.py",
+        old="""    reply = Reply(message.message_id, False, None, exc.code, exc.reason, exc.retryable)""",
+        new="""    reply = Reply(message.message_id, True, None)""",
+        tests=(f"{RUNTIME}::test_bad_input_gets_typed_errors_and_changes_nothing[sqlite]",),
+    ),
+    # ------------------------------------------------------------ single writer (cluster)
+    Mutation(
+        "fenced-still-writes", "fencing-suspended", "infrastructure/cluster/ownership.py",
+        old="""        return self.state in (OwnershipState.SERVING, OwnershipState.DRAINING) and self.leased()""",
+        new="""        return self.state in (OwnershipState.SERVING, OwnershipState.DRAINING, OwnershipState.FENCED) and self.leased()""",
+        tests=(f"{TAKEOVER}::test_fenced_node_answers_nothing_and_writes_nothing[suspended]",),
+    ),
+    Mutation(
+        "fenced-still-serves", "fencing-suspended", "infrastructure/cluster/ownership.py",
+        old="""        if self.state is OwnershipState.SERVING and self.leased():
+            owner = self.owner_of(ref)""",
+        new="""        if self.state in (OwnershipState.SERVING, OwnershipState.FENCED) and self.leased():
+            owner = self.owner_of(ref)""",
+        tests=(f"{TAKEOVER}::test_fenced_node_answers_nothing_and_writes_nothing[suspended]",),
+    ),
+    Mutation(
+        "lease-ignored", "fencing-lease", "infrastructure/cluster/ownership.py",
+        old="""        return self.lease_until is None or time.monotonic() < self.lease_until""",
+        new="""        return True""",
+        tests=(f"{TAKEOVER}::test_fenced_node_answers_nothing_and_writes_nothing[lease_ran_out]",),
+    ),
+    Mutation(
+        "takeover-marker-skipped", "takeover-marker", "infrastructure/runtime/node.py",
+        old="""            self._write_takeover_marker(ref, cell, entity, epoch)""",
+        new="""            pass""",
+        tests=(f"{TAKEOVER}::test_zombie_owner_cannot_write_after_takeover",),
+    ),
+    Mutation(
+        "leave-before-flush", "drain-flush", "infrastructure/cluster/state_node.py",
+        old="""        self.ownership.draining()
+        await self.platform.node.drain()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+        await self.coordinator.stop()""",
+        new="""        self.ownership.draining()
+        await self.coordinator.stop()
+        await self.platform.node.drain()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)""",
+        tests=("tests/integration/test_cluster_nodes.py::"
+               "test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears",),
+    ),
+    Mutation(
+        "drain-returns-at-once", "drain-flush", "infrastructure/runtime/group_commit.py",
+        old="""        await self._idle.wait()""",
+        new="""        return""",
+        tests=(f"{RUNTIME}::test_drain_returns_only_after_every_write_in_flight_is_settled",
+               "tests/integration/test_cluster_nodes.py::"
+               "test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears"),
+    ),
+    # ------------------------------------------------------------ edge: tokens at the upgrade
+    *(Mutation(
+        f"unverified-{alg.lower()}-signature", "token-signature", "edge/auth.py",
+        old="""options={"require": list(REQUIRED_CLAIMS), "verify_aud": bool(self.audience)}""",
+        new=f"""options={{"require": list(REQUIRED_CLAIMS), "verify_aud": bool(self.audience),
+                                         "verify_signature": alg != "{alg}"}}""",
+        tests=(f"{AUTH}::test_forged_signature_is_refused[{alg}]",
+               f"{AUTH}::test_token_signed_with_another_key_is_refused[{alg}]"),
+    ) for alg in ("ES256", "RS256", "HS256")),
+    Mutation(
+        "alg-not-on-allow-list", "token-alg", "edge/auth.py",
+        old="""        if not isinstance(alg, str) or alg not in self.algorithms:""",
+        new="""        if not isinstance(alg, str):""",
+        tests=(f"{AUTH}::test_algorithm_allow_list_and_key_family",),
+    ),
+    Mutation(
+        "key-family-unchecked", "token-alg", "edge/auth.py",
+        old="""            if ASYMMETRIC[alg] != jwk.key_type:""",
+        new="""            if False:""",
+        tests=(f"{AUTH}::test_algorithm_allow_list_and_key_family",),
+    ),
+    Mutation(
+        "claims-not-required", "token-claims", "edge/auth.py",
+        old="""options={"require": list(REQUIRED_CLAIMS),""",
+        new="""options={"require": [],""",
+        tests=(f"{AUTH}::test_leeway_and_required_claims",),
+    ),
+    Mutation(
+        "expired-token-accepted", "token-claims", "edge/auth.py",
+        old="""leeway=self.leeway_s,""",
+        new="""leeway=86400,""",
+        tests=(f"{AUTH}::test_leeway_and_required_claims",),
+    ),
+    Mutation(
+        "any-origin", "origin", "edge/public.py",
+        old="""        if "*" in allowed or origin in allowed:""",
+        new="""        if True:""",
+        tests=(f"{REFUSALS}::test_origin_allow_list", f"{REFUSALS}::test_same_origin_is_allowed_by_default_and_others_are_not"),
+    ),
+    Mutation(
+        "any-connection-id", "connection-id", "edge/protocol.py",
+        old="""    return cid is not None and len(cid) == 36 and _CID.match(cid.lower()) is not None""",
+        new="""    return cid is not None""",
+        tests=(f"{REFUSALS}::test_bad_address_connection_id_or_subprotocol",),
+    ),
+    Mutation(
+        "edge-lets-cid-change-user", "connection-id-owner", "edge/public.py",
+        old="""        if held is not None and held.claims.get("sub") != claims.get("sub"):
+            return self._refuse(409""",
+        new="""        if False:
+            return self._refuse(409""",
+        tests=(f"{BAD_FRAMES}::test_connection_id_of_a_live_connection_cannot_be_taken_by_another_user",),
+    ),
+    Mutation(
+        "entity-lets-cid-change-user", "connection-id-owner", "domain/dispatch.py",
+        old="""    if known is not None and known[0].get("sub") != m.claims.get("sub"):""",
+        new="""    if False:""",
+        tests=(f"{BAD_FRAMES}::test_connection_id_in_grace_period_cannot_be_taken_by_another_user",
+               f"{SANDBOX}::test_connection_id_reused_by_another_user_is_refused[memory]"),
+    ),
+    Mutation(
+        "token-expiry-ignored", "token-expiry", "edge/connection.py",
+        old="""        self._expiry = loop.call_later(max(0.0, exp - time.time()), self._expired)""",
+        new="""        self._expiry = None""",
+        tests=(f"{CONNECTIONS}::test_token_expiry_terminates_with_4401",),
+    ),
+    # ------------------------------------------------------------ edge: frames
+    Mutation(
+        "text-frame-not-refused", "text-frame", "edge/connection.py",
+        old="""                self.request_close(protocol.UNSUPPORTED_DATA, "binary frames only", "text", flush=False)""",
+        new="""                self.request_close(protocol.POLICY, "binary frames only", "text", flush=False)""",
+        tests=(f"{BAD_FRAMES}::test_text_frame_closes_1003",),
+    ),
+    Mutation(
+        "unknown-kind-accepted", "malformed-frame", "edge/protocol.py",
+        old="""    if frame[0] not in (MSG, PING, LATENCY, BYE):""",
+        new="""    if False:""",
+        tests=(f"{BAD_FRAMES}::test_malformed_frames_close_1008",),
+    ),
+    Mutation(
+        "oversized-frame-let-through", "oversized-frame", "edge/public.py",
+        old="""max_msg_size=self.config.max_frame_bytes,""",
+        new="""max_msg_size=0,""",
+        tests=(f"{BAD_FRAMES}::test_frame_over_the_size_limit_closes_1009",),
+    ),
+    Mutation(
+        "no-rate-limit", "rate-limit", "edge/connection.py",
+        old="""                if not self._bucket.take():""",
+        new="""                if False:""",
+        tests=(f"{BAD_FRAMES}::test_flood_over_the_rate_limit_closes_1008",),
+    ),
+    # ------------------------------------------------------------ edge: what reaches whom
+    Mutation(
+        "push-to-one-sent-to-all", "push-target", "edge/fanout.py",
+        old="""            receivers: Any = () if one is None else (one,)""",
+        new="""            receivers: Any = list(conns.values())""",
+        tests=(f"{CONNECTIONS}::test_pushes_to_all_by_claims_and_to_one_connection",),
+    ),
+    Mutation(
+        "coalescing-keeps-oldest", "coalescing", "edge/fanout.py",
+        old="""            pending[key] = (next(self._seq), effect.payload)""",
+        new="""            pending.setdefault(key, (next(self._seq), effect.payload))""",
+        tests=(f"{CONNECTIONS}::test_coalescing_many_updates_give_fewer_frames_and_the_last_one_wins",),
+    ),
+    Mutation(
+        "send-queue-unbounded", "slow-consumer", "edge/connection.py",
+        old="""        if len(self._queue) >= self.edge.config.send_queue_frames and not force:""",
+        new="""        if False:""",
+        tests=(f"{CONNECTIONS}::test_slow_consumer_is_closed_1013_while_another_keeps_receiving",),
+    ),
+    Mutation(
+        "shedding-off", "shedding", "edge/connection.py",
+        old="""            if self.edge.load.overloaded:  # refused at once: see edge/overload.py""",
+        new="""            if False:""",
+        tests=("tests/edge/test_backpressure.py::test_late_event_loop_sheds_messages_with_a_retryable_overloaded_reply",),
+    ),
+    Mutation(
+        "shutdown-not-going-away", "going-away", "edge/public.py",
+        old="""            conn.request_close(protocol.GOING_AWAY, "edge shutting down", "going_away", flush=False)""",
+        new="""            conn.request_close(protocol.NORMAL, "edge shutting down", "going_away", flush=False)""",
+        tests=(f"{CONNECTIONS}::test_shutdown_closes_with_going_away_and_tells_the_entity",),
+    ),
+    Mutation(
+        "any-device-network", "device-network", "edge/internal.py",
+        old="""            if address.version == network.version and address in network:""",
+        new="""            if True:""",
+        tests=("tests/edge/test_internal.py::test_address_outside_the_device_networks_is_refused_and_nothing_changes",),
+    ),
+]
