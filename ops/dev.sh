@@ -3,6 +3,8 @@
 #
 #   bash ops/dev.sh run    install (if needed) and run the one-process platform (SQLite, demo)
 #   bash ops/dev.sh test   install everything the test suite needs, then run the whole suite
+#   bash ops/dev.sh mutations  install the same, then the guarantee mutation check
+#                          (tests/mutations/run.py; map: tests/GUARANTEES.md)
 #
 # Installs are idempotent: Debian packages via apt-get (as root, or with sudo), Python
 # packages via pip into the current Python (use a virtualenv if you prefer; activate it first).
@@ -46,8 +48,14 @@ case "${1:-}" in
     shift
     exec "$PYTHON" -m pytest -q "$@"
     ;;
+  mutations)
+    install_debian
+    install_python test,load
+    shift
+    exec "$PYTHON" -m tests.mutations.run "$@"
+    ;;
   *)
-    echo "usage: bash ops/dev.sh run|test [args]" >&2
+    echo "usage: bash ops/dev.sh run|test|mutations [args]" >&2
     exit 64
     ;;
 esac

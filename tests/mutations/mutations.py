@@ -198,6 +198,20 @@ MUTATIONS: list[Mutation] = [
                "tests/integration/test_cluster_nodes.py::"
                "test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears"),
     ),
+    Mutation(
+        "moved-shard-keeps-its-epoch", "epochs-grow", "infrastructure/cluster/allocation.py",
+        old="""            after[shard] = ShardOwner(node, epoch)""",
+        new="""            after[shard] = ShardOwner(node, 1)""",
+        tests=("tests/unit/test_allocation.py::test_join_moves_only_what_it_must_with_new_epochs",),
+    ),
+    Mutation(
+        "outbound-to-every-edge", "outbound-interest", "infrastructure/transport/server.py",
+        old="""        links = self._interest.get(source)
+        if links:""",
+        new="""        links = self._links
+        if links:""",
+        tests=("tests/integration/test_network_transport.py::test_ask_reply_outbound_interest_and_refusals",),
+    ),
     # ------------------------------------------------------------ edge: tokens at the upgrade
     *(Mutation(
         f"unverified-{alg.lower()}-signature", "token-signature", "edge/auth.py",
@@ -242,6 +256,24 @@ MUTATIONS: list[Mutation] = [
         old="""    return cid is not None and len(cid) == 36 and _CID.match(cid.lower()) is not None""",
         new="""    return cid is not None""",
         tests=(f"{REFUSALS}::test_bad_address_connection_id_or_subprotocol",),
+    ),
+    Mutation(
+        "unknown-category-upgraded", "upgrade-refusals", "edge/public.py",
+        old="""        if self.categories is not None and ref.category not in self.categories:""",
+        new="""        if False:""",
+        tests=(f"{REFUSALS}::test_bad_address_connection_id_or_subprotocol",),
+    ),
+    Mutation(
+        "subprotocol-not-required", "upgrade-refusals", "edge/public.py",
+        old="""        if protocol.SUBPROTOCOL not in _offered_protocols(request) or not ws.can_prepare(request).ok:""",
+        new="""        if not ws.can_prepare(request).ok:""",
+        tests=(f"{REFUSALS}::test_bad_address_connection_id_or_subprotocol",),
+    ),
+    Mutation(
+        "entity-refusal-not-4403", "entity-refusal", "edge/public.py",
+        old="""            conn.request_close(protocol.REFUSED, (reply.reason or reply.code)[:100], "refused")""",
+        new="""            conn.request_close(protocol.NORMAL, (reply.reason or reply.code)[:100], "refused")""",
+        tests=(f"{BAD_FRAMES}::test_entity_refusal_terminates_with_4403",),
     ),
     Mutation(
         "edge-lets-cid-change-user", "connection-id-owner", "edge/public.py",

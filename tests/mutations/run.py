@@ -59,6 +59,7 @@ a regression must show as a red test, not a hung run)."""
 
 _FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 _ROW = re.compile(r"^\|\s*`([a-z0-9-]+)`\s*\|(.*)$", re.M)
+_TEST_ID = re.compile(r"`(tests/[^`\s]+\.py(?:::[^`\s]+)?)`")
 
 
 @dataclass
@@ -141,10 +142,27 @@ def check_map(mutations: list[Mutation]) -> list[str]:
         if m.guarantee not in rows:
             problems.append(f"mutation {m.id}: guarantee {m.guarantee!r} is not a row of tests/GUARANTEES.md")
             continue
+        if m.id not in rows[m.guarantee]:
+            problems.append(f"mutation {m.id} is not named in the row of {m.guarantee!r} in tests/GUARANTEES.md")
         for test in m.tests:
             if f"`{test}`" not in rows[m.guarantee]:
                 problems.append(f"mutation {m.id}: test {test} is not in the row of {m.guarantee!r} in tests/GUARANTEES.md")
     return problems
+
+
+def mapped_tests() -> list[str]:
+    """Every test node ID written in the rows of tests/GUARANTEES.md."""
+    return sorted({t for _gid, row in _ROW.findall(MAP.read_text()) for t in _TEST_ID.findall(row)})
+
+
+def check_tests_exist(copy: Path) -> str | None:
+    """None when pytest can collect every test the map names (a renamed test must not linger there)."""
+    tests = mapped_tests()
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests]
+    done = subprocess.run(command, cwd=copy, env=child_env(copy), capture_output=True, text=True, timeout=TIMEOUT_S)
+    if done.returncode != 0:
+        return f"tests/GUARANTEES.md names tests pytest cannot collect:\n{_indent(done.stdout + done.stderr)}"
+    return None
 
 
 def run_one(mutation: Mutation, base: Path, files: list[str], work: Path) -> Outcome:
@@ -197,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         if wrong_import:
             print(f"  setup: {wrong_import}")
             return 1
+        missing = check_tests_exist(base)
+        if missing:
+            problems.append(missing)
+            print(f"  map: {missing}")
 
         # Sanity: every mapped test is green without a mutation (else "killed" means nothing).
         sanity_tests = list(dict.fromkeys(t for m in mutations for t in m.tests))
