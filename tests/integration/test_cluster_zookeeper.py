@@ -27,9 +27,31 @@ def zookeeper() -> Iterator[ZooKeeperServer]:
     server.destroy()
 
 
-def node(zk: ZooKeeperServer, name: str, cluster: str, session: float = 0.6) -> ZooKeeperCoordinator:
-    return ZooKeeperCoordinator(zk.hosts, cluster, MemberInfo(name, address=f"127.0.0.1:{name}"), CATEGORIES,
-                                Layout.everything(), Ownership(name, SHARDS), session_timeout_s=session)
+NodeFactory = Callable[..., ZooKeeperCoordinator]
+
+
+@pytest.fixture
+def node(zookeeper: ZooKeeperServer) -> Iterator[NodeFactory]:
+    """``node(name, cluster, session=0.6)`` makes a coordinator; every one's ZooKeeper client is
+    stopped at teardown, whatever the test did. A failing scenario skips its own ``stop()``,
+    and a kazoo client left running reconnects to the stopped ZooKeeper forever: pytest
+    would hang instead of reporting the failure."""
+    made: list[ZooKeeperCoordinator] = []
+
+    def make(name: str, cluster: str, session: float = 0.6) -> ZooKeeperCoordinator:
+        coordinator = ZooKeeperCoordinator(zookeeper.hosts, cluster, MemberInfo(name, address=f"127.0.0.1:{name}"),
+                                           CATEGORIES, Layout.everything(), Ownership(name, SHARDS),
+                                           session_timeout_s=session)
+        made.append(coordinator)
+        return coordinator
+
+    yield make
+    for coordinator in made:
+        try:  # a no-op for a client its test already stopped
+            coordinator.client.stop()
+            coordinator.client.close()
+        except Exception:  # noqa: BLE001 - teardown of the others must go on
+            pass
 
 
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -48,9 +70,10 @@ def owned(c: ZooKeeperCoordinator) -> int:
     return sum(len(v) for v in c.ownership.owned_shards().values())
 
 
-def test_members_split_shards_and_a_leaver_hands_them_over_with_higher_epochs(zookeeper: ZooKeeperServer) -> None:
+def test_members_split_shards_and_a_leaver_hands_them_over_with_higher_epochs(
+        zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
     async def scenario() -> None:
-        a, b = node(zookeeper, "a", "split"), node(zookeeper, "b", "split")
+        a, b = node("a", "split"), node("b", "split")
         await a.start()
         await until(lambda: owned(a) == 2 * SHARDS)
         await b.start()
@@ -68,10 +91,10 @@ def test_members_split_shards_and_a_leaver_hands_them_over_with_higher_epochs(zo
     run(scenario)
 
 
-def test_expired_session_of_a_silent_node_moves_its_shards(zookeeper: ZooKeeperServer) -> None:
+def test_expired_session_of_a_silent_node_moves_its_shards(zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
     """kill -9 looks like this to ZooKeeper: the session just expires."""
     async def scenario() -> None:
-        a, b = node(zookeeper, "a", "expire"), node(zookeeper, "b", "expire")
+        a, b = node("a", "expire"), node("b", "expire")
         await a.start()
         await b.start()
         await until(lambda: owned(a) == SHARDS and owned(b) == SHARDS)
@@ -99,9 +122,9 @@ def test_expired_session_of_a_silent_node_moves_its_shards(zookeeper: ZooKeeperS
     run(scenario)
 
 
-def test_suspended_session_fences_every_shard_until_reconnected(zookeeper: ZooKeeperServer) -> None:
+def test_suspended_session_fences_every_shard_until_reconnected(zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
     async def scenario() -> None:
-        a = node(zookeeper, "a", "fence", session=4.0)
+        a = node("a", "fence", session=4.0)
         await a.start()
         ref = EntityRef("Bidder", "x")
         await until(lambda: a.ownership.owns(ref))
@@ -116,9 +139,9 @@ def test_suspended_session_fences_every_shard_until_reconnected(zookeeper: ZooKe
     run(scenario)
 
 
-def test_duplicate_node_name_is_refused(zookeeper: ZooKeeperServer) -> None:
+def test_duplicate_node_name_is_refused(zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
     async def scenario() -> None:
-        a, twin = node(zookeeper, "a", "dup"), node(zookeeper, "a", "dup")
+        a, twin = node("a", "dup"), node("a", "dup")
         await a.start()
         with pytest.raises(CoordinationError, match="already registered"):
             await twin.start()
