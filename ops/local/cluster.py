@@ -18,9 +18,47 @@ from kazoo.client import KazooClient
 
 from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
 from infrastructure.persistence import RecorderJournal
+from infrastructure.settings import Settings
+from infrastructure.transport.auth import LinkAuth, link_auth_from
 from ops.local.servers import PostgresServer, ServerStartError, ZooKeeperServer
 
 HS256_SECRET = "cluster-tests-secret-that-is-long-enough-for-hs256"
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    """A cluster's secret files, written as an operator would mount them (one file each,
+    mode 0600): the state secret, the edge secret, the ZooKeeper password."""
+
+    state: Path
+    edge: Path
+    zookeeper: Path
+
+    @classmethod
+    def write(cls, directory: Path) -> ClusterSecrets:
+        paths = {}
+        for name in ("state", "edge", "zookeeper"):
+            path = directory / f"{name}.secret"
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+            paths[name] = path
+        return cls(**paths)
+
+    def settings(self) -> dict[str, str]:
+        """Settings keyword arguments (``Settings(**secrets.settings())``)."""
+        return {"cluster_secret_file": str(self.state), "cluster_edge_secret_file": str(self.edge),
+                "zookeeper_password_file": str(self.zookeeper)}
+
+    def env(self) -> dict[str, str]:
+        """The same as ``XPLATFORM_*`` variables, for processes."""
+        return {f"XPLATFORM_{name.upper()}": value for name, value in self.settings().items()}
+
+    def zookeeper_auth(self) -> ZooKeeperAuth:
+        return ZooKeeperAuth("xplatform", self.zookeeper.read_text())
+
+    def link_auth(self, role: str) -> LinkAuth:
+        """What a process of ``role`` holds (an in-process edge or node of a test)."""
+        return link_auth_from(Settings(**self.settings()), role)
 
 
 @dataclass
@@ -86,24 +124,14 @@ class Cluster:
     znodes) - only to measure what authentication costs (bench_rtt --auth)."""
 
     def __post_init__(self) -> None:
-        """The cluster's secrets, as an operator would mount them: one file each, mode 0600."""
-        self.secret_files: dict[str, Path] = {}
-        for name in ("state", "edge", "zookeeper"):
-            path = self.root / f"{name}.secret"
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-            self.secret_files[name] = path
+        self.secrets = ClusterSecrets.write(self.root)
 
     def security_env(self) -> dict[str, str]:
         """The variables that give a process the cluster's secrets (or insecure mode)."""
-        if self.insecure:
-            return {"XPLATFORM_CLUSTER_INSECURE": "1"}
-        return {"XPLATFORM_CLUSTER_SECRET_FILE": str(self.secret_files["state"]),
-                "XPLATFORM_CLUSTER_EDGE_SECRET_FILE": str(self.secret_files["edge"]),
-                "XPLATFORM_ZOOKEEPER_PASSWORD_FILE": str(self.secret_files["zookeeper"])}
+        return {"XPLATFORM_CLUSTER_INSECURE": "1"} if self.insecure else self.secrets.env()
 
     def zookeeper_auth(self) -> ZooKeeperAuth | None:
-        return None if self.insecure else ZooKeeperAuth("xplatform", self.secret_files["zookeeper"].read_text())
+        return None if self.insecure else self.secrets.zookeeper_auth()
 
     def _zk(self) -> KazooClient:
         """A started ZooKeeper client with the cluster's credentials (the caller stops it)."""
