@@ -26,6 +26,7 @@ from kazoo.exceptions import NoAuthError
 
 from domain import ClientMessage, Connect, EntityRef
 from domain.messages import EntityMessage
+from edge.cluster import ClusteredEdge
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import ClusteredStateNode
@@ -295,3 +296,9 @@ def test_a_clustered_process_without_its_secrets_does_not_start(tmp_path: Path) 
         ClusteredStateNode(base.with_(cluster_secret_file=str(short)))
     with pytest.raises(ConfigurationError, match="same secret"):
         ClusteredStateNode(base.with_(cluster_secret_file=str(cluster_secrets.edge)))
+    edge_settings = base.with_(cluster_secret_file="", jwt_hs256_secret="x" * 40)  # an edge needs no state secret
+    assert ClusteredEdge(edge_settings, ["Lot"]).client.auth.keys.keys() == {"edge"}
+    with pytest.raises(ConfigurationError, match="XPLATFORM_CLUSTER_EDGE_SECRET_FILE"):
+        ClusteredEdge(edge_settings.with_(cluster_edge_secret_file=""), ["Lot"])
+    assert ClusteredStateNode(base.with_(cluster_insecure=1, cluster_secret_file="", cluster_edge_secret_file="",
+                                         zookeeper_password_file="")).server.auth.insecure  # the explicit opt-out
