@@ -35,6 +35,7 @@ from infrastructure.errors import ConfigurationError
 from infrastructure.settings import Settings
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
+from ops.status import StatusError, read_status
 from tests.support.cluster import ClusterSecrets
 from tests.support.servers import ZooKeeperServer
 
@@ -270,6 +271,13 @@ def test_zookeeper_without_the_credentials_can_neither_read_nor_write(zookeeper:
             finally:
                 owner.stop()
                 owner.close()
+            wrong = tmp_path / "wrong.password"
+            wrong.write_text(secrets.token_urlsafe(40))
+            ops = Settings(zookeeper_hosts=zookeeper.hosts, cluster_name=c.cluster, zookeeper_password_file=str(wrong))
+            with pytest.raises(StatusError, match="refused"):  # `xplatform status` needs the credentials too
+                await asyncio.to_thread(read_status, ops)
+            shown = await asyncio.to_thread(read_status, ops.with_(zookeeper_password_file=str(c.secrets.zookeeper)))
+            assert set(shown["members"]) == {"edge-1", "node-a"}
 
     asyncio.run(scenario())
 
