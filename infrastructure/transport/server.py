@@ -116,7 +116,8 @@ class NodeServer:
     def _refuse_link(self, writer: asyncio.StreamWriter, exc: TransportAuthError) -> None:
         self.metrics.auth_failures.labels("server", exc.reason).inc()
         address = writer.get_extra_info("peername")
-        if self._log_limit.should_log(exc.reason, str(address)):
+        host = str(address[0]) if isinstance(address, tuple) else str(address)  # not the port: new every attempt
+        if self._log_limit.should_log(exc.reason, host):
             log.error("refused transport link from %s: %s", address, exc)
         writer.close()
 
