@@ -265,7 +265,10 @@ def test_zookeeper_without_the_credentials_can_neither_read_nor_write(zookeeper:
             owner.start(5)
             try:
                 assert sorted(owner.get_children(f"{root}/members")) == ["edge-1", "node-a"]
-                for path in (root, f"{root}/members", f"{root}/assignment", f"{root}/members/node-a"):
+                election = [f"{root}/allocator/{n}" for n in owner.get_children(f"{root}/allocator")]
+                assert election  # node-a's candidacy
+                for path in (root, f"{root}/members", f"{root}/assignment", f"{root}/members/node-a",
+                             f"{root}/members/edge-1", f"{root}/allocator", *election):
                     acl, _ = owner.get_acls(path)
                     assert [(a.id.scheme, a.perms) for a in acl] == [("digest", 31)], path  # ALL, digest only
             finally:
