@@ -23,6 +23,7 @@ from infrastructure.cluster.state_node import lanes_from
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
+from infrastructure.transport import tls
 from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.client import ClusterClient
 
@@ -45,7 +46,8 @@ class ClusteredEdge:
                                     address_of=self.coordinator.address_of, auth=auth,
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
                                     ask_timeout_s=settings.ask_timeout_s, metrics=self.ownership.metrics,
-                                    handshake_timeout_s=settings.transport_handshake_timeout_s)
+                                    handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                    ssl=tls.client_context(settings))
         self.metrics = EdgeMetrics()
         GcPauses.install().register(self.metrics.registry)  # an edge process has no node registry
         self.public = PublicEdge(self.client, self.config, categories=categories,

@@ -193,6 +193,14 @@ class Settings:
     transport_handshake_timeout_s: float = _setting(5.0, "A peer must finish the link handshake (one round "
                                                     "trip, two HMACs) within this, else it is closed: bounded "
                                                     "half-open sockets, generous for a loaded peer.")
+    transport_tls_ca_file: str = _setting("", "PEM of the CA that signed the state nodes' transport certificates; "
+                                          "set (on every member) to run links over TLS, verifying the node's "
+                                          "certificate and host name. Empty: plain TCP - the HMAC handshake "
+                                          "authenticates peers but frames are readable on the path (private "
+                                          "networks only). See infrastructure/transport/tls.py.")
+    transport_tls_cert_file: str = _setting("", "State nodes with transport TLS: their certificate (PEM, chain), "
+                                            "naming the host they publish (transport_advertise or transport_host).")
+    transport_tls_key_file: str = _setting("", "State nodes with transport TLS: the certificate's private key (PEM).")
     zookeeper_user: str = _setting("xplatform", "User of ZooKeeper digest authentication: every znode the "
                                    "cluster creates is readable and writable by this user only (digest ACL).")
     zookeeper_password_file: str = _setting("", "File holding the ZooKeeper digest password of zookeeper_user. "
@@ -226,6 +234,11 @@ class Settings:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:
             self._check_advertise()
+        if bool(self.transport_tls_cert_file) != bool(self.transport_tls_key_file):
+            raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE and _KEY_FILE must be set together")
+        if self.transport_tls_cert_file and not self.transport_tls_ca_file:
+            raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE needs XPLATFORM_TRANSPORT_TLS_CA_FILE too: "
+                                     "state nodes also dial each other and verify the peer's certificate")
         if self.cluster_insecure not in (0, 1):
             raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
         if not self.zookeeper_user or ":" in self.zookeeper_user:

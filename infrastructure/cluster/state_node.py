@@ -26,6 +26,7 @@ from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
+from infrastructure.transport import tls
 from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.server import NodeServer
@@ -66,7 +67,8 @@ class ClusteredStateNode:
         self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),
                                  auth=auth, owner_of=self._owner_of, host=settings.transport_host,
                                  port=settings.transport_port, metrics=self.ownership.metrics,
-                                 handshake_timeout_s=settings.transport_handshake_timeout_s)
+                                 handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                 ssl=tls.server_context(settings))
         self.coordinator = ZooKeeperCoordinator(
             settings.zookeeper_hosts, settings.cluster_name,
             MemberInfo(settings.node_id, role="state", group=settings.node_group), categories, layout,
@@ -76,7 +78,8 @@ class ClusteredStateNode:
                                     address_of=self.coordinator.address_of, auth=auth,
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
                                     ask_timeout_s=settings.ask_timeout_s, metrics=self.ownership.metrics,
-                                    handshake_timeout_s=settings.transport_handshake_timeout_s)
+                                    handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                    ssl=tls.client_context(settings))
         self._metrics_runner: web.AppRunner | None = None
         self.platform.node.router = LocalFirstRouter(self.platform.node, self.ownership, self.client)
         if settings.supervisor_session_file:

@@ -53,11 +53,12 @@ MIN_SECRET_BYTES = 32
 ROLES = ("edge", "state")
 _CLIENT, _SERVER = b"xplatform-transport-v2 client", b"xplatform-transport-v2 server"
 
-AUTH_FAILURE_REASONS = ("protocol", "unknown_role", "not_member", "bad_proof", "wrong_peer", "timeout")
+AUTH_FAILURE_REASONS = ("protocol", "unknown_role", "not_member", "bad_proof", "wrong_peer", "timeout", "tls")
 """Bounded label values of ``xplatform_transport_auth_failures_total``:
 protocol (no or malformed handshake), unknown_role (a role we hold no secret for), not_member
 (node id not registered in ZooKeeper), bad_proof (wrong secret), wrong_peer (the server is
-not the node we dialled), timeout (handshake not finished in time)."""
+not the node we dialled), timeout (handshake not finished in time), tls (the node's certificate
+did not verify: client side only, see tls.py)."""
 
 
 class TransportAuthError(TransportError):

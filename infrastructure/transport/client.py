@@ -27,7 +27,9 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
+import ssl
 from collections.abc import Callable
+from ssl import SSLContext
 
 from domain.effects import Reply
 from domain.errors import RetryLater
@@ -51,11 +53,13 @@ class ClusterClient:
     def __init__(self, node_id: str, role: str, route: Route, address_of: Callable[[str], str | None],
                  auth: LinkAuth, lane_of: Callable[[EntityRef], str] = lambda ref: "default",
                  ask_timeout_s: float = 5.0, handoff_wait_s: float = 0.5, metrics: ClusterMetrics | None = None,
-                 handshake_timeout_s: float = 5.0) -> None:
+                 handshake_timeout_s: float = 5.0, ssl: SSLContext | None = None) -> None:
         self.node_id, self.role = node_id, role
         self.auth = auth
         self.metrics = metrics or ClusterMetrics()
         self.handshake_timeout_s = handshake_timeout_s
+        self.ssl = ssl
+        """TLS to every node, verifying its certificate (infrastructure/transport/tls.py); None: plain TCP."""
         self._log_limit = FailureLog()
         self.route, self.address_of, self.lane_of = route, address_of, lane_of
         self.ask_timeout_s, self.handoff_wait_s = ask_timeout_s, handoff_wait_s
@@ -257,7 +261,12 @@ class ClusterClient:
             if address is None:
                 raise OSError(f"no address for node {node}")
             host, port = address.rsplit(":", 1)
-            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), ssl=self.ssl, ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
+            except ssl.SSLError as exc:  # e.g. a certificate our CA did not sign, or for another host
+                self._auth_failed(node, TransportAuthError("tls", str(exc)))
+                raise ConnectionRefusedError(f"{node}: TLS failed: {exc}") from None
             await self._handshake(reader, writer, node, lane)
             link = Link(reader, writer, f"{self.node_id}->{node}/{lane}")
             link.peer, link.role = node, "state"
@@ -281,10 +290,13 @@ class ClusterClient:
             writer.close()
             failure = exc if isinstance(exc, TransportAuthError) else TransportAuthError(
                 "timeout", f"handshake not done in {self.handshake_timeout_s} s")
-            self.metrics.auth_failures.labels("client", failure.reason).inc()
-            if self._log_limit.should_log(failure.reason, node):
-                log.error("link to %s refused: %s", node, failure)
+            self._auth_failed(node, failure)
             raise ConnectionRefusedError(f"{node}: {failure}") from None
+
+    def _auth_failed(self, node: str, failure: TransportAuthError) -> None:
+        self.metrics.auth_failures.labels("client", failure.reason).inc()
+        if self._log_limit.should_log(failure.reason, node):
+            log.error("link to %s refused: %s", node, failure)
 
     def _on_envelope(self, link: Link, envelope: Envelope) -> None:
         if isinstance(envelope, ReplyEnvelope):

@@ -33,6 +33,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from ssl import SSLContext
 
 from domain.effects import Reply, Send, Terminate
 from domain.errors import NotAuthorised, RetryLater
@@ -57,7 +58,8 @@ class NodeServer:
 
     def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool], auth: LinkAuth,
                  owner_of: Callable[[EntityRef], str | None], host: str = "127.0.0.1", port: int = 0,
-                 metrics: ClusterMetrics | None = None, handshake_timeout_s: float = 5.0) -> None:
+                 metrics: ClusterMetrics | None = None, handshake_timeout_s: float = 5.0,
+                 ssl: SSLContext | None = None) -> None:
         self.node = node
         self.node_id = node_id
         self.is_member = is_member
@@ -67,6 +69,8 @@ class NodeServer:
         self.host, self.port = host, port
         self.metrics = metrics or ClusterMetrics()
         self.handshake_timeout_s = handshake_timeout_s
+        self.ssl = ssl
+        """TLS around every link (infrastructure/transport/tls.py); None: plain TCP."""
         self._server: asyncio.Server | None = None
         self._links: set[Link] = set()
         self._handshaking: set[asyncio.StreamWriter] = set()
@@ -79,7 +83,8 @@ class NodeServer:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.ssl,
+                                                  ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
         self.port = self._server.sockets[0].getsockname()[1]
         self.node.outbound = self
 

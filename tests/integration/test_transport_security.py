@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from ssl import SSLContext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,13 @@ from infrastructure.cluster.state_node import ClusteredStateNode
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator, zookeeper_client
 from infrastructure.errors import ConfigurationError
 from infrastructure.settings import Settings
+from infrastructure.transport import tls
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
 from ops.status import StatusError, read_status
 from tests.support.cluster import ClusterSecrets
 from tests.support.servers import ZooKeeperServer
+from tests.support.tls import make_certificates
 
 HUGE = 900_000_000_000
 
@@ -67,23 +70,24 @@ class Running:
     def stored(self, ref: EntityRef) -> list[str]:
         return [e.topic.rsplit(".", 1)[-1] for e in self.a.platform.journal.read(ref.stream_id)]
 
-    def client(self, role: str = "edge", auth: LinkAuth | None = None) -> ClusterClient:
+    def client(self, role: str = "edge", auth: LinkAuth | None = None, ssl: SSLContext | None = None) -> ClusterClient:
         """A transport client named ``edge-1`` (the registered edge), routed by the edge's view."""
         return ClusterClient("edge-1", role, route=self.edge_view.route, address_of=self.edge_view.address_of,
-                             auth=auth or self.secrets.link_auth("edge"))
+                             auth=auth or self.secrets.link_auth("edge"), ssl=ssl)
 
     def counted(self, node: ClusteredStateNode, metric: str, **labels: str) -> float:
         return node.ownership.metrics.registry.get_sample_value(metric, labels) or 0.0
 
 
 @asynccontextmanager
-async def running(zookeeper: ZooKeeperServer, tmp_path: Path, node_ids: tuple[str, ...] = ("node-a",)) -> AsyncIterator[Running]:
+async def running(zookeeper: ZooKeeperServer, tmp_path: Path, node_ids: tuple[str, ...] = ("node-a",),
+                  **settings: str) -> AsyncIterator[Running]:
     """State nodes with the cluster's secrets, and a registered edge ``edge-1`` (as a real edge
     registers: its member entry is what an attacker reads the name from)."""
     cluster = f"s{uuid.uuid4().hex[:6]}"
     cluster_secrets = ClusterSecrets.write(tmp_path)
     base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts, cluster_name=cluster,
-                    zk_session_timeout_s=2.0, shards_per_category=8, **cluster_secrets.settings())
+                    zk_session_timeout_s=2.0, shards_per_category=8, **cluster_secrets.settings(), **settings)
     nodes = [ClusteredStateNode(base.with_(node_id=n)) for n in node_ids]
     edge_view = ZooKeeperCoordinator(zookeeper.hosts, cluster, MemberInfo("edge-1", role="edge"), {"Lot": 8, "Bidder": 8},
                                      Layout.everything(), Ownership("edge-1", 8), auth=cluster_secrets.zookeeper_auth())
@@ -237,6 +241,35 @@ def test_entity_messages_only_from_the_node_owning_the_sender(zookeeper: ZooKeep
                 assert c.stored(lot) == [*before, "LimitRaised"]
             finally:
                 await edge.close()
+
+    asyncio.run(scenario())
+
+
+def test_transport_tls_serves_members_that_trust_the_ca_and_nobody_else(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
+    ca = make_certificates(tmp_path / "tls")
+    stranger = make_certificates(tmp_path / "other", "some other CA")
+    tls_settings = {"transport_tls_ca_file": str(ca.ca_file), "transport_tls_cert_file": str(ca.cert_file),
+                    "transport_tls_key_file": str(ca.key_file)}
+
+    async def scenario() -> None:
+        async with running(zookeeper, tmp_path, **tls_settings) as c:
+            lot = c.owned_by(c.a, "Lot")[0]
+            trusting = c.client(ssl=tls.client_context(c.a.settings))
+            plain = c.client()
+            wrong_ca = c.client(ssl=tls.client_context(c.a.settings.with_(transport_tls_ca_file=str(stranger.ca_file))))
+            connect = Connect("c1", time.time(), "conn", {"sub": "ann", "role": "viewer"})
+            try:
+                for refused in (plain, wrong_ca):
+                    reply = await refused.ask(lot, connect)
+                    assert not reply.ok and reply.code == "retry"
+                assert wrong_ca.metrics.registry.get_sample_value(
+                    "xplatform_transport_auth_failures_total", {"side": "client", "reason": "tls"}) >= 1
+                assert c.stored(lot) == []
+                assert (await trusting.ask(lot, connect)).ok  # TLS, then the HMAC handshake inside it
+                assert "ConnectionAccepted" in c.stored(lot)
+            finally:
+                for client in (trusting, plain, wrong_ca):
+                    await client.close()
 
     asyncio.run(scenario())
 
