@@ -27,9 +27,8 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
-import ssl
 from collections.abc import Callable
-from ssl import SSLContext
+from ssl import SSLContext, SSLError
 
 from domain.effects import Reply
 from domain.errors import RetryLater
@@ -264,7 +263,7 @@ class ClusterClient:
             try:
                 reader, writer = await asyncio.open_connection(
                     host, int(port), ssl=self.ssl, ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
-            except ssl.SSLError as exc:  # e.g. a certificate our CA did not sign, or for another host
+            except SSLError as exc:  # e.g. a certificate our CA did not sign, or for another host
                 self._auth_failed(node, TransportAuthError("tls", str(exc)))
                 raise ConnectionRefusedError(f"{node}: TLS failed: {exc}") from None
             await self._handshake(reader, writer, node, lane)
