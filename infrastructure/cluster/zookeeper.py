@@ -201,6 +201,8 @@ class ZooKeeperCoordinator:
                 pass
         for path in ("members", "assignment"):
             self.client.ensure_path(f"{self.root}/{path}")
+        if self.auth is not None:
+            self._lock_down()
         _data, root_stat = self.client.get(self.root)
         self.ownership.generation = int(root_stat.ctime)
         data = json.dumps(asdict(self.member)).encode()
@@ -209,6 +211,19 @@ class ZooKeeperCoordinator:
         except NodeExistsError:
             # Our previous session's node may linger until that session expires.
             raise CoordinationError(f"a member named {self.member.node_id} is already registered") from None
+
+    def _lock_down(self) -> None:
+        """A cluster created before ACLs (or in insecure mode) has open znodes: close them.
+        Needs the znodes' ADMIN right, which open znodes give to anyone."""
+        for path in (self.root, f"{self.root}/members", f"{self.root}/assignment", f"{self.root}/allocator"):
+            try:
+                acl, _stat = self.client.get_acls(path)
+                if list(acl) != self.auth.acl:  # type: ignore[union-attr]
+                    self.client.set_acls(path, self.auth.acl)  # type: ignore[union-attr]
+                    log.warning("ZooKeeper node %s was open to %s; now only to its digest user", path,
+                                sorted({a.id.scheme for a in acl}))
+            except NoNodeError:
+                continue
 
     # ------------------------------------------------------------------ kazoo callbacks (kazoo threads)
     def _on_state(self, state: str) -> None:

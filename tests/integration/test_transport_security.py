@@ -318,6 +318,33 @@ def test_zookeeper_without_the_credentials_can_neither_read_nor_write(zookeeper:
     asyncio.run(scenario())
 
 
+def test_a_cluster_created_open_is_closed_by_its_first_authenticated_node(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
+    """An existing cluster from before ACLs: its root, member list and map were created open."""
+    cluster = f"o{uuid.uuid4().hex[:6]}"
+    root = f"/xplatform/{cluster}"
+    anonymous = KazooClient(zookeeper.hosts)
+    anonymous.start(5)
+    try:
+        for path in ("members", "assignment"):
+            anonymous.ensure_path(f"{root}/{path}")
+        cluster_secrets = ClusterSecrets.write(tmp_path)
+        node = ClusteredStateNode(Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
+                                           cluster_name=cluster, node_id="node-a", shards_per_category=8,
+                                           **cluster_secrets.settings()))
+
+        async def start_stop() -> None:
+            await node.start()
+            await node.stop()
+
+        asyncio.run(start_stop())
+        for path in (root, f"{root}/members", f"{root}/assignment"):
+            with pytest.raises(NoAuthError):
+                anonymous.get(path)
+    finally:
+        anonymous.stop()
+        anonymous.close()
+
+
 def test_a_clustered_process_without_its_secrets_does_not_start(tmp_path: Path) -> None:
     cluster_secrets = ClusterSecrets.write(tmp_path)
     base = Settings(store="memory", zookeeper_hosts="127.0.0.1:1", **cluster_secrets.settings())
