@@ -2,7 +2,7 @@
 transport is the network client, routed by the shard map from ZooKeeper.
 
 The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
-only from members), watches the shard map, and tells each owning node which entities it
+only from members that prove they hold the edge secret: infrastructure/transport/auth.py), watches the shard map, and tells each owning node which entities it
 holds connections for (the registry's first/last-connection hooks), again whenever the
 map moves an entity. Shutdown closes every socket with 1001 GOING_AWAY: clients reconnect,
 with the same connection ID, to another edge.
@@ -20,9 +20,11 @@ from edge.public import PublicEdge, add_public_edge, build_verifier
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import lanes_from
-from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
+from infrastructure.transport import tls
+from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.client import ClusterClient
 
 
@@ -32,17 +34,20 @@ class ClusteredEdge:
     def __init__(self, settings: Settings, categories: Collection[str]) -> None:
         self.settings = settings
         self.config = EdgeConfig.from_settings(settings)
+        auth = link_auth_from(settings, "edge")  # the edge secret only: an edge cannot act as a state node
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         self.ownership = Ownership(settings.node_id, settings.shards_per_category)
         self.coordinator = ZooKeeperCoordinator(
             settings.zookeeper_hosts, settings.cluster_name, MemberInfo(settings.node_id, role="edge"),
             {c: settings.shards_per_category for c in categories}, layout, self.ownership,
-            session_timeout_s=settings.zk_session_timeout_s)
+            session_timeout_s=settings.zk_session_timeout_s, auth=ZooKeeperAuth.from_settings(settings))
         lanes = lanes_from(settings)
         self.client = ClusterClient(settings.node_id, "edge", route=self.coordinator.route,
-                                    address_of=self.coordinator.address_of,
+                                    address_of=self.coordinator.address_of, auth=auth,
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
-                                    ask_timeout_s=settings.ask_timeout_s)
+                                    ask_timeout_s=settings.ask_timeout_s, metrics=self.ownership.metrics,
+                                    handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                    ssl=tls.client_context(settings))
         self.metrics = EdgeMetrics()
         GcPauses.install().register(self.metrics.registry)  # an edge process has no node registry
         self.public = PublicEdge(self.client, self.config, categories=categories,

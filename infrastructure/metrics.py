@@ -57,8 +57,9 @@ class NodeMetrics:
 class ClusterMetrics:
     """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned, handoffs,
     ZooKeeper/ownership state, routing misses, handoff durations, transport lane buffers
-    (bytes) and queues (envelopes). Bounded labels: category, ownership state, direction
-    (gained/lost), lane (configured), side (client/server)."""
+    (bytes) and queues (envelopes); transport authentication failures and refused messages
+    (``xplatform_transport_*``). Bounded labels: category, ownership state, direction
+    (gained/lost), lane (configured), side (client/server), reason (fixed lists)."""
 
     STATES = ("connecting", "serving", "fenced", "lost", "draining")
 
@@ -85,6 +86,13 @@ class ClusterMetrics:
                                 "Envelopes written to transport links but not yet sent, per lane. side=client: "
                                 "links this process opened (deliveries to owners); side=server: links it accepted "
                                 "(replies and outbound effects to edges and peers).", ["lane", "side"], registry=r)
+        self.auth_failures = Counter("xplatform_transport_auth_failures", "Transport links refused at the handshake. "
+                                     "side=server: a peer that connected to us did not prove itself; side=client: "
+                                     "a node we dialled did not. reason: infrastructure/transport/auth.py "
+                                     "AUTH_FAILURE_REASONS.", ["side", "reason"], registry=r)
+        self.refused_messages = Counter("xplatform_transport_refused_messages", "Deliveries an authenticated peer "
+                                        "may not make, refused without delivery. reason: infrastructure/transport/"
+                                        "server.py REFUSAL_REASONS.", ["reason"], registry=r)
         self._lanes_seen: set[tuple[str, str]] = set()
 
     def record_lanes(self, side: str, queued: dict[str, int]) -> None:

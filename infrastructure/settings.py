@@ -177,6 +177,36 @@ class Settings:
                                  "(printed at start and scrapeable through service discovery).")
     transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
                                     "connections, so a flood in one cannot delay another; others use 'default'.")
+    cluster_secret_file: str = _setting("", "File holding the state secret (>= 32 bytes), known to state "
+                                        "nodes only: a link opened by a state node (entity messages) proves "
+                                        "it, so an edge cannot act as a state node. No default: a clustered "
+                                        "state node refuses to start without it (a mounted secret; never in "
+                                        "the environment, where child processes and crash dumps see it).")
+    cluster_edge_secret_file: str = _setting("", "File holding the edge secret (>= 32 bytes, different from "
+                                             "the state secret), known to edges and state nodes: a link opened "
+                                             "by an edge (client traffic) proves it. Required for `xplatform "
+                                             "edge` and `state-node`. See infrastructure/transport/auth.py.")
+    cluster_insecure: int = _setting(0, "1 runs clustered processes without transport authentication and "
+                                     "without ZooKeeper credentials or ACLs (warned at start): for local "
+                                     "experiments only - any process that can reach a node can then act as "
+                                     "an edge or a state node. Off, so forgetting the secrets fails at start.")
+    transport_handshake_timeout_s: float = _setting(5.0, "A peer must finish the link handshake (one round "
+                                                    "trip, two HMACs) within this, else it is closed: bounded "
+                                                    "half-open sockets, generous for a loaded peer.")
+    transport_tls_ca_file: str = _setting("", "PEM of the CA that signed the state nodes' transport certificates; "
+                                          "set (on every member) to run links over TLS, verifying the node's "
+                                          "certificate and host name. Empty: plain TCP - the HMAC handshake "
+                                          "authenticates peers but frames are readable on the path (private "
+                                          "networks only). See infrastructure/transport/tls.py.")
+    transport_tls_cert_file: str = _setting("", "State nodes with transport TLS: their certificate (PEM, chain), "
+                                            "naming the host they publish (transport_advertise or transport_host).")
+    transport_tls_key_file: str = _setting("", "State nodes with transport TLS: the certificate's private key (PEM).")
+    zookeeper_user: str = _setting("xplatform", "User of ZooKeeper digest authentication: every znode the "
+                                   "cluster creates is readable and writable by this user only (digest ACL).")
+    zookeeper_password_file: str = _setting("", "File holding the ZooKeeper digest password of zookeeper_user. "
+                                            "Required for clustered processes (and `xplatform status`) unless "
+                                            "cluster_insecure: without it anyone reaching ZooKeeper could read "
+                                            "the member list and rewrite the shard map.")
     supervisor_restart_max_s: float = _setting(10.0, "`xplatform state-node --supervised` restarts a crashed "
                                                "node after 0.2 s, doubling per crash up to this: a node that "
                                                "crashes at start (bad config, store down) retries every 10 s "
@@ -199,11 +229,20 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
-                     "zk_session_timeout_s", "supervisor_restart_max_s"):
+                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:
             self._check_advertise()
+        if bool(self.transport_tls_cert_file) != bool(self.transport_tls_key_file):
+            raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE and _KEY_FILE must be set together")
+        if self.transport_tls_cert_file and not self.transport_tls_ca_file:
+            raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE needs XPLATFORM_TRANSPORT_TLS_CA_FILE too: "
+                                     "state nodes also dial each other and verify the peer's certificate")
+        if self.cluster_insecure not in (0, 1):
+            raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
+        if not self.zookeeper_user or ":" in self.zookeeper_user:
+            raise ConfigurationError("XPLATFORM_ZOOKEEPER_USER must be a non-empty name without ':'")
         if self.eventstoredb_retries < 0:
             raise ConfigurationError("XPLATFORM_EVENTSTOREDB_RETRIES must be 0 or positive")
         if self.store == "eventstoredb":

@@ -1,6 +1,7 @@
 """Client → edge → entity → durable → edge → client round trip over real websockets.
 
     python -m loadtests.bench_rtt [--connections 200] [--rate 2000] [--seconds 10] [--same-process]
+    python -m loadtests.bench_rtt --cluster [--store sqlite|postgres] [--auth on|off|both]
 
 The platform (SQLite file, in-process transport) and its public edge run in this process;
 the clients run in a separate process by default (``--same-process`` puts them on the same
@@ -10,6 +11,13 @@ to its own ``Tally`` entity; MSGs are sent open loop at ``--rate`` per second in
 leaves only after the event is durable) is measured at the client.
 
 Last stdout line: JSON with ``p50_ms``, ``p99_ms``, ``rate`` (achieved send rate), ``errors``.
+
+``--cluster --auth both`` measures what transport authentication costs: the same load on a
+cluster with authenticated links (the default) and on one with ``XPLATFORM_CLUSTER_INSECURE=1``,
+one after the other in this run (off first), and adds ``auth_on``/``auth_off`` (p50, p99, rate,
+errors) and ``auth_p50_overhead`` (on/off - 1) to the JSON. The HMAC handshake runs once per
+link at start, so the expected overhead per message is nil (noise); the top-level figures are
+the authenticated run's.
 """
 
 from __future__ import annotations
@@ -112,17 +120,36 @@ def _client_process(base_url: str, connections: int, rate: float, seconds: float
     out.put({**result, "client_gc": pauses.summary()})
 
 
-def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> dict[str, Any]:
+def bench_cluster(connections: int, rate: float, seconds: float, store: str, auth: str = "on") -> dict[str, Any]:
     """Across processes: clients (one process) -> edge process -> state node process -> back,
     ZooKeeper and PostgreSQL as local servers. Each message is a Lot chat post (one durable
-    event, reply after durability), one lot per connection."""
-    import jwt
-
-    from ops.local.cluster import HS256_SECRET, Cluster
+    event, reply after durability), one lot per connection. ``auth``: transport link
+    authentication on, off (insecure mode), or both one after the other (see the module docstring)."""
     from ops.local.servers import PostgresServer, ZooKeeperServer
 
     postgres, zookeeper = PostgresServer.start(), ZooKeeperServer.start()
-    cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0, store=store)
+    try:
+        if auth != "both":
+            return _cluster_run(zookeeper, postgres, connections, rate, seconds, store, insecure=auth == "off")
+        runs = {name: _cluster_run(zookeeper, postgres, connections, rate, seconds, store, insecure=name == "auth_off")
+                for name in ("auth_off", "auth_on")}
+        summary = {name: {k: r[k] for k in ("p50_ms", "p99_ms", "rate", "errors")} for name, r in runs.items()}
+        overhead = runs["auth_on"]["p50_ms"] / runs["auth_off"]["p50_ms"] - 1 if runs["auth_off"]["p50_ms"] else None
+        return {**runs["auth_on"], **summary, "auth_p50_overhead": overhead}
+    finally:
+        zookeeper.destroy()
+        postgres.stop()
+
+
+def _cluster_run(zookeeper: Any, postgres: Any, connections: int, rate: float, seconds: float, store: str,
+                 insecure: bool) -> dict[str, Any]:
+    """One cluster (its own name and secrets) on the shared servers, loaded once."""
+    import jwt
+
+    from ops.local.cluster import HS256_SECRET, Cluster
+
+    cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0, store=store,
+                      insecure=insecure)
     try:
         cluster.start("state-node", "node-a")
         base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
@@ -138,8 +165,6 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> 
         return result
     finally:
         cluster.stop_all()
-        zookeeper.destroy()
-        postgres.stop()
 
 
 async def bench(connections: int, rate: float, seconds: float, same_process: bool) -> dict[str, Any]:
@@ -181,17 +206,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="across processes: edge process + state node process (ZooKeeper)")
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
                         help="with --cluster: the state node's store (sqlite: a file; postgres: a local server)")
+    parser.add_argument("--auth", choices=["on", "off", "both"], default="on",
+                        help="with --cluster: transport link authentication on (default), off (insecure mode), "
+                             "or both in this run, reporting the p50 overhead")
     args = parser.parse_args(argv)
     if args.cluster:
-        result = bench_cluster(args.connections, args.rate, args.seconds, args.store)
+        result = bench_cluster(args.connections, args.rate, args.seconds, args.store, args.auth)
     else:
         result = asyncio.run(bench(args.connections, args.rate, args.seconds, args.same_process))
     print(f"{args.connections} connections, {result['rate']:.0f} msg/s: p50 {result['p50_ms']:.2f} ms, "
           f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']}")
+    if "auth_p50_overhead" in result:
+        off, on = result["auth_off"], result["auth_on"]
+        print(f"transport auth off: p50 {off['p50_ms']:.2f} ms p99 {off['p99_ms']:.2f} ms; on: p50 {on['p50_ms']:.2f} ms "
+              f"p99 {on['p99_ms']:.2f} ms; p50 overhead {result['auth_p50_overhead']:+.1%}")
     emit({**result, "connections": args.connections, "offered_rate": args.rate, "seconds": args.seconds,
           "clients": "same process" if args.same_process else "separate process",
           "topology": "cluster: edge process + state node process" if args.cluster else "one process",
-          "store": args.store if args.cluster else "sqlite"})
+          "store": args.store if args.cluster else "sqlite", **({"auth": args.auth} if args.cluster else {})})
 
 
 if __name__ == "__main__":

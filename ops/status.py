@@ -2,7 +2,8 @@
 
 Prints the members (role, group, address), the shard map version, and how many shards of
 each category every state node owns; shards without an owner are called out. Read-only:
-safe to run at any time, from any machine that reaches ZooKeeper.
+safe to run at any time, from any machine that reaches ZooKeeper - with the cluster's
+ZooKeeper credentials (XPLATFORM_ZOOKEEPER_PASSWORD_FILE): nobody else may read the map.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import json
 from collections import Counter
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 
 from infrastructure.cluster.allocation import Assignment
+from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
 from infrastructure.errors import ConfigurationError, InfrastructureError
 from infrastructure.settings import Settings
 
@@ -28,7 +29,8 @@ def read_status(settings: Settings) -> dict[str, Any]:
     if not settings.zookeeper_hosts:
         raise ConfigurationError("status needs XPLATFORM_ZOOKEEPER_HOSTS")
     root = f"/xplatform/{settings.cluster_name}"
-    zk = KazooClient(hosts=settings.zookeeper_hosts, timeout=settings.zk_session_timeout_s)
+    zk = zookeeper_client(settings.zookeeper_hosts, ZooKeeperAuth.from_settings(settings),
+                          timeout=settings.zk_session_timeout_s)
     try:
         zk.start(10)
         members = {}
@@ -38,6 +40,9 @@ def read_status(settings: Settings) -> dict[str, Any]:
             except NoNodeError:
                 continue
         data, _ = zk.get(f"{root}/assignment")
+    except NoAuthError:
+        raise StatusError(f"ZooKeeper refused to show cluster {settings.cluster_name!r}: set "
+                          "XPLATFORM_ZOOKEEPER_USER/_PASSWORD_FILE to the cluster's credentials") from None
     except NoNodeError:
         raise StatusError(f"no cluster named {settings.cluster_name!r} in ZooKeeper at {settings.zookeeper_hosts}") from None
     except (KazooException, TimeoutError) as exc:

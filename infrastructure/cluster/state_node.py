@@ -25,10 +25,12 @@ from domain.refs import EntityRef
 from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
-from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.persistence import EventJournal
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
+from infrastructure.transport import tls
+from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.server import NodeServer
 
@@ -62,27 +64,38 @@ class ClusteredStateNode:
         """``journal``: the event store (default: opened from ``settings``), as for
         :func:`build_platform`; tests pass a wrapper to hold appends in flight."""
         self.settings = settings
+        auth = link_auth_from(settings, "state")  # before anything starts: no secrets, no node
+        zookeeper_auth = ZooKeeperAuth.from_settings(settings)
         self.ownership = Ownership(settings.node_id, settings.shards_per_category)
         self.platform: Platform = build_platform(settings, entities=entities, journal=journal, ownership=self.ownership)
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         categories = {c: settings.shards_per_category for c in self.platform.node.types.categories}
         self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),
-                                 host=settings.transport_host, port=settings.transport_port)
+                                 auth=auth, owner_of=self._owner_of, host=settings.transport_host,
+                                 port=settings.transport_port, metrics=self.ownership.metrics,
+                                 handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                 ssl=tls.server_context(settings))
         self.coordinator = ZooKeeperCoordinator(
             settings.zookeeper_hosts, settings.cluster_name,
             MemberInfo(settings.node_id, role="state", group=settings.node_group), categories, layout,
-            self.ownership, session_timeout_s=settings.zk_session_timeout_s)
+            self.ownership, session_timeout_s=settings.zk_session_timeout_s, auth=zookeeper_auth)
         lanes = lanes_from(settings)
         self.client = ClusterClient(settings.node_id, "state", route=self.coordinator.route,
-                                    address_of=self.coordinator.address_of,
+                                    address_of=self.coordinator.address_of, auth=auth,
                                     lane_of=lambda ref: lanes.get(ref.category, "default"),
-                                    ask_timeout_s=settings.ask_timeout_s)
+                                    ask_timeout_s=settings.ask_timeout_s, metrics=self.ownership.metrics,
+                                    handshake_timeout_s=settings.transport_handshake_timeout_s,
+                                    ssl=tls.client_context(settings))
         self._metrics_runner: web.AppRunner | None = None
         self.platform.node.router = LocalFirstRouter(self.platform.node, self.ownership, self.client)
         if settings.supervisor_session_file:
             self.coordinator.on_session = self._tell_supervisor
         self._flushes: set[asyncio.Task[None]] = set()
         self.ownership.listeners.append(self._on_ownership)
+
+    def _owner_of(self, ref: EntityRef) -> str | None:
+        owner = self.ownership.owner_of(ref)
+        return None if owner is None else owner.node
 
     def _tell_supervisor(self, session_id: int, password: bytes) -> None:
         """Our supervisor ends this session if we die (infrastructure/cluster/supervisor.py)."""

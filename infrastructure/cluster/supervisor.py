@@ -230,4 +230,9 @@ async def supervise_state_node(settings: Settings) -> int:
         raise ConfigurationError("state-node needs XPLATFORM_ZOOKEEPER_HOSTS (dev mode without ZooKeeper: xplatform run)")
     if settings.supervisor_session_file:
         raise ConfigurationError("XPLATFORM_SUPERVISOR_SESSION_FILE is set: a supervised node cannot supervise itself")
+    from infrastructure.cluster.zookeeper import ZooKeeperAuth
+    from infrastructure.transport.auth import link_auth_from
+
+    link_auth_from(settings, "state")  # missing secrets fail here, once, not in a restart loop
+    ZooKeeperAuth.from_settings(settings)
     return await Supervisor(settings).run()

@@ -10,6 +10,13 @@ ZooKeeper layout under ``/xplatform/<cluster>/``:
 - ``allocator`` — kazoo ``Election``: one node at a time recomputes the map when members
   change.
 
+Access control: with :class:`ZooKeeperAuth` (every clustered process, unless
+``cluster_insecure``) the client authenticates with a digest user and every znode it creates
+under the cluster's root carries a digest ACL giving that user all rights and nobody else
+any: a client without the credentials can neither list the members nor read or write the
+map. The shared parent ``/xplatform`` is created with the same ACL plus world CREATE only, so
+other clusters (with other credentials) can still add their roots without reading ours.
+
 Every kazoo callback runs on kazoo's threads and must not block: each one hands its news
 to the event loop with ``call_soon_threadsafe`` (architecture page, example 8).
 """
@@ -23,17 +30,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.retry import KazooRetry
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
+from kazoo.security import ACL, make_acl, make_digest_acl
 
 from domain.refs import EntityRef
 from infrastructure.cluster.allocation import Assignment, allocate
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.errors import InfrastructureError
+
+if TYPE_CHECKING:
+    from infrastructure.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +66,63 @@ class MemberInfo:
     lanes: list[str] = field(default_factory=list)
 
 
+ROOT = "/xplatform"
+
+
+@dataclass(frozen=True)
+class ZooKeeperAuth:
+    """Digest credentials of the cluster (settings ``zookeeper_user``/``zookeeper_password_file``)."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ZooKeeperAuth | None:
+        """The credentials; None in insecure mode. ConfigurationError without the password file."""
+        if settings.cluster_insecure:
+            return None
+        from infrastructure.transport.auth import read_secret
+
+        password = read_secret(settings.zookeeper_password_file, "XPLATFORM_ZOOKEEPER_PASSWORD_FILE").decode()
+        return cls(settings.zookeeper_user, password)
+
+    @property
+    def acl(self) -> list[ACL]:
+        """Creator (our user) all rights; no world access."""
+        return [make_digest_acl(self.user, self.password, all=True)]
+
+    @property
+    def parent_acl(self) -> list[ACL]:
+        """For the shared ``/xplatform``: ours, plus world CREATE so other clusters can add roots."""
+        return [*self.acl, make_acl("world", "anyone", create=True)]
+
+    def client_kwargs(self) -> dict[str, object]:
+        return {"auth_data": [("digest", f"{self.user}:{self.password}")], "default_acl": self.acl}
+
+
+def zookeeper_client(hosts: str, auth: ZooKeeperAuth | None, **kwargs: object) -> KazooClient:
+    """A kazoo client authenticated with ``auth`` (if any): one place that knows how."""
+    return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)  # type: ignore[arg-type]
+
+
 class ZooKeeperCoordinator:
     """Keeps an :class:`Ownership` current from ZooKeeper; allocates when elected."""
 
     def __init__(self, hosts: str, cluster: str, member: MemberInfo, categories: Mapping[str, int],
-                 layout: Layout, ownership: Ownership, session_timeout_s: float = 2.0) -> None:
+                 layout: Layout, ownership: Ownership, session_timeout_s: float = 2.0,
+                 auth: ZooKeeperAuth | None = None) -> None:
         layout.check_covers(categories)
         self.member = member
         self.categories = dict(categories)
         self.layout = layout
         self.ownership = ownership
-        self.root = f"/xplatform/{cluster}"
+        self.root = f"{ROOT}/{cluster}"
+        self.auth = auth
         # Reconnect attempts every 0.1 s doubling up to half a session: kazoo's default backoff
         # grows to an hour, so after a ZooKeeper outage a node could stay fenced about as long
         # again as the outage lasted, or miss its session (seen in the ZooKeeper-restart test).
         retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=max(0.2, session_timeout_s / 2))
-        self.client = KazooClient(hosts=hosts, timeout=session_timeout_s, connection_retry=retry)
+        self.client = zookeeper_client(hosts, auth, timeout=session_timeout_s, connection_retry=retry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._members_changed = threading.Event()
         self._stopping = threading.Event()
@@ -89,6 +142,9 @@ class ZooKeeperCoordinator:
         try:
             await asyncio.to_thread(self.client.start, connect_timeout_s)
             await asyncio.to_thread(self._register)
+        except NoAuthError:
+            raise CoordinationError(f"ZooKeeper refused access to {self.root}: wrong XPLATFORM_ZOOKEEPER_USER/"
+                                    "_PASSWORD_FILE, or the znodes were created with other credentials") from None
         except (KazooException, TimeoutError) as exc:
             raise CoordinationError(f"cannot join ZooKeeper at {self.client.hosts}: {exc}") from exc
         self.client.DataWatch(f"{self.root}/assignment", self._on_assignment)
@@ -138,8 +194,15 @@ class ZooKeeperCoordinator:
         session = self.client.client_id
         if self.on_session is not None and session is not None:
             self.on_session(*session)  # before the member entry exists: it never outlives what the supervisor knows
+        if self.auth is not None and not self.client.exists(ROOT):
+            try:
+                self.client.create(ROOT, acl=self.auth.parent_acl)
+            except NodeExistsError:
+                pass
         for path in ("members", "assignment"):
             self.client.ensure_path(f"{self.root}/{path}")
+        if self.auth is not None:
+            self._lock_down()
         _data, root_stat = self.client.get(self.root)
         self.ownership.generation = int(root_stat.ctime)
         data = json.dumps(asdict(self.member)).encode()
@@ -148,6 +211,19 @@ class ZooKeeperCoordinator:
         except NodeExistsError:
             # Our previous session's node may linger until that session expires.
             raise CoordinationError(f"a member named {self.member.node_id} is already registered") from None
+
+    def _lock_down(self) -> None:
+        """A cluster created before ACLs (or in insecure mode) has open znodes: close them.
+        Needs the znodes' ADMIN right, which open znodes give to anyone."""
+        for path in (self.root, f"{self.root}/members", f"{self.root}/assignment", f"{self.root}/allocator"):
+            try:
+                acl, _stat = self.client.get_acls(path)
+                if list(acl) != self.auth.acl:  # type: ignore[union-attr]
+                    self.client.set_acls(path, self.auth.acl)  # type: ignore[union-attr]
+                    log.warning("ZooKeeper node %s was open to %s; now only to its digest user", path,
+                                sorted({a.id.scheme for a in acl}))
+            except NoNodeError:
+                continue
 
     # ------------------------------------------------------------------ kazoo callbacks (kazoo threads)
     def _on_state(self, state: str) -> None:

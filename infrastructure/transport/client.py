@@ -4,6 +4,10 @@ messages) reach the entity's owning node, routed by the shard map.
 Implements the :class:`~infrastructure.transport.port.Transport` port, so an edge works
 unchanged over the in-process transport (dev mode) or this one (cluster).
 
+- Authentication: each link starts with the mutual handshake (``handshake.py``): the node
+  we dialled must prove it holds the secret of our role before we send anything but our
+  HELLO; a node that cannot is counted (``xplatform_transport_auth_failures_total{side=
+  "client"}``), logged (rate-limited) and treated as unreachable.
 - Routing: ``route(ref)`` answers (owner node, epoch) from the current shard map (kept
   current by ZooKeeper watches); ``address_of(node)`` from membership.
 - Lanes: one link per (node, lane); ``lane_of(ref)`` picks the lane (e.g. per category),
@@ -24,12 +28,16 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable
+from ssl import SSLContext, SSLError
 
 from domain.effects import Reply
 from domain.errors import RetryLater
 from domain.messages import Inbound
 from domain.refs import EntityRef
-from infrastructure.transport.envelopes import Deliver, Envelope, Hello, Interest, Outbound, ReplyEnvelope
+from infrastructure.metrics import ClusterMetrics
+from infrastructure.transport import handshake
+from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
+from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope
 from infrastructure.transport.link import Link
 from infrastructure.transport.port import OutboundSink
 
@@ -42,9 +50,16 @@ class ClusterClient:
     """Transport over the network. See the module docstring."""
 
     def __init__(self, node_id: str, role: str, route: Route, address_of: Callable[[str], str | None],
-                 lane_of: Callable[[EntityRef], str] = lambda ref: "default",
-                 ask_timeout_s: float = 5.0, handoff_wait_s: float = 0.5) -> None:
+                 auth: LinkAuth, lane_of: Callable[[EntityRef], str] = lambda ref: "default",
+                 ask_timeout_s: float = 5.0, handoff_wait_s: float = 0.5, metrics: ClusterMetrics | None = None,
+                 handshake_timeout_s: float = 5.0, ssl: SSLContext | None = None) -> None:
         self.node_id, self.role = node_id, role
+        self.auth = auth
+        self.metrics = metrics or ClusterMetrics()
+        self.handshake_timeout_s = handshake_timeout_s
+        self.ssl = ssl
+        """TLS to every node, verifying its certificate (infrastructure/transport/tls.py); None: plain TCP."""
+        self._log_limit = FailureLog()
         self.route, self.address_of, self.lane_of = route, address_of, lane_of
         self.ask_timeout_s, self.handoff_wait_s = ask_timeout_s, handoff_wait_s
         self._links: dict[tuple[str, str], Link] = {}
@@ -245,11 +260,16 @@ class ClusterClient:
             if address is None:
                 raise OSError(f"no address for node {node}")
             host, port = address.rsplit(":", 1)
-            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), ssl=self.ssl, ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
+            except SSLError as exc:  # e.g. a certificate our CA did not sign, or for another host
+                self._auth_failed(node, TransportAuthError("tls", str(exc)))
+                raise ConnectionRefusedError(f"{node}: TLS failed: {exc}") from None
+            await self._handshake(reader, writer, node, lane)
             link = Link(reader, writer, f"{self.node_id}->{node}/{lane}")
-            link.peer = node
+            link.peer, link.role = node, "state"
             link.start(self._on_envelope, self._on_closed)
-            link.send(Hello(self.node_id, self.role, (lane,)))
             self._links[key] = link
             future.set_result(link)
             return link
@@ -259,6 +279,23 @@ class ClusterClient:
             raise
         finally:
             self._connecting.pop(key, None)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node: str, lane: str) -> None:
+        """Prove ourselves to ``node`` and have it prove itself; OSError (unreachable) if not."""
+        try:
+            await asyncio.wait_for(handshake.connect(reader, writer, self.auth, self.node_id, self.role, (lane,), node),
+                                   self.handshake_timeout_s)
+        except (TransportAuthError, TimeoutError) as exc:
+            writer.close()
+            failure = exc if isinstance(exc, TransportAuthError) else TransportAuthError(
+                "timeout", f"handshake not done in {self.handshake_timeout_s} s")
+            self._auth_failed(node, failure)
+            raise ConnectionRefusedError(f"{node}: {failure}") from None
+
+    def _auth_failed(self, node: str, failure: TransportAuthError) -> None:
+        self.metrics.auth_failures.labels("client", failure.reason).inc()
+        if self._log_limit.should_log(failure.reason, node):
+            log.error("link to %s refused: %s", node, failure)
 
     def _on_envelope(self, link: Link, envelope: Envelope) -> None:
         if isinstance(envelope, ReplyEnvelope):

@@ -1,11 +1,13 @@
-"""Wire envelopes between edges and state nodes (transport protocol v1).
+"""Wire envelopes between edges and state nodes (transport protocol v2).
 
 Frames are length-prefixed (4 bytes, big endian) msgpack arrays whose first element is
 the envelope kind. The client payload inside a ``Deliver`` of a ``ClientMessage`` stays
 raw bytes end to end: neither the edge nor the transport parses it.
 
 Sender → receiver:
-- ``HELLO``    [1, node_id, role, lanes]           either side, first frame of a connection
+- ``HELLO``    [1, node_id, role, lanes, nonce, proof]   either side, first frame of a connection
+- ``AUTH``     [6, proof]                           connecting side's second frame (handshake:
+                                                      infrastructure/transport/auth.py)
 - ``DELIVER``  [2, corr, category, entity_id, message, want_reply]   edge/node → owning node
 - ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable] node → asker
 - ``OUTBOUND`` [4, category, entity_id, effect]     node → each edge interested in the entity
@@ -15,7 +17,8 @@ Sender → receiver:
 ``message`` is [kind, message_id, timestamp, ...fields] with kinds 1 Connect, 2 Terminated,
 3 ClientMessage, 4 EntityMessage. ``effect`` is [1 Send, target, payload, coalesce_key] or
 [2 Terminate, connection_id, reason, reconnect]; ``target`` is [1, connection_id] |
-[2] (all) | [3, match]. A malformed envelope raises :class:`EnvelopeError`.
+[2] (all) | [3, match]. A malformed envelope raises :class:`EnvelopeError` - and nothing
+else, whatever the bytes (a property-based test feeds it arbitrary input).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Term
 from domain.refs import EntityRef
 from infrastructure.errors import TransportError
 
-HELLO, DELIVER, REPLY, OUTBOUND, INTEREST = 1, 2, 3, 4, 5
+HELLO, DELIVER, REPLY, OUTBOUND, INTEREST, AUTH = 1, 2, 3, 4, 5, 6
+MAX_HANDSHAKE_BYTES = 64
+"""Longest nonce or proof accepted (ours are 32 bytes): nothing big is kept from an unauthenticated peer."""
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 
@@ -42,9 +47,21 @@ class EnvelopeError(TransportError):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """First frame of each side. ``nonce``: fresh random bytes of the sender; ``proof``: the
+    server's HMAC proof (empty from the connecting side, which proves itself in ``Auth``)."""
+
     node_id: str
     role: str
     lanes: tuple[str, ...] = ()
+    nonce: bytes = b""
+    proof: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The connecting side's proof, sent after it verified the server's."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +91,7 @@ class Interest:
     remove: tuple[EntityRef, ...] = ()
 
 
-Envelope = Hello | Deliver | ReplyEnvelope | Outbound | Interest
+Envelope = Hello | Deliver | ReplyEnvelope | Outbound | Interest | Auth
 
 
 def frame(envelope: Envelope) -> bytes:
@@ -114,7 +131,9 @@ def _to_list(e: Envelope) -> list[Any]:
         return [OUTBOUND, e.source.category, e.source.entity_id, _effect_to_list(e.effect)]
     if isinstance(e, Interest):
         return [INTEREST, [[r.category, r.entity_id] for r in e.add], [[r.category, r.entity_id] for r in e.remove]]
-    return [HELLO, e.node_id, e.role, list(e.lanes)]
+    if isinstance(e, Auth):
+        return [AUTH, e.proof]
+    return [HELLO, e.node_id, e.role, list(e.lanes), e.nonce, e.proof]
 
 
 def _from_list(d: Any) -> Envelope:
@@ -134,11 +153,20 @@ def _from_list(d: Any) -> Envelope:
         _, add, remove = d
         return Interest(tuple(EntityRef(c, i) for c, i in add), tuple(EntityRef(c, i) for c, i in remove))
     if kind == HELLO:
-        _, node_id, role, lanes = d
-        if not isinstance(node_id, str) or not node_id:
-            raise EnvelopeError("hello without a node id")
-        return Hello(node_id, str(role), tuple(map(str, lanes)))
+        _, node_id, role, lanes, nonce, proof = d
+        if not isinstance(node_id, str) or not node_id or not isinstance(role, str):
+            raise EnvelopeError("hello without a node id or role")
+        return Hello(node_id, role, tuple(map(str, lanes)), _short_bytes(nonce), _short_bytes(proof))
+    if kind == AUTH:
+        _, proof = d
+        return Auth(_short_bytes(proof))
     raise EnvelopeError(f"unknown envelope kind {kind!r}")
+
+
+def _short_bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > MAX_HANDSHAKE_BYTES:
+        raise EnvelopeError(f"nonce or proof must be at most {MAX_HANDSHAKE_BYTES} bytes")
+    return value
 
 
 def _message_to_list(m: Inbound) -> list[Any]:

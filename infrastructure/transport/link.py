@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Link", Envelope], None]
 
 
+async def read_envelope(reader: asyncio.StreamReader) -> Envelope:
+    """The next framed envelope; EnvelopeError for a malformed one, IncompleteReadError at EOF."""
+    header = await reader.readexactly(HEADER_BYTES)
+    return parse(await reader.readexactly(header_length(header)))
+
+
 class Link:
     """A framed, persistent connection. See the module docstring."""
 
@@ -28,7 +34,8 @@ class Link:
         self.reader = reader
         self.writer = writer
         self.name = name
-        self.peer = ""  # node id, from its HELLO
+        self.peer = ""  # node id, from its HELLO (authenticated by the handshake before the link starts)
+        self.role = ""  # the peer's authenticated role: "edge" or "state"
         self.lane = "default"  # the lane the connecting side named in its HELLO
         self.max_buffer = max_buffer
         self.closed = asyncio.Event()
@@ -85,9 +92,7 @@ class Link:
     async def _read_forever(self, handler: Handler, on_close: Callable[[Link], None] | None) -> None:
         try:
             while True:
-                header = await self.reader.readexactly(HEADER_BYTES)
-                body = await self.reader.readexactly(header_length(header))
-                handler(self, parse(body))
+                handler(self, await read_envelope(self.reader))
                 if self.closed.is_set():
                     break  # the handler closed us: nothing more from this peer is read
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -1,8 +1,24 @@
 """The state node's side of the network transport.
 
-Accepts links from edges and from other state nodes. Each link starts with HELLO; a peer
-that is not a known member (``is_member``) is refused: envelopes from an unknown edge are
-never delivered. DELIVER goes to the node (which checks shard ownership and answers
+Accepts links from edges and from other state nodes. Each link starts with the mutual
+handshake (``handshake.py``/``auth.py``): a peer that is not a known member (``is_member``),
+claims an unknown role or does not prove it holds that role's secret is refused (one
+rate-limited log line, ``xplatform_transport_auth_failures_total``, socket closed): nothing
+it sends is read past the handshake. Then each DELIVER is checked against the peer's
+authenticated role (:data:`REFUSAL_REASONS`):
+
+- edges may send client traffic only (Connect, ClientMessage, Terminated) and INTEREST;
+- state nodes may send entity messages only, and only for a sending entity whose shard the
+  *receiver's* current map gives to that peer. Across a handoff the two maps may disagree
+  for a moment: the message is then refused with ``retry`` (the sender's transport resends
+  it to the target's owner while its handoff window lasts, by when our map has usually
+  caught up), else it is dropped - entity messages are at most once, and entities recover
+  lost ones (e.g. the Bidder's ``hold_status`` check for a lost ``credit_held``).
+
+A refusal is counted (``xplatform_transport_refused_messages_total{reason}``), logged
+(rate-limited), answered with an error reply if one is wanted, and delivers nothing.
+
+DELIVER goes to the node (which checks shard ownership and answers
 ``retry`` for shards it does not own); REPLY carries the shard's epoch so edges can drop
 answers from an owner that has since been replaced.
 
@@ -17,37 +33,58 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from ssl import SSLContext
 
 from domain.effects import Reply, Send, Terminate
+from domain.errors import NotAuthorised, RetryLater
+from domain.messages import ClientMessage, Connect, EntityMessage, Terminated
 from domain.refs import EntityRef
+from infrastructure.metrics import ClusterMetrics
 from infrastructure.runtime.node import StateNode
-from infrastructure.transport.envelopes import Deliver, Envelope, Hello, Interest, Outbound, ReplyEnvelope, frame
+from infrastructure.transport import handshake
+from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
+from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope, frame
 from infrastructure.transport.link import Link
 
 log = logging.getLogger(__name__)
+
+CLIENT_TRAFFIC = (Connect, ClientMessage, Terminated)
+REFUSAL_REASONS = ("entity_message_from_edge", "client_message_from_state", "sender_not_owner", "interest_from_state")
+"""Bounded label values of ``xplatform_transport_refused_messages_total``."""
 
 
 class NodeServer:
     """Listens for edges and peers; is the node's OutboundSink. See the module docstring."""
 
-    def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool],
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool], auth: LinkAuth,
+                 owner_of: Callable[[EntityRef], str | None], host: str = "127.0.0.1", port: int = 0,
+                 metrics: ClusterMetrics | None = None, handshake_timeout_s: float = 5.0,
+                 ssl: SSLContext | None = None) -> None:
         self.node = node
         self.node_id = node_id
         self.is_member = is_member
+        self.auth = auth
+        self.owner_of = owner_of
+        """Node that owns an entity's shard in this node's current map (sender checks)."""
         self.host, self.port = host, port
+        self.metrics = metrics or ClusterMetrics()
+        self.handshake_timeout_s = handshake_timeout_s
+        self.ssl = ssl
+        """TLS around every link (infrastructure/transport/tls.py); None: plain TCP."""
         self._server: asyncio.Server | None = None
         self._links: set[Link] = set()
+        self._handshaking: set[asyncio.StreamWriter] = set()
         self._interest: dict[EntityRef, set[Link]] = defaultdict(set)
         self._link_interest: dict[Link, set[EntityRef]] = defaultdict(set)
-        self.refused_peers: set[str] = set()
+        self._log_limit = FailureLog()
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.ssl,
+                                                  ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
         self.port = self._server.sockets[0].getsockname()[1]
         self.node.outbound = self
 
@@ -56,41 +93,82 @@ class NodeServer:
             self._server.close()
         for link in list(self._links):
             link.close()
+        for writer in list(self._handshaking):
+            writer.close()
         if self._server is not None:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(reader, writer, f"{self.node_id}<-")
+        """Handshake first (bounded in time); only an authenticated peer gets a link."""
+        self._handshaking.add(writer)
+        try:
+            peer = await asyncio.wait_for(
+                handshake.accept(reader, writer, self.auth, self.node_id, self.is_member), self.handshake_timeout_s)
+        except TransportAuthError as exc:
+            self._refuse_link(writer, exc)
+            return
+        except TimeoutError:
+            self._refuse_link(writer, TransportAuthError("timeout", f"handshake not done in {self.handshake_timeout_s} s"))
+            return
+        finally:
+            self._handshaking.discard(writer)
+        link = Link(reader, writer, f"{self.node_id}<-{peer.node_id}")
+        link.peer, link.role = peer.node_id, peer.role
+        link.lane = peer.lanes[0] if peer.lanes else "default"
         self._links.add(link)
         link.start(self._on_envelope, self._on_closed)
 
+    def _refuse_link(self, writer: asyncio.StreamWriter, exc: TransportAuthError) -> None:
+        self.metrics.auth_failures.labels("server", exc.reason).inc()
+        address = writer.get_extra_info("peername")
+        host = str(address[0]) if isinstance(address, tuple) else str(address)  # not the port: new every attempt
+        if self._log_limit.should_log(exc.reason, host):
+            log.error("refused transport link from %s: %s", address, exc)
+        writer.close()
+
     def _on_envelope(self, link: Link, envelope: Envelope) -> None:
-        if not link.peer:
-            if not isinstance(envelope, Hello) or not self.is_member(envelope.node_id):
-                peer = envelope.node_id if isinstance(envelope, Hello) else "?"
-                if peer not in self.refused_peers:
-                    log.error("refusing link from unknown peer %r (not a registered member)", peer)
-                    self.refused_peers.add(peer)
-                link.close()
-                return
-            link.peer = envelope.node_id
-            link.lane = envelope.lanes[0] if envelope.lanes else "default"
-            link.send(Hello(self.node_id, "state"))
-            return
         if isinstance(envelope, Deliver):
             self._deliver(link, envelope)
         elif isinstance(envelope, Interest):
+            if link.role == "state":
+                self._refused(link, "interest_from_state", "INTEREST (only edges hold client connections)")
+                return
             self._update_interest(link, envelope)
         else:
             log.error("unexpected %s from %s; closing link", type(envelope).__name__, link.peer)
             link.close()
 
     def _deliver(self, link: Link, d: Deliver) -> None:
+        refusal = self._refusal(link, d)
+        if refusal is not None:
+            reason, retryable = refusal
+            self._refused(link, reason, f"{type(d.message).__name__} {d.message.message_id[:80]!r} to {d.to}")
+            if d.want_reply:
+                code = RetryLater.code if retryable else NotAuthorised.code
+                reply = Reply(d.message.message_id, False, None, code, f"refused: {reason}", retryable)
+                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
+            return
         reply_to = None
         if d.want_reply:
             def reply_to(reply: Reply, link: Link = link, d: Deliver = d) -> None:
                 link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
         self.node.deliver(d.to, d.message, reply_to)
+
+    def _refusal(self, link: Link, d: Deliver) -> tuple[str, bool] | None:
+        """(reason, retryable) when ``link``'s peer may not deliver ``d``; None when it may."""
+        message = d.message
+        if link.role == "edge":
+            return None if isinstance(message, CLIENT_TRAFFIC) else ("entity_message_from_edge", False)
+        if not isinstance(message, EntityMessage):
+            return "client_message_from_state", False
+        if self.owner_of(message.sender) != link.peer:
+            return "sender_not_owner", True  # maybe a handoff our map has not seen yet: see the module docstring
+        return None
+
+    def _refused(self, link: Link, reason: str, what: str) -> None:
+        self.metrics.refused_messages.labels(reason).inc()
+        if self._log_limit.should_log(reason, link.peer):
+            log.error("refused %s from %s %s: %s", what, link.role, link.peer, reason)
 
     def _update_interest(self, link: Link, i: Interest) -> None:
         for ref in i.add:

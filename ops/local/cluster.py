@@ -5,6 +5,7 @@ Each process is ended by the PID we started; logs are attached to failures."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,10 +14,51 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kazoo.client import KazooClient
+
+from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
 from infrastructure.persistence import RecorderJournal
+from infrastructure.settings import Settings
+from infrastructure.transport.auth import LinkAuth, link_auth_from
 from ops.local.servers import PostgresServer, ServerStartError, ZooKeeperServer
 
 HS256_SECRET = "cluster-tests-secret-that-is-long-enough-for-hs256"
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    """A cluster's secret files, written as an operator would mount them (one file each,
+    mode 0600): the state secret, the edge secret, the ZooKeeper password."""
+
+    state: Path
+    edge: Path
+    zookeeper: Path
+
+    @classmethod
+    def write(cls, directory: Path) -> ClusterSecrets:
+        paths = {}
+        for name in ("state", "edge", "zookeeper"):
+            path = directory / f"{name}.secret"
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+            paths[name] = path
+        return cls(**paths)
+
+    def settings(self) -> dict[str, str]:
+        """Settings keyword arguments (``Settings(**secrets.settings())``)."""
+        return {"cluster_secret_file": str(self.state), "cluster_edge_secret_file": str(self.edge),
+                "zookeeper_password_file": str(self.zookeeper)}
+
+    def env(self) -> dict[str, str]:
+        """The same as ``XPLATFORM_*`` variables, for processes."""
+        return {f"XPLATFORM_{name.upper()}": value for name, value in self.settings().items()}
+
+    def zookeeper_auth(self) -> ZooKeeperAuth:
+        return ZooKeeperAuth("xplatform", self.zookeeper.read_text())
+
+    def link_auth(self, role: str) -> LinkAuth:
+        """What a process of ``role`` holds (an in-process edge or node of a test)."""
+        return link_auth_from(Settings(**self.settings()), role)
 
 
 @dataclass
@@ -77,10 +119,29 @@ class Cluster:
     store: str = "postgres"  # "sqlite": one file under root, shared by the node processes (one host only)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="xplatform-cluster-")))
     processes: dict[str, ClusterProcess] = field(default_factory=dict)
+    insecure: bool = False
+    """True: processes run with XPLATFORM_CLUSTER_INSECURE=1 (no transport authentication, open
+    znodes) - only to measure what authentication costs (bench_rtt --auth)."""
+
+    def __post_init__(self) -> None:
+        self.secrets = ClusterSecrets.write(self.root)
+
+    def security_env(self) -> dict[str, str]:
+        """The variables that give a process the cluster's secrets (or insecure mode)."""
+        return {"XPLATFORM_CLUSTER_INSECURE": "1"} if self.insecure else self.secrets.env()
+
+    def zookeeper_auth(self) -> ZooKeeperAuth | None:
+        return None if self.insecure else self.secrets.zookeeper_auth()
+
+    def _zk(self) -> KazooClient:
+        """A started ZooKeeper client with the cluster's credentials (the caller stops it)."""
+        zk = zookeeper_client(self.zookeeper.hosts, self.zookeeper_auth())
+        zk.start(5)
+        return zk
 
     def env(self, node_id: str) -> dict[str, str]:
         store = {"XPLATFORM_STORE": "sqlite", "XPLATFORM_DATA_DIR": str(self.root / "data")} if self.store == "sqlite" else {}
-        return {**os.environ, "XPLATFORM_ZOOKEEPER_HOSTS": self.zookeeper.hosts, "XPLATFORM_CLUSTER_NAME": self.name,
+        return {**os.environ, **self.security_env(), "XPLATFORM_ZOOKEEPER_HOSTS": self.zookeeper.hosts, "XPLATFORM_CLUSTER_NAME": self.name,
                 "XPLATFORM_NODE_ID": node_id, "XPLATFORM_ZK_SESSION_TIMEOUT_S": str(self.session_timeout_s),
                 "XPLATFORM_STORE": "postgres", "XPLATFORM_POSTGRES_PORT": str(self.postgres.port),
                 "XPLATFORM_POSTGRES_USER": self.postgres.user, "XPLATFORM_POSTGRES_DBNAME": self.postgres.dbname,
@@ -128,10 +189,7 @@ class Cluster:
     def wait_member_gone(self, node_id: str, timeout: float = 15.0) -> None:
         """Until ``node_id``'s member entry left ZooKeeper (its session closed or expired):
         only then can a process of the same name register again."""
-        from kazoo.client import KazooClient
-
-        zk = KazooClient(self.zookeeper.hosts)
-        zk.start(5)
+        zk = self._zk()
         try:
             deadline = time.monotonic() + timeout
             while zk.exists(f"/xplatform/{self.name}/members/{node_id}") and time.monotonic() < deadline:
@@ -142,10 +200,7 @@ class Cluster:
 
     def wait_member_back(self, node_id: str, timeout: float = 15.0) -> bool:
         """Until ``node_id`` is registered in ZooKeeper (a restarted node joined); False if not in time."""
-        from kazoo.client import KazooClient
-
-        zk = KazooClient(self.zookeeper.hosts)
-        zk.start(5)
+        zk = self._zk()
         try:
             deadline = time.monotonic() + timeout
             while not zk.exists(f"/xplatform/{self.name}/members/{node_id}"):
@@ -161,14 +216,11 @@ class Cluster:
         """entity ID → the state node the current shard map gives it."""
         import json
 
-        from kazoo.client import KazooClient
-
         from domain.refs import EntityRef
         from infrastructure.cluster.allocation import Assignment
         from infrastructure.runtime.sharding import shard_of
 
-        zk = KazooClient(self.zookeeper.hosts)
-        zk.start(5)
+        zk = self._zk()
         try:
             data, _ = zk.get(f"/xplatform/{self.name}/assignment")
         finally:

@@ -1,4 +1,4 @@
-"""Fixtures of the process fault tests (test_cluster_processes, test_cluster_faults)."""
+"""Fixtures of the integration tests: the process fault tests (test_cluster_processes, test_cluster_faults) and a ZooKeeper per module."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def cluster(postgres_server: PostgresServer) -> Iterator[Cluster]:
     finally:
         c.stop_all()
         zk.destroy()
+
+
+@pytest.fixture(scope="module")
+def zookeeper() -> Iterator[ZooKeeperServer]:
+    """A ZooKeeper of the test module's own (tests that share it use their own cluster names)."""
+    server = ZooKeeperServer.start()
+    yield server
+    server.destroy()

@@ -5,6 +5,7 @@ depth when a peer stops reading (real loopback sockets)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +14,10 @@ from domain import ClientMessage, EntityRef
 from infrastructure.cluster.state_node import ClusteredStateNode
 from infrastructure.metrics import ClusterMetrics
 from infrastructure.settings import Settings
+from infrastructure.transport import handshake
+from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
+from tests.support.cluster import ClusterSecrets
 from tests.support.servers import ZooKeeperServer
 
 HANDOFF = "xplatform_cluster_handoff_duration_seconds"
@@ -43,7 +47,8 @@ def test_handoff_durations_are_observed_per_shard_gained_and_lost(tmp_path: Path
 
     async def scenario() -> None:
         base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
-                        cluster_name=f"m{uuid.uuid4().hex[:6]}", zk_session_timeout_s=2.0, shards_per_category=8)
+                        cluster_name=f"m{uuid.uuid4().hex[:6]}", zk_session_timeout_s=2.0, shards_per_category=8,
+                        **ClusterSecrets.write(tmp_path).settings())
         a = ClusteredStateNode(base.with_(node_id="a"))
         b = ClusteredStateNode(base.with_(node_id="b", transport_lanes="Lot=bulk"))
         total = 8 * len(a.platform.node.types.categories)
@@ -88,16 +93,18 @@ def test_lane_queue_depth_counts_envelopes_waiting_for_a_peer_that_does_not_read
 
         async def slow_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal received
+            await handshake.accept(reader, writer, auth, "slow", is_member=lambda node: True)
             paused.set()
             await resume.wait()  # reads nothing until told: the sender's buffers fill
             while chunk := await reader.read(1 << 20):
                 received += len(chunk)
             writer.close()
 
+        auth = LinkAuth({"edge": secrets.token_bytes(32)})
         server = await asyncio.start_server(slow_peer, "127.0.0.1", 0)
         address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
         client = ClusterClient("edge-x", "edge", route=lambda ref: ("slow", 1), address_of=lambda node: address,
-                               lane_of=lambda ref: "bulk")
+                               auth=auth, lane_of=lambda ref: "bulk")
         metrics = ClusterMetrics()
         try:
             payload = b"x" * 65_536

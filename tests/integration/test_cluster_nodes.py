@@ -18,10 +18,11 @@ from domain import ClientMessage, Connect, EntityRef, Reply
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import ClusteredStateNode
-from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator
+from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator, zookeeper_client
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
 from infrastructure.transport.client import ClusterClient
+from tests.support.cluster import ClusterSecrets
 from tests.support.entities import Counter
 from tests.support.journals import BlockingJournal
 from tests.support.servers import ZooKeeperServer
@@ -44,13 +45,16 @@ async def until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untype
 def test_routing_cross_node_messages_and_failover(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         cluster = f"c{uuid.uuid4().hex[:6]}"
+        secrets = ClusterSecrets.write(tmp_path)
         base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts, cluster_name=cluster,
-                        zk_session_timeout_s=0.6, shards_per_category=8)
+                        zk_session_timeout_s=0.6, shards_per_category=8, **secrets.settings())
         a = ClusteredStateNode(base.with_(node_id="a"))
         b = ClusteredStateNode(base.with_(node_id="b"))
         edge_view = ZooKeeperCoordinator(zookeeper.hosts, cluster, MemberInfo("edge-1", role="edge"),
-                                         {"Lot": 8, "Bidder": 8}, Layout.everything(), Ownership("edge-1", 8))
-        edge = ClusterClient("edge-1", "edge", route=edge_view.route, address_of=edge_view.address_of)
+                                         {"Lot": 8, "Bidder": 8}, Layout.everything(), Ownership("edge-1", 8),
+                                         auth=secrets.zookeeper_auth())
+        edge = ClusterClient("edge-1", "edge", route=edge_view.route, address_of=edge_view.address_of,
+                             auth=secrets.link_auth("edge"))
         try:
             await run_cluster(a, b, edge_view, edge, zookeeper)
         finally:
@@ -123,15 +127,17 @@ def test_a_rebuilt_cluster_can_serve_entities_marked_by_the_old_one(zookeeper: Z
     """ZooKeeper's data lost (a new cluster root, map versions from 1 again): the entities'
     takeover markers from the old cluster must not outrank the new owners forever."""
     async def scenario() -> None:
+        secrets = ClusterSecrets.write(tmp_path)
         base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
-                        zk_session_timeout_s=0.6, shards_per_category=8)
+                        zk_session_timeout_s=0.6, shards_per_category=8, **secrets.settings())
         lot = EntityRef("Lot", "heirloom")
         for generation in ("old", "new"):
             node = ClusteredStateNode(base.with_(node_id=f"n-{generation}", cluster_name=f"{generation}{uuid.uuid4().hex[:6]}"))
             await node.start()
             try:
                 await until(lambda: node.ownership.owns(lot))
-                client = ClusterClient("edge", "edge", route=node.coordinator.route, address_of=lambda _n: node.server.address)
+                client = ClusterClient("edge", "edge", route=node.coordinator.route, address_of=lambda _n: node.server.address,
+                                       auth=secrets.link_auth("edge"))
                 node.coordinator.members["edge"] = {"role": "edge"}  # let this bare client in
                 reply = await client.ask(lot, Connect(f"c-{generation}", time.time(), "x", {"sub": "ann", "role": "viewer"}))
                 assert reply.ok, reply
@@ -151,13 +157,14 @@ def test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears
     """A drain (``stop()``) while one append is blocked in the store and more collect behind
     it: every one is acknowledged and stored, and only then does the node's member entry
     leave ZooKeeper (the next owner never races one of its appends)."""
+    secrets = ClusterSecrets.write(tmp_path)
     settings = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
                         cluster_name=f"d{uuid.uuid4().hex[:6]}", zk_session_timeout_s=2.0, shards_per_category=8,
-                        node_id="a")
+                        node_id="a", **secrets.settings())
     journal = BlockingJournal(RecorderJournal(settings.journal_env()))
     journal.release.set()
     node = ClusteredStateNode(settings, entities=[Counter], journal=journal)
-    watcher = KazooClient(zookeeper.hosts)
+    watcher = zookeeper_client(zookeeper.hosts, secrets.zookeeper_auth())  # the cluster's znodes are ACL'd
     seen: list[str] = []  # replies (loop thread) and the member entry's removal (kazoo thread), in order
     gone = threading.Event()
     refs = [EntityRef("Counter", f"drain-{i}") for i in range(4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,21 @@ from domain.effects import Send, ToAllConnections
 from infrastructure.bootstrap import build_platform
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
+from infrastructure.transport import handshake
+from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.envelopes import Deliver, Hello, frame
 from infrastructure.transport.server import NodeServer
 from tests.support.entities import Counter
 
 OWNED = {"Counter": set(range(32))}  # shards 32..63 belong to nobody here
+SECRETS = {"edge": secrets.token_bytes(32), "state": secrets.token_bytes(32)}
+NODE_AUTH = LinkAuth(SECRETS)
+EDGE_AUTH = LinkAuth({"edge": SECRETS["edge"]})
+
+
+def node_server(p: Any, is_member: Any) -> NodeServer:
+    return NodeServer(p.node, "node-a", is_member=is_member, auth=NODE_AUTH, owner_of=lambda ref: "node-a")
 
 
 class Sink:
@@ -44,10 +54,10 @@ def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
         async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=3)) as p:
-            server = NodeServer(p.node, "node-a", is_member=lambda peer: peer.startswith("edge-"))
+            server = node_server(p, is_member=lambda peer: peer.startswith("edge-"))
             await server.start()
             mine, nobodys = owned_ref(True), owned_ref(False)
-            edge = ClusterClient("edge-1", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address)
+            edge = ClusterClient("edge-1", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address, auth=EDGE_AUTH)
             sink = Sink()
             edge.subscribe(sink)
             assert (await edge.ask(mine, Connect("c", time.time(), "conn", {"sub": "u"}))).ok
@@ -59,7 +69,7 @@ def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
             assert sink.got == [(mine, Send(ToAllConnections(), {"total": 4}, "total"))]  # via INTEREST
 
-            other_edge = ClusterClient("edge-2", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address)
+            other_edge = ClusterClient("edge-2", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address, auth=EDGE_AUTH)
             other_sink = Sink()
             other_edge.subscribe(other_sink)
             await other_edge.ask(mine, ClientMessage("m2", time.time(), "conn", msgpack.packb({"type": "add", "n": 1})))
@@ -70,25 +80,29 @@ def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
             not_owned = await edge.ask(nobodys, Connect("c2", time.time(), "conn", {"sub": "u"}))
             assert not not_owned.ok and not_owned.code == "retry"
 
-            stale = ClusterClient("edge-3", "edge", route=lambda ref: ("node-a", 4), address_of=lambda n: server.address)
+            stale = ClusterClient("edge-3", "edge", route=lambda ref: ("node-a", 4), address_of=lambda n: server.address, auth=EDGE_AUTH)
             dropped = await stale.ask(mine, ClientMessage("m3", time.time(), "conn", msgpack.packb({"type": "peek"})))
             assert not dropped.ok and "replaced owner" in dropped.reason  # epoch 3 < 4 known to the edge
 
             # An unknown peer is refused: nothing it sends is delivered.
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(frame(Hello("intruder", "edge")))
+            writer.write(frame(Hello("intruder", "edge", (), secrets.token_bytes(32))))
             writer.write(frame(Deliver(1, mine, ClientMessage("evil", time.time(), "conn",
                                                               msgpack.packb({"type": "add", "n": 1000})), True)))
             await writer.drain()
             assert await reader.read() == b""  # closed on us
-            # A malformed frame closes the link; the node keeps serving.
+            # A malformed frame from an authenticated edge closes its link; the node keeps serving.
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(frame(Hello("edge-9", "edge")) + b"\x00\x00\x00\x03\xc1\xc1\xc1")
+            await handshake.connect(reader, writer, EDGE_AUTH, "edge-9", "edge", (), "node-a")
+            writer.write(b"\x00\x00\x00\x03\xc1\xc1\xc1")
             await writer.drain()
-            await reader.read()
+            assert await reader.read() == b""
             total = await edge.ask(mine, ClientMessage("m4", time.time(), "conn", msgpack.packb({"type": "peek"})))
             assert total.ok and total.payload == 5
-            assert server.refused_peers == {"intruder"}
+            def failures(reason: str) -> float:
+                return server.metrics.registry.get_sample_value(
+                    "xplatform_transport_auth_failures_total", {"side": "server", "reason": reason}) or 0.0
+            assert failures("not_member") == 1 and failures("protocol") == 0  # edge-9 did authenticate
             for client in (edge, other_edge, stale):
                 await client.close()
             await server.stop()
@@ -102,10 +116,10 @@ def test_cut_connection_reconnects_and_outbound_resumes(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
         async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as p:
-            server = NodeServer(p.node, "node-a", is_member=lambda peer: True)
+            server = node_server(p, is_member=lambda peer: True)
             await server.start()
             ref = owned_ref(True)
-            edge = ClusterClient("edge-1", "edge", route=lambda r: ("node-a", 1), address_of=lambda n: server.address)
+            edge = ClusterClient("edge-1", "edge", route=lambda r: ("node-a", 1), address_of=lambda n: server.address, auth=EDGE_AUTH)
             sink = Sink()
             edge.subscribe(sink)
             edge.hold(ref)

@@ -127,6 +127,35 @@ def test_platform_process_uses_real_settings_and_commands() -> None:
     assert service["spec"]["selector"].items() <= edge["spec"]["template"]["metadata"]["labels"].items()
 
 
+def test_cluster_secrets_are_mounted_files_and_edges_never_get_the_state_secret() -> None:
+    config = by_kind("ConfigMap")["xplatform-settings"]["data"]
+    for workload, keys in ((by_kind("StatefulSet")["xplatform-state"], {"state-secret", "edge-secret", "zookeeper-password"}),
+                           (by_kind("Deployment")["xplatform-edge"], {"edge-secret", "zookeeper-password"})):
+        pod = workload["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {**config, **env_of(container)}
+        [volume] = [v for v in pod["volumes"] if v["secret"]["secretName"] == "xplatform-cluster"]
+        assert {item["key"] for item in volume["secret"]["items"]} == keys
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        wanted = {"XPLATFORM_CLUSTER_EDGE_SECRET_FILE": "edge-secret", "XPLATFORM_ZOOKEEPER_PASSWORD_FILE": "zookeeper-password"}
+        if "state-secret" in keys:
+            wanted["XPLATFORM_CLUSTER_SECRET_FILE"] = "state-secret"
+        else:
+            assert "XPLATFORM_CLUSTER_SECRET_FILE" not in env
+        for variable, key in wanted.items():
+            assert env[variable] == f"{mount['mountPath']}/{key}"
+        assert "XPLATFORM_CLUSTER_INSECURE" not in env
+    services = compose()["services"]
+    declared = compose()["secrets"]
+    for name, keys in (("state-node-1", {"state-secret", "edge-secret", "zookeeper-password"}),
+                       ("edge-1", {"edge-secret", "zookeeper-password"})):
+        assert set(services[name]["secrets"]) == keys and keys <= set(declared)
+        env = services[name]["environment"]
+        assert env["XPLATFORM_CLUSTER_EDGE_SECRET_FILE"] == "/run/secrets/edge-secret"
+        assert env["XPLATFORM_ZOOKEEPER_PASSWORD_FILE"] == "/run/secrets/zookeeper-password"
+        assert env.get("XPLATFORM_CLUSTER_SECRET_FILE") == ("/run/secrets/state-secret" if "state-secret" in keys else None)
+
+
 # ---------------------------------------------------------------------------- compose
 def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
