@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from domain.auction import Bidder, Lot
 from domain.refs import EntityRef
-from edge.app import build_edge_app
+from edge.app import build_edge_app, listen_public
 from edge.client import Client, connect
 from edge.config import EdgeConfig
 from edge.public import EDGE_KEY, PublicEdge
@@ -131,12 +131,12 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
     runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = await listen_public(runner, app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     try:
         yield Edge(platform, app, f"http://127.0.0.1:{port}", config)
     finally:
+        server.close()
         await runner.cleanup()
 
 

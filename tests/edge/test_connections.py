@@ -95,7 +95,7 @@ def test_slow_consumer_is_closed_1013_while_another_keeps_receiving(tmp_path: Pa
             await asyncio.wait_for(reader, 10)
             assert received == 480  # the fast client got everything, never stalled
             await eventually(lambda: edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 1,
-                             what="slow consumer closed")
+                             timeout=10, what="slow consumer closed")
             code = None
             while True:  # now read: the buffered frames, then the close frame
                 msg = await slow.receive(timeout=5)
@@ -108,7 +108,7 @@ def test_slow_consumer_is_closed_1013_while_another_keeps_receiving(tmp_path: Pa
         await ann.close()
         await fast.close()
 
-    run_edge(tmp_path, scenario, send_queue_frames=32, close_timeout_s=1.0)
+    run_edge(tmp_path, scenario, slow_consumer_s=0.5, close_timeout_s=1.0)
 
 
 def test_terminated_reaches_the_entity_when_the_socket_drops(tmp_path: Path) -> None:
