@@ -161,7 +161,8 @@ class WsConnection:
         else:
             self._room.clear()
 
-    def _buffered(self) -> int:
+    @property
+    def socket_buffer_bytes(self) -> int:
         """Bytes in the transport's write buffer (the kernel's socket buffer is full then)."""
         writer = self.ws._writer
         transport = writer.transport if writer is not None else None
@@ -169,7 +170,7 @@ class WsConnection:
 
     def _watch_drain(self) -> None:
         if self._watch is None and self._close_request is None:
-            self._watch_mark = (self._drains, self._buffered())
+            self._watch_mark = (self._drains, self.socket_buffer_bytes)
             self._watch = asyncio.get_running_loop().call_later(self.edge.config.slow_consumer_s, self._check_drain)
 
     def _check_drain(self) -> None:
@@ -180,7 +181,7 @@ class WsConnection:
         if self._close_request is not None or self._queued_bytes < self.edge.config.send_queue_bytes:
             return  # drained meanwhile (the queue is written as soon as the socket takes it)
         drains, buffered = self._watch_mark
-        now = (self._drains, self._buffered())
+        now = (self._drains, self.socket_buffer_bytes)
         if now[0] == drains and now[1] >= buffered:
             log.info("slow consumer %s on %s: %d bytes queued and nothing drained for %.1f s, closing 1013",
                      self.cid, self.ref, self._queued_bytes, self.edge.config.slow_consumer_s)
