@@ -29,7 +29,7 @@ from edge.config import EdgeConfig
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
-from edge.sockets import listen
+from edge.sockets import listen, raise_open_file_limit
 from infrastructure.bootstrap import Platform
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -103,6 +103,7 @@ def _add_static(app: web.Application, static_dir: Path) -> None:
 
 async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
+    raise_open_file_limit()
     def announce(port: int) -> None:
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
               f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",

@@ -192,6 +192,24 @@ class AcceptErrorLog:
                           count, context.get("exception") or context.get("message"))
 
 
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft open-file limit to its hard limit (as Go programs do at
+    start) and return the new soft limit: the hard limit is the operator's decision, the
+    soft default (often 1,024) is an accident that would cap an edge at ~800 clients."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return None if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
+
+
 async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, port: int, backlog: int = 128,
                  on_accept_error: Callable[[], None] | None = None) -> asyncio.AbstractServer:
     """Serve ``runner``'s application on ``host:port`` behind ``guard`` (None: unguarded),

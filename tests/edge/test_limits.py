@@ -289,3 +289,20 @@ def test_the_edge_loop_rate_limits_accept_errors(tmp_path: Path) -> None:
     run_edge(tmp_path, scenario)
 
 
+
+
+def test_an_edge_raises_its_soft_open_file_limit_to_the_hard_one() -> None:
+    """So the socket cap (80% of the limit) is derived from what the operator set (the hard
+    limit), not from the soft default of 1,024."""
+    import subprocess
+    import sys
+
+    script = ("import resource\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+              "from edge.sockets import raise_open_file_limit\n"
+              "from edge.config import EdgeConfig\n"
+              "raised = raise_open_file_limit()\n"
+              "print(raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, EdgeConfig().socket_cap == int(hard * 0.8))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"], out
