@@ -274,7 +274,7 @@ def add_public_edge(app: web.Application, edge: PublicEdge) -> None:
     """Mount ``edge`` on ``app`` with its lifecycle: start in a cleanup context, GOING_AWAY on shutdown."""
     app[EDGE_KEY] = edge
     app.add_routes(edge.routes())
-    app.on_response_prepare.append(edge.sockets.on_response_prepare)
+    app.middlewares.append(edge.sockets.middleware)
 
     async def lifecycle(app: web.Application) -> Any:
         await edge.start()

@@ -7,11 +7,12 @@ half-open sockets were kept forever, and at the process's open-file limit legiti
 upgrades and ``/metrics`` timed out while asyncio logged a traceback per failed
 ``accept()`` (8 MB of log in seconds). So:
 
-- **handshake deadline** (``handshake_timeout_s``): a socket whose request has not been
-  answered within the deadline is closed by the edge; an answered websocket upgrade (101)
-  is exempt from then on, a plain HTTP answer (``/metrics``, a refusal) starts the
-  deadline again for the next request on the same socket (keep-alive is not a way to
-  hold a socket either);
+- **handshake deadline** (``handshake_timeout_s``): a socket that has not delivered a
+  complete request within the deadline is closed by the edge (a request that arrived may
+  take as long as its handler needs: a device's long-poll, the upgrade's token check).
+  After a plain HTTP answer (``/metrics``, a refusal) the next request on the same socket
+  gets its own deadline, so keep-alive is not a way to hold a socket either; a websocket
+  is exempt once its request arrived (its heartbeat takes over);
 - **socket cap** (``max_sockets``, below the open-file limit): every accepted socket is
   counted, whatever its state; while more than ``max_sockets`` are open, websocket
   upgrades are refused with HTTP 503 ``edge_full`` before anything else is looked at
@@ -98,17 +99,25 @@ class SocketGuard:
         """A protocol factory for ``loop.create_server`` that wraps ``inner`` (aiohttp's server)."""
         return lambda: _Guarded(self, inner())
 
-    async def on_response_prepare(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        """aiohttp's ``on_response_prepare`` signal: the socket's request is being answered."""
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """An aiohttp middleware: a complete request arrived, the deadline is met; after a
+        plain HTTP answer the socket's next request gets a new one."""
         transport = request.transport
         proto = transport.get_protocol() if transport is not None else None
         if not isinstance(proto, _Guarded) or proto.guard is not self:
-            return
+            return await handler(request)
         if proto.deadline is not None:
             proto.deadline.cancel()
             proto.deadline = None
-        if not isinstance(response, web.WebSocketResponse):
-            self._arm(proto)  # keep-alive: the next request gets its own deadline
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            return response
+        finally:
+            if not isinstance(response, web.WebSocketResponse) and proto.transport is not None \
+                    and not proto.transport.is_closing():
+                self._arm(proto)  # keep-alive: the next request gets its own deadline
 
     # ------------------------------------------------------------------ internals
     def _opened(self, proto: _Guarded) -> None:
@@ -126,6 +135,8 @@ class SocketGuard:
             proto.deadline = None
 
     def _arm(self, proto: _Guarded) -> None:
+        if proto.deadline is not None:
+            proto.deadline.cancel()
         proto.deadline = asyncio.get_running_loop().call_later(self.handshake_timeout_s, self._expire, proto)
 
     def _expire(self, proto: _Guarded) -> None:

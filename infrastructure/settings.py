@@ -138,10 +138,10 @@ class Settings:
                                      "open-file limit (nofile), so accept() never fails for lack of descriptors "
                                      "while the store, cluster links and refusals still get theirs; a value at "
                                      "or over nofile fails at start.")
-    edge_handshake_timeout_s: float = _setting(10.0, "A socket whose HTTP request (the upgrade) is not answered "
-                                               "within 10 s is closed: a real client completes it in one round "
-                                               "trip plus the token check; half-open sockets would otherwise "
-                                               "hold descriptors forever.")
+    edge_handshake_timeout_s: float = _setting(10.0, "A socket that has not sent its complete HTTP request (the "
+                                               "upgrade) within 10 s of connecting, or its next one within 10 s of "
+                                               "an answer, is closed: a real client sends it at once; half-open "
+                                               "sockets would otherwise hold descriptors forever.")
     edge_max_in_flight: int = _setting(64, "Messages of one connection awaiting their replies before the edge "
                                        "stops reading that socket: a client that far ahead of its entity is "
                                        "held back by TCP instead of filling the server's memory (backpressure).")

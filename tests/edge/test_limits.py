@@ -209,12 +209,35 @@ def test_half_open_sockets_are_closed_after_the_handshake_deadline(tmp_path: Pat
         silent = await RawSocket.open(edge.base_url)
         partial = await RawSocket.open(edge.base_url)
         await partial.send(b"GET /ws/Room/r1?cid=" + new_cid().encode() + b" HTTP/1.1\r\nHost: edge\r\n")
+        kept_alive = await RawSocket.open(edge.base_url)  # one answered request, then idle
+        await kept_alive.send(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n")
+        assert (await kept_alive.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
         assert await asyncio.wait_for(silent.closed_by_server(), 15)
         assert await asyncio.wait_for(partial.closed_by_server(), 15)
-        assert edge.metric("xplatform_edge_handshake_timeouts_total") == 2
+        assert await asyncio.wait_for(kept_alive.closed_by_server(), 15)
+        assert edge.metric("xplatform_edge_handshake_timeouts_total") == 3
         assert (await ann.request({"type": "set", "value": 3})).ok  # the websocket was kept
         assert ann.close_code is None
         await eventually(lambda: edge.public.sockets.open == 1, what="only ann's socket left")
+        await ann.close()
+
+    run_edge(tmp_path, scenario, handshake_timeout_s=0.2)
+
+
+def test_a_request_that_arrived_may_take_longer_than_the_deadline(tmp_path: Path) -> None:
+    """The deadline is for sending the request, not for the edge's answer: an upgrade held
+    up in the token check (here: an ask that waits) is not cut off."""
+    async def scenario(edge: Edge) -> None:
+        verify = edge.public.verifier.verify
+
+        async def slow_verify(raw: str | None) -> dict:
+            await asyncio.sleep(0.6)  # three deadlines
+            return await verify(raw)
+
+        edge.public.verifier.verify = slow_verify  # type: ignore[method-assign]
+        ann = await edge.client("ann")
+        assert (await ann.request({"type": "set", "value": 1})).ok
+        assert edge.metric("xplatform_edge_handshake_timeouts_total") == 0
         await ann.close()
 
     run_edge(tmp_path, scenario, handshake_timeout_s=0.2)
