@@ -182,7 +182,7 @@ class WsConnection:
             return  # drained meanwhile (the queue is written as soon as the socket takes it)
         drains, buffered = self._watch_mark
         now = (self._drains, self.socket_buffer_bytes)
-        if now[0] == drains and now[1] >= buffered:
+        if now[0] == drains and now[1] >= buffered and self._backed_up():
             log.info("slow consumer %s on %s: %d bytes queued and nothing drained for %.1f s, closing 1013",
                      self.cid, self.ref, self._queued_bytes, self.edge.config.slow_consumer_s)
             self.entity_reason = "slow_consumer"

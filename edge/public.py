@@ -174,8 +174,10 @@ class PublicEdge:
         """``GET /ws/{category}/{entity_id}?cid=``: refuse before the 101, or serve the socket."""
         if self.sockets.full:  # first: the cheapest answer while descriptors are scarce
             self.metrics.limit_refusals["sockets"].inc()
-            return self._refuse(503, "edge_full", "this edge holds as many connections as it may; try another "
-                                "or retry later")
+            refusal = self._refuse(503, "edge_full", "this edge holds as many connections as it may; try another "
+                                   "or retry later")
+            refusal.force_close()  # no keep-alive: the descriptor is what is short
+            return refusal
         if not self._origin_allowed(request):
             return self._refuse(403, "origin_not_allowed", "Origin is not in the allow-list")
         try:

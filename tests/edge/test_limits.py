@@ -161,17 +161,27 @@ def test_connections_per_user_are_capped_before_the_upgrade(tmp_path: Path) -> N
     run_edge(tmp_path, scenario, max_connections_per_user=2)
 
 
-def test_connections_per_address_are_capped_before_the_upgrade(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limit, overrides, status, error", [
+    ("ip", {"max_connections_per_ip": 2}, 429, "too_many_connections"),
+    ("sockets", {"max_sockets": 2}, 503, "edge_full"),  # every open socket counts: ann's, bob's, cat's
+])
+def test_connections_per_address_and_sockets_in_all_are_capped_before_the_upgrade(
+        tmp_path: Path, limit: str, overrides: dict, status: int, error: str) -> None:
     async def scenario(edge: Edge) -> None:
         ann = await edge.client("ann")
         bob = await edge.client("bob")
-        status, body = await _upgrade_as(edge, "cat")
-        assert status == 429 and body["error"] == "too_many_connections"
-        assert edge.metric("xplatform_edge_limit_refusals_total", {"limit": "ip"}) == 1
-        await ann.close()
+        refused = await _upgrade_as(edge, "cat")
+        assert refused[0] == status and refused[1]["error"] == error
+        assert edge.metric("xplatform_edge_limit_refusals_total", {"limit": limit}) == 1
+        assert edge.metric("xplatform_edge_upgrades_refused_total", {"status": str(status)}) == 1
         await bob.close()
+        await eventually(lambda: len(edge.public.registry) == 1 and edge.public.sockets.open <= 1,
+                         what="bob's connection and socket gone")
+        cat = await edge.client("cat")  # room again
+        await cat.close()
+        await ann.close()
 
-    run_edge(tmp_path, scenario, max_connections_per_ip=2)
+    run_edge(tmp_path, scenario, **overrides)
 
 
 @pytest.mark.parametrize("scope, overrides, reason", [
@@ -241,23 +251,6 @@ def test_a_request_that_arrived_may_take_longer_than_the_deadline(tmp_path: Path
         await ann.close()
 
     run_edge(tmp_path, scenario, handshake_timeout_s=0.2)
-
-
-def test_an_upgrade_over_the_socket_cap_is_refused_503(tmp_path: Path) -> None:
-    async def scenario(edge: Edge) -> None:
-        ann = await edge.client("ann")
-        bob = await edge.client("bob")
-        status, body = await _upgrade_as(edge, "cat")
-        assert status == 503 and body["error"] == "edge_full"
-        assert edge.metric("xplatform_edge_limit_refusals_total", {"limit": "sockets"}) == 1
-        assert edge.metric("xplatform_edge_sockets") >= 2
-        await bob.close()
-        await eventually(lambda: edge.public.sockets.open <= 1, what="bob's socket closed")
-        cat = await edge.client("cat")  # room again
-        await cat.close()
-        await ann.close()
-
-    run_edge(tmp_path, scenario, max_sockets=2)
 
 
 def test_the_socket_cap_must_be_below_the_open_file_limit() -> None:
