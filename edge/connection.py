@@ -15,8 +15,9 @@ chats is 300 pushes at once to a viewer that reads everything):
   reads slower than it is sent to), replies to the client's own requests still queue
   (never dropped silently), and the reader stops reading the client's frames until the
   queue is written (so refusals cannot pile up either);
-- a queue over the bound starts a watch: if for ``slow_consumer_s`` the socket took
-  nothing (no drain of the transport's buffer), the client is not reading: close 1013.
+- a socket that stops taking frames (the transport's buffer over its high-water mark:
+  the kernel's buffer is full) starts a watch: if for ``slow_consumer_s`` it took
+  nothing at all, the client is not reading: close 1013.
   A client that reads, however slowly, loses pushes but is never closed;
 - coalesced frames never queue: a dict keeps the newest per key (by sequence number) and
   the writer sends them when it is free, so a slow client just gets newer state later;
@@ -84,8 +85,9 @@ class WsConnection:
         self._ping: bytes | None = None  # the edge's heartbeat ping waiting to be written
         self._pong: bytes | None = None  # the answer to the client's newest websocket PING
         self._drains = 0  # times the writer waited for the socket to drain and it did
+        self._written = 0  # bytes handed to the transport by this class
         self._watch: asyncio.TimerHandle | None = None  # see _check_drain
-        self._watch_mark = (0, 0)
+        self._watch_mark = (0, 0, 0)
         self._wake = asyncio.Event()
         self._writer_idle = False  # the writer task waits for frames (see kick)
         self._close_request: tuple[int, str] | None = None
@@ -169,22 +171,23 @@ class WsConnection:
         return transport.get_write_buffer_size() if transport is not None else 0
 
     def _watch_drain(self) -> None:
+        """The socket takes nothing now: check in ``slow_consumer_s`` whether it took anything."""
         if self._watch is None and self._close_request is None:
-            self._watch_mark = (self._drains, self.socket_buffer_bytes)
+            self._watch_mark = (self._drains, self._written, self.socket_buffer_bytes)
             self._watch = asyncio.get_running_loop().call_later(self.edge.config.slow_consumer_s, self._check_drain)
 
     def _check_drain(self) -> None:
-        """``slow_consumer_s`` after the queue went over its bound: did the socket take
-        anything since? (the writer finished a drain, or the transport's buffer shrank:
-        while the writer waits for a drain it adds nothing to that buffer)."""
+        """``slow_consumer_s`` after the socket stopped taking frames: if it still takes
+        none, did it take anything meanwhile (a drain the writer waited for completed, or
+        bytes left the transport's buffer)? Nothing at all: the client is not reading."""
         self._watch = None
-        if self._close_request is not None or self._queued_bytes < self.edge.config.send_queue_bytes:
-            return  # drained meanwhile (the queue is written as soon as the socket takes it)
-        drains, buffered = self._watch_mark
-        now = (self._drains, self.socket_buffer_bytes)
-        if now[0] == drains and now[1] >= buffered and self._backed_up():
-            log.info("slow consumer %s on %s: %d bytes queued and nothing drained for %.1f s, closing 1013",
-                     self.cid, self.ref, self._queued_bytes, self.edge.config.slow_consumer_s)
+        if self._close_request is not None or not self._backed_up():
+            return  # it drained
+        drains, written, buffered = self._watch_mark
+        drained = buffered + (self._written - written) - self.socket_buffer_bytes
+        if self._drains == drains and drained <= 0:
+            log.info("slow consumer %s on %s: its socket took nothing for %.1f s (%d bytes waiting), closing 1013",
+                     self.cid, self.ref, self.edge.config.slow_consumer_s, self._queued_bytes + buffered)
             self.entity_reason = "slow_consumer"
             self.request_close(protocol.TRY_AGAIN_LATER, "not reading", "slow_consumer", flush=False)
             return
@@ -199,7 +202,11 @@ class WsConnection:
             if writer is not None and not writer.protocol._paused:
                 batch = self._take_batch()
                 if batch:
-                    writer.transport.write(binary_frames(batch))
+                    data = binary_frames(batch)
+                    writer.transport.write(data)
+                    self._written += len(data)
+                    if writer.protocol._paused:
+                        self._watch_drain()
                 return
         self._wake.set()
 
@@ -297,8 +304,11 @@ class WsConnection:
         writer = self._open_writer()
         if writer is None:
             raise ConnectionResetError("socket closing")
-        writer.transport.write(binary_frames(frames))
+        data = binary_frames(frames)
+        writer.transport.write(data)
+        self._written += len(data)
         if writer.protocol._paused:
+            self._watch_drain()
             await writer.protocol._drain_helper()
             self._drains += 1
 

@@ -113,8 +113,8 @@ class Settings:
                                           "replies still queue, and the edge stops reading its frames until it "
                                           "drains. A reading client never gets there; memory per client stays "
                                           "about twice this at most.")
-    edge_slow_consumer_s: float = _setting(5.0, "A client whose queue stays over edge_send_queue_bytes while its "
-                                           "socket takes nothing for this long is closed 1013: mobile handovers "
+    edge_slow_consumer_s: float = _setting(5.0, "A client whose socket is full (the kernel takes no more) and "
+                                           "takes nothing at all for this long is closed 1013: mobile handovers "
                                            "stall 1-3 s; a client reading anything at all is never closed.")
     edge_max_connections_per_user: int = _setting(32, "Connections one user (token sub) may hold on one edge: a "
                                                   "person's tabs and devices are a handful; more is a script "
