@@ -39,12 +39,15 @@ class _Table:
         self.rate_per_s = rate_per_s
         self.rate_burst = rate_burst
         self.holders: dict[str, _Holder] = {}
+        self.enabled = max_connections > 0 or rate_per_s > 0  # off: keep no entries at all
 
     def full(self, key: str) -> bool:
         held = self.holders.get(key)
         return self.max_connections > 0 and held is not None and held.connections >= self.max_connections
 
     def add(self, key: str) -> TokenBucket | None:
+        if not self.enabled:
+            return None
         held = self.holders.get(key)
         if held is None:
             bucket = TokenBucket(self.rate_per_s, self.rate_burst) if self.rate_per_s > 0 else None
