@@ -28,7 +28,8 @@ from edge.auth import DevTokenIssuer
 from edge.config import EdgeConfig
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
-from edge.public import PublicEdge, add_public_edge, build_verifier
+from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
+from edge.sockets import listen, raise_open_file_limit
 from infrastructure.bootstrap import Platform
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -102,6 +103,7 @@ def _add_static(app: web.Application, static_dir: Path) -> None:
 
 async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
+    raise_open_file_limit()
     def announce(port: int) -> None:
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
               f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
@@ -117,17 +119,24 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
     listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    server = await listen_public(runner, app, config.host, config.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        server = site._server  # noqa: SLF001 - the bound port when config.port is 0
-        announce(server.sockets[0].getsockname()[1] if server is not None and server.sockets else config.port)
+        announce(server.sockets[0].getsockname()[1] if server.sockets else config.port)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        server.close()
         await runner.cleanup()
+
+
+async def listen_public(runner: web.AppRunner, app: web.Application, host: str, port: int,
+                        backlog: int = 128) -> asyncio.AbstractServer:
+    """Listen for ``app`` (set up in ``runner``) behind its public edge's socket guard (the
+    socket cap and handshake deadline, :mod:`edge.sockets`). Close it before ``runner.cleanup()``."""
+    edge = app[EDGE_KEY]
+    return await listen(runner, edge.sockets, host, port, backlog, on_accept_error=edge.metrics.accept_errors.inc)

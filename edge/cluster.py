@@ -92,6 +92,9 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
 
     # the edge process allocates per frame as much as a node per message, and holds every socket
     GcTuning.acquire(settings.gc_gen0_threshold, settings.gc_reclaim_every_s, settings.gc_reclaim_growth)
+    from edge.sockets import raise_open_file_limit
+
+    raise_open_file_limit()  # before the socket cap is derived from it
     edge = ClusteredEdge(settings, categories)
     await serve_app(edge.app(), edge.config,
                     lambda port: print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True))

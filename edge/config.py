@@ -26,7 +26,16 @@ class EdgeConfig:
     max_frame_bytes: int = 65536
     rate_per_s: float = 50.0
     rate_burst: float = 100.0
-    send_queue_frames: int = 256
+    send_queue_bytes: int = 1 << 20
+    slow_consumer_s: float = 5.0
+    max_connections_per_user: int = 32
+    max_connections_per_ip: int = 0
+    user_rate_per_s: float = 100.0
+    user_rate_burst: float = 200.0
+    ip_rate_per_s: float = 0.0
+    ip_rate_burst: float = 0.0
+    max_sockets: int = 0
+    handshake_timeout_s: float = 10.0
     max_in_flight: int = 64
     shed_lag_ms: float = 10.0
     coalesce_hz: float = 20.0
@@ -53,6 +62,15 @@ class EdgeConfig:
         """The coalescing tick; 0.0 when ``coalesce_hz`` is 0 (coalescing off: every update a frame)."""
         return 1.0 / self.coalesce_hz if self.coalesce_hz else 0.0
 
+    @property
+    def socket_cap(self) -> int:
+        """``max_sockets``, or when 0 the default: 80% of the open-file limit (the rest keeps
+        descriptors for refusals in progress, the store, cluster links and logs)."""
+        if self.max_sockets:
+            return self.max_sockets
+        nofile = open_file_limit()
+        return max(16, int(nofile * 0.8)) if nofile is not None else 50_000
+
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> EdgeConfig:
         """Parse the ``edge_*``/``jwt_*`` fields of platform settings."""
@@ -60,7 +78,12 @@ class EdgeConfig:
         values: dict[str, Any] = dict(
             host=s.edge_host, port=s.edge_port, allowed_origins=_split(s.edge_allowed_origins),
             max_frame_bytes=s.edge_max_frame_bytes, rate_per_s=s.edge_rate_per_s, rate_burst=s.edge_rate_burst,
-            send_queue_frames=s.edge_send_queue_frames, max_in_flight=s.edge_max_in_flight,
+            send_queue_bytes=s.edge_send_queue_bytes, slow_consumer_s=s.edge_slow_consumer_s,
+            max_connections_per_user=s.edge_max_connections_per_user,
+            max_connections_per_ip=s.edge_max_connections_per_ip, user_rate_per_s=s.edge_user_rate_per_s,
+            user_rate_burst=s.edge_user_rate_burst, ip_rate_per_s=s.edge_ip_rate_per_s,
+            ip_rate_burst=s.edge_ip_rate_burst, max_sockets=s.edge_max_sockets,
+            handshake_timeout_s=s.edge_handshake_timeout_s, max_in_flight=s.edge_max_in_flight,
             shed_lag_ms=s.edge_shed_lag_ms,
             coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
@@ -76,16 +99,38 @@ class EdgeConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "send_queue_frames", "internal_buffer", "max_in_flight"):
+        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
-        for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s"):
+        for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s",
+                     "slow_consumer_s", "handshake_timeout_s"):
             if getattr(self, name) <= 0:
                 raise EdgeConfigurationError(f"{name} must be positive")
+        for name in ("max_connections_per_user", "max_connections_per_ip", "user_rate_per_s", "user_rate_burst",
+                     "ip_rate_per_s", "ip_rate_burst", "max_sockets"):
+            if getattr(self, name) < 0:
+                raise EdgeConfigurationError(f"{name} must be positive, or 0 to turn the limit off")
+        for scope in ("user", "ip"):
+            if getattr(self, f"{scope}_rate_per_s") > 0 and getattr(self, f"{scope}_rate_burst") < 1:
+                raise EdgeConfigurationError(f"{scope}_rate_burst must be at least 1 when {scope}_rate_per_s is set")
+        nofile = open_file_limit()
+        if nofile is not None and self.max_sockets >= nofile:
+            raise EdgeConfigurationError(f"max_sockets {self.max_sockets} must be below the open-file limit "
+                                         f"(nofile {nofile}): raise `ulimit -n` (see ops/RUNBOOK.md)")
         if self.shed_lag_ms < 0:
             raise EdgeConfigurationError("shed_lag_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
+
+
+def open_file_limit() -> int | None:
+    """The process's soft ``RLIMIT_NOFILE`` (None where unknown or unlimited)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -5,13 +5,24 @@ Why one reader and one writer task per socket: aiohttp allows one ``receive()`` 
 The reader is the request handler's own task; the writer is started once the entity has
 accepted the connection (``WELCOME`` is the first frame a client ever gets).
 
-Send path and slow consumers (``PROTOCOL.md`` "Slow consumers"):
+Send path and slow consumers (``PROTOCOL.md`` "Slow consumers"). Frames wait here only
+while the socket's own buffers are full; what counts is bytes the client fails to drain
+over time, never how many frames one loop turn happened to queue (a group commit of 300
+chats is 300 pushes at once to a viewer that reads everything):
 
-- immediate frames (replies, pushes without a coalesce key, pongs) go to a bounded deque;
-  when it is over ``send_queue_frames`` the client is not reading fast enough: the writer is
-  cancelled, the socket closes with 1013 and nobody else waits for it;
+- immediate frames (replies, errors, pushes without a coalesce key) go to a deque counted
+  in bytes. Over ``send_queue_bytes``, broadcast pushes are dropped (counted: the client
+  reads slower than it is sent to), replies to the client's own requests still queue
+  (never dropped silently), and the reader stops reading the client's frames until the
+  queue is written (so refusals cannot pile up either);
+- a socket that stops taking frames (the transport's buffer over its high-water mark:
+  the kernel's buffer is full) starts a watch: if for ``slow_consumer_s`` it took
+  nothing at all, the client is not reading: close 1013.
+  A client that reads, however slowly, loses pushes but is never closed;
 - coalesced frames never queue: a dict keeps the newest per key (by sequence number) and
-  the writer sends them when it is free, so a slow client just gets newer state later.
+  the writer sends them when it is free, so a slow client just gets newer state later;
+- websocket PONGs: at most one waits (the newest PING's, RFC 6455 5.5.3), and every frame
+  a client sends, control frames included, is charged to its rate limits.
 
 Every way the socket ends reaches the entity as one ``Terminated`` with a reason, except
 when a newer socket of the same user took this one's connection ID (``superseded``): then
@@ -47,6 +58,10 @@ log = logging.getLogger(__name__)
 _OUT_KIND = {protocol.WELCOME: "welcome", protocol.REPLY: "reply", protocol.PUSH: "push", protocol.PONG: "pong",
              protocol.TERMINATE: "terminate", protocol.ERROR: "error"}
 _PING = struct.Struct("!q")
+_CHARGED = (WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG)
+"""Frames that cost a token: data and control alike (a PING flood is a flood)."""
+_RATE_REASONS = {"connection": "too many frames", "user": "too many frames from this user",
+                 "ip": "too many frames from this address"}
 
 
 class WsConnection:
@@ -65,23 +80,30 @@ class WsConnection:
         self.close_reason = "client"       # metrics label (bounded)
         self.entity_reason = "closed"      # what the entity's Terminated says
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._coalesced: dict[str, tuple[int, bytes]] = {}
-        self._control: deque[tuple[WSMsgType, bytes]] = deque()
+        self._ping: bytes | None = None  # the edge's heartbeat ping waiting to be written
+        self._pong: bytes | None = None  # the answer to the client's newest websocket PING
+        self._drains = 0  # times the writer waited for the socket to drain and it did
+        self._written = 0  # bytes handed to the transport by this class
+        self._watch: asyncio.TimerHandle | None = None  # see _check_drain
+        self._watch_mark = (0, 0, 0)
         self._wake = asyncio.Event()
         self._writer_idle = False  # the writer task waits for frames (see kick)
         self._close_request: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._asks: set[asyncio.Future[Reply]] = set()
-        self._room = asyncio.Event()  # set while fewer than max_in_flight messages await replies
+        self._room = asyncio.Event()  # set while the reader may read on (see _update_room)
         self._room.set()
         self._expiry: asyncio.TimerHandle | None = None
-        self._bucket = TokenBucket(edge.config.rate_per_s, edge.config.rate_burst)
+        self._buckets: tuple[tuple[str, TokenBucket], ...] = (
+            ("connection", TokenBucket(edge.config.rate_per_s, edge.config.rate_burst)),)
         self.last_seen = time.monotonic()
 
     # ------------------------------------------------------------------ Receiver (fan-out)
     def push(self, frame: bytes, payload: Any) -> None:
-        self._enqueue(frame)
+        self._enqueue(frame, droppable=True)
 
     def coalesce(self, key: str, seq: int, frame: bytes, payload: Any) -> bool:
         held = self._coalesced.get(key)
@@ -104,29 +126,87 @@ class WsConnection:
         self.request_close(protocol.NORMAL, reason, "terminated")
 
     # ------------------------------------------------------------------ sending
-    def _enqueue(self, frame: bytes, force: bool = False) -> None:
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes held for this client beyond its socket's buffers (replies, pushes, PONG)."""
+        return self._queued_bytes + (len(self._pong) if self._pong is not None else 0)
+
+    def _enqueue(self, frame: bytes, force: bool = False, droppable: bool = False) -> None:
         if self._close_request is not None and not force:
             return
-        if len(self._queue) >= self.edge.config.send_queue_frames and not force:
-            log.info("slow consumer %s on %s: send queue over %d frames, closing 1013",
-                     self.cid, self.ref, self.edge.config.send_queue_frames)
-            self.entity_reason = "slow_consumer"
-            self.request_close(protocol.TRY_AGAIN_LATER, "send queue full", "slow_consumer", flush=False)
-            return
+        if self._queued_bytes >= self.edge.config.send_queue_bytes and self._backed_up():
+            self._watch_drain()
+            if droppable and not force:
+                self.edge.metrics.pushes_dropped.inc()
+                return
         self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._queued_bytes >= self.edge.config.send_queue_bytes and self._backed_up():
+            self._room.clear()  # read no further until the client takes what it was sent
+            self._watch_drain()
         if self.accepted:
             self.edge.write_soon(self)
+
+    def _backed_up(self) -> bool:
+        """The socket takes nothing now: the transport's buffer is over its high-water mark
+        (the kernel's buffer is full). Frames queued in one loop turn for a socket that
+        takes them are written at the end of the turn: never a reason to drop or close."""
+        writer = self.ws._writer
+        return writer is not None and writer.protocol._paused
+
+    def _update_room(self) -> None:
+        """The reader may go on while fewer than max_in_flight messages await replies and
+        the queue is under its bound."""
+        if len(self._asks) < self.edge.config.max_in_flight and (
+                self._queued_bytes < self.edge.config.send_queue_bytes or not self._backed_up()):
+            self._room.set()
+        else:
+            self._room.clear()
+
+    @property
+    def socket_buffer_bytes(self) -> int:
+        """Bytes in the transport's write buffer (the kernel's socket buffer is full then)."""
+        writer = self.ws._writer
+        transport = writer.transport if writer is not None else None
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def _watch_drain(self) -> None:
+        """The socket takes nothing now: check in ``slow_consumer_s`` whether it took anything."""
+        if self._watch is None and self._close_request is None:
+            self._watch_mark = (self._drains, self._written, self.socket_buffer_bytes)
+            self._watch = asyncio.get_running_loop().call_later(self.edge.config.slow_consumer_s, self._check_drain)
+
+    def _check_drain(self) -> None:
+        """``slow_consumer_s`` after the socket stopped taking frames: if it still takes
+        none, did it take anything meanwhile (a drain the writer waited for completed, or
+        bytes left the transport's buffer)? Nothing at all: the client is not reading."""
+        self._watch = None
+        if self._close_request is not None or not self._backed_up():
+            return  # it drained
+        drains, written, buffered = self._watch_mark
+        drained = buffered + (self._written - written) - self.socket_buffer_bytes
+        if self._drains == drains and drained <= 0:
+            log.info("slow consumer %s on %s: its socket took nothing for %.1f s (%d bytes waiting), closing 1013",
+                     self.cid, self.ref, self.edge.config.slow_consumer_s, self._queued_bytes + buffered)
+            self.entity_reason = "slow_consumer"
+            self.request_close(protocol.TRY_AGAIN_LATER, "not reading", "slow_consumer", flush=False)
+            return
+        self._watch_drain()
 
     def kick(self) -> None:
         """Frames wait: write them now if the writer task is idle and the socket takes them,
         else wake the writer. Writing here saves a task switch, and under load every task
         switch is a loop iteration (milliseconds) that the frame would wait."""
-        if self._writer_idle and not self._control and self._close_request is None:
+        if self._writer_idle and self._ping is None and self._pong is None and self._close_request is None:
             writer = self._open_writer()
             if writer is not None and not writer.protocol._paused:
                 batch = self._take_batch()
                 if batch:
-                    writer.transport.write(binary_frames(batch))
+                    data = binary_frames(batch)
+                    writer.transport.write(data)
+                    self._written += len(data)
+                    if writer.protocol._paused:
+                        self._watch_drain()
                 return
         self._wake.set()
 
@@ -144,8 +224,11 @@ class WsConnection:
         if self._queue:
             batch.extend(self._queue)
             self._queue.clear()
+            self._queued_bytes = 0
             for frame in batch:
                 frames_out[_OUT_KIND.get(frame[1], "error")].inc()
+            if not self._room.is_set():
+                self._update_room()
         if self._coalesced:
             kept = sorted(self._coalesced.values())
             self._coalesced.clear()
@@ -167,11 +250,14 @@ class WsConnection:
             return
         self._close_request = (code, message)
         self.close_reason = reason
+        self._room.set()  # a reader held back by backpressure sees the close and ends
         self.edge.metrics.closes[reason].inc()
         if not flush or self._writer is None:
             if not flush:
                 self._queue.clear()
+                self._queued_bytes = 0
                 self._coalesced.clear()
+                self._pong = None
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
             if self._writer is None and flush and self._queue:
@@ -187,16 +273,20 @@ class WsConnection:
         ws = self.ws
         try:
             while True:
-                if not (self._queue or self._coalesced or self._control or self._close_request):
+                if not (self._queue or self._coalesced or self._ping is not None or self._pong is not None
+                        or self._close_request):
                     self._wake.clear()
                     self._writer_idle = True  # meanwhile kick() may write directly
                     try:
                         await self._wake.wait()
                     finally:
                         self._writer_idle = False
-                while self._control:
-                    kind, data = self._control.popleft()
-                    await (ws.ping(data) if kind is WSMsgType.PING else ws.pong(data))
+                if self._ping is not None:
+                    data, self._ping = self._ping, None
+                    await ws.ping(data)
+                if self._pong is not None:
+                    data, self._pong = self._pong, None
+                    await ws.pong(data)
                 batch = self._take_batch()
                 if batch:
                     await self._write_batch(batch)
@@ -214,9 +304,13 @@ class WsConnection:
         writer = self._open_writer()
         if writer is None:
             raise ConnectionResetError("socket closing")
-        writer.transport.write(binary_frames(frames))
+        data = binary_frames(frames)
+        writer.transport.write(data)
+        self._written += len(data)
         if writer.protocol._paused:
+            self._watch_drain()
             await writer.protocol._drain_helper()
+            self._drains += 1
 
     async def _close(self, code: int, message: str) -> None:
         try:
@@ -233,7 +327,7 @@ class WsConnection:
 
     # ------------------------------------------------------------------ heartbeat, expiry
     def send_ping(self) -> None:
-        self._control.append((WSMsgType.PING, _PING.pack(time.monotonic_ns())))
+        self._ping = _PING.pack(time.monotonic_ns())
         self._wake.set()
 
     def expire_at(self, exp: float) -> None:
@@ -253,16 +347,15 @@ class WsConnection:
         metrics = self.edge.metrics
         while True:
             if not self._room.is_set():
-                await self._room.wait()  # backpressure: read on when replies come back
+                await self._room.wait()  # backpressure: read on when replies come back / the queue drains
+                if self._close_request is not None:
+                    break
             msg = await ws.receive()
             self.last_seen = time.monotonic()
             kind = msg.type
+            if kind in _CHARGED and not self._within_rate():
+                break
             if kind is WSMsgType.BINARY:
-                if not self._bucket.take():
-                    self.entity_reason = "flood"
-                    self._enqueue(protocol.error("rate_limited", "too many frames"), force=True)
-                    self.request_close(protocol.POLICY, "rate limit exceeded", "flood")
-                    break
                 try:
                     self._on_frame(protocol.unpack_client_frame(msg.data))
                 except FrameError as exc:
@@ -278,7 +371,7 @@ class WsConnection:
                 self.request_close(protocol.UNSUPPORTED_DATA, "binary frames only", "text", flush=False)
                 break
             elif kind is WSMsgType.PING:
-                self._control.append((WSMsgType.PONG, msg.data))
+                self._pong = msg.data  # one pending PONG at most: the newest PING's
                 self._wake.set()
             elif kind is WSMsgType.PONG:
                 if len(msg.data) == _PING.size:
@@ -293,6 +386,22 @@ class WsConnection:
                 break
             else:  # CLOSE, CLOSING, CLOSED
                 break
+
+    def _within_rate(self) -> bool:
+        """Charge one frame to every budget of this connection (its own, its user's, its
+        address's); over one: ERROR ``rate_limited``, close 1008."""
+        for scope, bucket in self._buckets:
+            if not bucket.take():
+                self.edge.metrics.rate_limited[scope].inc()
+                self.entity_reason = "flood"
+                self._enqueue(protocol.error("rate_limited", _RATE_REASONS[scope]), force=True)
+                self.request_close(protocol.POLICY, "rate limit exceeded", "flood")
+                return False
+        return True
+
+    def share_budgets(self, buckets: tuple[tuple[str, TokenBucket], ...]) -> None:
+        """Add the user's and the address's shared budgets (see :mod:`edge.limits`)."""
+        self._buckets = self._buckets + buckets
 
     def _on_frame(self, frame: list[Any]) -> None:
         kind = frame[0]
@@ -332,8 +441,7 @@ class WsConnection:
 
         def replied(done: asyncio.Future[Reply]) -> None:
             self._asks.discard(done)
-            if len(self._asks) < self.edge.config.max_in_flight:
-                self._room.set()
+            self._update_room()
             if done.cancelled():
                 return
             exc = done.exception()
@@ -352,6 +460,9 @@ class WsConnection:
         """After the reader ended: close, stop the writer, unregister, tell the entity."""
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._close_request is None:
             self.request_close(protocol.NORMAL, "", self.close_reason, flush=False)
         for task in (self._writer, self._closer):

@@ -43,6 +43,16 @@ class FrameError(EdgeError):
         self.reason = reason
 
 
+class LimitError(EdgeError):
+    """Raised when a new connection would put its user or its address over a connection cap;
+    ``scope`` is ``user`` or ``ip`` (the upgrade is refused with HTTP 429)."""
+
+    def __init__(self, scope: str, reason: str) -> None:
+        super().__init__(f"{scope}: {reason}")
+        self.scope = scope
+        self.reason = reason
+
+
 class ClientError(EdgeError):
     """Raised by the Python client (:mod:`edge.client`) when the edge refuses or ends a connection
     for good; ``status`` is the HTTP status of a refused upgrade or the close code."""

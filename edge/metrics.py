@@ -41,7 +41,23 @@ class EdgeMetrics:
         self.auth_failures = {reason: auth.labels(reason) for reason in AUTH_REASONS}
         refused = Counter("xplatform_edge_upgrades_refused", "Upgrades refused before any 101, by HTTP status.",
                           ["status"], registry=r)
-        self.refused = {s: refused.labels(str(s)) for s in (400, 401, 403, 404, 409, 426)}
+        self.refused = {s: refused.labels(str(s)) for s in (400, 401, 403, 404, 409, 426, 429, 503)}
+        limit_refusals = Counter("xplatform_edge_limit_refusals", "Upgrades refused for a connection cap: "
+                                 "sockets (503), user or ip (429).", ["limit"], registry=r)
+        self.limit_refusals = {k: limit_refusals.labels(k) for k in ("sockets", "user", "ip")}
+        rate_limited = Counter("xplatform_edge_rate_limited", "Connections closed 1008 for sending frames over a "
+                               "rate limit, by the limit's scope.", ["scope"], registry=r)
+        self.rate_limited = {k: rate_limited.labels(k) for k in ("connection", "user", "ip")}
+        self.pushes_dropped = Counter("xplatform_edge_pushes_dropped", "Broadcast pushes not sent to a client "
+                                      "whose send queue was over its bound (it reads slower than it is sent to).",
+                                      registry=r)
+        self.send_queue_bytes = Gauge("xplatform_edge_send_queue_bytes", "Bytes the edge holds for its clients "
+                                      "beyond their sockets' buffers (all connections).", registry=r)
+        self.sockets = Gauge("xplatform_edge_sockets", "Open sockets of the public listener (any state).", registry=r)
+        self.handshake_timeouts = Counter("xplatform_edge_handshake_timeouts", "Sockets closed because their "
+                                          "request was not answered within the handshake deadline.", registry=r)
+        self.accept_errors = Counter("xplatform_edge_accept_errors", "accept() calls that failed (out of file "
+                                     "descriptors or memory).", registry=r)
         frames_in = Counter("xplatform_edge_frames_in", "Frames received from clients, by kind.", ["kind"], registry=r)
         self.frames_in = {k: frames_in.labels(k) for k in FRAMES_IN}
         frames_out = Counter("xplatform_edge_frames_out", "Frames sent to clients, by kind.", ["kind"], registry=r)

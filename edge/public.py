@@ -3,7 +3,9 @@
 ``GET /ws/{category}/{entity_id}?cid=<uuid>`` upgrades to ``xplatform.v1``. Everything that
 can be refused is refused BEFORE the 101, with an HTTP status and a JSON body (Origin 403,
 address 400/404, connection ID 400, subprotocol 426, token 401, connection ID held by
-another user 409), so a refused client never holds a socket and nothing reaches an entity.
+another user 409, a connection cap 429, the edge full 503), so a refused client never
+holds a socket and nothing reaches an entity. Caps and deadlines: :mod:`edge.limits` (per
+user and address), :mod:`edge.sockets` (all sockets, the handshake deadline).
 
 After the upgrade the edge asks the entity with ``Connect`` (the token's claims); WELCOME or
 TERMINATE + 4403 follow. Each client MSG becomes a ``ClientMessage`` envelope (message ID,
@@ -30,11 +32,13 @@ from edge import protocol
 from edge.auth import KeySet, Verifier
 from edge.config import EdgeConfig
 from edge.connection import WsConnection
-from edge.errors import AuthError
+from edge.errors import AuthError, LimitError
 from edge.fanout import Fanout
+from edge.limits import ClientLimits
 from edge.metrics import EdgeMetrics
 from edge.overload import LoopLoad
 from edge.registry import Receiver, Registry
+from edge.sockets import SocketGuard
 from infrastructure.transport.port import Transport
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,16 @@ class PublicEdge:
         self._to_write: set[WsConnection] = set()
         self._write_scheduled = False
         self.metrics.loop_lag.set_function(lambda: self.load.lag_s)
+        self.metrics.send_queue_bytes.set_function(self._queued_bytes)
+        self.limits = ClientLimits(
+            max_per_user=config.max_connections_per_user, max_per_address=config.max_connections_per_ip,
+            user_rate_per_s=config.user_rate_per_s, user_rate_burst=config.user_rate_burst,
+            address_rate_per_s=config.ip_rate_per_s, address_rate_burst=config.ip_rate_burst)
+        self.sockets = SocketGuard(config.socket_cap, config.handshake_timeout_s,
+                                   on_count=self.metrics.sockets.set, on_timeout=self.metrics.handshake_timeouts.inc)
+
+    def _queued_bytes(self) -> float:
+        return float(sum(c.queued_bytes for c in self.registry if isinstance(c, WsConnection)))
 
     # ------------------------------------------------------------------ writes
     def write_soon(self, conn: WsConnection) -> None:
@@ -158,6 +172,12 @@ class PublicEdge:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /ws/{category}/{entity_id}?cid=``: refuse before the 101, or serve the socket."""
+        if self.sockets.full:  # first: the cheapest answer while descriptors are scarce
+            self.metrics.limit_refusals["sockets"].inc()
+            refusal = self._refuse(503, "edge_full", "this edge holds as many connections as it may; try another "
+                                   "or retry later")
+            refusal.force_close()  # no keep-alive: the descriptor is what is short
+            return refusal
         if not self._origin_allowed(request):
             return self._refuse(403, "origin_not_allowed", "Origin is not in the allow-list")
         try:
@@ -179,12 +199,25 @@ class PublicEdge:
         except AuthError as exc:
             self.metrics.auth_failures[exc.reason].inc()
             return self._refuse(401, exc.reason, exc.detail)
+        try:
+            lease = self.limits.admit(str(claims.get("sub")), request.remote or "")
+        except LimitError as exc:
+            self.metrics.limit_refusals[exc.scope].inc()
+            return self._refuse(429, "too_many_connections", exc.reason)
+        try:
+            return await self._serve(request, ws, ref, cid, claims, lease.buckets)
+        finally:
+            self.limits.release(lease)
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, ref: EntityRef, cid: str,
+                     claims: Any, budgets: Any) -> web.StreamResponse:
         held = self.registry.get(ref, cid)
         if held is not None and held.claims.get("sub") != claims.get("sub"):
             return self._refuse(409, "connection_id_in_use", "the connection ID is in use by another user")
 
         await ws.prepare(request)
         conn = WsConnection(self, ws, ref, cid, claims)
+        conn.share_budgets(budgets)
         held = self.registry.add(conn)
         if held is not None:
             if held.claims.get("sub") != claims.get("sub"):  # lost a race to another user
@@ -243,6 +276,7 @@ def add_public_edge(app: web.Application, edge: PublicEdge) -> None:
     """Mount ``edge`` on ``app`` with its lifecycle: start in a cleanup context, GOING_AWAY on shutdown."""
     app[EDGE_KEY] = edge
     app.add_routes(edge.routes())
+    app.middlewares.append(edge.sockets.middleware)
 
     async def lifecycle(app: web.Application) -> Any:
         await edge.start()

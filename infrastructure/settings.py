@@ -107,9 +107,41 @@ class Settings:
                                       "50/s sustained is far above that and far below a flood (close 1008).")
     edge_rate_burst: float = _setting(100.0, "Frames a connection may send at once (page load, reconnect "
                                       "resend) before the sustained rate applies.")
-    edge_send_queue_frames: int = _setting(256, "Bound of a connection's immediate send queue. Coalesced state "
-                                           "never queues; 256 unsent replies/notifications means the client is "
-                                           "not reading (close 1013) - Centrifugo-style bounded queues.")
+    edge_send_queue_bytes: int = _setting(1 << 20, "Bytes the edge holds for one client beyond its socket buffers "
+                                          "(1 MiB, Centrifugo's default). Over it, broadcast pushes to that client "
+                                          "are dropped (counted; coalesced state still arrives, newest wins), its "
+                                          "replies still queue, and the edge stops reading its frames until it "
+                                          "drains. A reading client never gets there; memory per client stays "
+                                          "about twice this at most.")
+    edge_slow_consumer_s: float = _setting(5.0, "A client whose socket is full (the kernel takes no more) and "
+                                           "takes nothing at all for this long is closed 1013: mobile handovers "
+                                           "stall 1-3 s; a client reading anything at all is never closed.")
+    edge_max_connections_per_user: int = _setting(32, "Connections one user (token sub) may hold on one edge: a "
+                                                  "person's tabs and devices are a handful; more is a script "
+                                                  "(HTTP 429 before the upgrade). 0 = no cap (benchmarks).")
+    edge_max_connections_per_ip: int = _setting(0, "Connections from one client address: off by default because "
+                                                "behind a load balancer, NAT or carrier-grade NAT thousands of "
+                                                "users share an address. Set it (e.g. 256) when the edge sees "
+                                                "client addresses directly (HTTP 429).")
+    edge_user_rate_per_s: float = _setting(100.0, "Frames per second one user may send over all its connections: "
+                                           "twice the per-connection rate, so a second tab works and eight "
+                                           "connections do not multiply a flood by eight (close 1008). 0 = off.")
+    edge_user_rate_burst: float = _setting(200.0, "Frames one user may send at once over all its connections "
+                                           "(two tabs loading).")
+    edge_ip_rate_per_s: float = _setting(0.0, "Frames per second from one client address over all its "
+                                         "connections; off by default for the same reason as "
+                                         "edge_max_connections_per_ip (close 1008).")
+    edge_ip_rate_burst: float = _setting(0.0, "Frames one address may send at once; at least 1 when "
+                                         "edge_ip_rate_per_s is set.")
+    edge_max_sockets: int = _setting(0, "Open sockets of the public listener (websockets, HTTP, not yet "
+                                     "upgraded) over which upgrades are refused with HTTP 503. 0 = 80% of the "
+                                     "open-file limit (nofile), so accept() never fails for lack of descriptors "
+                                     "while the store, cluster links and refusals still get theirs; a value at "
+                                     "or over nofile fails at start.")
+    edge_handshake_timeout_s: float = _setting(10.0, "A socket that has not sent its complete HTTP request (the "
+                                               "upgrade) within 10 s of connecting, or its next one within 10 s of "
+                                               "an answer, is closed: a real client sends it at once; half-open "
+                                               "sockets would otherwise hold descriptors forever.")
     edge_max_in_flight: int = _setting(64, "Messages of one connection awaiting their replies before the edge "
                                        "stops reading that socket: a client that far ahead of its entity is "
                                        "held back by TCP instead of filling the server's memory (backpressure).")

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import gc
 import multiprocessing
-import resource
 import tempfile
 import uuid
 from typing import Any
@@ -31,6 +30,7 @@ from aiohttp import web
 from edge import protocol
 from edge.app import build_edge_app
 from edge.config import EdgeConfig
+from edge.sockets import raise_open_file_limit
 from infrastructure.bootstrap import build_platform
 from infrastructure.settings import Settings
 from loadtests.common import emit
@@ -39,15 +39,9 @@ from loadtests.entities import Tally
 WARMUP = 500  # connections opened before the baseline RSS (at most a fifth of the total)
 
 
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def _clients(base_url: str, count: int, commands: Any, answers: Any) -> None:
     """Client process: open ``count`` connections when told, report, hold them until told."""
-    _raise_fd_limit()
+    raise_open_file_limit()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with session.get(f"{base_url}/dev/token", params={"sub": "idle", "role": "viewer"}) as resp:
             token = (await resp.json())["token"]
@@ -78,12 +72,13 @@ def _client_process(base_url: str, count: int, commands: Any, answers: Any) -> N
 
 
 async def bench(connections: int) -> dict[str, Any]:
-    _raise_fd_limit()
+    raise_open_file_limit()
     process = psutil.Process()
     warmup = min(WARMUP, connections // 5)
     with tempfile.TemporaryDirectory() as data_dir:
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
-        config = EdgeConfig(port=0, dev_tokens=True, heartbeat_s=60)
+        config = EdgeConfig(port=0, dev_tokens=True, heartbeat_s=60, max_connections_per_user=0,
+                            user_rate_per_s=0)  # every idle connection has the same sub
         app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -51,7 +51,6 @@ import base64
 import contextlib
 import multiprocessing
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ from domain.auction import Bidder, Lot
 from edge import protocol
 from edge.app import build_edge_app
 from edge.config import EdgeConfig
+from edge.sockets import raise_open_file_limit
 from infrastructure.bootstrap import build_platform
 from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
@@ -76,7 +76,7 @@ from loadtests.common import emit, percentile
 SLICE_S = 0.01            # bidders take turns in 10 ms slices
 DRAIN_TIMEOUT_S = 120.0   # after the offered window: most time waited for the backlog
 QUIET_S = 1.0             # the backlog is drained when all replies are in and bid_count rests this long
-PHASE2_QUEUE = 1_000_000  # phase 2 send-queue bound (frames): measure the backlog, do not close 1013
+PHASE2_QUEUE = 1 << 40  # phase 2 send-queue bound (bytes): measure the backlog, drop nothing, do not close 1013
 _PUSH_HEAD = bytes([0x92, protocol.PUSH])  # msgpack fixarray(2), then the PUSH kind
 
 
@@ -514,7 +514,7 @@ async def phase_fanout(edge_url: str, raw_url: str, viewers: int, rate: float, s
 
 
 def _client_process(phase: str, args: tuple[Any, ...], out: Any) -> None:
-    _raise_fd_limit()
+    raise_open_file_limit()
     try:
         func = phase_coalesced if phase == "coalesced" else phase_fanout
         out.put(asyncio.run(func(*args)))  # type: ignore[operator]
@@ -524,12 +524,6 @@ def _client_process(phase: str, args: tuple[Any, ...], out: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- server side
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class Server:
     """The platform and its public edge on a free loopback port."""
 
@@ -540,7 +534,9 @@ class Server:
     @classmethod
     async def start(cls, data_dir: str, **edge: Any) -> Server:
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=(Lot, BenchBidder))
-        config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=1e6, rate_burst=1e6, **edge)
+        # every viewer shares one token's sub: the per-user caps are off here
+        config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=1e6, rate_burst=1e6, max_connections_per_user=0,
+                            user_rate_per_s=0, **edge)
         app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
         return await cls._serve(app)
 
@@ -641,7 +637,7 @@ async def _run_clients(phase: str, args: tuple[Any, ...], timeout: float) -> dic
 
 async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_rate: float,
                 fanout_seconds: float) -> dict[str, Any]:
-    _raise_fd_limit()
+    raise_open_file_limit()
     print(f"server pid {os.getpid()}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as data_dir:
@@ -655,7 +651,7 @@ async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_
             await server.stop()
         frame = lot_state_frame()
         server = await Server.start(os.path.join(data_dir, "phase2"), coalesce_hz=0.0,
-                                    send_queue_frames=PHASE2_QUEUE)
+                                    send_queue_bytes=PHASE2_QUEUE)
         raw = await Server._serve(raw_broadcast_app(frame))
         try:
             result.update(await _run_clients("fanout", (server.url, raw.url, viewers, fanout_rate, fanout_seconds),
@@ -666,7 +662,7 @@ async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_
     result["errors"] = (result["unanswered_bids"] + sum(result["phase1_errors"].values())
                         + sum(result["phase2_errors"].values()))
     result["raw_frame_bytes"] = len(frame)
-    result["phase2_send_queue_frames"] = PHASE2_QUEUE
+    result["phase2_send_queue_bytes"] = PHASE2_QUEUE
     return result
 
 

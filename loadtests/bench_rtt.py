@@ -152,7 +152,9 @@ def _cluster_run(zookeeper: Any, postgres: Any, connections: int, rate: float, s
                       insecure=insecure)
     try:
         cluster.start("state-node", "node-a")
-        base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
+        # every connection uses the same token (sub "bench"): the per-user caps are off here
+        base_url = cluster.start("edge", "edge-1", XPLATFORM_EDGE_MAX_CONNECTIONS_PER_USER="0",
+                                 XPLATFORM_EDGE_USER_RATE_PER_S="0").ready_line.split("ready on ")[1].rstrip("/")
         token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET,
                            algorithm="HS256")
         ctx = multiprocessing.get_context("spawn")
@@ -173,7 +175,7 @@ async def bench(connections: int, rate: float, seconds: float, same_process: boo
     with tempfile.TemporaryDirectory() as data_dir:
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
         config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=max(50.0, 4 * rate / connections),
-                            heartbeat_s=30)
+                            heartbeat_s=30, max_connections_per_user=0, user_rate_per_s=0)  # one sub for all
         app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import json
 import os
+import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from domain.auction import Bidder, Lot
 from domain.refs import EntityRef
-from edge.app import build_edge_app
+from edge.app import build_edge_app, listen_public
 from edge.client import Client, connect
 from edge.config import EdgeConfig
 from edge.public import EDGE_KEY, PublicEdge
@@ -131,12 +133,12 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
     runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = await listen_public(runner, app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     try:
         yield Edge(platform, app, f"http://127.0.0.1:{port}", config)
     finally:
+        server.close()
         await runner.cleanup()
 
 
@@ -162,3 +164,78 @@ async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str =
 
 def new_cid() -> str:
     return str(uuid.uuid4())
+
+
+class RawSocket:
+    """A websocket client written by hand over a plain TCP socket: it sends what a test
+    wants (any frame, any number of them) and reads only when told, so it can be the client
+    that never reads. ``rcvbuf`` shrinks its receive buffer (the kernel then takes less of
+    what the edge sends)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, base_url: str, rcvbuf: int | None = None) -> RawSocket:
+        host, port = base_url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return cls(reader, writer)
+
+    @classmethod
+    async def upgraded(cls, base_url: str, sub: str, ref: EntityRef = ROOM, rcvbuf: int | None = None) -> RawSocket:
+        """Open and upgrade (reads the 101 response, nothing after it)."""
+        raw = await cls.open(base_url, rcvbuf)
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.writer.write((f"GET /ws/{ref.category}/{ref.entity_id}?cid={new_cid()} HTTP/1.1\r\n"
+                          f"Host: {base_url.removeprefix('http://')}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                          f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+                          f"Sec-WebSocket-Protocol: xplatform.v1\r\nAuthorization: Bearer {token(sub)}\r\n\r\n").encode())
+        head = await raw.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return raw
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        """One masked client frame (RFC 6455 5.2), FIN set."""
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes((0x80 | opcode,)) + (bytes((0x80 | n,)) if n < 126 else struct.pack("!BH", 0x80 | 126, n))
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def frames_until_closed(self) -> list[tuple[int, bytes]]:
+        """Read every frame the edge sends (server frames are unmasked) until it closes the
+        socket: ``(opcode, payload)`` in order; a reset ends the list too."""
+        frames: list[tuple[int, bytes]] = []
+        try:
+            while True:
+                head = await self.reader.readexactly(2)
+                n = head[1] & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+                frames.append((head[0] & 0x0F, await self.reader.readexactly(n)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return frames
+
+    async def closed_by_server(self) -> bool:
+        """Read (and discard) until the edge closes the socket: EOF or a reset."""
+        try:
+            while await self.reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.writer.transport.abort()

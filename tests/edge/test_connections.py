@@ -13,7 +13,7 @@ from domain.refs import EntityRef
 from edge import protocol
 from edge.app import DEV_ISSUER_KEY
 from infrastructure.persistence import new_mapper, open_journal
-from tests.edge.harness import ROOM, Edge, eventually, run_edge, running_edge, token
+from tests.edge.harness import ROOM, Edge, RawSocket, eventually, run_edge, running_edge, token
 
 
 def test_connect_welcome_and_reply_after_durability(tmp_path: Path) -> None:
@@ -73,42 +73,39 @@ def test_coalescing_many_updates_give_fewer_frames_and_the_last_one_wins(tmp_pat
 
 
 def test_slow_consumer_is_closed_1013_while_another_keeps_receiving(tmp_path: Path) -> None:
+    """A client that never reads (a raw socket with a small receive buffer: the kernel takes
+    little, then nothing) is closed 1013 once its socket took nothing for slow_consumer_s;
+    a client that reads gets every push meanwhile."""
     async def scenario(edge: Edge) -> None:
         ann = await edge.client("ann")
         fast = await edge.client("fast")
-        async with aiohttp.ClientSession() as session:
-            slow = await session.ws_connect(f"{edge.base_url}/ws/Room/r1?cid=00000000-0000-4000-8000-000000000001",
-                                            protocols=("xplatform.v1",), headers={"Authorization": f"Bearer {token('slow')}"},
-                                            max_msg_size=0)
-            assert (await slow.receive()).data[1] == protocol.WELCOME
-            received = 0
+        slow = await RawSocket.upgraded(edge.base_url, "slow", rcvbuf=4096)
+        await eventually(lambda: len(edge.public.registry) == 3, what="the slow client registered")
+        slow_cid = next(c.cid for c in edge.public.registry if c.claims["sub"] == "slow")
+        received = 0
 
-            async def read_fast() -> None:
-                nonlocal received
-                while received < 480:
-                    await fast.next_push(timeout=5)
-                    received += 1
+        async def read_fast() -> None:
+            nonlocal received
+            while received < 480:
+                await fast.next_push(timeout=5)
+                received += 1
 
-            reader = asyncio.create_task(read_fast())
-            for _ in range(60):  # 480 pushes of 50 KB: ~24 MB the slow client never reads
-                assert (await ann.request({"type": "spam", "n": 8, "size": 50_000})).ok
-            await asyncio.wait_for(reader, 10)
-            assert received == 480  # the fast client got everything, never stalled
-            await eventually(lambda: edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 1,
-                             what="slow consumer closed")
-            code = None
-            while True:  # now read: the buffered frames, then the close frame
-                msg = await slow.receive(timeout=5)
-                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    code = slow.close_code
-                    break
-            assert code == protocol.TRY_AGAIN_LATER
-            await eventually(lambda: not edge.entity().is_live("00000000-0000-4000-8000-000000000001"),
-                             what="Terminated for the slow consumer")
+        reader = asyncio.create_task(read_fast())
+        for _ in range(60):  # 480 pushes of 50 KB: ~24 MB the slow client never reads
+            assert (await ann.request({"type": "spam", "n": 8, "size": 50_000})).ok
+        await asyncio.wait_for(reader, 10)
+        assert received == 480  # the fast client got everything, never stalled
+        await eventually(lambda: edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 1,
+                         timeout=10, what="slow consumer closed")
+        assert edge.metric("xplatform_edge_pushes_dropped_total") > 0  # what it could not take was not kept
+        frames = await asyncio.wait_for(slow.frames_until_closed(), 10)  # now read: what was sent, then the end
+        closes = [payload for opcode, payload in frames if opcode == 0x8]
+        assert not closes or int.from_bytes(closes[0][:2], "big") == protocol.TRY_AGAIN_LATER
+        await eventually(lambda: not edge.entity().is_live(slow_cid), what="Terminated for the slow consumer")
         await ann.close()
         await fast.close()
 
-    run_edge(tmp_path, scenario, send_queue_frames=32, close_timeout_s=1.0)
+    run_edge(tmp_path, scenario, slow_consumer_s=0.5, close_timeout_s=1.0, shed_lag_ms=0)  # not about shedding
 
 
 def test_terminated_reaches_the_entity_when_the_socket_drops(tmp_path: Path) -> None:
