@@ -261,7 +261,8 @@ class ZooKeeperCoordinator:
         """(kazoo's connection thread) Each handshake: remember the granted session timeout."""
         if session_s != self.granted_session_s and abs(session_s - self.session_timeout_s) > 0.001:
             log.warning("ZooKeeper granted a %.3f s session (asked %.3f s: its min/maxSessionTimeout); "
-                        "failure detection and the lease follow the granted one", session_s, self.session_timeout_s)
+                        "failure detection follows the granted one, the lease the shorter of the two",
+                        session_s, self.session_timeout_s)
         self.granted_session_s = session_s
 
     def _on_assignment(self, data: bytes | None, _stat: object) -> None:
