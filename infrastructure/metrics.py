@@ -39,6 +39,10 @@ class NodeMetrics:
                                              "Time to load an entity (snapshot + tail).",
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.snapshots = Counter("xplatform_node_snapshots", "Snapshots written.", registry=r)
+        self.released = Counter("xplatform_node_entities_released",
+                                "Resident entities dropped without writing because their shard left this node "
+                                "(shard_moved) or came back at a newer epoch (stale_epoch: reloaded behind a new "
+                                "takeover marker).", ["reason"], registry=r)
         self._message_children: dict[tuple[str, str], Counter] = {}
         GcPauses.install().register(r)  # collector pauses are every latency's tail: shown beside them
 

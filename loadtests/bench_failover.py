@@ -2,114 +2,86 @@
 
     python -m loadtests.bench_failover [--kills 10] [--lots 12] [--session 0.6] [--supervised]
 
-ZooKeeper, PostgreSQL, 3 state nodes and 2 edges run as local processes (ops/local). One
-chat client per lot (half through each edge) posts messages without pause; a posted chat
-message is acknowledged only after its event is durable. Then, ``--kills`` times: kill -9
-one state node, measure the time until every lot it owned has acknowledged a message
-again, and start the node again. At the end every acknowledged message must be in its
-lot's stream exactly once (``lost_acks`` counts those that are not).
+ZooKeeper, PostgreSQL, 3 state nodes and 2 edges run as local processes (ops/local). The
+load runs in a process of its own (``loadtests/lot_load.py``): one chat client per lot
+(half through each edge) posting messages back to back, each resent with the same ID until
+acknowledged (only after its event is durable). Then, ``--kills`` times: kill -9 one state
+node serving lots and start it again. Measured as a client lives it: for every lot the
+killed node served, the gap between its last answer before the kill and its first answer
+after it; per kill the longest of those (``failover_s``). ``longest_gap_s`` is the longest
+any lot went without an answer over the whole run (restarts and the handoffs back
+included). At the end every acknowledged message must be in its lot's stream exactly once
+(``lost_acks`` counts those that are not).
 
 Two ways to be fast: short sessions (the default here, 0.6 s: a crash is seen when the
 session expires), or ``--supervised``: every state node runs under ``xplatform state-node
 --supervised`` with the settings' default session (2 s, safe against pauses); the kill hits
-the node, its supervisor ends the dead node's session at once and restarts it.
+the node, its supervisor ends the dead node's session at once and restarts it. The JSON
+reports the gaps next to those settings (``zookeeper``).
 
-JSON: failover_p50_s, failover_max_s, lost_acks (+ per-kill times, messages acknowledged).
+JSON: failover_p50_s, failover_max_s, failover_s, longest_gap_s, lost_acks, client_errors,
+zookeeper {session_timeout_s, supervised}, load_loop_lag (the load process's own loop).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 import uuid
 
-import jwt
 import msgpack
 
-from edge.client import connect
 from infrastructure.settings import Settings
 from loadtests.common import emit, median
-from ops.local.cluster import HS256_SECRET, Cluster
+from loadtests.lot_load import LoadProcess, LoadReport, gap_across, longest_gap
+from ops.local.cluster import Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
 
 SHARDS = 8
-
-PACE_S = 0.025
-"""Pause between a client's messages: with a cluster round trip of a few ms this keeps each
-client under the edge's default per-connection limit (50 msg/s, burst 100). Faster, the
-edge rightly closes it 1008 for flooding (seen once the round trip got faster)."""
-
-
-def _token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
+WARM_UP_S = 2.0
+"""Load before the first kill: every lot active, its entity resident on its owner."""
+SETTLE_S = 1.5
+"""Load after a node is back before the next kill: its shards have moved back."""
 
 
 def _owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
     return cluster.owners("Lot", lots, SHARDS)
 
 
-async def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int,
-               supervised: bool = False) -> tuple[list[float], dict[str, list[str]]]:
-    acked: dict[str, list[str]] = {lot: [] for lot in lots}
-    last_ack: dict[str, float] = {lot: 0.0 for lot in lots}
-    answered: dict[str, float] = {lot: 0.0 for lot in lots}
-    stop = asyncio.Event()
-
-    async def chatter(i: int, lot: str) -> None:
-        client = await connect(edges[i % len(edges)], "Lot", lot, _token(f"u{i}"), request_timeout_s=10)
-        n = 0
-        try:
-            while not stop.is_set():
-                n += 1
-                mid = f"{lot}-m{n}"
-                sent = time.monotonic()
-                while not stop.is_set():  # resend with the same ID until answered
-                    try:
-                        reply = await client.request({"type": "chat", "text": f"hello {n}"}, message_id=mid, timeout=10)
-                    except Exception:
-                        await asyncio.sleep(0.05)
-                        continue
-                    if reply.ok:
-                        acked[lot].append(mid)
-                        last_ack[lot] = sent  # "answers again": a message SENT after the kill was acknowledged
-                        answered[lot] = time.monotonic()
-                        break
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(PACE_S)
-        finally:
-            await client.close()
-
-    tasks = [asyncio.create_task(chatter(i, lot)) for i, lot in enumerate(lots)]
-    await asyncio.sleep(2.0)  # warm up: every lot active
-    times: list[float] = []
-    for k in range(kills):
-        owners = await asyncio.to_thread(_owners, cluster, lots)  # off the clients' loop
-        victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
-        affected = [lot for lot, node in owners.items() if node == victim]
-        if supervised:
-            await asyncio.to_thread(cluster.processes[victim].kill9_child)  # the node, not its supervisor
-        else:
-            await asyncio.to_thread(cluster.processes[victim].kill9)
-        killed = time.monotonic()
-        deadline = killed + 30
-        while time.monotonic() < deadline and not all(last_ack[lot] > killed for lot in affected):
-            await asyncio.sleep(0.01)
-        times.append(max(answered[lot] for lot in affected) - killed)
-        if supervised:  # its supervisor restarts it
-            if not await asyncio.to_thread(cluster.wait_member_back, victim, 30):
-                raise RuntimeError(f"supervisor did not restart {victim}:\n{cluster.processes[victim].log()}")
-        else:
-            await asyncio.to_thread(_wait_gone, cluster, victim)  # its old session must have expired
-            await asyncio.to_thread(cluster.start, "state-node", victim)  # back to three nodes (off the clients' loop)
-        await asyncio.sleep(1.5)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return times, acked
+def zookeeper_settings(session_timeout_s: float, supervised: bool) -> dict[str, object]:
+    """What the measured gaps depend on, reported next to them."""
+    return {"session_timeout_s": session_timeout_s, "supervised": supervised}
 
 
-def _wait_gone(cluster: Cluster, node: str) -> None:
-    cluster.wait_member_gone(node)
+def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int,
+         supervised: bool = False) -> tuple[list[tuple[float, list[str]]], float, float, LoadReport]:
+    """Kill and restart nodes under the load; returns (kill time, lots of the killed node)
+    per kill, the window measured, and what the clients saw."""
+    load = LoadProcess(edges, lots)
+    try:
+        load.wait_ready()
+        time.sleep(WARM_UP_S)
+        events: list[tuple[float, list[str]]] = []
+        started = time.monotonic()
+        for k in range(kills):
+            owners = _owners(cluster, lots)
+            victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
+            if supervised:
+                cluster.processes[victim].kill9_child()  # the node, not its supervisor
+            else:
+                cluster.processes[victim].kill9()
+            events.append((time.monotonic(), [lot for lot, node in owners.items() if node == victim]))
+            if supervised:  # its supervisor restarts it
+                if not cluster.wait_member_back(victim, 30):
+                    raise RuntimeError(f"supervisor did not restart {victim}:\n{cluster.processes[victim].log()}")
+            else:
+                cluster.wait_member_gone(victim)  # its old session must have expired
+                cluster.start("state-node", victim)  # back to three nodes
+            time.sleep(SETTLE_S)
+        ended = time.monotonic()
+        return events, started, ended, load.finish()
+    finally:
+        load.kill()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,25 +101,32 @@ def main(argv: list[str] | None = None) -> None:
             cluster.start("state-node", node, supervised=args.supervised)
         edges = [cluster.start("edge", f"edge-{i}").ready_line.split("ready on ")[1].rstrip("/") for i in (1, 2)]
         lots = [f"lot-{i}" for i in range(args.lots)]
-        times, acked = asyncio.run(_run(cluster, edges, lots, args.kills, args.supervised))
+        events, started, ended, seen = _run(cluster, edges, lots, args.kills, args.supervised)
         journal = cluster.journal()
         lost = 0
         try:
-            for lot, mids in acked.items():
+            for lot, record in seen.lots.items():
                 stored = [msgpack.unpackb(e.state)["message_id"] for e in journal.read(f"Lot-{lot}")
                           if e.topic.endswith("Chatted")]
-                lost += sum(1 for mid in mids if stored.count(mid) != 1)
+                lost += sum(1 for mid in record.acked if stored.count(mid) != 1)
         finally:
             journal.close()
     finally:
         cluster.stop_all()
         zookeeper.destroy()
         postgres.stop()
-    emit({"benchmark": "bench_failover", "state_nodes": 3, "edges": 2, "kills": args.kills, "session_timeout_s": args.session,
-          "supervised": args.supervised,
+    times: list[float] = []
+    for killed, affected in events:
+        gaps = [gap_across(seen.lots[lot].answered_at, killed) for lot in affected]
+        times.append(float("inf") if None in gaps else max(g for g in gaps if g is not None))
+    emit({"benchmark": "bench_failover", "state_nodes": 3, "edges": 2, "kills": args.kills,
+          "zookeeper": zookeeper_settings(args.session, args.supervised),
+          "session_timeout_s": args.session, "supervised": args.supervised,
           "failover_p50_s": round(median(times), 3), "failover_max_s": round(max(times), 3),
-          "failover_s": [round(t, 3) for t in times], "lost_acks": lost,
-          "acknowledged": sum(len(m) for m in acked.values())})
+          "failover_s": [round(t, 3) for t in times],
+          "longest_gap_s": round(max(longest_gap(r.answered_at, started, ended) for r in seen.lots.values()), 3),
+          "lost_acks": lost, "client_errors": sum(seen.errors.values()), "error_reasons": dict(seen.errors),
+          "acknowledged": sum(len(r.acked) for r in seen.lots.values()), "load_loop_lag": seen.loop_lag})
 
 
 if __name__ == "__main__":

@@ -77,11 +77,14 @@ class Ownership:
         self._releasing: list[float] = []
         """One start time per shard given up (map change or drain) whose writes may still be
         pending; ``take_releasing`` hands them to whoever waits for the flush (the state node)."""
+        self._taken: set[tuple[str, int]] = set()
+        """Shards a map change took from us, until ``take_moved_away`` hands them to the state
+        node, which drops their resident entities (a copy kept would be stale if they came back)."""
         self._record()
 
     # ---------------------------------------------------------------- queries (runtime)
     def owner_of(self, ref: EntityRef) -> ShardOwner | None:
-        return self.assignment.owner(ref.category, shard_of(ref, self.shards_per_category))
+        return self.assignment.owner(*self.shard_key(ref))
 
     def leased(self) -> bool:
         """False once the lease ran out: e.g. the process was stopped (SIGSTOP, a long GC
@@ -155,6 +158,7 @@ class Ownership:
         after = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
         self.metrics.handoffs.labels("gained").inc(len(after - before))
         self.metrics.handoffs.labels("lost").inc(len(before - after))
+        self._taken |= before - after
         if self.state is not OwnershipState.DRAINING:  # a draining node released everything at drain start
             for shard in after - before:
                 self._gaining.setdefault(shard, received)
@@ -171,6 +175,14 @@ class Ownership:
         flushed; the caller observes each once the node's pending appends are durable."""
         released, self._releasing = self._releasing, []
         return released
+
+    def take_moved_away(self) -> set[tuple[str, int]]:
+        """(category, shard) pairs the map took from us since the last call."""
+        taken, self._taken = self._taken, set()
+        return taken
+
+    def shard_key(self, ref: EntityRef) -> tuple[str, int]:
+        return ref.category, shard_of(ref, self.shards_per_category)
 
     def _observe_gained(self) -> None:
         """Gained shards are served from the moment we are SERVING with the new map."""

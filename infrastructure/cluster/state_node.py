@@ -108,7 +108,12 @@ class ClusteredStateNode:
                       "the session expires", exc_info=True)
 
     def _on_ownership(self, _state: object, _assignment: object) -> None:
-        """Shards handed away: time each until our pending writes are durable (handoff metric)."""
+        """Shards handed away: drop their resident entities (they are another node's now; kept,
+        they would answer stale if the shard came back) and time each handoff until our pending
+        writes are durable (handoff metric)."""
+        moved = self.ownership.take_moved_away()
+        if moved:
+            self.platform.node.release(lambda ref: self.ownership.shard_key(ref) in moved)
         released = self.ownership.take_releasing()
         if released:
             task = asyncio.get_running_loop().create_task(self._flushed(released))

@@ -105,12 +105,75 @@ def zookeeper_client(hosts: str, auth: ZooKeeperAuth | None, **kwargs: object) -
     return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)  # type: ignore[arg-type]
 
 
+RECONNECT_FIRST_S = 0.1
+"""First wait before reconnecting to ZooKeeper; doubles per failed attempt up to the cap."""
+RECONNECT_CAP_FRACTION = 1 / 8
+"""Longest wait between reconnect attempts, as a fraction of the session timeout (kept
+within RECONNECT_CAP_S): a node is fenced from the moment ZooKeeper is back until its next
+attempt, so the cap is the price of an outage on top of the outage itself (kazoo adds
+±40 % jitter). An eighth of a session leaves ~6 attempts before a session that outlived the
+outage expires on a restarted server (which gives every session a full timeout again at
+start). Half a session, the earlier cap, left lots ~2 s unanswered after a 4 s outage and
+once let two sessions expire; kazoo's default grows to an hour."""
+RECONNECT_CAP_S = (0.1, 1.0)
+"""Bounds of that cap: attempts at most ten times a second per node, at least once a second."""
+LEASE_FRACTION = 2 / 3
+"""A round trip started at t vouches for our session until t + this × the session timeout:
+the server cannot have expired the session before (it was alive when it answered, and
+expiry takes a whole timeout of silence); the third left over absorbs ZooKeeper's tick
+rounding and clock rates."""
+
+HANDSHAKE_FRACTION = 1 / 4
+"""Longest wait for the server's answer to a session handshake, as a fraction of the
+session timeout (at least HANDSHAKE_MIN_S). kazoo waits session timeout / number of hosts:
+all of it with one server. A restarting ZooKeeper accepts connections before it serves
+them, and an attempt that lands then may never be answered: waiting a whole session for it
+let that session expire on the restarted server (seen: ZooKeeperCoordinator tests, and two
+members in a fault run). A live server answers within milliseconds; the attempt is retried."""
+HANDSHAKE_MIN_S = 0.2
+
+
+def reconnect_retry(session_timeout_s: float) -> KazooRetry:
+    """kazoo's connection retry for a session of ``session_timeout_s`` (see RECONNECT_*)."""
+    low, high = RECONNECT_CAP_S
+    cap = min(high, max(low, session_timeout_s * RECONNECT_CAP_FRACTION))
+    return KazooRetry(max_tries=-1, delay=RECONNECT_FIRST_S, backoff=2, max_delay=cap)
+
+
+def bound_handshake(client: KazooClient, session_timeout_s: float,
+                    on_negotiated: Callable[[float], None] | None = None) -> bool:
+    """Make ``client`` give up on an unanswered session handshake after HANDSHAKE_FRACTION of
+    a session, and report the session timeout the server granted (kazoo keeps it to itself)
+    to ``on_negotiated`` in seconds. Works on kazoo's connection handler (2.x); returns False,
+    leaving kazoo as it is, if that is not what it looks like."""
+    connection = getattr(client, "_connection", None)
+    invoke, connect = getattr(connection, "_invoke", None), getattr(connection, "_connect", None)
+    if connection is None or invoke is None or connect is None:
+        log.warning("kazoo %s: cannot bound its session handshake; a restarting ZooKeeper may cost a session",
+                    type(connection).__name__)
+        return False
+    limit = max(HANDSHAKE_MIN_S, session_timeout_s * HANDSHAKE_FRACTION)
+
+    def bounded_invoke(timeout: float, request: object, xid: int | None = None) -> object:
+        return invoke(min(timeout, limit), request, xid)
+
+    def reporting_connect(host: str, hostip: str, port: int) -> tuple[float, float]:
+        read_timeout_ms, connect_timeout_ms = connect(host, hostip, port)
+        if on_negotiated is not None:
+            on_negotiated(read_timeout_ms * 1.5 / 1000.0)  # kazoo's read timeout is 2/3 of the granted session
+        return read_timeout_ms, connect_timeout_ms
+
+    connection._invoke = bounded_invoke
+    connection._connect = reporting_connect
+    return True
+
+
 class ZooKeeperCoordinator:
     """Keeps an :class:`Ownership` current from ZooKeeper; allocates when elected."""
 
     def __init__(self, hosts: str, cluster: str, member: MemberInfo, categories: Mapping[str, int],
                  layout: Layout, ownership: Ownership, session_timeout_s: float = 2.0,
-                 auth: ZooKeeperAuth | None = None) -> None:
+                 auth: ZooKeeperAuth | None = None, lease_renew_every_s: float | None = None) -> None:
         layout.check_covers(categories)
         self.member = member
         self.categories = dict(categories)
@@ -118,11 +181,16 @@ class ZooKeeperCoordinator:
         self.ownership = ownership
         self.root = f"{ROOT}/{cluster}"
         self.auth = auth
-        # Reconnect attempts every 0.1 s doubling up to half a session: kazoo's default backoff
-        # grows to an hour, so after a ZooKeeper outage a node could stay fenced about as long
-        # again as the outage lasted, or miss its session (seen in the ZooKeeper-restart test).
-        retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=max(0.2, session_timeout_s / 2))
-        self.client = zookeeper_client(hosts, auth, timeout=session_timeout_s, connection_retry=retry)
+        self.session_timeout_s = session_timeout_s
+        self.lease_renew_every_s = lease_renew_every_s
+        """Period of the lease renewer; None: a third of the session timeout. Reconnecting
+        renews the lease itself, so SERVING never waits for the renewer's next tick."""
+        self.client = zookeeper_client(hosts, auth, timeout=session_timeout_s,
+                                       connection_retry=reconnect_retry(session_timeout_s))
+        self.granted_session_s: float | None = None
+        """The session timeout ZooKeeper granted (its min/max session settings may differ from
+        what we asked); the lease counts with the shorter of the two."""
+        bound_handshake(self.client, session_timeout_s, self._granted)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._members_changed = threading.Event()
         self._stopping = threading.Event()
@@ -154,9 +222,10 @@ class ZooKeeperCoordinator:
             self._election_thread.start()
             self._lease_thread = threading.Thread(target=self._renew_lease_forever, name="xplatform-lease", daemon=True)
             self._lease_thread.start()
+        asked = time.monotonic()
         data, _stat = await asyncio.to_thread(self.client.get, f"{self.root}/assignment")
         self._started = True
-        self._apply_then_serve(_decode(data))
+        self._apply_then_serve(_decode(data), asked)
 
     async def stop(self) -> None:
         """Leave. A state node first withdraws its member entry and waits (briefly) for a map
@@ -241,16 +310,35 @@ class ZooKeeperCoordinator:
         try:
             if not self.client.exists(f"{self.root}/members/{self.member.node_id}"):
                 self._register()  # a new session after LOST
+            asked = time.monotonic()
             data, _stat = self.client.get(f"{self.root}/assignment")
         except (KazooException, CoordinationError):
             log.warning("resume after reconnect failed; staying fenced", exc_info=True)
             return
         assignment = _decode(data)
-        self._loop.call_soon_threadsafe(self._apply_then_serve, assignment)
+        self._loop.call_soon_threadsafe(self._apply_then_serve, assignment, asked)
 
-    def _apply_then_serve(self, assignment: Assignment) -> None:
+    def _apply_then_serve(self, assignment: Assignment, asked: float) -> None:
+        """Serve again after the round trip started at ``asked`` (monotonic) read the map: it
+        also vouches for the session, so the lease is renewed *before* we report SERVING. An
+        outage longer than the lease had let it run out; waiting for the renewer's next tick
+        (up to a third of a session) refused every message while the state said SERVING."""
         self.ownership.map_changed(assignment)
+        if self.member.role == "state":  # only state nodes hold a lease (and renew it)
+            self.ownership.renew(self._vouched_until(asked))
         self.ownership.connected()
+
+    def _vouched_until(self, asked: float) -> float:
+        session = min(self.session_timeout_s, self.granted_session_s or self.session_timeout_s)
+        return asked + session * LEASE_FRACTION
+
+    def _granted(self, session_s: float) -> None:
+        """(kazoo's connection thread) Each handshake: remember the granted session timeout."""
+        if session_s != self.granted_session_s and abs(session_s - self.session_timeout_s) > 0.001:
+            log.warning("ZooKeeper granted a %.3f s session (asked %.3f s: its min/maxSessionTimeout); "
+                        "failure detection follows the granted one, the lease the shorter of the two",
+                        session_s, self.session_timeout_s)
+        self.granted_session_s = session_s
 
     def _on_assignment(self, data: bytes | None, _stat: object) -> None:
         if data is not None and self._loop is not None:
@@ -293,10 +381,12 @@ class ZooKeeperCoordinator:
     # ------------------------------------------------------------------ lease (its own thread)
     def _renew_lease_forever(self) -> None:
         """A ZooKeeper round trip every third of the session timeout; each success vouches
-        for the session until (request start + 2/3 of the timeout): the server cannot have
-        expired it before then. See Ownership.leased()."""
-        timeout = self.client._session_timeout / 1000.0 if self.client._session_timeout else 2.0  # noqa: SLF001
+        for the session until (request start + LEASE_FRACTION of the timeout): the server
+        cannot have expired it before then. See Ownership.leased(). A round trip that took
+        longer than the period (it waited out a disconnection: kazoo queues requests until it
+        reconnects) vouched for little: the next one starts at once."""
         while not self._stopping.is_set():
+            period = self.lease_renew_every_s or self.session_timeout_s / 3
             started = time.monotonic()
             try:
                 self.client.exists(self.root)
@@ -304,8 +394,10 @@ class ZooKeeperCoordinator:
                 pass
             else:
                 if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.ownership.renew, started + timeout * 2 / 3)
-            self._stopping.wait(timeout / 3)
+                    self._loop.call_soon_threadsafe(self.ownership.renew, self._vouched_until(started))
+                if time.monotonic() - started > period:
+                    continue
+            self._stopping.wait(period)
 
     # ------------------------------------------------------------------ allocator (its own thread)
     def _run_election(self) -> None:

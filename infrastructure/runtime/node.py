@@ -142,8 +142,7 @@ class StateNode:
             await self._committer.drain()
             self._committer.close()
         for cell in self.cells.values():
-            for handle_ in (cell.timers or {}).values():
-                handle_.cancel()
+            self._disarm_all(cell)
         self._reader.shutdown(wait=True)
 
     # ------------------------------------------------------------------ delivery
@@ -168,6 +167,8 @@ class StateNode:
             self.metrics.entities_active.inc()
         else:
             self.cells.move_to_end(to)
+            if cell.entity is not None and cell.entity.owner_epoch != self.ownership.epoch(to):
+                self._stale(to, cell)
         cell.last_used = time.monotonic()
         if cell.entity is None:
             if cell.queue is None:
@@ -237,8 +238,8 @@ class StateNode:
             self._committer.discard_stream(ref.stream_id, error)  # later writes were built on it
         elif cell.tail is pending:
             cell.tail = None
-        if cell.entity is None and cell.tail is None and not cell.loading:
-            self._load(ref, cell)
+        if cell.entity is None and cell.tail is None and not cell.loading and self.cells.get(ref) is cell:
+            self._load(ref, cell)  # (a released cell is not reloaded: its shard is elsewhere)
 
     def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo) -> Callable[[PersistenceError | None], None]:
         def release(error: PersistenceError | None) -> None:
@@ -302,6 +303,8 @@ class StateNode:
 
     def _loaded(self, ref: EntityRef, cell: Cell, result: tuple[Entity, int] | Exception, elapsed: float) -> None:
         cell.loading = False
+        if self.cells.get(ref) is not cell:
+            return  # released while loading (its shard moved away); its queue was answered then
         if isinstance(result, Exception):
             log.error("activation of %s failed: %s", ref, result)
             error = RetryLater(f"entity {ref} could not be loaded: {result}")
@@ -398,6 +401,47 @@ class StateNode:
     def _forget(self, ref: EntityRef) -> None:
         if self.cells.pop(ref, None) is not None:
             self.metrics.entities_active.dec()
+
+    # ------------------------------------------------------------------ shards moving away
+    def release(self, moved: Callable[[EntityRef], bool]) -> int:
+        """Drop every resident entity for which ``moved(ref)`` is true: their shard now
+        belongs to another node (the cluster calls this when the map takes shards from us).
+        Nothing is written; timers are cancelled (the new owner arms them from the stored
+        state); messages waiting for an activation get a retryable refusal; appends already
+        submitted finish or fail as usual and their senders hear of it. Should the shard come
+        back, the entity is read again and a new takeover marker is written before it
+        answers anything: the other owner may have written in between."""
+        dropped = [ref for ref in self.cells if moved(ref)]
+        for ref in dropped:
+            cell = self.cells[ref]
+            self._disarm_all(cell)
+            cell.entity = None
+            error = RetryLater(f"shard of {ref} moved to another node")
+            for message, reply_to in cell.queue or ():
+                self.metrics.message(ref.category, error.code)
+                _answer(reply_to, _reply_for(message.message_id, error))
+            cell.queue = None
+            self._forget(ref)
+        self.metrics.released.labels("shard_moved").inc(len(dropped))
+        return len(dropped)
+
+    def _stale(self, ref: EntityRef, cell: Cell) -> None:
+        """The resident copy was taken over at another epoch than the shard's current one:
+        the shard went away and came back without us dropping it (a map we never saw, e.g.
+        while our session was lost), and another owner may have written since. Never answer
+        from it: rebuild from the store, behind a new takeover marker (``_loaded``), once
+        this copy's own pending appends settle (they fail if the stream moved)."""
+        log.info("%s: resident copy from epoch %s, shard now at epoch %s; reloading", ref,
+                 cell.entity.owner_epoch if cell.entity is not None else None, self.ownership.epoch(ref))
+        self._disarm_all(cell)
+        cell.entity = None
+        self.metrics.released.labels("stale_epoch").inc()
+
+    @staticmethod
+    def _disarm_all(cell: Cell) -> None:
+        for handle_ in (cell.timers or {}).values():
+            handle_.cancel()
+        cell.timers = None
 
     # ------------------------------------------------------------------ introspection
     async def drain(self) -> None:

@@ -225,3 +225,75 @@ def test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears
             check.close()
 
     asyncio.run(scenario())
+
+
+def test_a_shard_that_comes_back_is_served_from_the_store_not_from_the_old_copy(zookeeper: ZooKeeperServer,
+                                                                                tmp_path: Path) -> None:
+    """A serves X, X's shard moves to B (a join) which writes, and moves back (B leaves). A
+    dropped X when the shard left - timers included, so none of them fires on A - and a
+    message that writes nothing answers with B's writes, behind A's new takeover marker."""
+    async def scenario() -> None:
+        from tests.support.entities import Counter
+
+        base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
+                        cluster_name=f"back{uuid.uuid4().hex[:6]}", zk_session_timeout_s=2.0, shards_per_category=8,
+                        **ClusterSecrets.write(tmp_path).settings())
+        a = ClusteredStateNode(base.with_(node_id="a"), entities=[Counter])
+        b = ClusteredStateNode(base.with_(node_id="b"), entities=[Counter])
+        running = [a]
+        await a.start()
+        try:
+            def counters(node: ClusteredStateNode) -> int:
+                return len(node.ownership.owned_shards().get("Counter", []))
+
+            def msg(mid: str, body: dict[str, object]) -> ClientMessage:
+                return ClientMessage(mid, time.time(), "c", msgpack.packb(body))
+
+            def handled_by_a() -> float:
+                return sum(s.value for m in a.platform.node.metrics.messages.collect() for s in m.samples
+                           if s.name.endswith("_total") and s.labels.get("category") == "Counter")
+
+            await until(lambda: counters(a) == 8)
+            refs = [EntityRef("Counter", f"x{i}") for i in range(16)]
+            for ref in refs:
+                assert (await a.platform.transport.ask(ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
+                                                                    {"sub": "u"}))).ok
+                assert (await a.platform.transport.ask(ref, msg(f"add-{ref.entity_id}", {"type": "add", "n": 1}))).ok
+                remind = await a.platform.transport.ask(ref, msg(f"remind-{ref.entity_id}", {"type": "remind", "delay": 4.0}))
+                assert remind.ok, remind
+            running.append(b)
+            await b.start()
+            await until(lambda: counters(a) == 4 and counters(b) == 4
+                        and a.ownership.assignment.version == b.ownership.assignment.version)
+            moved = [ref for ref in refs if b.ownership.owns(ref)]
+            assert moved and all(a.platform.node.resident(ref) is not None for ref in refs if ref not in moved)
+            assert not any(ref in a.platform.node.cells for ref in moved)  # dropped, their timers with them
+            seen_by_a = handled_by_a()
+
+            for ref in moved:  # B takes over (its marker) and writes
+                added = await b.platform.transport.ask(ref, msg(f"b-{ref.entity_id}", {"type": "add", "n": 10}))
+                assert added.ok and added.payload == 11, added
+            staying = [ref for ref in refs if ref not in moved]
+            await until(lambda: all(b.platform.node.resident(r).total == 111 for r in moved)  # their timers, on B
+                        and all(a.platform.node.resident(r).total == 101 for r in staying), timeout=30)
+            await asyncio.sleep(0.2)  # all timers were due together: had A kept the moved ones, they ran by now
+            assert handled_by_a() == seen_by_a + len(staying)  # only the timers of what A still owns fired on A
+
+            running.remove(b)
+            await b.stop()  # B leaves: its shards come back to A
+            await until(lambda: counters(a) == 8)
+            for ref in moved:  # a message that writes nothing
+                peek = await a.platform.transport.ask(ref, msg(f"peek-{ref.entity_id}", {"type": "peek"}))
+                assert peek.ok and peek.payload == 111, (ref, peek)
+                stored = a.platform.journal.read(ref.stream_id)
+                markers = [(msgpack.unpackb(e.state)["node"], msgpack.unpackb(e.state)["epoch"])
+                           for e in stored if e.topic.endswith("OwnerChanged")]
+                assert [n for n, _ in markers] == ["a", "b", "a"] and markers[1][1] < markers[2][1]
+                assert stored[-1].topic.endswith("OwnerChanged")  # A's marker came before any answer
+            released = a.platform.node.metrics.exposition().decode()
+            assert f'xplatform_node_entities_released_total{{reason="shard_moved"}} {float(len(moved))}' in released
+        finally:
+            for node in running:
+                await node.stop()
+
+    asyncio.run(scenario())

@@ -14,6 +14,7 @@ from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership, OwnershipState
 from infrastructure.cluster.zookeeper import CoordinationError, MemberInfo, ZooKeeperCoordinator
 from tests.support.servers import ZooKeeperServer
+from tests.support.tcp_proxy import TcpProxy
 
 SHARDS = 8
 CATEGORIES = {"Lot": SHARDS, "Bidder": SHARDS}
@@ -32,16 +33,16 @@ NodeFactory = Callable[..., ZooKeeperCoordinator]
 
 @pytest.fixture
 def node(zookeeper: ZooKeeperServer) -> Iterator[NodeFactory]:
-    """``node(name, cluster, session=0.6)`` makes a coordinator; every one's ZooKeeper client is
+    """``node(name, cluster, session=0.6, renew_every=None)`` makes a coordinator; every one's ZooKeeper client is
     stopped at teardown, whatever the test did. A failing scenario skips its own ``stop()``,
     and a kazoo client left running reconnects to the stopped ZooKeeper forever: pytest
     would hang instead of reporting the failure."""
     made: list[ZooKeeperCoordinator] = []
 
-    def make(name: str, cluster: str, session: float = 0.6) -> ZooKeeperCoordinator:
+    def make(name: str, cluster: str, session: float = 0.6, renew_every: float | None = None) -> ZooKeeperCoordinator:
         coordinator = ZooKeeperCoordinator(zookeeper.hosts, cluster, MemberInfo(name, address=f"127.0.0.1:{name}"),
                                            CATEGORIES, Layout.everything(), Ownership(name, SHARDS),
-                                           session_timeout_s=session)
+                                           session_timeout_s=session, lease_renew_every_s=renew_every)
         made.append(coordinator)
         return coordinator
 
@@ -123,18 +124,91 @@ def test_expired_session_of_a_silent_node_moves_its_shards(zookeeper: ZooKeeperS
 
 
 def test_suspended_session_fences_every_shard_until_reconnected(zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
+    """ZooKeeper stops for less than the session timeout and comes back: every node fences at
+    once, keeps its session (no LOST, the same session ID), and owns its shards again the
+    moment it reports SERVING. The renewers tick once an hour here, so the leases certainly
+    ran out during the outage: only the reconnect's own round trip can vouch for the session
+    (before the fix, owns() lagged SERVING until the renewer's next tick)."""
     async def scenario() -> None:
-        a = node("a", "fence", session=4.0)
-        await a.start()
-        ref = EntityRef("Bidder", "x")
-        await until(lambda: a.ownership.owns(ref))
-        zookeeper.stop()  # ZooKeeper goes away: the client is SUSPENDED long before its 4 s session expires
-        await until(lambda: a.ownership.state is OwnershipState.FENCED, timeout=5)
-        assert not a.ownership.owns(ref)  # stops serving (and writing) at once
-        zookeeper.start_again()
-        await until(lambda: a.ownership.state is OwnershipState.SERVING, timeout=15)
-        assert a.ownership.owns(ref)
-        await a.stop()
+        a = node("a", "fence", session=4.0, renew_every=3600)
+        b = node("b", "fence", session=4.0, renew_every=3600)
+        started: list[ZooKeeperCoordinator] = []
+        try:
+            for c in (a, b):
+                await c.start()
+                started.append(c)
+            await until(lambda: owned(a) == SHARDS and owned(b) == SHARDS
+                        and a.ownership.assignment.version == b.ownership.assignment.version)
+            mine = {c: next(EntityRef("Bidder", str(i)) for i in range(100) if c.ownership.is_mine(EntityRef("Bidder", str(i))))
+                    for c in (a, b)}
+            sessions = {c: c.client.client_id[0] for c in (a, b)}
+            seen: dict[ZooKeeperCoordinator, list[tuple[OwnershipState, bool]]] = {a: [], b: []}
+            for c in (a, b):
+                c.ownership.listeners.append(
+                    lambda state, _map, c=c: seen[c].append((state, c.ownership.owns(mine[c]))))
+            zookeeper.stop()  # the clients are SUSPENDED long before their 4 s sessions could expire
+            await until(lambda: all(c.ownership.state is OwnershipState.FENCED for c in (a, b)), timeout=5)
+            assert not any(c.ownership.owns(mine[c]) for c in (a, b))  # stop serving (and writing) at once
+            await until(lambda: not a.ownership.leased() and not b.ownership.leased())
+            zookeeper.start_again()
+            await until(lambda: all(c.ownership.state is OwnershipState.SERVING for c in (a, b)), timeout=15)
+            for c in (a, b):
+                states = [state for state, _owns in seen[c]]
+                assert OwnershipState.LOST not in states and c.client.client_id[0] == sessions[c]  # same session
+                assert states[0] is OwnershipState.FENCED and states[-1] is OwnershipState.SERVING
+                assert all(owns for state, owns in seen[c] if state is OwnershipState.SERVING), seen[c]  # owns() == SERVING
+                assert c.ownership.owns(mine[c]) and owned(c) == SHARDS
+        finally:
+            for c in started:
+                await c.stop()
+
+    run(scenario)
+
+
+def test_a_handshake_nobody_answers_does_not_cost_the_session(zookeeper: ZooKeeperServer) -> None:
+    """A restarting ZooKeeper accepts connections before it serves them, and a reconnect
+    that lands then may never be answered. kazoo alone waits a whole session (4 s here) for
+    each such handshake, so two of them outlast the session, which the (running) server then
+    expires. Bounded at a quarter of a session, the node retries and keeps its session."""
+    async def scenario() -> None:
+        proxy = TcpProxy(zookeeper.port).start()
+        a = ZooKeeperCoordinator(proxy.address, "hang", MemberInfo("a", address="127.0.0.1:a"), CATEGORIES,
+                                 Layout.everything(), Ownership("a", SHARDS), session_timeout_s=4.0)
+        try:
+            await a.start()
+            await until(lambda: owned(a) == 2 * SHARDS)
+            session = a.client.client_id[0]
+            states: list[OwnershipState] = []
+            a.ownership.listeners.append(lambda state, _map: states.append(state))
+            proxy.swallow(2)  # the next two reconnects hang
+            await asyncio.to_thread(a.client.exists, "/")  # the server heard from us just now
+            assert proxy.cut() == 1
+            await until(lambda: OwnershipState.FENCED in states and a.ownership.state is not OwnershipState.FENCED,
+                        timeout=30)
+            assert proxy.swallowed == 2
+            assert OwnershipState.LOST not in states and a.client.client_id[0] == session  # kept its session
+            assert a.ownership.state is OwnershipState.SERVING and owned(a) == 2 * SHARDS
+        finally:
+            await a.stop()
+            proxy.stop()
+
+    run(scenario)
+
+
+def test_the_lease_counts_with_the_session_the_server_granted(zookeeper: ZooKeeperServer, node: NodeFactory) -> None:
+    """The server caps sessions at its maxSessionTimeout (60 s here): asking for 61 s gets 60,
+    and a lease computed from the 61 s asked for would outlive the real session."""
+    async def scenario() -> None:
+        a = node("a", "granted", session=61.0)
+        try:
+            await a.start()
+            assert a.granted_session_s == 60.0
+            before = time.monotonic()
+            await asyncio.to_thread(a._resume)  # a reconnect's round trip renews the lease
+            await until(lambda: a.ownership.lease_until is not None and a.ownership.lease_until > before + 30)
+            assert a.ownership.lease_until <= time.monotonic() + 60.0 * 2 / 3
+        finally:
+            await a.stop()
 
     run(scenario)
 

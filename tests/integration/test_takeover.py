@@ -102,3 +102,34 @@ def test_fenced_node_answers_nothing_and_writes_nothing(tmp_path: Path, fence: s
                 journal.release.set()  # a failed check must not leave the stop waiting for the store
 
     asyncio.run(scenario())
+
+
+def test_an_owner_that_gets_the_shard_back_answers_from_the_store_not_its_old_copy(tmp_path: Path) -> None:
+    """The shard goes to another node and comes back without this node ever seeing it leave
+    (a map it missed, e.g. while its session was lost): its resident copy is stale. A
+    message that writes nothing must still reflect the other owner's writes, so the copy is
+    read again behind a new takeover marker before anything is answered."""
+    async def scenario() -> None:
+        ref = EntityRef("Counter", "returning")
+        settings = Settings(store="sqlite", data_dir=str(tmp_path))
+        first_shards = StaticShards(64, EVERY_SHARD, epoch=1)
+        first = build_platform(settings.with_(node_id="first"), entities=[Counter], ownership=first_shards)
+        other = build_platform(settings.with_(node_id="other"), entities=[Counter], ownership=StaticShards(64, EVERY_SHARD, epoch=2))
+        async with first, other:
+            def msg(mid: str, body: dict[str, object]) -> ClientMessage:
+                return ClientMessage(mid, time.time(), "c", msgpack.packb(body))
+
+            assert (await first.transport.ask(ref, Connect("c1", time.time(), "c", {"sub": "u"}))).ok
+            assert (await first.transport.ask(ref, msg("m1", {"type": "add", "n": 1}))).payload == 1
+            assert (await other.transport.ask(ref, msg("m2", {"type": "add", "n": 10}))).payload == 11  # epoch 2
+            first_shards.current_epoch = 3  # the shard is back on "first", at a newer epoch
+            peek = await first.transport.ask(ref, msg("p1", {"type": "peek"}))
+            assert peek.ok and peek.payload == 11, peek  # not 1, the copy it held
+            stored = first.journal.read(ref.stream_id)
+            markers = [msgpack.unpackb(e.state)["epoch"] for e in stored if e.topic.endswith("OwnerChanged")]
+            assert markers == [1, 2, 3]  # re-read behind its own new marker
+            assert (await first.transport.ask(ref, msg("m3", {"type": "add", "n": 5}))).payload == 16
+            exposition = first.node.metrics.exposition().decode()
+            assert 'xplatform_node_entities_released_total{reason="stale_epoch"} 1.0' in exposition
+
+    asyncio.run(scenario())

@@ -22,6 +22,10 @@ class TcpProxy:
         """Connections accepted since start (a reconnect after a cut adds to it)."""
         self.cut_connections = 0
         """Connections aborted by cut()."""
+        self.to_swallow = 0
+        """The next this many connections are accepted and never answered (nothing forwarded),
+        as a server that accepts before it serves (a restarting ZooKeeper) does; see swallow()."""
+        self.swallowed = 0
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -40,6 +44,11 @@ class TcpProxy:
         """Abort every connection now; returns how many were cut."""
         return self._call(self._cut())
 
+    def swallow(self, connections: int) -> None:
+        """Accept the next ``connections`` connections and answer nothing on them until they
+        are closed (by their client, or by cut())."""
+        self.to_swallow = connections
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._call(self._close())
@@ -55,6 +64,20 @@ class TcpProxy:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self.to_swallow > 0:
+            self.to_swallow -= 1
+            self.swallowed += 1
+            pair = (client_writer, client_writer)
+            self._pairs.add(pair)
+            try:
+                while await client_reader.read(65536):
+                    pass  # read and drop: the peer hears nothing
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                self._pairs.discard(pair)
+                client_writer.transport.abort()
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
