@@ -12,9 +12,10 @@ What a domain modeller writes in a subclass:
   methods. Every handler gets a :class:`domain.context.Context` first.
 
 What the base class keeps, as events of its own so it survives passivation and failover:
-the connections the entity accepted (with their JWT claims and whether they are live), the
-timers it started, and the window of message IDs it already processed, with their replies
-(idempotency: a duplicate gets the original outcome and changes nothing).
+the connections the entity accepted (with the claims it keeps, ``STORED_CLAIMS``, and
+whether they are live), the timers it started, and the window of message IDs it already
+processed per sender, with their replies (idempotency: a duplicate from the same sender gets
+the original outcome and changes nothing; see :mod:`domain.idempotency`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from eventsourcing.domain import (
 )
 
 from domain.errors import PayloadDecodeError, Rejected
+from domain.idempotency import LEGACY, ReplyWindow, Sender
 from domain.refs import CATEGORY_PATTERN, EntityRef
 
 if TYPE_CHECKING:
@@ -99,10 +101,16 @@ class Handler:
                 raise PayloadDecodeError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
 
 
+RESIDENT_ONLY = ("_pending_events", "_refused", "_subs")
+"""Entity attributes that never go into a snapshot: the library's pending events, the
+refusals an entity remembers while resident, and the per-user connection count (derived)."""
+
+
 class EntityEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
     """Base of every entity event. Also rebuilds the idempotency window on replay: the
-    last event of a message carries the message ID and its reply (``_xp_mid``/``_xp_reply``,
-    set by :func:`domain.dispatch.handle`)."""
+    last event of a message carries the message ID, its reply and its sender (``_xp_mid``/
+    ``_xp_reply``/``_xp_from``, set by :func:`domain.dispatch.handle`). Events stored before
+    senders were recorded have no ``_xp_from``: their IDs load as legacy entries."""
 
     originator_id: str
     originator_version: int
@@ -110,14 +118,20 @@ class EntityEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
 
     def mutate(self, aggregate: Any) -> Any:
         aggregate = super().mutate(aggregate)
-        message_id = self.__dict__.get("_xp_mid")
+        fields = self.__dict__
+        message_id = fields.get("_xp_mid")
         if message_id is not None:
-            aggregate._xp_remember(message_id, self.__dict__["_xp_reply"])
+            sender = fields.get("_xp_from", LEGACY)
+            aggregate._xp_remember(tuple(sender) if isinstance(sender, list) else sender, message_id,
+                                   fields["_xp_reply"])
         return aggregate
 
 
 class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
-    """Snapshot of an entity (its whole ``__dict__``, platform parts included)."""
+    """Snapshot of an entity (its ``__dict__``, platform parts included, except what is
+    kept only while resident: ``RESIDENT_ONLY``). The idempotency window is stored as plain
+    data (:meth:`ReplyWindow.to_data`); a snapshot written before senders were kept has the
+    flat ``_seen`` dict, which loads as legacy entries."""
 
     originator_id: str
     originator_version: int
@@ -128,11 +142,20 @@ class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
     @classmethod
     def take(cls, aggregate: Any) -> EntitySnapshot:
         state = dict(vars(aggregate))
-        for name in ("_id", "_version", "_pending_events"):
+        for name in ("_id", "_version", *RESIDENT_ONLY):
             state.pop(name, None)
+        window = state.get("_seen")
+        if window is not None:
+            state["_seen"] = window.to_data()
         snapshot = super().take(aggregate)
         object.__setattr__(snapshot, "state", state)
         return snapshot
+
+    def mutate(self, _: None) -> Any:
+        aggregate = super().mutate(_)
+        fields = vars(aggregate)
+        fields["_seen"] = ReplyWindow.from_data(fields.get("_seen"))
+        return aggregate
 
 
 class Entity(BaseAggregate[str]):
@@ -142,10 +165,22 @@ class Entity(BaseAggregate[str]):
     """Category of the entity; defaults to the class name. Letters, digits, underscore."""
 
     DEDUP_WINDOW: ClassVar[int] = 1000
-    """How many recent message IDs (with replies) an entity remembers for idempotency.
-    Why 1000: senders retry within seconds; a hot entity at 1,000 msg/s still covers ~1 s,
-    and the window lives in snapshots, so it must stay small for 1M small entities
-    (each small entity's window holds only its own few recent IDs)."""
+    """How many recent message IDs (with replies) an entity remembers for idempotency, over
+    all senders. Why 1000: senders retry within seconds; a hot entity at 1,000 msg/s still
+    covers ~1 s, and the window lives in snapshots, so it must stay small for 1M small
+    entities (each small entity's window holds only its own few recent IDs)."""
+
+    DEDUP_PER_SENDER: ClassVar[int] = 64
+    """How many recent message IDs each sender keeps (a user, another entity, the entity's
+    timers): one sender's volume evicts only its own IDs. Why 64: a client has a few
+    messages in flight and resends within seconds; 64 covers a user at the edge's message
+    rate for several seconds, and leaves room for 15+ busy senders in ``DEDUP_WINDOW``."""
+
+    REFUSALS_KEPT: ClassVar[int] = 256
+    """How many refusals (messages that failed without events) an entity remembers, over all
+    senders (each at most ``DEDUP_PER_SENDER``), only while resident: a duplicate of a refused
+    message gets the same refusal meanwhile. Kept apart from ``DEDUP_WINDOW`` so that
+    refusals (cheap for anyone to cause) never evict a durable result."""
 
     GRACE_PERIOD: ClassVar[float] = 30.0
     """Seconds a dropped connection is remembered, waiting for a reconnect with the same
@@ -192,7 +227,7 @@ class Entity(BaseAggregate[str]):
         # window are created on first use; a connection record is [claims, live].
         entity._connections = {}
         entity._timers = None
-        entity._seen = None
+        entity._seen = None  # a ReplyWindow once a message succeeded
         entity.initialise()
         return entity
 
@@ -334,13 +369,28 @@ class Entity(BaseAggregate[str]):
         return None if spec is None else (spec[0], spec[1], spec[2])
 
     # ----------------------------------------------------------------- idempotency
-    def _xp_remember(self, message_id: str, reply_record: list[Any]) -> None:
+    _refused: ReplyWindow | None = None
+    """Refusals remembered while resident (class default: none, so nothing per entity)."""
+
+    def _xp_remember(self, sender: Sender, message_id: str, reply_record: list[Any]) -> None:
+        """Keep the outcome of a processed message (durable with its last event)."""
         seen = self._seen
         if seen is None:
-            seen = self._seen = {}
-        seen[message_id] = reply_record
-        if len(seen) > self.DEDUP_WINDOW:
-            del seen[next(iter(seen))]
+            seen = self._seen = ReplyWindow()
+        seen.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.DEDUP_WINDOW)
 
-    def seen_reply(self, message_id: str) -> list[Any] | None:
-        return None if self._seen is None else self._seen.get(message_id)
+    def _xp_refuse(self, sender: Sender, message_id: str, reply_record: list[Any]) -> None:
+        """Keep a refusal while resident, apart from the durable window."""
+        refused = self._refused
+        if refused is None:
+            refused = self._refused = ReplyWindow()
+        refused.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.REFUSALS_KEPT)
+
+    def seen_reply(self, sender: Sender, message_id: str) -> list[Any] | None:
+        """The reply record of ``sender``'s message ``message_id`` if already processed
+        (a result, or a refusal while resident), else None."""
+        seen = self._seen
+        record = None if seen is None else seen.get(sender, message_id)
+        if record is None and self._refused is not None:
+            record = self._refused.get(sender, message_id)
+        return record
