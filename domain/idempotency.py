@@ -18,16 +18,15 @@ another's entry. A sender is, by namespace:
 Keys of other namespaces are tuples and client keys are strings, so no client can name
 another namespace's key whatever its ``sub``.
 
-:class:`ReplyWindow` holds, per sender, its recent IDs with their reply records, oldest
-first, at most ``per_sender`` each, and at most ``total`` over all senders: when the total
-is exceeded the oldest ID of the least recently active sender goes. One sender's volume
-therefore only ever evicts its own IDs (its bucket is full long before the total is
-reached), and senders are evicted in the order they went quiet.
+:class:`ReplyWindow` holds recent IDs with their reply records, oldest first: at most
+``per_sender`` of each sender, and at most ``total`` over all senders (when the total is
+exceeded the oldest ID of all goes). One sender's volume therefore only ever evicts its own
+IDs: its share is full long before the total is reached.
 
 Entries written before senders were recorded (events with ``_xp_mid`` but no
-``_xp_from``; snapshots with the flat ``_seen`` dict) load into the legacy bucket. They
-are matched by ID for any sender (their sender is unknown) until evicted; the legacy bucket
-is the least recently active one, so new traffic evicts it first.
+``_xp_from``; snapshots with the flat ``_seen`` dict) load as the legacy sender's. They
+are matched by ID for any sender (their sender is unknown) until evicted; they are the
+oldest entries, so new traffic evicts them first.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ Sender = str | tuple[str, ...]
 TIMERS: Sender = ("t",)
 STANDARD: Sender = ("s",)
 LEGACY: Sender = ("l",)
+"""Keys start with ``l0:`` (see :func:`key_of`)."""
 
 OK_RECORD: list[Any] = [True, None, "", ""]
 """The reply record of a success without payload (most entity messages and timers):
@@ -57,80 +57,136 @@ def connection_sender(connection_id: str) -> Sender:
 
 
 def derived_prefix(sender: Sender | None) -> str:
-    """A self-delimiting prefix naming ``sender``, for IDs derived from its message's ID
-    (``ctx.tell``): two senders' messages with the same ID derive different IDs, and no
-    client ID (any string) can be mistaken for the sender part (its length is spelled out)."""
-    if sender is None:
-        return "n:"
+    """A self-delimiting prefix naming ``sender`` (``<tag><length of name>:<name>``, e.g.
+    ``c3:bob``, ``e8:Lot/vase``, ``t0:``), for IDs derived from its message's ID
+    (``ctx.tell``) and for window keys: two senders' messages with the same ID get different
+    keys, and no client ID (any string) can be mistaken for the sender part."""
+    return key_of(sender, "") if sender is not None else "n0:"
+
+
+def key_of(sender: Sender, message_id: str) -> str:
+    """The window's key of ``sender``'s ``message_id``: its derived prefix, then the ID (one
+    string, so a window is one flat dict, as small as a window without senders)."""
     if isinstance(sender, str):
-        return f"c{len(sender)}:{sender}"
+        return f"c{len(sender)}:{sender}{message_id}"
     name = sender[1] if len(sender) > 1 else ""
-    return f"{sender[0]}{len(name)}:{name}"
+    return f"{sender[0]}{len(name)}:{name}{message_id}"
+
+
+def _sender_of_key(key: str) -> Sender:
+    """The sender of a window key (the inverse of :func:`key_of`'s prefix)."""
+    colon = key.index(":")
+    name, tag = key[colon + 1:colon + 1 + int(key[1:colon])], key[0]
+    return name if tag == "c" else (tag, name) if name else (tag,)
 
 
 class ReplyWindow:
-    """Recent message IDs per sender with their reply records. See the module docstring."""
+    """Recent message IDs per sender with their reply records. See the module docstring.
 
-    __slots__ = ("senders", "size")
+    One flat insertion-ordered dict ``entries`` (key: :func:`key_of`), so a small entity's
+    window costs what a window without senders cost. The number of IDs per sender
+    (``counts``) is kept only once the window holds more than ``per_sender`` IDs (before
+    that no sender can be over its share): small entities never pay for it. A sender over
+    ``per_sender`` loses its oldest IDs, an eighth of ``per_sender`` at once (one walk from
+    the oldest entry per eighth, not per message), so it keeps between ~7/8 of
+    ``per_sender`` and ``per_sender``. Over ``total``, the oldest ID of all goes."""
+
+    __slots__ = ("entries", "counts", "legacy")
 
     def __init__(self) -> None:
-        self.senders: dict[Sender, dict[str, list[Any]]] = {}
-        self.size = 0
+        self.entries: dict[str, list[Any]] = {}
+        self.counts: dict[Sender, int] | None = None
+        self.legacy = False
+        """Holds entries of unknown sender (loaded from before senders were kept)."""
+
+    @property
+    def size(self) -> int:
+        return len(self.entries)
+
+    def count(self, sender: Sender) -> int:
+        """How many IDs of ``sender`` the window holds."""
+        prefix = key_of(sender, "")
+        return sum(1 for key in self.entries if key.startswith(prefix))
 
     def get(self, sender: Sender, message_id: str) -> list[Any] | None:
-        bucket = self.senders.get(sender)
-        record = None if bucket is None else bucket.get(message_id)
-        if record is None and self.senders and LEGACY in self.senders:
-            record = self.senders[LEGACY].get(message_id)
+        record = self.entries.get(key_of(sender, message_id))
+        if record is None and self.legacy:
+            record = self.entries.get(key_of(LEGACY, message_id))
         return record
 
     def put(self, sender: Sender, message_id: str, record: list[Any], per_sender: int, total: int) -> None:
-        senders = self.senders
-        bucket = senders.pop(sender, None)  # re-inserted last: the most recently active sender
-        if bucket is None:
-            bucket = {}
-        senders[sender] = bucket
-        if message_id not in bucket:
-            self.size += 1
-        bucket[message_id] = OK_RECORD if record == OK_RECORD else record
-        if len(bucket) > per_sender:
-            del bucket[next(iter(bucket))]
-            self.size -= 1
-        while self.size > total:
-            oldest_sender = next(iter(senders))
-            oldest = senders[oldest_sender]
-            del oldest[next(iter(oldest))]
-            self.size -= 1
-            if not oldest:
-                del senders[oldest_sender]
+        entries = self.entries
+        key = key_of(sender, message_id)
+        known = key in entries
+        entries[key] = OK_RECORD if record == OK_RECORD else record
+        if known:
+            return
+        if sender == LEGACY:
+            self.legacy = True
+        counts = self.counts
+        if counts is None:
+            if len(entries) <= per_sender:
+                return
+            counts = self.counts = {}
+            for k in entries:
+                s = _sender_of_key(k)
+                counts[s] = counts.get(s, 0) + 1
+            n = counts[sender]
+        else:
+            n = counts[sender] = counts.get(sender, 0) + 1
+        if n > per_sender:
+            self._evict_oldest_of(sender, n - per_sender + per_sender // 8)
+        while len(entries) > total:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._uncount(_sender_of_key(oldest), 1)
+
+    def _evict_oldest_of(self, sender: Sender, how_many: int) -> None:
+        prefix = key_of(sender, "")
+        doomed = []
+        for key in self.entries:
+            if key.startswith(prefix):  # prefixes are self-delimiting: only this sender's keys
+                doomed.append(key)
+                if len(doomed) == how_many:
+                    break
+        for key in doomed:
+            del self.entries[key]
+        self._uncount(sender, len(doomed))
+
+    def _uncount(self, sender: Sender, n: int) -> None:
+        assert self.counts is not None
+        left = self.counts[sender] - n
+        if left:
+            self.counts[sender] = left
+        else:
+            del self.counts[sender]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ReplyWindow) and list(self.senders.items()) == list(other.senders.items())
+        return isinstance(other, ReplyWindow) and list(self.entries.items()) == list(other.entries.items())
 
     def __repr__(self) -> str:
-        return f"ReplyWindow({self.size} IDs of {len(self.senders)} senders)"
+        return f"ReplyWindow({len(self.entries)} IDs of {len(self.counts)} senders)"
 
     # ----------------------------------------------------------------- snapshots
     def to_data(self) -> list[Any]:
-        """Plain data for a snapshot: [[sender, {message ID: record}], ...], in order."""
-        return [[sender, bucket] for sender, bucket in self.senders.items()]
+        """Plain data for a snapshot: ``[ {key: record}, ... ]`` in order (a list, so that a
+        snapshot written before senders were kept, a flat dict, is told apart)."""
+        return [self.entries]
 
     @classmethod
     def from_data(cls, data: Any) -> ReplyWindow | None:
-        """The window from a snapshot: today's form (a list, see :meth:`to_data`) or the
-        flat ``{message ID: record}`` dict of snapshots written before senders were kept,
-        whose successes load into the legacy bucket (their refusals are dropped: refusals
-        are remembered only while resident)."""
+        """The window from a snapshot: today's form (see :meth:`to_data`) or the flat
+        ``{message ID: record}`` dict of snapshots written before senders were kept, whose
+        successes load as legacy entries (their refusals are dropped: refusals are
+        remembered only while resident)."""
         if not data:
             return None
         window = cls()
         if isinstance(data, dict):
-            legacy = {mid: record for mid, record in data.items() if record[0]}
-            if legacy:
-                window.senders[LEGACY] = legacy
-                window.size = len(legacy)
-            return window if window.size else None
-        for sender, bucket in data:
-            window.senders[tuple(sender) if isinstance(sender, list) else sender] = dict(bucket)
-            window.size += len(bucket)
-        return window
+            for message_id, record in data.items():
+                if record[0]:
+                    window.entries[key_of(LEGACY, message_id)] = record
+        else:
+            window.entries = dict(data[0])
+        window.legacy = any(key.startswith("l0:") for key in window.entries)
+        return window if window.entries else None
