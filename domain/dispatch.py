@@ -23,7 +23,15 @@ from typing import Any
 from domain.context import Context
 from domain.effects import Effect, Reply
 from domain.entity import GRACE_TIMER, Entity
-from domain.errors import DomainError, HandlerFailed, NotAuthorised, NotConnected, UnknownMessageType
+from domain.errors import (
+    DomainError,
+    EntityNotFound,
+    HandlerFailed,
+    NotAuthorised,
+    NotConnected,
+    TooManyConnections,
+    UnknownMessageType,
+)
 from domain.idempotency import OK_RECORD, STANDARD, TIMERS, Sender, connection_sender, entity_sender
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
 
@@ -152,16 +160,23 @@ def _call(handlers: dict[Any, Any], key: tuple[str, str], entity: Entity, ctx: C
 
 def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
     known = entity._connections.get(m.connection_id)
-    if known is not None and known[0].get("sub") != m.claims.get("sub"):
+    sub = m.claims.get("sub")
+    if known is not None and known[0].get("sub") != sub:
         raise NotAuthorised("connection ID is in use by another user")
+    claims = entity.stored_claims(m.claims)
+    if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):
+        raise EntityNotFound(f"{entity.ref} does not exist")
+    cap = entity.MAX_CONNECTIONS_PER_USER
+    if known is None and cap and entity.live_count_of(sub) >= cap:
+        raise TooManyConnections(f"at most {cap} connections per user to {entity.ref}")
     initial = entity.on_connect(ctx, m.claims, known is not None)
     if known is None:
-        entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
+        entity._accept_connection(connection_id=m.connection_id, claims=claims, session=m.message_id)
     else:
         # A new socket for a known connection (a reconnect, maybe through another edge):
         # it becomes the connection's session, so the old socket's late Terminated is ignored.
-        if dict(known[0]) != dict(m.claims):  # refreshed token: keep the new claims
-            entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
+        if dict(known[0]) != claims:  # refreshed token: keep the new claims
+            entity._accept_connection(connection_id=m.connection_id, claims=claims, session=m.message_id)
         else:
             entity._resume_connection(connection_id=m.connection_id, session=m.message_id)
         ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")

@@ -21,6 +21,8 @@ the original outcome and changes nothing; see :mod:`domain.idempotency`).
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -34,7 +36,7 @@ from eventsourcing.domain import (
     event,
 )
 
-from domain.errors import PayloadDecodeError, Rejected
+from domain.errors import BadClaims, EntityNotFound, PayloadDecodeError, Rejected, TooManyConnections
 from domain.idempotency import LEGACY, ReplyWindow, Sender
 from domain.refs import CATEGORY_PATTERN, EntityRef
 
@@ -74,10 +76,51 @@ def _mark(kind: str, name: str) -> Callable[[F], F]:
     return decorate
 
 
-class Handler:
-    """A declared handler and the parameter names it accepts (checked before calling)."""
+def _is_int(value: Any) -> bool:
+    return type(value) is int
 
-    __slots__ = ("func", "params", "var_kw")
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (NaN and infinities compare and sort wrongly once stored)."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+_CHECKS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    int: (_is_int, "an integer"), float: (_is_number, "a finite number"),
+    str: (_is_str, "a string"), bool: (_is_bool, "true or false"),
+}
+
+
+def _value_check(annotation: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """The check of a handler parameter's annotation: ``int``, ``float``, ``str``, ``bool``,
+    or one of them ``| None``; other annotations are the handler's to check."""
+    check = _CHECKS.get(annotation)
+    if check is not None:
+        return check
+    args = typing.get_args(annotation)
+    if len(args) == 2 and type(None) in args:
+        inner = _CHECKS.get(next(a for a in args if a is not type(None)))
+        if inner is not None:
+            test, what = inner
+            return (lambda value: value is None or test(value)), f"{what} or nil"
+    return None
+
+
+class Handler:
+    """A declared handler, the parameter names it accepts and the types of those annotated
+    ``int``, ``float``, ``str`` or ``bool`` (optionally ``| None``), checked before calling:
+    a client value of another type, or a non-finite number for a ``float``, is refused with
+    ``bad_payload`` and never reaches the handler (so it is never stored)."""
+
+    __slots__ = ("func", "params", "var_kw", "checks")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
@@ -89,6 +132,12 @@ class Handler:
             for p in params
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         }
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # an annotation that does not resolve: leave the checking to the handler
+            hints = {}
+        checks = {name: _value_check(hints.get(name)) for name in self.params}
+        self.checks = {name: check for name, check in checks.items() if check is not None}
 
     def check(self, data: Mapping[str, Any]) -> None:
         """Raise PayloadDecodeError when ``data`` does not fit the handler's parameters."""
@@ -99,6 +148,9 @@ class Handler:
             extra = [name for name in data if name not in self.params]
             if extra:
                 raise PayloadDecodeError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
+        for name, (test, what) in self.checks.items():
+            if name in data and not test(data[name]):
+                raise PayloadDecodeError(f"field {name!r} must be {what}")
 
 
 RESIDENT_ONLY = ("_pending_events", "_refused", "_subs")
@@ -189,6 +241,23 @@ class Entity(BaseAggregate[str]):
     SNAPSHOT_EVERY: ClassVar[int | None] = None
     """Snapshot after this many events; None uses the node's setting."""
 
+    STORED_CLAIMS: ClassVar[tuple[str, ...]] = ("sub", "role", "roles", "exp", "auth", "device_class")
+    """The claims of a connection the entity keeps (in its ``ConnectionAccepted`` event, so
+    in the journal for good, and in ``ctx.claims`` / ``connection_claims()`` later). Why an
+    allow-list: a token carries whatever its issuer puts in it (e-mail, names, blobs), and
+    each connect would store all of it forever. Default: the subject, roles, expiry, and
+    what the internal edge sets for devices. ``on_connect`` still sees every claim."""
+
+    MAX_CLAIM_CHARS: ClassVar[int] = 256
+    """Longest kept claim value (a string, or the text of a list's items together); a
+    connect whose kept claims are larger is refused with ``bad_claims``, nothing stored."""
+
+    MAX_CONNECTIONS_PER_USER: ClassVar[int] = 8
+    """Live connections one user (``sub``) may hold to one entity; one more is refused with
+    ``too_many_connections`` (a reconnect with a known connection ID is not a new one). Why
+    8: a few tabs and devices per person; every connection is stored and fanned out to.
+    0: no cap."""
+
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
@@ -243,6 +312,12 @@ class Entity(BaseAggregate[str]):
         return self.id.partition("-")[2]
 
     # ----------------------------------------------------------------- hooks to override
+    def may_create(self, ctx: Context, claims: Mapping[str, Any]) -> bool:
+        """A connect arrives and the entity has no events yet (it does not exist): may this
+        connection create it? False refuses it with ``not_found`` and stores nothing. Default:
+        yes (any accepted connection creates the entity)."""
+        return True
+
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
         """A client connects (or reconnects with the same connection ID). Return the initial
         state to send it; raise Rejected(reason) to terminate it. Default: accept."""
@@ -294,9 +369,46 @@ class Entity(BaseAggregate[str]):
             self._live = sum(1 for record in self._connections.values() if record[1])
         return self._live
 
-    def _count_live(self, was: bool, now: bool) -> None:
-        if self._live >= 0 and was != now:
-            self._live += 1 if now else -1
+    def _count_live(self, record: list[Any], was: bool, now: bool) -> None:
+        if was != now:
+            if self._live >= 0:
+                self._live += 1 if now else -1
+            subs = self._subs
+            if subs is not None:
+                sub = record[0].get("sub")
+                left = subs.get(sub, 0) + (1 if now else -1)
+                if left > 0:
+                    subs[sub] = left
+                else:
+                    subs.pop(sub, None)
+
+    _subs: dict[Any, int] | None = None
+    """Live connections per ``sub``, built on first need (only an entity with at least
+    MAX_CONNECTIONS_PER_USER connections needs it), resident only (not in snapshots)."""
+
+    def live_count_of(self, sub: Any) -> int:
+        """How many live connections the user ``sub`` holds to this entity."""
+        if len(self._connections) < self.MAX_CONNECTIONS_PER_USER:
+            return sum(1 for record in self._connections.values() if record[1] and record[0].get("sub") == sub)
+        if self._subs is None:
+            subs: dict[Any, int] = {}
+            for record in self._connections.values():
+                if record[1]:
+                    key = record[0].get("sub")
+                    subs[key] = subs.get(key, 0) + 1
+            self._subs = subs
+        return self._subs.get(sub, 0)
+
+    def stored_claims(self, claims: Mapping[str, Any]) -> dict[str, Any]:
+        """The claims kept of a connection (``STORED_CLAIMS``); raise BadClaims when a kept
+        value is larger than ``MAX_CLAIM_CHARS`` or not a plain value (or list of them)."""
+        kept = {name: claims[name] for name in self.STORED_CLAIMS if name in claims}
+        for name, value in kept.items():
+            items = value if isinstance(value, list) else [value]
+            if not all(v is None or isinstance(v, (str, int, float, bool)) for v in items) \
+                    or sum(len(str(v)) for v in items) > self.MAX_CLAIM_CHARS:
+                raise BadClaims(f"claim {name!r} must be a value (or list) of at most {self.MAX_CLAIM_CHARS} characters")
+        return kept
 
     def require_claim(self, ctx: Context, name: str, *accepted: Any) -> None:
         """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
@@ -309,19 +421,19 @@ class Entity(BaseAggregate[str]):
     @event("ConnectionAccepted")
     def _accept_connection(self, connection_id: str, claims: dict[str, Any], session: str = "") -> None:
         old = self._connections.get(connection_id)
-        self._count_live(bool(old and old[1]), True)
-        self._connections[connection_id] = [claims, True, session]
+        record = self._connections[connection_id] = [claims, True, session]
+        self._count_live(record, bool(old and old[1]), True)
 
     @event("ConnectionDropped")
     def _drop_connection(self, connection_id: str, reason: str) -> None:  # noqa: ARG002 - in the event
         record = self._connections[connection_id]
-        self._count_live(bool(record[1]), False)
+        self._count_live(record, bool(record[1]), False)
         record[1] = False
 
     @event("ConnectionResumed")
     def _resume_connection(self, connection_id: str, session: str = "") -> None:
         record = self._connections[connection_id]
-        self._count_live(bool(record[1]), True)
+        self._count_live(record, bool(record[1]), True)
         record[1] = True
         if len(record) > 2:
             record[2] = session
@@ -332,7 +444,7 @@ class Entity(BaseAggregate[str]):
     def _forget_connection(self, connection_id: str) -> None:
         record = self._connections.pop(connection_id, None)
         if record is not None:
-            self._count_live(bool(record[1]), False)
+            self._count_live(record, bool(record[1]), False)
 
     # ----------------------------------------------------------------- ownership
     @event("OwnerChanged")

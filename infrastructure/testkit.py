@@ -57,6 +57,8 @@ class Result:
     terminations: list[Terminate] = field(default_factory=list)
     duplicate: bool = False
     chain: list[Result] = field(default_factory=list)
+    failure: BaseException | None = None
+    """What a handler raised when it failed with a bug (its sender only hears ``handler_failed``)."""
 
     @property
     def ok(self) -> bool:
@@ -245,7 +247,8 @@ class Sandbox:
 
 
 def _result(ref: EntityRef, message: Inbound, outcome: Outcome) -> Result:
-    result = Result(ref, message, outcome.reply, list(outcome.events), duplicate=outcome.duplicate)
+    result = Result(ref, message, outcome.reply, list(outcome.events), duplicate=outcome.duplicate,
+                    failure=outcome.failure)
     for effect in outcome.effects:
         if isinstance(effect, Send):
             result.sends.append(effect)

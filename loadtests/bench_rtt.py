@@ -126,7 +126,7 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> 
     try:
         cluster.start("state-node", "node-a")
         base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
-        token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET,
+        token = jwt.encode({"sub": "bench", "role": "auctioneer", "exp": int(time.time()) + 3600}, HS256_SECRET,
                            algorithm="HS256")
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()

@@ -83,6 +83,11 @@ class Lot(Entity):
         ctx.broadcast({"type": "state", **self.view()}, coalesce_key="state")
 
     # ------------------------------------------------------------------ connections
+    def may_create(self, ctx: Context, claims: Mapping[str, Any]) -> bool:
+        """Only an auctioneer's connect creates a lot (to open it): a viewer or bidder
+        connecting to a lot nobody opened is refused ``not_found`` and stores nothing."""
+        return claims.get("role") == "auctioneer"
+
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
         if claims.get("role") not in ROLES:
             raise Rejected(f"role must be one of {', '.join(ROLES)}")
