@@ -246,7 +246,8 @@ class Entity(BaseAggregate[str]):
     in the journal for good, and in ``ctx.claims`` / ``connection_claims()`` later). Why an
     allow-list: a token carries whatever its issuer puts in it (e-mail, names, blobs), and
     each connect would store all of it forever. Default: the subject, roles, expiry, and
-    what the internal edge sets for devices. ``on_connect`` still sees every claim."""
+    what the internal edge sets for devices. ``sub`` is always kept (it is the user's
+    identity: connection ownership, idempotency). ``on_connect`` still sees every claim."""
 
     MAX_CLAIM_CHARS: ClassVar[int] = 256
     """Longest kept claim value (a string, or the text of a list's items together); a
@@ -402,7 +403,7 @@ class Entity(BaseAggregate[str]):
     def stored_claims(self, claims: Mapping[str, Any]) -> dict[str, Any]:
         """The claims kept of a connection (``STORED_CLAIMS``); raise BadClaims when a kept
         value is larger than ``MAX_CLAIM_CHARS`` or not a plain value (or list of them)."""
-        kept = {name: claims[name] for name in self.STORED_CLAIMS if name in claims}
+        kept = {name: claims[name] for name in ("sub", *self.STORED_CLAIMS) if name in claims}  # sub: always
         for name, value in kept.items():
             items = value if isinstance(value, list) else [value]
             if not all(v is None or isinstance(v, (str, int, float, bool)) for v in items) \
