@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from domain.effects import Effect, Send, Target, Tell, Terminate, ToAllConnections, ToClaims, ToConnection
-from domain.idempotency import Sender, derived_prefix
+from domain.idempotency import NO_SENDER
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated
 from domain.refs import EntityRef
 
@@ -27,11 +27,11 @@ class Context:
     __slots__ = ("entity", "message", "sender_key", "effects", "reply_payload", "timers_armed", "timers_disarmed",
                  "_tells")
 
-    def __init__(self, entity: Entity, message: Inbound, sender_key: Sender | None = None) -> None:
+    def __init__(self, entity: Entity, message: Inbound, sender_key: str | None = None) -> None:
         self.entity = entity
         self.message = message
         self.sender_key = sender_key
-        """Who sent the message, as its idempotency key (:func:`domain.dispatch.sender_of`)."""
+        """Who sent the message, as its idempotency prefix (:func:`domain.dispatch.sender_of`)."""
         self.effects: list[Effect] = []
         self.reply_payload: Any = None
         self.timers_armed: list[str] = []
@@ -97,7 +97,7 @@ class Context:
         derives two IDs."""
         self._tells += 1
         self.effects.append(Tell(to, message_type, data,
-                                 f"{derived_prefix(self.sender_key)}{self.message_id}/{self._tells}"))
+                                 f"{self.sender_key or NO_SENDER}{self.message_id}/{self._tells}"))
 
     def terminate(self, connection_id: str, reason: str, reconnect: bool = False) -> None:
         """Ask the edge to close a connection (forced logout, session over, ...)."""

@@ -32,7 +32,7 @@ from domain.errors import (
     TooManyConnections,
     UnknownMessageType,
 )
-from domain.idempotency import OK_RECORD, STANDARD, TIMERS, Sender, connection_sender, entity_sender
+from domain.idempotency import OK_RECORD, STANDARD, TIMERS, client_sender, connection_sender, entity_sender
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
 
 HANDLER_FAILED_REASON = "the entity could not process the message"
@@ -62,15 +62,15 @@ class Outcome:
         return "ok" if self.reply.ok else self.reply.code
 
 
-def sender_of(entity: Entity, message: Inbound) -> Sender | None:
-    """Who sent ``message``, as its idempotency key (see :mod:`domain.idempotency`); None
-    for a client message on a connection the entity does not know (refused anyway)."""
+def sender_of(entity: Entity, message: Inbound) -> str | None:
+    """Who sent ``message``, as its prefix (see :mod:`domain.idempotency`); None for a
+    client message on a connection the entity does not know (refused anyway)."""
     if isinstance(message, ClientMessage):
         record = entity._connections.get(message.connection_id)
         if record is None:
             return None
         sub = record[0].get("sub")
-        return sub if isinstance(sub, str) and sub else connection_sender(message.connection_id)
+        return client_sender(sub) if isinstance(sub, str) and sub else connection_sender(message.connection_id)
     if isinstance(message, EntityMessage):
         return entity_sender(message.sender)
     if isinstance(message, TimerFired):
@@ -114,7 +114,7 @@ def handle(entity: Entity, message: Inbound) -> Outcome:
     return Outcome(reply, events, ctx.effects, ctx.timers_armed, ctx.timers_disarmed)
 
 
-def _failed(entity: Entity, message: Inbound, sender: Sender | None, exc: DomainError) -> Outcome:
+def _failed(entity: Entity, message: Inbound, sender: str | None, exc: DomainError) -> Outcome:
     triggered = entity.collect_events()
     reply = Reply(message.message_id, False, None, exc.code, exc.reason, exc.retryable)
     # A refused Connect is answered by this reply alone: the edge that asked terminates the

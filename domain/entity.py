@@ -37,7 +37,7 @@ from eventsourcing.domain import (
 )
 
 from domain.errors import BadClaims, EntityNotFound, PayloadDecodeError, Rejected, TooManyConnections
-from domain.idempotency import LEGACY, ReplyWindow, Sender
+from domain.idempotency import LEGACY, ReplyWindow
 from domain.refs import CATEGORY_PATTERN, EntityRef
 
 if TYPE_CHECKING:
@@ -173,9 +173,7 @@ class EntityEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
         fields = self.__dict__
         message_id = fields.get("_xp_mid")
         if message_id is not None:
-            sender = fields.get("_xp_from", LEGACY)
-            aggregate._xp_remember(tuple(sender) if isinstance(sender, list) else sender, message_id,
-                                   fields["_xp_reply"])
+            aggregate._xp_remember(fields.get("_xp_from", LEGACY), message_id, fields["_xp_reply"])
         return aggregate
 
 
@@ -485,21 +483,21 @@ class Entity(BaseAggregate[str]):
     _refused: ReplyWindow | None = None
     """Refusals remembered while resident (class default: none, so nothing per entity)."""
 
-    def _xp_remember(self, sender: Sender, message_id: str, reply_record: list[Any]) -> None:
+    def _xp_remember(self, sender: str, message_id: str, reply_record: list[Any]) -> None:
         """Keep the outcome of a processed message (durable with its last event)."""
         seen = self._seen
         if seen is None:
             seen = self._seen = ReplyWindow()
         seen.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.DEDUP_WINDOW)
 
-    def _xp_refuse(self, sender: Sender, message_id: str, reply_record: list[Any]) -> None:
+    def _xp_refuse(self, sender: str, message_id: str, reply_record: list[Any]) -> None:
         """Keep a refusal while resident, apart from the durable window."""
         refused = self._refused
         if refused is None:
             refused = self._refused = ReplyWindow()
         refused.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.REFUSALS_KEPT)
 
-    def seen_reply(self, sender: Sender, message_id: str) -> list[Any] | None:
+    def seen_reply(self, sender: str, message_id: str) -> list[Any] | None:
         """The reply record of ``sender``'s message ``message_id`` if already processed
         (a result, or a refusal while resident), else None."""
         seen = self._seen

@@ -75,7 +75,7 @@ def test_another_senders_volume_does_not_evict_a_victims_id(kit: Sandbox) -> Non
     assert retry.duplicate and retry.reply == first.reply
     assert sum(1 for user, _ in chats(kit) if user == "bob") == 1
     window = kit.state(LOT)._seen  # bounded: cat keeps at most his own share
-    assert Lot.DEDUP_PER_SENDER * 7 // 8 <= window.count("cat") <= Lot.DEDUP_PER_SENDER
+    assert Lot.DEDUP_PER_SENDER * 7 // 8 <= window.count("c3:cat") <= Lot.DEDUP_PER_SENDER
     assert window.size <= Lot.DEDUP_WINDOW
 
 
@@ -137,14 +137,14 @@ def test_refusals_of_many_senders_are_bounded_and_never_evict_results(kit: Sandb
             kit.client(LOT, cid, {"type": "bid", "amount": 1}, message_id=f"r-{i}")
     lot = kit.state(LOT)
     assert lot._refused.size <= Lot.REFUSALS_KEPT
-    assert all(lot._refused.count(f"v{n}") <= Lot.DEDUP_PER_SENDER for n in range(40))
+    assert all(lot._refused.count(f"c{len(str(n)) + 1}:v{n}") <= Lot.DEDUP_PER_SENDER for n in range(40))
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "mine"}, message_id="keep").reply == ok.reply
 
 
 def test_window_keys_of_different_senders_never_meet() -> None:
-    from domain.idempotency import STANDARD, TIMERS, entity_sender, key_of
+    from domain.idempotency import STANDARD, TIMERS, client_sender, entity_sender
 
     lot = entity_sender(EntityRef("Lot", "vase"))
-    keys = [key_of("ab", "c"), key_of("a", "bc"), key_of(lot, "1"),
-            key_of(key_of(lot, ""), "1"), key_of(TIMERS, "x"), key_of(STANDARD, "x"), key_of("t0:", "x")]
+    keys = [client_sender("ab") + "c", client_sender("a") + "bc", lot + "1", client_sender(lot) + "1",
+            TIMERS + "x", STANDARD + "x", client_sender("t0:") + "x", client_sender("") + "c2:abc"]
     assert len(set(keys)) == len(keys)

@@ -54,7 +54,7 @@ def test_old_snapshot_and_events_load_and_keep_deduplicating(tmp_path: Path) -> 
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "new"}, message_id="chat-2").ok
     kit.restart()
     lot = kit.state(LOT)
-    assert lot._seen.count(LEGACY) + lot._seen.count("bob") == lot._seen.size and lot._seen.count("bob") == 1
+    assert lot._seen.count(LEGACY) + lot._seen.count("c3:bob") == lot._seen.size and lot._seen.count("c3:bob") == 1
     assert kit.client(LOT, "c-bob", {"type": "bid", "amount": 110}, message_id="bid-2").duplicate
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "new"}, message_id="chat-2").duplicate
 
