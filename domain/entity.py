@@ -36,7 +36,7 @@ from eventsourcing.domain import (
     event,
 )
 
-from domain.errors import BadClaims, EntityNotFound, PayloadDecodeError, Rejected, TooManyConnections
+from domain.errors import BadClaims, PayloadDecodeError, Rejected
 from domain.idempotency import LEGACY, ReplyWindow
 from domain.refs import CATEGORY_PATTERN, EntityRef
 

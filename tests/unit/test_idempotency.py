@@ -11,19 +11,14 @@ from domain import EntityMessage, EntityRef, TimerFired
 from domain.auction import Bidder, Lot
 from domain.entity import GRACE_TIMER
 from infrastructure.testkit import Sandbox
+from tests.support.auction import BOB, CAT, LOT, opened_lot
 
-LOT = EntityRef("Lot", "vase")
-ANN = {"sub": "ann", "role": "auctioneer"}
-BOB = {"sub": "bob", "role": "bidder"}
-CAT = {"sub": "cat", "role": "bidder"}
 DAN = {"sub": "dan", "role": "viewer"}
 
 
 @pytest.fixture
 def kit() -> Sandbox:
-    kit = Sandbox(Lot, Bidder)
-    kit.connect(LOT, "c-ann", ANN)
-    assert kit.client(LOT, "c-ann", {"type": "open", "title": "Ming vase", "increment": 5}).ok
+    kit = opened_lot()
     kit.connect(LOT, "c-bob", BOB)
     kit.connect(LOT, "c-cat", CAT)
     return kit
@@ -79,9 +74,7 @@ def test_another_senders_volume_does_not_evict_a_victims_id(kit: Sandbox) -> Non
 
 
 def test_client_ids_and_entity_derived_ids_do_not_share_a_namespace() -> None:
-    kit = Sandbox(Lot, Bidder, deliver_entity_messages=False)
-    kit.connect(LOT, "c-ann", ANN)
-    kit.client(LOT, "c-ann", {"type": "open", "title": "Vase"})
+    kit = opened_lot(deliver_entity_messages=False)
     kit.connect(LOT, "c-bob", BOB)
     kit.connect(LOT, "c-cat", CAT)
     bid = kit.client(LOT, "c-cat", {"type": "bid", "amount": 10}, message_id="b")

@@ -15,18 +15,11 @@ import pytest
 from domain import ClientMessage, Connect, Context, Entity, EntityRef, client_message
 from domain.auction import Bidder, Lot
 from infrastructure.testkit import Sandbox
-
-LOT = EntityRef("Lot", "vase")
-ANN = {"sub": "ann", "role": "auctioneer"}
-BOB = {"sub": "bob", "role": "bidder"}
-
+from tests.support.auction import ANN, BOB, LOT, opened_lot
 
 @pytest.fixture
 def kit() -> Sandbox:
-    kit = Sandbox(Lot, Bidder)
-    kit.connect(LOT, "c-ann", ANN)
-    assert kit.client(LOT, "c-ann", {"type": "open", "title": "Vase"}).ok
-    return kit
+    return opened_lot()
 
 
 def accepted_claims(kit: Sandbox, ref: EntityRef) -> list[dict[str, Any]]:
