@@ -9,7 +9,11 @@ What a domain modeller writes in a subclass:
   invariants as ``check_*`` methods raising :class:`domain.errors.Rejected`.
 - handlers: ``on_connect`` / ``on_disconnect`` / ``on_leave`` for the standard client
   messages, and ``@client_message("type")``, ``@entity_message("type")``, ``@timer("name")``
-  methods. Every handler gets a :class:`domain.context.Context` first.
+  methods. Every handler gets a :class:`domain.context.Context` first. Annotate client
+  message parameters ``int``/``float``/``str``/``bool`` and the platform checks their types
+  (and that a ``float`` is finite) before the handler runs.
+- what a connection may do to a new entity (``may_create``) and what is kept of it
+  (``STORED_CLAIMS``, ``MAX_CONNECTIONS_PER_USER``).
 
 What the base class keeps, as events of its own so it survives passivation and failover:
 the connections the entity accepted (with the claims it keeps, ``STORED_CLAIMS``, and
