@@ -317,8 +317,9 @@ class Entity(BaseAggregate[str]):
     # ----------------------------------------------------------------- hooks to override
     def may_create(self, ctx: Context, claims: Mapping[str, Any]) -> bool:
         """A connect arrives and the entity has no events yet (it does not exist): may this
-        connection create it? False refuses it with ``not_found`` and stores nothing. Default:
-        yes (any accepted connection creates the entity)."""
+        connection create it? False (or raising :class:`~domain.errors.EntityNotFound` with a
+        reason of your own) refuses it with ``not_found`` and stores nothing. Default: yes
+        (any accepted connection creates the entity)."""
         return True
 
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
