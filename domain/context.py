@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from domain.effects import Effect, Send, Target, Tell, Terminate, ToAllConnections, ToClaims, ToConnection
+from domain.idempotency import NO_SENDER
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated
 from domain.refs import EntityRef
 
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
 class Context:
     """Per-message handler context. See the module docstring."""
 
-    __slots__ = ("entity", "message", "effects", "reply_payload", "timers_armed", "timers_disarmed", "_tells")
+    __slots__ = ("entity", "message", "sender_key", "effects", "reply_payload", "timers_armed", "timers_disarmed",
+                 "_tells")
 
-    def __init__(self, entity: Entity, message: Inbound) -> None:
+    def __init__(self, entity: Entity, message: Inbound, sender_key: str | None = None) -> None:
         self.entity = entity
         self.message = message
+        self.sender_key = sender_key
+        """Who sent the message, as its idempotency prefix (:func:`domain.dispatch.sender_of`)."""
         self.effects: list[Effect] = []
         self.reply_payload: Any = None
         self.timers_armed: list[str] = []
@@ -87,10 +91,13 @@ class Context:
         self.send(ToClaims(dict(match)), payload)
 
     def tell(self, to: EntityRef, message_type: str, **data: Any) -> None:
-        """Send a message to another entity. Its message ID derives from this message's,
-        so a retried cause produces the same ID and the receiver deduplicates it."""
+        """Send a message to another entity. Its message ID derives from this message's and
+        its sender's (``<sender prefix><message ID>/<n>``), so a retried cause produces the
+        same ID and the receiver deduplicates it, while the same ID sent by two senders
+        derives two IDs."""
         self._tells += 1
-        self.effects.append(Tell(to, message_type, data, f"{self.message_id}/{self._tells}"))
+        self.effects.append(Tell(to, message_type, data,
+                                 f"{self.sender_key or NO_SENDER}{self.message_id}/{self._tells}"))
 
     def terminate(self, connection_id: str, reason: str, reconnect: bool = False) -> None:
         """Ask the edge to close a connection (forced logout, session over, ...)."""

@@ -6,7 +6,13 @@ the caller decides when the effects leave (the runtime: after the events are dur
 
 If the handler fails, the outcome has ``restore=True`` when events were already triggered
 (the in-memory entity is then ahead of what the message may change): the caller must
-rebuild the entity from its durable events. Nothing of a failed message is kept.
+rebuild the entity from its durable events. Nothing of a failed message is kept. A handler
+that raised something other than a :class:`DomainError` (a bug) is answered with a generic
+``handler_failed``; the exception is in ``Outcome.failure`` for the caller to log (senders
+never see exception text).
+
+Idempotency is per sender (:mod:`domain.idempotency`): :func:`sender_of` names the sender,
+a duplicate of one of its processed IDs gets the original reply and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +23,20 @@ from typing import Any
 from domain.context import Context
 from domain.effects import Effect, Reply
 from domain.entity import GRACE_TIMER, Entity
-from domain.errors import DomainError, HandlerFailed, NotAuthorised, NotConnected, UnknownMessageType
+from domain.errors import (
+    DomainError,
+    EntityNotFound,
+    HandlerFailed,
+    NotAuthorised,
+    NotConnected,
+    TooManyConnections,
+    UnknownMessageType,
+)
+from domain.idempotency import OK_RECORD, STANDARD, TIMERS, client_sender, connection_sender, entity_sender
 from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+
+HANDLER_FAILED_REASON = "the entity could not process the message"
+"""What a sender is told when a handler fails with a bug (the detail is logged on the node)."""
 
 
 @dataclass(slots=True)
@@ -33,6 +51,8 @@ class Outcome:
     timers_disarmed: list[str] = field(default_factory=list)
     duplicate: bool = False
     restore: bool = False
+    failure: BaseException | None = None
+    """The exception of a handler that failed with a bug (not sent to anyone: log it)."""
 
     @property
     def outcome_label(self) -> str:
@@ -42,46 +62,69 @@ class Outcome:
         return "ok" if self.reply.ok else self.reply.code
 
 
+def sender_of(entity: Entity, message: Inbound) -> str | None:
+    """Who sent ``message``, as its prefix (see :mod:`domain.idempotency`); None for a
+    client message on a connection the entity does not know (refused anyway)."""
+    if isinstance(message, ClientMessage):
+        record = entity._connections.get(message.connection_id)
+        if record is None:
+            return None
+        sub = record[0].get("sub")
+        return client_sender(sub) if isinstance(sub, str) and sub else connection_sender(message.connection_id)
+    if isinstance(message, EntityMessage):
+        return entity_sender(message.sender)
+    if isinstance(message, TimerFired):
+        return TIMERS
+    return STANDARD  # Connect, Terminated: from the edge
+
+
 def handle(entity: Entity, message: Inbound) -> Outcome:
     """Process ``message`` with ``entity``. See the module docstring."""
     message_id = message.message_id
-    seen = entity.seen_reply(message_id)
-    if seen is not None:
-        return Outcome(reply=Reply.from_record(message_id, seen), duplicate=True)
+    sender = sender_of(entity, message)
+    if sender is not None:
+        seen = entity.seen_reply(sender, message_id)
+        if seen is not None:
+            return Outcome(reply=Reply.from_record(message_id, seen), duplicate=True)
 
-    ctx = Context(entity, message)
+    ctx = Context(entity, message, sender)
     try:
         _route(entity, ctx, message)
     except DomainError as exc:
-        return _failed(entity, message, exc)
+        return _failed(entity, message, sender, exc)
     except Exception as exc:  # a bug in the entity: refuse, restore, keep serving
-        return _failed(entity, message, HandlerFailed(f"{type(exc).__name__}: {exc}"))
+        outcome = _failed(entity, message, sender, HandlerFailed(HANDLER_FAILED_REASON))
+        outcome.failure = exc
+        return outcome
 
     events = entity.collect_events()
-    reply = Reply(message_id, True, ctx.reply_payload)
-    if not isinstance(message, Connect):
+    payload = ctx.reply_payload
+    reply = Reply(message_id, True, payload)
+    if sender is not None and not isinstance(message, Connect):
         # A Connect is idempotent by connection ID instead (a repeated connect of a live
         # connection changes nothing and answers with the current state); keeping its
         # reply, a copy of the state, would cost every small entity hundreds of bytes.
-        record = reply.to_record()
+        record = OK_RECORD if payload is None else reply.to_record()
         if events:
             last = events[-1]
             object.__setattr__(last, "_xp_mid", message_id)
             object.__setattr__(last, "_xp_reply", record)
-        entity._xp_remember(message_id, record)
+            object.__setattr__(last, "_xp_from", sender)
+        entity._xp_remember(sender, message_id, record)
     return Outcome(reply, events, ctx.effects, ctx.timers_armed, ctx.timers_disarmed)
 
 
-def _failed(entity: Entity, message: Inbound, exc: DomainError) -> Outcome:
+def _failed(entity: Entity, message: Inbound, sender: str | None, exc: DomainError) -> Outcome:
     triggered = entity.collect_events()
     reply = Reply(message.message_id, False, None, exc.code, exc.reason, exc.retryable)
     # A refused Connect is answered by this reply alone: the edge that asked terminates the
     # socket. No Terminate effect: it would reach every edge holding that connection ID,
     # and end the live connection of the user whose ID another user tried to reuse.
-    if not triggered and not exc.retryable:
-        # Nothing changed: remember the refusal so a duplicate gets the same answer while
-        # the entity stays resident (refusals are not persisted; see the SDK guide).
-        entity._xp_remember(message.message_id, reply.to_record())
+    if not triggered and not exc.retryable and sender is not None and not isinstance(message, Connect):
+        # Nothing changed: remember the refusal so a duplicate from the same sender gets
+        # the same answer while the entity stays resident. Apart from the durable window:
+        # refusals never evict a result, and they are not persisted.
+        entity._xp_refuse(sender, message.message_id, reply.to_record())
     return Outcome(reply, restore=bool(triggered))
 
 
@@ -117,16 +160,23 @@ def _call(handlers: dict[Any, Any], key: tuple[str, str], entity: Entity, ctx: C
 
 def _connect(entity: Entity, ctx: Context, m: Connect) -> None:
     known = entity._connections.get(m.connection_id)
-    if known is not None and known[0].get("sub") != m.claims.get("sub"):
+    sub = m.claims.get("sub")
+    if known is not None and known[0].get("sub") != sub:
         raise NotAuthorised("connection ID is in use by another user")
+    claims = entity.stored_claims(m.claims)
+    if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):
+        raise EntityNotFound(f"{entity.ref} does not exist")
+    cap = entity.MAX_CONNECTIONS_PER_USER
+    if known is None and cap and entity.live_count_of(sub) >= cap:
+        raise TooManyConnections(f"at most {cap} connections per user to {entity.ref}")
     initial = entity.on_connect(ctx, m.claims, known is not None)
     if known is None:
-        entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
+        entity._accept_connection(connection_id=m.connection_id, claims=claims, session=m.message_id)
     else:
         # A new socket for a known connection (a reconnect, maybe through another edge):
         # it becomes the connection's session, so the old socket's late Terminated is ignored.
-        if dict(known[0]) != dict(m.claims):  # refreshed token: keep the new claims
-            entity._accept_connection(connection_id=m.connection_id, claims=dict(m.claims), session=m.message_id)
+        if dict(known[0]) != claims:  # refreshed token: keep the new claims
+            entity._accept_connection(connection_id=m.connection_id, claims=claims, session=m.message_id)
         else:
             entity._resume_connection(connection_id=m.connection_id, session=m.message_id)
         ctx.cancel_timer(f"{GRACE_TIMER}:{m.connection_id}")

@@ -73,6 +73,27 @@ class RetryLater(DomainError):
     retryable = True
 
 
+class EntityNotFound(Rejected):
+    """Raised when a connect addresses an entity that does not exist and its category does
+    not let this connection create it (:meth:`domain.entity.Entity.may_create`)."""
+
+    code = "not_found"
+
+
+class TooManyConnections(Rejected):
+    """Raised when a user already holds ``MAX_CONNECTIONS_PER_USER`` live connections to
+    the entity and connects with another connection ID."""
+
+    code = "too_many_connections"
+
+
+class BadClaims(NotAuthorised):
+    """Raised when a claim the entity keeps (``STORED_CLAIMS``) is too large or not a plain
+    value: nothing of the connection is stored."""
+
+    code = "bad_claims"
+
+
 class NotConnected(Rejected):
     """Raised when a client message arrives on a connection the entity has not accepted."""
 

@@ -66,3 +66,10 @@ class TimerFired(Inbound):
     name: str
     key: str
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+def timer_message_id(key: str, due: float) -> str:
+    """The message ID of timer ``key`` firing at ``due``: the same in the runtime and the
+    sandbox, and the same after a restart, so a firing is applied once (timer IDs are their
+    own namespace: no client's message ID can collide with one)."""
+    return f"timer:{key}:{due!r}"

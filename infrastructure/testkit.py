@@ -31,9 +31,9 @@ import msgpack
 
 from domain.dispatch import Outcome, handle
 from domain.effects import Reply, Send, Tell, Terminate
-from domain.entity import Entity
+from domain.entity import RESIDENT_ONLY, Entity
 from domain.errors import UnknownCategory
-from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired, timer_message_id
 from domain.refs import EntityRef
 from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
 from infrastructure.persistence.rehydrate import rehydrate
@@ -57,6 +57,8 @@ class Result:
     terminations: list[Terminate] = field(default_factory=list)
     duplicate: bool = False
     chain: list[Result] = field(default_factory=list)
+    failure: BaseException | None = None
+    """What a handler raised when it failed with a bug (its sender only hears ``handler_failed``)."""
 
     @property
     def ok(self) -> bool:
@@ -155,7 +157,7 @@ class Sandbox:
                 break
             when, ref, key, name, data = due
             self.now = max(self.now, when)
-            fired.append(self.deliver(ref, TimerFired(f"timer:{key}:{when!r}", self.now, name, key, data)))
+            fired.append(self.deliver(ref, TimerFired(timer_message_id(key, when), self.now, name, key, data)))
         self.now = until
         return fired
 
@@ -228,8 +230,8 @@ class Sandbox:
     def _snapshot(self, entity: Entity) -> None:
         stored = self.mapper.to_stored_event(type(entity).Snapshot.take(entity))
         restored = self.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
-        before = {k: v for k, v in vars(entity).items() if k != "_pending_events"}
-        after = {k: v for k, v in vars(restored).items() if k != "_pending_events"}
+        before = {k: v for k, v in vars(entity).items() if k not in RESIDENT_ONLY}
+        after = {k: v for k, v in vars(restored).items() if k not in RESIDENT_ONLY}
         if before != after:
             diff = sorted(k for k in before if before.get(k) != after.get(k))
             raise CodecRoundTripError(f"snapshot of {entity.id} changed through the codec: {diff}")
@@ -245,7 +247,8 @@ class Sandbox:
 
 
 def _result(ref: EntityRef, message: Inbound, outcome: Outcome) -> Result:
-    result = Result(ref, message, outcome.reply, list(outcome.events), duplicate=outcome.duplicate)
+    result = Result(ref, message, outcome.reply, list(outcome.events), duplicate=outcome.duplicate,
+                    failure=outcome.failure)
     for effect in outcome.effects:
         if isinstance(effect, Send):
             result.sends.append(effect)

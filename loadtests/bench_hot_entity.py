@@ -284,6 +284,12 @@ async def open_clients(base: tuple[str, int], path_of: Any, token_of: Any, count
     return clients
 
 
+async def viewer_tokens_for(session: aiohttp.ClientSession, base_url: str, viewers: int) -> list[str]:
+    """A token per viewer: an entity caps the connections of one user (``MAX_CONNECTIONS_PER_USER``)."""
+    run = uuid.uuid4().hex[:6]
+    return list(await asyncio.gather(*(get_token(session, base_url, f"v-{run}-{i}", "viewer") for i in range(viewers))))
+
+
 async def get_token(session: aiohttp.ClientSession, base_url: str, sub: str, role: str) -> str:
     async with session.get(f"{base_url}/dev/token", params={"sub": sub, "role": role}) as resp:
         resp.raise_for_status()
@@ -335,9 +341,9 @@ async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float
     run = uuid.uuid4().hex[:6]
     async with aiohttp.ClientSession() as session:
         auctioneer = await _open_lot(session, base_url, base, lot, stats)
-        viewer_token = await get_token(session, base_url, "viewer", "viewer")
+        viewer_tokens = await viewer_tokens_for(session, base_url, viewers)
         bidder_tokens = [await get_token(session, base_url, f"b-{run}-{i}", "bidder") for i in range(bidders)]
-    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_token, viewers, "viewer", stats)
+    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_tokens[i], viewers, "viewer", stats)
     bidding = await open_clients(base, _lot_path(lot), lambda i: bidder_tokens[i], bidders, "bidder", stats)
     await asyncio.sleep(1.0)  # the joins' state pushes settle
     # Registration, as in a real sale: each bidder asks for a credit line on the lot before
@@ -469,9 +475,9 @@ async def phase_fanout(edge_url: str, raw_url: str, viewers: int, rate: float, s
         lot = f"fan-{uuid.uuid4().hex[:8]}"
         auctioneer = await _open_lot(session, edge_url, base, lot, stats)
         auctioneer.abort()  # viewers only (and the one bidder) receive the updates
-        viewer_token = await get_token(session, edge_url, "viewer", "viewer")
+        viewer_tokens = await viewer_tokens_for(session, edge_url, viewers)
         bidder_token = await get_token(session, edge_url, f"fan-{uuid.uuid4().hex[:6]}", "bidder")
-    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_token, viewers, "count", stats)
+    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_tokens[i], viewers, "count", stats)
     [bidder] = await open_clients(base, _lot_path(lot), lambda i: bidder_token, 1, "bidder", stats)
     await asyncio.sleep(0.5)
     stop = asyncio.Event()

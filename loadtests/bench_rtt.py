@@ -155,7 +155,7 @@ def _cluster_run(zookeeper: Any, postgres: Any, connections: int, rate: float, s
         # every connection uses the same token (sub "bench"): the per-user caps are off here
         base_url = cluster.start("edge", "edge-1", XPLATFORM_EDGE_MAX_CONNECTIONS_PER_USER="0",
                                  XPLATFORM_EDGE_USER_RATE_PER_S="0").ready_line.split("ready on ")[1].rstrip("/")
-        token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET,
+        token = jwt.encode({"sub": "bench", "role": "auctioneer", "exp": int(time.time()) + 3600}, HS256_SECRET,
                            algorithm="HS256")
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()

@@ -7,6 +7,8 @@ from domain import Context, Entity, client_message, event
 
 class Tally(Entity):
     CATEGORY = "Tally"
+    MAX_CONNECTIONS_PER_USER = 0
+    """No cap: bench_connections holds thousands of sockets per entity with one token."""
 
     def initialise(self) -> None:
         self.total = 0

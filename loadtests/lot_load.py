@@ -48,7 +48,8 @@ a client whose requests fail at once cannot spin the loop (seen: a hung smoke ru
 
 
 def token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
+    # An auctioneer: its connect creates the lot it chats on (a viewer's may not create one).
+    return jwt.encode({"sub": sub, "role": "auctioneer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
 
 
 @dataclass

@@ -30,6 +30,8 @@ class Bidder(Entity):
     CATEGORY = "Bidder"
     GRACE_PERIOD = 0.0
     DEDUP_WINDOW = 64
+    DEDUP_PER_SENDER = 16
+    """A lot, its timers: 16 recent IDs each (a lot sends an account a few messages per bid round)."""
     INITIAL_CREDIT = 1_000_000
     HOLD_CHECK = 300.0
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from domain.context import Context
 from domain.entity import Entity, client_message, entity_message
-from domain.errors import Rejected
+from domain.errors import EntityNotFound, Rejected
 from domain.refs import EntityRef
 from eventsourcing.domain import event
 
@@ -83,6 +83,13 @@ class Lot(Entity):
         ctx.broadcast({"type": "state", **self.view()}, coalesce_key="state")
 
     # ------------------------------------------------------------------ connections
+    def may_create(self, ctx: Context, claims: Mapping[str, Any]) -> bool:
+        """Only an auctioneer's connect creates a lot (to open it): a viewer or bidder
+        connecting to a lot nobody opened is refused ``not_found`` and stores nothing."""
+        if claims.get("role") != "auctioneer":
+            raise EntityNotFound(f"no lot {self.entity_id!r} yet: an auctioneer creates it by joining first")
+        return True
+
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
         if claims.get("role") not in ROLES:
             raise Rejected(f"role must be one of {', '.join(ROLES)}")

@@ -42,7 +42,7 @@ from domain.dispatch import Outcome, handle
 from domain.effects import Reply, Tell
 from domain.entity import Entity
 from domain.errors import DomainError, HandlerFailed, RetryLater, UnknownCategory
-from domain.messages import EntityMessage, Inbound, TimerFired
+from domain.messages import EntityMessage, Inbound, TimerFired, timer_message_id
 from domain.refs import EntityRef
 from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped
 from infrastructure.metrics import NodeMetrics
@@ -184,6 +184,8 @@ class StateNode:
         assert entity is not None
         version_before = entity.version
         outcome = handle(entity, message)
+        if outcome.failure is not None:  # a bug in the entity: the sender got a generic reason
+            log.error("handler of %s failed on message %s", ref, message.message_id, exc_info=outcome.failure)
         if outcome.events and not outcome.restore:
             pending = self._pending_write(ref, cell, entity, version_before, outcome)
             if pending is None:  # events not encodable: refused, entity restored
@@ -372,7 +374,7 @@ class StateNode:
             cell.timers.pop(key, None)
             if not cell.timers:
                 cell.timers = None
-        self.deliver(ref, TimerFired(f"timer:{key}:{due!r}", self.now(), name, key, data))
+        self.deliver(ref, TimerFired(timer_message_id(key, due), self.now(), name, key, data))
 
     # ------------------------------------------------------------------ passivation
     async def _sweep_forever(self) -> None:

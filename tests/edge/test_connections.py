@@ -203,7 +203,7 @@ def test_heartbeat_and_latency_metrics_are_exposed(tmp_path: Path) -> None:
 def test_dev_tokens_are_served_only_when_enabled(tmp_path: Path) -> None:
     async def scenario(edge: Edge) -> None:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{edge.base_url}/dev/token", params={"sub": "ann", "role": "bidder"}) as resp:
+            async with session.get(f"{edge.base_url}/dev/token", params={"sub": "ann", "role": "auctioneer"}) as resp:
                 body = await resp.json()
             assert resp.status == 200 and body["expires_in"] == 3600
             async with session.get(f"{edge.base_url}/dev/token", params={"sub": "a b"}) as resp:

@@ -139,7 +139,7 @@ def test_a_rebuilt_cluster_can_serve_entities_marked_by_the_old_one(zookeeper: Z
                 client = ClusterClient("edge", "edge", route=node.coordinator.route, address_of=lambda _n: node.server.address,
                                        auth=secrets.link_auth("edge"))
                 node.coordinator.members["edge"] = {"role": "edge"}  # let this bare client in
-                reply = await client.ask(lot, Connect(f"c-{generation}", time.time(), "x", {"sub": "ann", "role": "viewer"}))
+                reply = await client.ask(lot, Connect(f"c-{generation}", time.time(), "x", {"sub": "ann", "role": "auctioneer"}))
                 assert reply.ok, reply
                 await client.close()
             finally:

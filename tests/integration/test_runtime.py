@@ -361,3 +361,32 @@ def test_auction_flow_across_entities_on_every_store(store_settings: Settings) -
         assert states[-1]["high_amount"] == 12
 
     run(scenario, store_settings)
+
+
+# ---------------------------------------------------------------------------- idempotency per sender
+def test_idempotency_is_per_sender_through_the_store(tmp_path: Any) -> None:
+    """Issue 9 item 2 through the runtime and SQLite: a reused ID of another user is
+    applied (not answered with his reply), another user's 1,400 refusals do not evict a
+    victim's ID, and both still hold after passivation (reloaded from the store)."""
+    lot = EntityRef("Lot", f"per-sender-{time.time_ns()}")
+
+    async def scenario(p: Platform) -> None:
+        assert (await connect(p, lot, "c-ann", {"sub": "ann", "role": "auctioneer"})).ok
+        assert (await client(p, lot, {"type": "open", "title": "Vase"}, "open", "c-ann")).ok
+        for cid, sub in (("c-bob", "bob"), ("c-cat", "cat")):
+            assert (await connect(p, lot, cid, {"sub": sub, "role": "bidder"})).ok
+        bob = await client(p, lot, {"type": "chat", "text": "bob's"}, "m-1", "c-bob")
+        cat = await client(p, lot, {"type": "chat", "text": "cat's"}, "m-1", "c-cat")
+        assert bob.payload == {"posted": "m-1"} and cat.ok and p.node.metrics.exposition().count(b"duplicate") == 0
+        for i in range(1400):
+            assert (await client(p, lot, {"type": "bid", "amount": 0}, f"junk-{i}", "c-cat")).code == "rejected"
+        versions = stored(p, lot)
+        assert (await client(p, lot, {"type": "chat", "text": "bob's"}, "m-1", "c-bob")) == bob
+        await p.node.drain()
+        assert p.node.passivate_idle(time.monotonic() + 1) >= 1 and p.node.resident(lot) is None
+        assert (await client(p, lot, {"type": "chat", "text": "cat's"}, "m-1", "c-cat")) == cat
+        assert (await client(p, lot, {"type": "chat", "text": "bob's"}, "m-1", "c-bob")) == bob
+        assert stored(p, lot) == versions
+        assert [c[1:] for c in p.node.resident(lot).chat] == [["bob", "bob's"], ["cat", "cat's"]]
+
+    run(scenario, Settings(store="sqlite", data_dir=str(tmp_path)))

@@ -71,7 +71,8 @@ class ChatLoad:
 
     async def _chatter(self, i: int, lot: str) -> None:
         order = list(self.urls) if i % 2 == 0 else list(self.urls)[::-1]
-        client = await connect(order, "Lot", lot, token(f"u{i}", "viewer"), request_timeout_s=self.request_timeout_s,
+        # An auctioneer: the first connect to a lot creates it, and only an auctioneer's may.
+        client = await connect(order, "Lot", lot, token(f"u{i}", "auctioneer"), request_timeout_s=self.request_timeout_s,
                                heartbeat_s=0)
         n = 0
         try:

@@ -163,7 +163,8 @@ def test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing(kit:
     assert after_restart.duplicate and after_restart.reply == first.reply
     # An entity message retried with the same ID is also applied once.
     bob = EntityRef("Bidder", "bob")
-    tell_again = kit.tell(bob, LOT, "hold_credit", message_id="bid-1/1", lot="vase", minimum=100, limit=150,
+    [hold] = first.tells  # its ID derives from bob's "bid-1"
+    tell_again = kit.tell(bob, LOT, "hold_credit", message_id=hold.message_id, lot="vase", minimum=100, limit=150,
                           bid=None, connection_id="c-bob")
     assert tell_again.duplicate and kit.state(bob).available == Bidder.INITIAL_CREDIT - 150
     assert kit.event_names(LOT) == events_before
