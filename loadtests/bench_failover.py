@@ -24,13 +24,12 @@ import asyncio
 import time
 import uuid
 
-import jwt
 import msgpack
 
 from edge.client import connect
 from infrastructure.settings import Settings
 from loadtests.common import emit, median
-from ops.local.cluster import HS256_SECRET, Cluster
+from ops.local.cluster import Cluster, cluster_token
 from ops.local.servers import PostgresServer, ZooKeeperServer
 
 SHARDS = 8
@@ -42,7 +41,7 @@ edge rightly closes it 1008 for flooding (seen once the round trip got faster)."
 
 
 def _token(sub: str) -> str:
-    return jwt.encode({"sub": sub, "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
+    return cluster_token(sub, "viewer", ttl_s=3600)
 
 
 def _owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:

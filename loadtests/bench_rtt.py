@@ -116,9 +116,7 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> 
     """Across processes: clients (one process) -> edge process -> state node process -> back,
     ZooKeeper and PostgreSQL as local servers. Each message is a Lot chat post (one durable
     event, reply after durability), one lot per connection."""
-    import jwt
-
-    from ops.local.cluster import HS256_SECRET, Cluster
+    from ops.local.cluster import Cluster, cluster_token
     from ops.local.servers import PostgresServer, ZooKeeperServer
 
     postgres, zookeeper = PostgresServer.start(), ZooKeeperServer.start()
@@ -126,8 +124,7 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str) -> 
     try:
         cluster.start("state-node", "node-a")
         base_url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
-        token = jwt.encode({"sub": "bench", "role": "viewer", "exp": int(time.time()) + 3600}, HS256_SECRET,
-                           algorithm="HS256")
+        token = cluster_token("bench", "viewer", ttl_s=3600)
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         proc = ctx.Process(target=_client_process, args=(base_url, connections, rate, seconds, out, token, "Lot",

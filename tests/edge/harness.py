@@ -124,8 +124,11 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     jwks_file.write_text(json.dumps(jwks_of(RSA_KEY, KID)))
     settings = Settings(store="sqlite", data_dir=str(tmp_path / "data"), ask_timeout_s=5.0)
     platform = build_platform(settings, entities=(Room, Lot, Bidder))
+    device_secret = tmp_path / "device.secret"
+    device_secret.write_bytes(os.urandom(32).hex().encode())
     values: dict[str, Any] = dict(port=0, jwt_jwks_file=str(jwks_file), jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
-                                  heartbeat_s=30.0, close_timeout_s=0.5, jwks_refetch_s=0.2)
+                                  heartbeat_s=30.0, close_timeout_s=0.5, jwks_refetch_s=0.2,
+                                  device_secret_file=str(device_secret))
     values.update(overrides)
     config = EdgeConfig(**values)
     app = build_edge_app(platform, config, manage_platform=True, static_dir=None)

@@ -11,6 +11,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from edge.config import DEV_AUDIENCE, DEV_ISSUER
 from tests.edge.harness import (
     AUDIENCE,
     ISSUER,
@@ -141,12 +142,19 @@ def test_bad_address_connection_id_or_subprotocol(tmp_path: Path, path: str, pro
     run_edge(tmp_path, scenario)
 
 
-def test_audience_and_issuer_are_not_required_when_not_configured(tmp_path: Path) -> None:
+def test_a_token_minted_for_another_application_is_refused_even_in_dev_mode(tmp_path: Path) -> None:
+    """Without configured iss/aud an edge with dev tokens checks the dev issuer's own
+    ('xplatform-dev'); tokens the identity provider minted for other applications fail."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(token=token(aud="anything", iss="anyone"))
+        for tok, error in ((token(aud="another-app", iss=DEV_ISSUER), "wrong_audience"),
+                           (token(aud=DEV_AUDIENCE, iss="https://idp.test"), "wrong_issuer")):
+            status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {tok}"})
+            assert (status, body["error"]) == (401, error)
+        _assert_untouched(edge)
+        client = await edge.client(token=token(aud=DEV_AUDIENCE, iss=DEV_ISSUER))
         await client.close()
 
-    run_edge(tmp_path, scenario, jwt_issuer="", jwt_audience="")
+    run_edge(tmp_path, scenario, jwt_issuer="", jwt_audience="", dev_tokens=True)
 
 
 def test_issuer_and_audience_constants_are_what_the_harness_signs() -> None:
