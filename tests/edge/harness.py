@@ -152,6 +152,21 @@ def run_edge(tmp_path: Path, scenario: Callable[[Edge], Awaitable[None]], **over
     asyncio.run(main())
 
 
+def assert_untouched(edge: Edge) -> None:
+    """Nothing reached the entity: not activated, nothing stored (a refusal before the 101)."""
+    assert edge.entity() is None, "the entity was activated by a refused request"
+    assert edge.event_types() == []
+
+
+async def still_serving(edge: Edge) -> None:
+    """A normal client still connects and gets a message applied."""
+    client = await edge.client("ann")
+    try:
+        assert (await client.request({"type": "set", "value": 1})).ok
+    finally:
+        await client.close()
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge import protocol
@@ -43,11 +43,23 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
 kinds = st.sampled_from(KINDS) | st.sampled_from((0, 5, 10, 15, -1, 2**40)) | st.booleans() | st.floats() | st.text(max_size=3)
 shaped = st.builds(lambda kind, rest: [kind, *rest], kinds, st.lists(values, max_size=9))
+known = st.builds(lambda kind, rest: [kind, *rest], st.sampled_from(KINDS), st.lists(values, max_size=3))
 messages = st.builds(lambda mid, payload: [protocol.MSG, mid, payload], st.text(max_size=70), st.binary(max_size=30))
 frames = (st.binary(max_size=120)                                       # arbitrary bytes
           | values.map(lambda v: msgpack.packb(v, use_bin_type=True))   # valid msgpack, any shape
           | shaped.map(lambda f: msgpack.packb(f, use_bin_type=True))   # arrays that start like frames
+          | known.map(lambda f: msgpack.packb(f, use_bin_type=True))    # known kinds, any arguments
           | messages.map(lambda f: msgpack.packb(f, use_bin_type=True)))  # MSG with ids of any length
+
+
+def examples(cases: list[bytes]) -> Any:
+    """``@example`` for each of ``cases``."""
+    def decorate(test: Any) -> Any:
+        for case in cases:
+            test = example(case)(test)
+        return test
+
+    return decorate
 
 
 def _msgpack_view(data: bytes) -> Any:
@@ -165,6 +177,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEdge]:
         live.close()
 
 
+# one of each outcome for sure, whatever the generated examples reach
+OUTCOMES = [protocol.pack(f) for f in ([protocol.PING, 1], [protocol.PING], [protocol.BYE], [protocol.LATENCY, 5],
+                                       [protocol.MSG, "m", b"\x80"], [protocol.MSG, 5], [9])] + [b"\xc1"]
+
+
+@examples(OUTCOMES)
 @FUZZ
 @given(frames)
 def test_every_frame_gets_its_documented_outcome_and_changes_nothing(live: LiveEdge, data: bytes) -> None:

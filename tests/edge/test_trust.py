@@ -14,22 +14,21 @@ import pytest
 
 from domain.refs import EntityRef
 from edge.config import parse_networks
-from tests.edge.harness import ROOM, Edge, eventually, forge, good_claims, new_cid, run_edge, token
+from tests.edge.harness import (
+    ROOM,
+    Edge,
+    assert_untouched,
+    eventually,
+    forge,
+    good_claims,
+    new_cid,
+    run_edge,
+    still_serving,
+    token,
+)
 
 PATH = f"/ws/{ROOM.category}/{ROOM.entity_id}"
 LOOPBACK_MEMBERS = parse_networks("127.0.0.0/8=member")
-
-
-def _untouched(edge: Edge) -> None:
-    assert edge.entity() is None and edge.event_types() == []
-
-
-async def _serving(edge: Edge) -> None:
-    client = await edge.client("ann")
-    try:
-        assert (await client.request({"type": "set", "value": 1})).ok
-    finally:
-        await client.close()
 
 
 # ---------------------------------------------------------------------------- token header and claims
@@ -40,8 +39,8 @@ def test_a_kid_that_is_not_a_string_is_401_malformed_not_a_500(tmp_path: Path, k
         status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {tok}"})
         assert (status, body["error"]) == (401, "malformed")
         assert edge.metric("xplatform_edge_auth_failures_total", {"reason": "malformed"}) == 1
-        _untouched(edge)
-        await _serving(edge)
+        assert_untouched(edge)
+        await still_serving(edge)
 
     run_edge(tmp_path, scenario)
 
@@ -55,7 +54,7 @@ def test_time_claims_that_are_not_numbers_are_refused(tmp_path: Path, claim: str
         tok = token("ann", **{claim: value})
         status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {tok}"})
         assert (status, body["error"]) == (401, "malformed")
-        _untouched(edge)
+        assert_untouched(edge)
 
     run_edge(tmp_path, scenario)
 
@@ -65,7 +64,7 @@ def test_a_token_cannot_claim_a_device_subject(tmp_path: Path) -> None:
         tok = token("device:member:sensor-1")
         status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {tok}"})
         assert (status, body["error"]) == (401, "malformed") and "device:" in body["reason"]
-        _untouched(edge)
+        assert_untouched(edge)
 
     run_edge(tmp_path, scenario)
 
@@ -81,7 +80,7 @@ def test_origin_is_compared_with_loopback_origins_not_with_the_host_header(tmp_p
             status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {
                 "Authorization": f"Bearer {token()}", "Origin": origin, "Host": origin.partition("://")[2] or "x"})
             assert (status, body["error"]) == (403, "origin_not_allowed"), origin
-        _untouched(edge)
+        assert_untouched(edge)
         for origin in (f"http://localhost:{port}", f"http://127.0.0.1:{port}"):
             client = await edge.client(origin=origin)
             await client.close()
@@ -155,7 +154,7 @@ def test_device_payloads_msgpack_cannot_carry_are_400_not_500(tmp_path: Path, pa
         raw = f'{{"message_id": "m1", "payload": {payload}}}'.encode()
         status, body = await _device_post(edge, raw)
         assert (status, body["error"]["code"]) == (400, error)
-        _untouched(edge)
+        assert_untouched(edge)
         status, body = await _device_post(edge, b'{"message_id": "m2", "payload": {"type": "set", "value": 1}}')
         assert status == 200 and body["ok"]
 
