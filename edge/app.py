@@ -35,7 +35,7 @@ from yarl import URL
 
 from edge.accesslog import RedactingAccessLogger
 from edge.auth import DevTokenIssuer
-from edge.config import EdgeConfig, is_loopback, is_ip_literal
+from edge.config import EdgeConfig, is_ip_literal, is_loopback
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier

@@ -148,19 +148,17 @@ def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback IP literals (``127.0.0.0/8``, ``::1``, bracketed or not).
     Other names are not resolved: a name is only as loopback as the resolver says today."""
-    host = host.strip().lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
-    except ValueError:
-        return False
+    address = _ip_literal(host)
+    return address.is_loopback if address is not None else host.strip().lower().rstrip(".") == "localhost"
 
 
 def is_ip_literal(host: str) -> bool:
     """True when ``host`` is an IP address (bracketed IPv6 too), not a name."""
+    return _ip_literal(host) is not None
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(host.strip().removeprefix("[").removesuffix("]"))
+        return ipaddress.ip_address(host.strip().removeprefix("[").removesuffix("]"))
     except ValueError:
-        return False
-    return True
+        return None
