@@ -8,14 +8,22 @@ the demo page (``/`` → ``edge/static/demo.html``, ``/static/`` → ``edge/stat
 
 The dev token issuer: ``GET /dev/token?sub=<name>&role=<role>`` → ``{"token", "expires_in"}``,
 an ES256 token signed with a key pair made at start (its public key is trusted by this
-edge only). Off unless ``XPLATFORM_EDGE_DEV_TOKENS=1``; ``xplatform run`` turns it on because
-it is the dev mode. Tokens are never logged (the access log shows the path and query, and
-the query holds no token).
+edge only; ``iss``/``aud`` are the configured ones, else ``xplatform-dev``). Off unless
+``XPLATFORM_EDGE_DEV_TOKENS=1``; ``xplatform run`` turns it on because it is the dev mode,
+and refuses to start with it on a non-loopback address unless told so explicitly
+(``edge/config.py``). It answers only requests whose ``Host`` is a loopback name (403
+``host_not_allowed`` otherwise): a DNS-rebinding page reaches a loopback server under its
+own name, and must not get a token. Tokens are never logged (``edge/accesslog.py``).
+
+``/metrics`` stays on this server's port while it listens on loopback (dev: one developer's
+machine); on any other address it moves to the internal metrics listener
+(``XPLATFORM_METRICS_HOST``/``_PORT``, :mod:`infrastructure.metrics_http`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -23,20 +31,25 @@ from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import generate_latest
+from yarl import URL
 
+from edge.accesslog import RedactingAccessLogger
 from edge.auth import DevTokenIssuer
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, is_ip_literal, is_loopback
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
 from edge.sockets import listen, raise_open_file_limit
 from infrastructure.bootstrap import Platform
+from infrastructure.metrics_http import MetricsListener
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 PLATFORM_KEY = web.AppKey("xplatform_platform", Platform)
 DEV_ISSUER_KEY = web.AppKey("xplatform_dev_issuer", DevTokenIssuer)
+CONFIG_KEY = web.AppKey("xplatform_edge_config", EdgeConfig)
 
 
 def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, manage_platform: bool = False,
@@ -49,6 +62,7 @@ def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, mana
     verifier = build_verifier(config)
     app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
     app[PLATFORM_KEY] = platform
+    app[CONFIG_KEY] = config
     if manage_platform:
         async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
             await platform.start()
@@ -57,7 +71,10 @@ def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, mana
 
         app.cleanup_ctx.append(platform_lifecycle)
     if config.dev_tokens:
-        issuer = DevTokenIssuer(config.jwt_issuer, config.jwt_audience)
+        if not is_loopback(config.host):
+            log.warning("DEV TOKENS ARE SERVED ON THE NETWORK (%s): anyone who reaches this port can get a token "
+                        "for any user and role. Never do this outside a trusted lab network.", config.host)
+        issuer = DevTokenIssuer(config.token_issuer, config.token_audience)
         verifier.keys.add_jwks(issuer.jwks())
         app[DEV_ISSUER_KEY] = issuer
         app.router.add_get("/dev/token", _dev_token)
@@ -67,17 +84,46 @@ def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, mana
         add_internal_edge(app, InternalEdge(platform.transport, config, registry=public.registry, metrics=metrics,
                                             categories=categories, load=public.load))
 
-    async def metrics_page(request: web.Request) -> web.Response:
-        body = metrics.exposition() + generate_latest(platform.node.metrics.registry)
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+    def render_metrics() -> bytes:
+        return metrics.exposition() + generate_latest(platform.node.metrics.registry)
 
-    app.router.add_get("/metrics", metrics_page)
+    if is_loopback(config.host):
+        async def metrics_page(request: web.Request) -> web.Response:
+            return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics_page)
+    else:
+        add_metrics_listener(app, MetricsListener(render_metrics, config.metrics_host, config.metrics_port))
     if static_dir is not None:
         _add_static(app, static_dir)
     return app
 
 
+def add_metrics_listener(app: web.Application, listener: MetricsListener) -> None:
+    """Run ``listener`` (the internal ``/metrics``) for the life of ``app``; its URL is logged."""
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        url = await listener.start()
+        print(f"metrics at {url} (internal listener)", flush=True)
+        yield
+        await listener.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+
+
+def _dev_token_host_allowed(request: web.Request, config: EdgeConfig) -> bool:
+    """Only loopback names (or, with dev tokens explicitly on the network, IP literals) in
+    ``Host``: a DNS-rebinding page always arrives under a name its author controls."""
+    try:
+        name = URL(f"http://{request.headers.get('Host', '')}/").host or ""
+    except ValueError:
+        return False
+    return is_loopback(name) or (config.dev_tokens_on_network and is_ip_literal(name))
+
+
 async def _dev_token(request: web.Request) -> web.Response:
+    if not _dev_token_host_allowed(request, request.app[CONFIG_KEY]):
+        return web.json_response({"error": "host_not_allowed", "reason": "dev tokens are served to loopback "
+                                  "hosts only (http://127.0.0.1:<port>/ or http://localhost:<port>/)"}, status=403)
     sub = request.query.get("sub", "")
     role = request.query.get("role", "")
     if not _NAME.match(sub) or (role and not _NAME.match(role)):
@@ -105,8 +151,9 @@ async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | N
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
     raise_open_file_limit()
     def announce(port: int) -> None:
+        metrics_at = "metrics at /metrics" if is_loopback(config.host) else "metrics on the internal listener"
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
-              f"metrics at /metrics{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
+              f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
               flush=True)
         if ready is not None:
             ready.set()
@@ -117,7 +164,7 @@ async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | N
 async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None]) -> None:
     """Serve ``app`` on the configured address until SIGINT/SIGTERM; ``announce(port)`` once
     listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
-    runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3)
+    runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
     await runner.setup()
     server = await listen_public(runner, app, config.host, config.port)
     stop = asyncio.Event()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,9 @@ from edge.errors import AuthError, EdgeConfigurationError, KeySourceError
 ASYMMETRIC = {"RS256": "RSA", "RS384": "RSA", "RS512": "RSA", "ES256": "EC", "ES384": "EC", "PS256": "RSA"}
 SYMMETRIC = {"HS256"}
 REQUIRED_CLAIMS = ("exp", "sub")
+TIME_CLAIMS = ("exp", "nbf", "iat")
+DEVICE_SUB_PREFIX = "device:"
+"""Subjects of devices on the internal edge (``device:<class>:<id>``): a token may not claim one."""
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +146,8 @@ class Verifier:
             raise AuthError("missing", "no bearer token")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise AuthError("malformed", "not a JWT") from None
+        except (jwt.PyJWTError, TypeError, ValueError):  # e.g. a kid that is a number or an object
+            raise AuthError("malformed", "not a JWT with a valid header") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError("alg_not_allowed", f"algorithm {str(alg)[:16]!r} is not allowed")
@@ -180,11 +184,28 @@ class Verifier:
             raise AuthError("alg_not_allowed", "algorithm not allowed") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError("malformed", f"missing claim {exc.claim}") from None
-        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError):
+        except (jwt.PyJWTError, TypeError, ValueError, OverflowError):
             raise AuthError("malformed", "token cannot be verified") from None
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise AuthError("malformed", "sub must be a non-empty string")
-        return claims
+        return check_claims(claims)
+
+
+def check_claims(claims: dict[str, Any]) -> dict[str, Any]:
+    """Refuse claims the signature does not make sane. PyJWT accepts ``exp: "9999999999"``
+    (it calls ``int()`` on it) while the edge only schedules the expiry of a number: such a
+    connection would never expire. So every time claim present must be a finite JSON number,
+    and ``sub`` a non-empty string outside the devices' ``device:`` namespace (a token must
+    not speak as a device of the internal edge)."""
+    for name in TIME_CLAIMS:
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))
+                               or not math.isfinite(value)):
+            raise AuthError("malformed", f"{name} must be a number (seconds since the epoch)")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("malformed", "sub must be a non-empty string")
+    if sub.startswith(DEVICE_SUB_PREFIX):
+        raise AuthError("malformed", f"sub may not start with {DEVICE_SUB_PREFIX!r} (reserved for devices)")
+    return claims
 
 
 class DevTokenIssuer:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Collection
 
 from aiohttp import web
 
+from edge.app import add_metrics_listener
 from edge.config import EdgeConfig
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier
@@ -22,6 +23,7 @@ from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.state_node import lanes_from
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.gc_pauses import GcPauses
+from infrastructure.metrics_http import MetricsListener
 from infrastructure.settings import Settings
 from infrastructure.transport import tls
 from infrastructure.transport.auth import link_auth_from
@@ -33,7 +35,8 @@ class ClusteredEdge:
 
     def __init__(self, settings: Settings, categories: Collection[str]) -> None:
         self.settings = settings
-        self.config = EdgeConfig.from_settings(settings)
+        # No /dev/token here, so dev mode's iss/aud defaults do not apply: both must be configured.
+        self.config = EdgeConfig.from_settings(settings, dev_tokens=False)
         auth = link_auth_from(settings, "edge")  # the edge secret only: an edge cannot act as a state node
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         self.ownership = Ownership(settings.node_id, settings.shards_per_category)
@@ -54,6 +57,16 @@ class ClusteredEdge:
                                  verifier=build_verifier(self.config), metrics=self.metrics)
         self.public.registry.watch(self.client.hold, self.client.release)
         self.ownership.listeners.append(lambda _state, _map: self.client.reannounce())
+        self.metrics_listener = MetricsListener(self._render_metrics, self.config.metrics_host, self.config.metrics_port)
+
+    def _render_metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        cluster = self.ownership.metrics  # ZooKeeper state, routing misses, lane buffers and queues to nodes
+        for lane, buffered in self.client.buffered_by_lane().items():
+            cluster.lane_buffer.labels(lane).set(buffered)
+        cluster.record_lanes("client", self.client.queued_by_lane())
+        return self.metrics.exposition() + generate_latest(cluster.registry)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=max(self.config.max_frame_bytes, 1024))
@@ -66,18 +79,7 @@ class ClusteredEdge:
 
         app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
         add_public_edge(app, self.public)
-
-        async def metrics_page(request: web.Request) -> web.Response:
-            from prometheus_client import generate_latest
-
-            cluster = self.ownership.metrics  # ZooKeeper state, routing misses, lane buffers and queues to nodes
-            for lane, buffered in self.client.buffered_by_lane().items():
-                cluster.lane_buffer.labels(lane).set(buffered)
-            cluster.record_lanes("client", self.client.queued_by_lane())
-            body = self.metrics.exposition() + generate_latest(cluster.registry)
-            return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-        app.router.add_get("/metrics", metrics_page)
+        add_metrics_listener(app, self.metrics_listener)  # never on the public port
         return app
 
 
@@ -96,5 +98,6 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
 
     raise_open_file_limit()  # before the socket cap is derived from it
     edge = ClusteredEdge(settings, categories)
-    await serve_app(edge.app(), edge.config,
-                    lambda port: print(f"edge {settings.node_id} ready on http://{edge.config.host}:{port}/", flush=True))
+    await serve_app(edge.app(), edge.config,  # the URL last: tools take what follows "ready on"
+                    lambda port: print(f"edge {settings.node_id} (metrics: {edge.metrics_listener.url}) "
+                                       f"ready on http://{edge.config.host}:{port}/", flush=True))

@@ -14,6 +14,9 @@ from typing import Any
 from edge.errors import EdgeConfigurationError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEV_ISSUER = "xplatform-dev"
+DEV_AUDIENCE = "xplatform-dev"
+"""``iss``/``aud`` of dev tokens when none are configured: even in dev mode the checks run."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class EdgeConfig:
     jwks_max_age_s: float = 300.0
     jwks_refetch_s: float = 30.0
     dev_tokens: bool = False
+    dev_tokens_on_network: bool = False
+    device_secret_file: str = ""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     internal_networks: tuple[tuple[Network, str], ...] = ()
     internal_idle_s: float = 60.0
     internal_buffer: int = 1000
@@ -91,7 +98,9 @@ class EdgeConfig:
             jwt_jwks_file=s.jwt_jwks_file, jwt_jwks_url=s.jwt_jwks_url, jwt_hs256_secret=s.jwt_hs256_secret,
             jwt_issuer=s.jwt_issuer, jwt_audience=s.jwt_audience, jwt_leeway_s=s.jwt_leeway_s,
             jwks_max_age_s=s.jwt_jwks_max_age_s, jwks_refetch_s=s.jwt_jwks_refetch_s,
-            dev_tokens=bool(s.edge_dev_tokens), internal_networks=parse_networks(s.edge_internal_networks),
+            dev_tokens=bool(s.edge_dev_tokens), dev_tokens_on_network=bool(s.edge_dev_tokens_on_network),
+            device_secret_file=s.edge_device_secret_file, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
+            internal_networks=parse_networks(s.edge_internal_networks),
             internal_idle_s=s.edge_internal_idle_s, internal_buffer=s.edge_internal_buffer,
             internal_max_wait_s=s.edge_internal_max_wait_s,
         )
@@ -121,6 +130,36 @@ class EdgeConfig:
             raise EdgeConfigurationError("shed_lag_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
+        self._check_trust()
+
+    def _check_trust(self) -> None:
+        """Refuse settings under which the edge would trust more than its operator meant."""
+        if not self.dev_tokens:
+            missing = [name for name, value in (("XPLATFORM_JWT_ISSUER", self.jwt_issuer),
+                                                ("XPLATFORM_JWT_AUDIENCE", self.jwt_audience)) if not value]
+            if missing:
+                raise EdgeConfigurationError(
+                    f"{' and '.join(missing)} must be set: without them a token your identity provider minted "
+                    "for any other application would be accepted here")
+            if self.internal_networks and not self.device_secret_file:
+                raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE must name a file with the secret "
+                                             "device connection IDs are derived from (the same on every edge)")
+        elif not is_loopback(self.host) and not self.dev_tokens_on_network:
+            raise EdgeConfigurationError(
+                f"dev tokens (XPLATFORM_EDGE_DEV_TOKENS, on in `xplatform run`) hand out any identity to whoever "
+                f"asks; refusing to serve them on the non-loopback address {self.host!r}. Listen on 127.0.0.1, set "
+                "XPLATFORM_EDGE_DEV_TOKENS=0, or accept the risk with --dev-tokens-on-network "
+                "(XPLATFORM_EDGE_DEV_TOKENS_ON_NETWORK=1)")
+
+    @property
+    def token_issuer(self) -> str:
+        """The ``iss`` every token must carry: the configured one, or the dev issuer's own in dev mode."""
+        return self.jwt_issuer or (DEV_ISSUER if self.dev_tokens else "")
+
+    @property
+    def token_audience(self) -> str:
+        """The ``aud`` every token must carry: the configured one, or the dev issuer's own in dev mode."""
+        return self.jwt_audience or (DEV_AUDIENCE if self.dev_tokens else "")
 
 
 def open_file_limit() -> int | None:
@@ -149,3 +188,22 @@ def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:
         except ValueError:
             raise EdgeConfigurationError(f"internal network {cidr!r} is not a CIDR") from None
     return tuple(parsed)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (``127.0.0.0/8``, ``::1``, bracketed or not).
+    Other names are not resolved: a name is only as loopback as the resolver says today."""
+    address = _ip_literal(host)
+    return address.is_loopback if address is not None else host.strip().lower().rstrip(".") == "localhost"
+
+
+def is_ip_literal(host: str) -> bool:
+    """True when ``host`` is an IP address (bracketed IPv6 too), not a name."""
+    return _ip_literal(host) is not None
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None

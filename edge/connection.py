@@ -100,6 +100,7 @@ class WsConnection:
         self._buckets: tuple[tuple[str, TokenBucket], ...] = (
             ("connection", TokenBucket(edge.config.rate_per_s, edge.config.rate_burst)),)
         self.last_seen = time.monotonic()
+        self._ping_sent: bytes | None = None  # payload of the heartbeat ping awaiting its PONG
 
     # ------------------------------------------------------------------ Receiver (fan-out)
     def push(self, frame: bytes, payload: Any) -> None:
@@ -327,7 +328,8 @@ class WsConnection:
 
     # ------------------------------------------------------------------ heartbeat, expiry
     def send_ping(self) -> None:
-        self._ping = _PING.pack(time.monotonic_ns())
+        """A heartbeat ping; only a PONG echoing this payload is timed (one outstanding at a time)."""
+        self._ping = self._ping_sent = _PING.pack(time.monotonic_ns())
         self._wake.set()
 
     def expire_at(self, exp: float) -> None:
@@ -374,7 +376,8 @@ class WsConnection:
                 self._pong = msg.data  # one pending PONG at most: the newest PING's
                 self._wake.set()
             elif kind is WSMsgType.PONG:
-                if len(msg.data) == _PING.size:
+                if self._ping_sent is not None and msg.data == self._ping_sent:  # unsolicited PONGs are ignored
+                    self._ping_sent = None
                     sent = _PING.unpack(msg.data)[0]
                     metrics.heartbeat_rtt.observe(max(0, time.monotonic_ns() - sent) / 1e9)
             elif kind is WSMsgType.ERROR:

@@ -6,6 +6,8 @@ Why typed: the public edge turns each refusal into a documented HTTP status or c
 
 from __future__ import annotations
 
+from infrastructure.errors import ConfigurationError
+
 AUTH_REASONS = ("missing", "expired", "not_yet_valid", "bad_signature", "alg_not_allowed", "unknown_kid",
                 "wrong_issuer", "wrong_audience", "malformed")
 """Every reason an :class:`AuthError` can carry (bounded: a Prometheus label)."""
@@ -15,8 +17,10 @@ class EdgeError(Exception):
     """Raised when an edge cannot accept a request, a frame or its configuration; root of this package."""
 
 
-class EdgeConfigurationError(EdgeError):
-    """Raised at start when edge settings (keys, networks, origins) are unusable."""
+class EdgeConfigurationError(EdgeError, ConfigurationError):
+    """Raised at start when edge settings (keys, networks, origins, iss/aud, dev tokens) are
+    unusable. Also a :class:`~infrastructure.errors.ConfigurationError`, so ``xplatform``
+    reports it like any other bad setting (exit 2, the message names the variables)."""
 
 
 class AuthError(EdgeError):

@@ -15,18 +15,28 @@ device class; a request from elsewhere gets 403 and nothing else happens.
   that fell out of the bounded buffer; coalesced updates keep only the newest per key.
 
 A device is a connection like any other: the first request sends ``Connect`` with claims
-``{"sub": device_id, "role": device_class, "device_class": device_class, "auth": "network"}``
-under a connection ID derived from class and device ID (stable across requests and edges);
-a device idle for ``internal_idle_s`` is disconnected (``Terminated`` reason ``idle``).
-Malformed requests get a 4xx JSON error before anything reaches an entity.
+``{"sub": "device:<class>:<id>", "role": device_class, "device_class": device_class,
+"auth": "network"}`` - its own namespace, so a device named ``bob`` is not the user ``bob``
+(tokens with a ``device:`` subject are refused at the public edge). Its connection ID is an
+HMAC of class and device ID under the device secret (``XPLATFORM_EDGE_DEVICE_SECRET_FILE``,
+the same file on every edge: stable across requests and edges, and nobody without the
+secret can compute another device's ID). A device idle for ``internal_idle_s`` is
+disconnected (``Terminated`` reason ``idle``).
+
+Malformed requests get a 4xx JSON error before anything reaches an entity: ``malformed``
+(not JSON/msgpack, JSON nested deeper than Python parses, ``NaN``/``Infinity``), and
+``bad_payload`` for a payload msgpack cannot carry (integers outside -2^63..2^64-1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
+import secrets
 import time
 import uuid
 from collections import deque
@@ -40,15 +50,16 @@ from domain.errors import DomainError
 from domain.messages import ClientMessage, Connect, Terminated
 from domain.refs import EntityRef
 from edge import protocol
+from edge.auth import DEVICE_SUB_PREFIX
 from edge.config import EdgeConfig
-from edge.errors import EdgeError
+from edge.errors import EdgeConfigurationError, EdgeError
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.overload import LoopLoad
 from edge.registry import Registry
 from infrastructure.transport.port import Transport
 
-DEVICE_NAMESPACE = uuid.UUID("6f1c2a4e-9a59-4f0e-8d0c-3f7a5b2e9c10")
+MIN_SECRET_BYTES = 32
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MSGPACK = "application/msgpack"
 
@@ -147,6 +158,12 @@ class InternalEdge:
         self._connecting: dict[tuple[EntityRef, str], asyncio.Future[DeviceConnection]] = {}
         self._devices: set[DeviceConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._secret = device_secret(config)
+
+    def connection_id(self, device_class: str, device: str) -> str:
+        """The device's connection ID: HMAC-SHA256 of class and ID under the device secret, as a UUID."""
+        digest = hmac.new(self._secret, f"{device_class}/{device}".encode(), hashlib.sha256).digest()
+        return str(uuid.UUID(bytes=digest[:16], version=4))
 
     async def start(self) -> None:
         if self.fanout is not None:
@@ -252,9 +269,9 @@ class InternalEdge:
                 raise BadRequest(400, "malformed", "body is not msgpack") from None
         elif request.content_type in ("application/json", ""):
             try:
-                body = json.loads(raw)
-            except ValueError:
-                raise BadRequest(400, "malformed", "body is not JSON") from None
+                body = json.loads(raw, parse_constant=_no_constant)
+            except (ValueError, RecursionError):
+                raise BadRequest(400, "malformed", "body is not JSON (or nested too deep, or NaN/Infinity)") from None
         else:
             raise BadRequest(415, "unsupported_media_type", "send application/json or application/msgpack")
         if not isinstance(body, dict) or set(body) - {"message_id", "payload"}:
@@ -265,11 +282,17 @@ class InternalEdge:
         if "payload" not in body:
             raise BadRequest(400, "malformed", "payload is missing")
         payload = body["payload"]
-        return message_id, payload if isinstance(payload, bytes) else msgpack.packb(payload, use_bin_type=True)
+        if isinstance(payload, bytes):
+            return message_id, payload
+        try:
+            return message_id, msgpack.packb(payload, use_bin_type=True)
+        except (ValueError, OverflowError, TypeError, RecursionError):
+            raise BadRequest(400, "bad_payload", "payload cannot be carried as msgpack "
+                                                 "(integers must be within -2^63..2^64-1)") from None
 
     # ------------------------------------------------------------------ device connections
     async def _device(self, ref: EntityRef, device: str, device_class: str) -> DeviceConnection:
-        cid = str(uuid.uuid5(DEVICE_NAMESPACE, f"{device_class}/{device}"))
+        cid = self.connection_id(device_class, device)
         held = self.registry.get(ref, cid)
         if isinstance(held, DeviceConnection) and held.terminated is None:
             return held
@@ -290,7 +313,8 @@ class InternalEdge:
             del self._connecting[(ref, cid)]
 
     async def _connect(self, ref: EntityRef, cid: str, device: str, device_class: str) -> DeviceConnection:
-        claims = {"sub": device, "role": device_class, "device_class": device_class, "auth": "network"}
+        claims = {"sub": f"{DEVICE_SUB_PREFIX}{device_class}:{device}", "role": device_class,
+                  "device_class": device_class, "auth": "network"}
         conn = DeviceConnection(ref, cid, claims, self.config.internal_buffer)
         if isinstance(self.registry.get(ref, cid), DeviceConnection):
             self.registry.remove(self.registry.get(ref, cid))  # type: ignore[arg-type]
@@ -327,6 +351,28 @@ class InternalEdge:
             for conn in list(self._devices):
                 if conn.last_used < cutoff:
                     self._forget(conn, "idle")
+
+
+def device_secret(config: EdgeConfig) -> bytes:
+    """The device secret from ``device_secret_file``; in dev mode (dev tokens on, no file) a
+    random one per process. Raises EdgeConfigurationError when it is missing or short."""
+    if not config.device_secret_file:
+        if config.dev_tokens or not config.internal_networks:
+            return secrets.token_bytes(MIN_SECRET_BYTES)
+        raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE is required with device networks")
+    try:
+        with open(config.device_secret_file, "rb") as file:
+            secret = file.read().strip()
+    except OSError as exc:
+        raise EdgeConfigurationError(f"XPLATFORM_EDGE_DEVICE_SECRET_FILE cannot be read: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise EdgeConfigurationError(f"XPLATFORM_EDGE_DEVICE_SECRET_FILE must hold at least {MIN_SECRET_BYTES} bytes "
+                                     "(e.g. `head -c 48 /dev/urandom | base64 > device.secret`)")
+    return secret
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _number(raw: str, kind: type, name: str) -> Any:

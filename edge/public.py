@@ -24,13 +24,14 @@ from collections.abc import Collection
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from domain.errors import DomainError
 from domain.messages import Connect
 from domain.refs import EntityRef
 from edge import protocol
 from edge.auth import KeySet, Verifier
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, is_loopback
 from edge.connection import WsConnection
 from edge.errors import AuthError, LimitError
 from edge.fanout import Fanout
@@ -48,7 +49,7 @@ def build_verifier(config: EdgeConfig) -> Verifier:
     """The token verifier the settings describe (JWKS file/URL, algorithms, iss/aud, leeway)."""
     keys = KeySet(file=config.jwt_jwks_file, url=config.jwt_jwks_url, max_age_s=config.jwks_max_age_s,
                   refetch_interval_s=config.jwks_refetch_s)
-    return Verifier(keys, config.jwt_algorithms, config.jwt_hs256_secret, config.jwt_issuer, config.jwt_audience,
+    return Verifier(keys, config.jwt_algorithms, config.jwt_hs256_secret, config.token_issuer, config.token_audience,
                     config.jwt_leeway_s)
 
 
@@ -168,7 +169,17 @@ class PublicEdge:
         allowed = self.config.allowed_origins
         if "*" in allowed or origin in allowed:
             return True
-        return not allowed and origin == f"{request.scheme}://{request.host}"
+        if allowed:
+            return False
+        # None configured: the dev server's own page, i.e. a loopback origin on the port this
+        # socket was accepted on. Never compared with Host: a DNS-rebinding page names itself there.
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        try:
+            url = URL(origin)
+            return (url.scheme in ("http", "https") and is_loopback(url.host or "") and sockname is not None
+                    and url.port == sockname[1])
+        except (ValueError, TypeError):
+            return False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /ws/{category}/{entity_id}?cid=``: refuse before the 101, or serve the socket."""

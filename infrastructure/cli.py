@@ -32,7 +32,7 @@ import msgpack
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
 from infrastructure.bootstrap import Platform, build_platform
-from infrastructure.errors import ConfigurationError, InfrastructureError
+from infrastructure.errors import InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import Settings
 
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve the one-process platform, its edge and the demo page until Ctrl-C")
     run.add_argument("--host", default=None, help="address to listen on (default: XPLATFORM_EDGE_HOST)")
     run.add_argument("--port", type=int, default=None, help="port (default: XPLATFORM_EDGE_PORT; 0 = any free)")
+    run.add_argument("--dev-tokens-on-network", action="store_true",
+                     help="serve dev tokens (any identity to whoever asks) on a non-loopback --host too; "
+                          "refused otherwise. Only on a trusted lab network (XPLATFORM_EDGE_DEV_TOKENS_ON_NETWORK=1)")
     demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
     demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
     state_node = sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "run":
-            _serve(settings, args.host, args.port)
+            _serve(settings, args.host, args.port, args.dev_tokens_on_network)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
         elif args.command == "state-node" and args.supervised:
@@ -95,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool) -> None:
     """``run``: dev mode is the one-process platform plus its edge; dev tokens are on unless
-    XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them)."""
+    XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them). With dev tokens a
+    non-loopback host is refused (EdgeConfigurationError) unless ``--dev-tokens-on-network``."""
     from edge.app import serve
     from edge.config import EdgeConfig
 
@@ -108,10 +112,9 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    try:
-        config = EdgeConfig.from_settings(settings, **overrides)
-    except Exception as exc:  # EdgeConfigurationError: name it like the other configuration errors
-        raise ConfigurationError(str(exc)) from None
+    if dev_tokens_on_network:
+        overrides["dev_tokens_on_network"] = True
+    config = EdgeConfig.from_settings(settings, **overrides)
     platform = build_platform(settings)
     where = settings.sqlite_path if settings.store == "sqlite" else settings.store
     print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)

@@ -97,8 +97,10 @@ class Settings:
     edge_host: str = _setting("127.0.0.1", "Dev mode listens on loopback only; set 0.0.0.0 behind a proxy "
                               "or load balancer in production.")
     edge_port: int = _setting(8080, "A common unprivileged HTTP port; 0 picks a free one (tests).")
-    edge_allowed_origins: str = _setting("", "Comma-separated browser Origins allowed to open websockets; "
-                                         "empty allows only the edge's own origin (the demo page), '*' any. "
+    edge_allowed_origins: str = _setting("", "Comma-separated public browser Origins allowed to open websockets "
+                                         "(https://app.example.com), '*' any. Empty allows only loopback origins "
+                                         "on the edge's own port (the dev server's demo page): the Host header is "
+                                         "never trusted for this, since a DNS-rebinding page names itself there. "
                                          "Requests without Origin (non-browsers) rely on the token alone.")
     edge_max_frame_bytes: int = _setting(65_536, "64 KiB covers any sane client message (the sample's are "
                                          "<100 B) while one frame cannot make the edge buffer megabytes "
@@ -163,6 +165,16 @@ class Settings:
     edge_dev_tokens: int = _setting(0, "1 serves GET /dev/token (ES256 key pair made at start; tokens for "
                                     "any sub/role). Off by default: it hands out identities; `xplatform run` "
                                     "(dev mode) turns it on.")
+    edge_dev_tokens_on_network: int = _setting(0, "Dev tokens are refused at start on a non-loopback edge_host: "
+                                               "anyone who reaches the port could be anyone. 1 (or `xplatform run "
+                                               "--dev-tokens-on-network`) allows it, with a warning, for a trusted "
+                                               "lab network; /dev/token then also answers Host headers that are IP "
+                                               "literals (never other names: DNS rebinding).")
+    edge_device_secret_file: str = _setting("", "File holding the secret (>= 32 bytes) device connection IDs on "
+                                            "the internal edge are an HMAC of, so nobody can compute another "
+                                            "device's ID; the same file on every edge (IDs stay stable across "
+                                            "edges). Required with edge_internal_networks unless dev tokens are "
+                                            "on (dev mode makes one per process).")
     edge_internal_networks: str = _setting("", "Device networks of the internal edge, 'CIDR=device_class,...'. "
                                            "Empty disables it: behind a reverse proxy every client looks like "
                                            "loopback, so no network is trusted until named.")
@@ -177,8 +189,12 @@ class Settings:
                                   "unknown kid and after jwt_jwks_max_age_s).")
     jwt_jwks_url: str = _setting("", "JWKS URL of the identity provider (cached; refetched on key rotation).")
     jwt_hs256_secret: str = _setting("", "Shared HMAC secret; empty keeps HS256 disabled (key-confusion proof).")
-    jwt_issuer: str = _setting("", "Required iss when set; empty skips the check (dev).")
-    jwt_audience: str = _setting("", "Required aud when set; empty refuses nothing for aud (dev).")
+    jwt_issuer: str = _setting("", "The iss every token must carry. No default: it names your identity "
+                               "provider, and an edge without it would accept tokens that provider minted for any "
+                               "other application; an edge refuses to start without it unless dev tokens are on "
+                               "(then tokens must carry the dev issuer's 'xplatform-dev').")
+    jwt_audience: str = _setting("", "The aud every token must carry (this application's ID at the identity "
+                                 "provider); required like jwt_issuer, 'xplatform-dev' with dev tokens.")
     jwt_leeway_s: float = _setting(5.0, "Clock skew tolerated on exp/nbf: NTP-synced hosts drift well "
                                    "under a second; 5 s is small enough not to extend sessions.")
     jwt_jwks_max_age_s: float = _setting(300.0, "Keys are re-read every 5 minutes so revoked keys leave soon.")
@@ -205,8 +221,12 @@ class Settings:
                                         "instead of the listening address: behind NAT, a Kubernetes "
                                         "Service or a TCP proxy the address a node binds is not the one "
                                         "peers can reach. Empty publishes transport_host:<bound port>.")
-    metrics_port: int = _setting(0, "Where a clustered state node serves /metrics; 0 picks a free port "
-                                 "(printed at start and scrapeable through service discovery).")
+    metrics_host: str = _setting("127.0.0.1", "Address of the internal /metrics listener of state nodes and "
+                                 "edges - never the public port: metrics show traffic, users and capacity. "
+                                 "Loopback until the deployment names a network its Prometheus reaches "
+                                 "(0.0.0.0 in a pod whose port is not in a public Service).")
+    metrics_port: int = _setting(0, "Port of the internal /metrics listener (state nodes and edges); 0 picks a "
+                                 "free port (printed at start and scrapeable through service discovery).")
     transport_lanes: str = _setting("", "category=lane pairs (comma-separated) giving categories their own "
                                     "connections, so a flood in one cannot delay another; others use 'default'.")
     cluster_secret_file: str = _setting("", "File holding the state secret (>= 32 bytes), known to state "

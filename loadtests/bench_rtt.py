@@ -144,9 +144,7 @@ def bench_cluster(connections: int, rate: float, seconds: float, store: str, aut
 def _cluster_run(zookeeper: Any, postgres: Any, connections: int, rate: float, seconds: float, store: str,
                  insecure: bool) -> dict[str, Any]:
     """One cluster (its own name and secrets) on the shared servers, loaded once."""
-    import jwt
-
-    from ops.local.cluster import HS256_SECRET, Cluster
+    from ops.local.cluster import Cluster, cluster_token
 
     cluster = Cluster(zookeeper, postgres, name=f"rtt{uuid.uuid4().hex[:6]}", session_timeout_s=2.0, store=store,
                       insecure=insecure)
@@ -155,8 +153,7 @@ def _cluster_run(zookeeper: Any, postgres: Any, connections: int, rate: float, s
         # every connection uses the same token (sub "bench"): the per-user caps are off here
         base_url = cluster.start("edge", "edge-1", XPLATFORM_EDGE_MAX_CONNECTIONS_PER_USER="0",
                                  XPLATFORM_EDGE_USER_RATE_PER_S="0").ready_line.split("ready on ")[1].rstrip("/")
-        token = jwt.encode({"sub": "bench", "role": "auctioneer", "exp": int(time.time()) + 3600}, HS256_SECRET,
-                           algorithm="HS256")
+        token = cluster_token("bench", "auctioneer", ttl_s=3600)  # its connect creates the lot
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         proc = ctx.Process(target=_client_process, args=(base_url, connections, rate, seconds, out, token, "Lot",

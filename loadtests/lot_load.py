@@ -31,11 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jwt
 
 from edge.client import connect
 from loadtests.common import LoopLag
-from ops.local.cluster import HS256_SECRET
+from ops.local.cluster import cluster_token
 
 PACE_S = 0.025
 """Pause between a client's messages: with a cluster round trip of a few ms this keeps each
@@ -49,7 +48,7 @@ a client whose requests fail at once cannot spin the loop (seen: a hung smoke ru
 
 def token(sub: str) -> str:
     # An auctioneer: its connect creates the lot it chats on (a viewer's may not create one).
-    return jwt.encode({"sub": sub, "role": "auctioneer", "exp": int(time.time()) + 3600}, HS256_SECRET, algorithm="HS256")
+    return cluster_token(sub, "auctioneer", ttl_s=3600)
 
 
 @dataclass

@@ -16,8 +16,6 @@ import logging
 import time
 from collections.abc import Iterable
 
-from aiohttp import web
-
 from domain.auction import ENTITIES
 from domain.entity import Entity
 from domain.messages import EntityMessage
@@ -26,6 +24,7 @@ from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
+from infrastructure.metrics_http import MetricsListener
 from infrastructure.persistence import EventJournal
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
@@ -86,7 +85,7 @@ class ClusteredStateNode:
                                     ask_timeout_s=settings.ask_timeout_s, metrics=self.ownership.metrics,
                                     handshake_timeout_s=settings.transport_handshake_timeout_s,
                                     ssl=tls.client_context(settings))
-        self._metrics_runner: web.AppRunner | None = None
+        self._metrics: MetricsListener | None = None
         self.platform.node.router = LocalFirstRouter(self.platform.node, self.ownership, self.client)
         if settings.supervisor_session_file:
             self.coordinator.on_session = self._tell_supervisor
@@ -159,27 +158,21 @@ class ClusteredStateNode:
         await self.coordinator.stop()
         await self.client.close()
         await self.server.stop()
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
+        if self._metrics is not None:
+            await self._metrics.stop()
         await self.platform.stop()
 
     async def serve_metrics(self) -> str:
-        """``/metrics`` over HTTP (node + cluster registries) on ``metrics_port``."""
+        """``/metrics`` (node + cluster registries) on the internal listener,
+        ``metrics_host``:``metrics_port`` (never the transport's address)."""
         from prometheus_client import generate_latest
 
-        async def page(request: web.Request) -> web.Response:
+        def render() -> bytes:
             self.record_transport_metrics()
-            body = generate_latest(self.platform.node.metrics.registry) + generate_latest(self.ownership.metrics.registry)
-            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+            return generate_latest(self.platform.node.metrics.registry) + generate_latest(self.ownership.metrics.registry)
 
-        app = web.Application()
-        app.router.add_get("/metrics", page)
-        self._metrics_runner = web.AppRunner(app)
-        await self._metrics_runner.setup()
-        site = web.TCPSite(self._metrics_runner, self.settings.transport_host, self.settings.metrics_port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        return f"http://{self.settings.transport_host}:{port}/metrics"
+        self._metrics = MetricsListener(render, self.settings.metrics_host, self.settings.metrics_port)
+        return await self._metrics.start()
 
     async def __aenter__(self) -> ClusteredStateNode:
         await self.start()

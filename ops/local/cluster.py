@@ -23,6 +23,17 @@ from infrastructure.transport.auth import LinkAuth, link_auth_from
 from ops.local.servers import PostgresServer, ServerStartError, ZooKeeperServer
 
 HS256_SECRET = "cluster-tests-secret-that-is-long-enough-for-hs256"
+ISSUER = "https://idp.local-cluster.test"
+AUDIENCE = "xplatform-local-cluster"
+"""The edges require ``iss``/``aud`` (XPLATFORM_JWT_ISSUER/_AUDIENCE); :func:`cluster_token` signs both."""
+
+
+def cluster_token(sub: str, role: str, ttl_s: int = 600) -> str:
+    """A token the local cluster's edges accept (HS256 with :data:`HS256_SECRET`)."""
+    import jwt
+
+    claims = {"sub": sub, "role": role, "exp": int(time.time()) + ttl_s, "iss": ISSUER, "aud": AUDIENCE}
+    return jwt.encode(claims, HS256_SECRET, algorithm="HS256")
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,11 @@ class ClusterProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the process serves /metrics (its internal listener, from the ready line)."""
+        return self.ready_line.split("(metrics: ", 1)[1].split(")", 1)[0]
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -147,6 +163,7 @@ class Cluster:
                 "XPLATFORM_POSTGRES_USER": self.postgres.user, "XPLATFORM_POSTGRES_DBNAME": self.postgres.dbname,
                 "XPLATFORM_POSTGRES_PASSWORD": "trust", "XPLATFORM_SHARDS_PER_CATEGORY": "8",
                 "XPLATFORM_JWT_HS256_SECRET": HS256_SECRET, "XPLATFORM_EDGE_PORT": "0",
+                "XPLATFORM_JWT_ISSUER": ISSUER, "XPLATFORM_JWT_AUDIENCE": AUDIENCE,
                 "XPLATFORM_LOG_LEVEL": "INFO", **store}
 
     def start(self, kind: str, node_id: str, timeout: float = 30.0, supervised: bool = False, **env: str) -> ClusterProcess:

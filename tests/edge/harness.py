@@ -126,8 +126,11 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     jwks_file.write_text(json.dumps(jwks_of(RSA_KEY, KID)))
     settings = Settings(store="sqlite", data_dir=str(tmp_path / "data"), ask_timeout_s=5.0)
     platform = build_platform(settings, entities=(Room, Lot, Bidder))
+    device_secret = tmp_path / "device.secret"
+    device_secret.write_bytes(os.urandom(32).hex().encode())
     values: dict[str, Any] = dict(port=0, jwt_jwks_file=str(jwks_file), jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
-                                  heartbeat_s=30.0, close_timeout_s=0.5, jwks_refetch_s=0.2)
+                                  heartbeat_s=30.0, close_timeout_s=0.5, jwks_refetch_s=0.2,
+                                  device_secret_file=str(device_secret))
     values.update(overrides)
     config = EdgeConfig(**values)
     app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
@@ -149,6 +152,21 @@ def run_edge(tmp_path: Path, scenario: Callable[[Edge], Awaitable[None]], **over
             await asyncio.wait_for(scenario(edge), 20)
 
     asyncio.run(main())
+
+
+def assert_untouched(edge: Edge) -> None:
+    """Nothing reached the entity: not activated, nothing stored (a refusal before the 101)."""
+    assert edge.entity() is None, "the entity was activated by a refused request"
+    assert edge.event_types() == []
+
+
+async def still_serving(edge: Edge) -> None:
+    """A normal client still connects and gets a message applied."""
+    client = await edge.client("ann")
+    try:
+        assert (await client.request({"type": "set", "value": 1})).ok
+    finally:
+        await client.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> Any:

@@ -40,7 +40,7 @@ def test_device_push_is_answered_with_the_durable_reply(tmp_path: Path) -> None:
         assert status == 200 and body == {"message_id": "dev-m1", "ok": True, "payload": 4}
         assert edge.event_types() == ["ConnectionAccepted", "Set"]
         claims = next(iter(edge.entity().live_connections().values()))
-        assert claims == {"sub": "sensor-1", "role": "member", "device_class": "member", "auth": "network"}
+        assert claims == {"sub": "device:member:sensor-1", "role": "member", "device_class": "member", "auth": "network"}
         status, body = await _post(edge, {"message_id": "dev-m1", "payload": {"type": "set", "value": 4}})
         assert status == 200 and len(edge.event_types()) == 2  # same ID: applied once
         status, body = await _post(edge, {"message_id": "dev-m2", "payload": {"type": "nope"}},

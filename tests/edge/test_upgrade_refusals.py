@@ -11,35 +11,25 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from edge.config import DEV_AUDIENCE, DEV_ISSUER
 from tests.edge.harness import (
     AUDIENCE,
     ISSUER,
     KID,
     ROOM,
     Edge,
+    assert_untouched,
     forge,
     good_claims,
     new_cid,
     public_pem,
     run_edge,
+    still_serving,
     token,
 )
 
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PATH = f"/ws/{ROOM.category}/{ROOM.entity_id}"
-
-
-def _assert_untouched(edge: Edge) -> None:
-    assert edge.entity() is None, "the entity was activated by a refused upgrade"
-    assert edge.event_types() == []
-
-
-async def _still_serving(edge: Edge) -> None:
-    client = await edge.client("ann")
-    try:
-        assert (await client.request({"type": "set", "value": 1})).ok
-    finally:
-        await client.close()
 
 
 TOKENS: dict[str, Any] = {
@@ -69,8 +59,8 @@ def test_bad_token_gets_401_before_any_upgrade_and_changes_nothing(tmp_path: Pat
         assert status == 401 and body["error"] == EXPECTED_REASON[case]
         assert bad is None or bad not in str(body)  # the token is never echoed
         assert edge.metric("xplatform_edge_auth_failures_total", {"reason": EXPECTED_REASON[case]}) == 1
-        _assert_untouched(edge)
-        await _still_serving(edge)
+        assert_untouched(edge)
+        await still_serving(edge)
 
     run_edge(tmp_path, scenario)
 
@@ -79,7 +69,7 @@ def test_bad_token_in_the_subprotocol_is_refused_too(tmp_path: Path) -> None:
     async def scenario(edge: Edge) -> None:
         status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", protocols=f"xplatform.v1, bearer.{token(ttl=-60)}")
         assert status == 401 and body["error"] == "expired"
-        _assert_untouched(edge)
+        assert_untouched(edge)
 
     run_edge(tmp_path, scenario)
 
@@ -106,8 +96,8 @@ def test_origin_allow_list(tmp_path: Path, origin: str, allowed: bool) -> None:
         status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {token()}",
                                                                      "Origin": origin})
         assert status == 403 and body["error"] == "origin_not_allowed"
-        _assert_untouched(edge)
-        await _still_serving(edge)
+        assert_untouched(edge)
+        await still_serving(edge)
 
     run_edge(tmp_path, scenario, allowed_origins=("https://app.test",))
 
@@ -136,17 +126,24 @@ def test_bad_address_connection_id_or_subprotocol(tmp_path: Path, path: str, pro
     async def scenario(edge: Edge) -> None:
         got, body = await edge.upgrade(path, {"Authorization": f"Bearer {token()}"}, protocols=protocols)
         assert (got, body["error"]) == (status, error)
-        _assert_untouched(edge)
+        assert_untouched(edge)
 
     run_edge(tmp_path, scenario)
 
 
-def test_audience_and_issuer_are_not_required_when_not_configured(tmp_path: Path) -> None:
+def test_a_token_minted_for_another_application_is_refused_even_in_dev_mode(tmp_path: Path) -> None:
+    """Without configured iss/aud an edge with dev tokens checks the dev issuer's own
+    ('xplatform-dev'); tokens the identity provider minted for other applications fail."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(token=token(aud="anything", iss="anyone"))
+        for tok, error in ((token(aud="another-app", iss=DEV_ISSUER), "wrong_audience"),
+                           (token(aud=DEV_AUDIENCE, iss="https://idp.test"), "wrong_issuer")):
+            status, body = await edge.upgrade(f"{PATH}?cid={new_cid()}", {"Authorization": f"Bearer {tok}"})
+            assert (status, body["error"]) == (401, error)
+        assert_untouched(edge)
+        client = await edge.client(token=token(aud=DEV_AUDIENCE, iss=DEV_ISSUER))
         await client.close()
 
-    run_edge(tmp_path, scenario, jwt_issuer="", jwt_audience="")
+    run_edge(tmp_path, scenario, jwt_issuer="", jwt_audience="", dev_tokens=True)
 
 
 def test_issuer_and_audience_constants_are_what_the_harness_signs() -> None:

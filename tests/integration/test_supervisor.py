@@ -79,7 +79,7 @@ def test_kill_9_of_a_supervised_node_fails_over_before_its_long_session_could_ex
         load.check_stored(journal, more_than=10)
     finally:
         journal.close()
-    edge_metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    edge_metrics = urllib.request.urlopen(cluster.processes["edge-1"].metrics_url, timeout=10).read().decode()
     assert 'xplatform_cluster_lane_queue_messages{lane="default",side="client"}' in edge_metrics  # links to nodes
     assert 'xplatform_cluster_ownership_state{state="serving"} 1.0' in edge_metrics  # its ZooKeeper session
     # SIGTERM to the supervisor: the child drains and leaves, the supervisor exits 0.

@@ -13,16 +13,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import jwt
 import msgpack
 
 from edge.client import Client, connect
 from infrastructure.persistence import RecorderJournal
-from tests.support.cluster import HS256_SECRET
-
-
-def token(sub: str, role: str) -> str:
-    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 600}, HS256_SECRET, algorithm="HS256")
+from tests.support.cluster import cluster_token as token
 
 
 @dataclass

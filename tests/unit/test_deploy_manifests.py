@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from edge.config import EdgeConfig
 from infrastructure.cli import main as xplatform
 from infrastructure.settings import Settings
 
@@ -48,7 +49,7 @@ def cli_commands() -> set[str]:
     return set(re.search(r"\{([a-z,-]+)\}", out.getvalue()).group(1).split(","))  # type: ignore[union-attr]
 
 
-def check_platform_env(env: dict[str, str]) -> None:
+def check_platform_env(env: dict[str, str]) -> Settings:
     """Every XPLATFORM_* name is a real setting and the values make valid Settings."""
     names = {k for k in env if k.startswith("XPLATFORM_")}
     assert names <= SETTINGS_FIELDS, names - SETTINGS_FIELDS
@@ -56,6 +57,15 @@ def check_platform_env(env: dict[str, str]) -> None:
     filled["XPLATFORM_EVENTSTOREDB_TLS_CA_FILE"] = __file__  # mounted from a secret there; any file here
     settings = Settings.from_env(filled)
     assert settings.store == "eventstoredb"
+    return settings
+
+
+def check_edge_env(settings: Settings) -> None:
+    """What `xplatform edge` builds from these settings starts (iss/aud set) and keeps
+    /metrics off the public port."""
+    config = EdgeConfig.from_settings(settings, dev_tokens=False)
+    assert config.jwt_issuer and config.jwt_audience
+    assert config.metrics_port != config.port
 
 
 # ---------------------------------------------------------------------------- kubernetes
@@ -117,14 +127,19 @@ def test_platform_process_uses_real_settings_and_commands() -> None:
     edge = by_kind("Deployment")["xplatform-edge"]
     for workload, command in ((state, "state-node"), (edge, "edge")):
         [container] = workload["spec"]["template"]["spec"]["containers"]
-        check_platform_env({**config, **env_of(container)})
+        settings = check_platform_env({**config, **env_of(container)})
         assert container["args"][0] == command and command in cli_commands()
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == settings.metrics_port and settings.metrics_host == "0.0.0.0"  # pod network
+        if command == "edge":
+            check_edge_env(settings)
     assert state["spec"]["replicas"] == 3 and state["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     [node] = state["spec"]["template"]["spec"]["containers"]
     advertised = {e["name"]: e for e in node["env"]}["XPLATFORM_TRANSPORT_HOST"]
     assert advertised["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"  # peers reach the pod, not 0.0.0.0
     service = by_kind("Service")["xplatform-edge"]
     assert service["spec"]["selector"].items() <= edge["spec"]["template"]["metadata"]["labels"].items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {8080}  # metrics are not published
 
 
 def test_cluster_secrets_are_mounted_files_and_edges_never_get_the_state_secret() -> None:
@@ -185,8 +200,11 @@ def test_compose_topology_is_consistent() -> None:
                           ("edge-2", "edge")):
         platform = services[name]
         assert "secrets.env" in platform["env_file"]  # the password comes from there, never inline
-        check_platform_env({**platform["environment"], "XPLATFORM_EVENTSTOREDB_PASSWORD": None})
+        settings = check_platform_env({**platform["environment"], "XPLATFORM_EVENTSTOREDB_PASSWORD": None})
         assert platform["command"][0] == command and command in cli_commands()
+        if command == "edge":
+            check_edge_env(settings)
+            assert all(str(settings.metrics_port) not in published for published in platform["ports"])
     assert services["state-node-2"]["environment"]["XPLATFORM_TRANSPORT_HOST"] == "state-node-2"
     uri = services["state-node-1"]["environment"]["XPLATFORM_EVENTSTOREDB_URI"]
     assert {t.split(":")[0] for t in uri.split("://")[1].split(",")} == set(nodes)
