@@ -258,7 +258,7 @@ def test_the_socket_cap_must_be_below_the_open_file_limit() -> None:
     assert nofile is not None
     with pytest.raises(EdgeConfigurationError, match="open-file limit"):
         EdgeConfig(max_sockets=nofile)
-    assert 0 < EdgeConfig().socket_cap < nofile and EdgeConfig(max_sockets=100).socket_cap == 100
+    assert 0 < EdgeConfig(dev_tokens=True).socket_cap < nofile and EdgeConfig(dev_tokens=True, max_sockets=100).socket_cap == 100
 
 
 class _Clock:
@@ -319,6 +319,6 @@ def test_an_edge_raises_its_soft_open_file_limit_to_the_hard_one() -> None:
               "from edge.sockets import raise_open_file_limit\n"
               "from edge.config import EdgeConfig\n"
               "raised = raise_open_file_limit()\n"
-              "print(raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, EdgeConfig().socket_cap == int(hard * 0.8))\n")
+              "print(raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, EdgeConfig(dev_tokens=True).socket_cap == int(hard * 0.8))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"], out

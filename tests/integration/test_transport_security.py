@@ -359,7 +359,8 @@ def test_a_clustered_process_without_its_secrets_does_not_start(tmp_path: Path) 
         ClusteredStateNode(base.with_(cluster_secret_file=str(short)))
     with pytest.raises(ConfigurationError, match="same secret"):
         ClusteredStateNode(base.with_(cluster_secret_file=str(cluster_secrets.edge)))
-    edge_settings = base.with_(cluster_secret_file="", jwt_hs256_secret="x" * 40)  # an edge needs no state secret
+    edge_settings = base.with_(cluster_secret_file="", jwt_hs256_secret="x" * 40,  # an edge needs no state secret
+                              jwt_issuer="https://idp.test/", jwt_audience="xplatform")
     assert ClusteredEdge(edge_settings, ["Lot"]).client.auth.keys.keys() == {"edge"}
     with pytest.raises(ConfigurationError, match="XPLATFORM_CLUSTER_EDGE_SECRET_FILE"):
         ClusteredEdge(edge_settings.with_(cluster_edge_secret_file=""), ["Lot"])
