@@ -32,6 +32,11 @@ CONNECTIONS = "tests/edge/test_connections.py"
 BAD_FRAMES = "tests/edge/test_bad_frames.py"
 REFUSALS = "tests/edge/test_upgrade_refusals.py"
 CONTRACT = "tests/contract/test_journal_contract.py"
+LIMITS = "tests/edge/test_limits.py"
+TRUST = "tests/edge/test_trust.py"
+IDEMPOTENCY = "tests/unit/test_idempotency.py"
+STORED = "tests/unit/test_what_is_stored.py"
+TRANSPORT = "tests/integration/test_transport_security.py"
 
 MUTATIONS: list[Mutation] = [
     # ------------------------------------------------------------ nothing heard before it is durable
@@ -103,26 +108,27 @@ MUTATIONS: list[Mutation] = [
     # ------------------------------------------------------------ idempotent by message ID
     Mutation(
         "dedup-off", "idempotent-dedup", "domain/dispatch.py",
-        old="""    seen = entity.seen_reply(message_id)""",
-        new="""    seen = None""",
+        old="""        seen = entity.seen_reply(sender, message_id)""",
+        new="""        seen = None""",
         tests=(f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]",
                f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]"),
     ),
     Mutation(
         "window-not-in-snapshots", "idempotent-snapshot", "domain/entity.py",
-        old="""        for name in ("_id", "_version", "_pending_events"):""",
-        new="""        for name in ("_id", "_version", "_pending_events", "_seen"):""",
+        old="""        for name in ("_id", "_version", *RESIDENT_ONLY):""",
+        new="""        for name in ("_id", "_version", "_seen", *RESIDENT_ONLY):""",
         tests=(f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]",),
     ),
     Mutation(
         "tell-ids-not-derived", "idempotent-derived-ids", "domain/context.py",
-        old="""f"{self.message_id}/{self._tells}\"""",
-        new="""f"{id(self)}/{self._tells}\"""",
-        tests=(f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]",),
+        old="""f"{self.sender_key or NO_SENDER}{self.message_id}/{self._tells}\"""",
+        new="""f"{__import__('uuid').uuid4()}/{self._tells}\"""",  # fresh each handling (id(self) can repeat)
+        tests=(f"{IDEMPOTENCY}::test_what_a_message_sends_derives_its_ids_from_that_message",
+               f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]"),
     ),
     Mutation(
         "refusals-forgotten", "idempotent-refusals", "domain/dispatch.py",
-        old="""        entity._xp_remember(message.message_id, reply.to_record())
+        old="""        entity._xp_refuse(sender, message.message_id, reply.to_record())
     return Outcome""",
         new="""        pass
     return Outcome""",
@@ -285,7 +291,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "entity-lets-cid-change-user", "connection-id-owner", "domain/dispatch.py",
-        old="""    if known is not None and known[0].get("sub") != m.claims.get("sub"):""",
+        old="""    if known is not None and known[0].get("sub") != sub:""",
         new="""    if False:""",
         tests=(f"{BAD_FRAMES}::test_connection_id_in_grace_period_cannot_be_taken_by_another_user",
                f"{SANDBOX}::test_connection_id_reused_by_another_user_is_refused[memory]"),
@@ -317,8 +323,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "no-rate-limit", "rate-limit", "edge/connection.py",
-        old="""                if not self._bucket.take():""",
-        new="""                if False:""",
+        old="""            if not bucket.take():""",
+        new="""            if False:""",
         tests=(f"{BAD_FRAMES}::test_flood_over_the_rate_limit_closes_1008",),
     ),
     # ------------------------------------------------------------ edge: what reaches whom
@@ -335,10 +341,16 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{CONNECTIONS}::test_coalescing_many_updates_give_fewer_frames_and_the_last_one_wins",),
     ),
     Mutation(
-        "send-queue-unbounded", "slow-consumer", "edge/connection.py",
-        old="""        if len(self._queue) >= self.edge.config.send_queue_frames and not force:""",
+        "slow-consumer-never-closed", "slow-consumer", "edge/connection.py",
+        old="""        if self._drains == drains and drained <= 0:""",
         new="""        if False:""",
         tests=(f"{CONNECTIONS}::test_slow_consumer_is_closed_1013_while_another_keeps_receiving",),
+    ),
+    Mutation(
+        "replies-dropped-for-a-full-queue", "slow-consumer", "edge/connection.py",
+        old="""            if droppable and not force:""",
+        new="""            if not force:""",
+        tests=(f"{LIMITS}::test_a_client_that_stops_reading_loses_pushes_never_its_replies",),
     ),
     Mutation(
         "shedding-off", "shedding", "edge/connection.py",
@@ -357,5 +369,122 @@ MUTATIONS: list[Mutation] = [
         old="""            if address.version == network.version and address in network:""",
         new="""            if True:""",
         tests=("tests/edge/test_internal.py::test_address_outside_the_device_networks_is_refused_and_nothing_changes",),
+    ),
+    # ------------------------------------------------------------ idempotency per sender (issue 9)
+    Mutation(
+        "senders-collapsed", "idempotent-per-sender", "domain/dispatch.py",
+        old="""        return client_sender(sub) if isinstance(sub, str) and sub else connection_sender(message.connection_id)""",
+        new='        return "c0:"',
+        tests=(f"{IDEMPOTENCY}::test_reusing_another_users_message_id_neither_reads_his_reply_nor_drops_the_message",
+               f"{IDEMPOTENCY}::test_a_refusal_does_not_pre_empt_another_users_message_with_the_same_id",
+               f"{RUNTIME}::test_idempotency_is_per_sender_through_the_store"),
+    ),
+    Mutation(
+        "per-sender-bound-off", "idempotent-per-sender", "domain/idempotency.py",
+        old="""        if n > per_sender:""",
+        new="""        if False:""",
+        tests=(f"{IDEMPOTENCY}::test_another_senders_volume_does_not_evict_a_victims_id",),
+    ),
+    Mutation(
+        "refusals-in-the-durable-window", "idempotent-refusals", "domain/dispatch.py",
+        old="""        entity._xp_refuse(sender, message.message_id, reply.to_record())""",
+        new="""        entity._xp_remember(sender, message.message_id, reply.to_record())""",
+        tests=(f"{IDEMPOTENCY}::test_another_senders_refusals_do_not_evict_a_victims_id",
+               f"{IDEMPOTENCY}::test_refusals_are_remembered_only_while_resident"),
+    ),
+    # ------------------------------------------------------------ what is stored (issue 9)
+    Mutation(
+        "every-claim-stored", "stored-claims", "domain/entity.py",
+        old="""        kept = {name: claims[name] for name in ("sub", *self.STORED_CLAIMS) if name in claims}  # sub: always""",
+        new="""        kept = dict(claims)""",
+        tests=(f"{STORED}::test_only_the_categorys_claims_are_stored",),
+    ),
+    Mutation(
+        "any-connect-creates", "create-by-connect", "domain/dispatch.py",
+        old="""    if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):""",
+        new="""    if False:""",
+        tests=(f"{STORED}::test_a_viewer_cannot_create_a_lot_by_connecting",),
+    ),
+    Mutation(
+        "client-values-unchecked", "bad-input", "domain/entity.py",
+        old="""            if name in data and not test(data[name]):""",
+        new="""            if False:""",
+        tests=(f"{STORED}::test_non_finite_or_wrongly_typed_values_are_refused_and_nothing_is_stored",),
+    ),
+    # ------------------------------------------------------------ cluster transport (issue 9)
+    Mutation(
+        "link-proof-unchecked", "transport-auth", "infrastructure/transport/auth.py",
+        old="""        if not hmac.compare_digest(expected, proof):""",
+        new="""        if False:""",
+        tests=(f"{TRANSPORT}::test_a_forged_edge_is_refused_and_nothing_it_sends_is_stored",
+               f"{TRANSPORT}::test_a_wrong_secret_is_refused_and_the_right_one_works"),
+    ),
+    Mutation(
+        "edge-sends-entity-messages", "transport-roles", "infrastructure/transport/server.py",
+        old="""            return None if isinstance(message, CLIENT_TRAFFIC) else ("entity_message_from_edge", False)""",
+        new="""            return None""",
+        tests=(f"{TRANSPORT}::test_an_edge_may_not_send_entity_messages",),
+    ),
+    Mutation(
+        "sender-owner-unchecked", "transport-roles", "infrastructure/transport/server.py",
+        old="""        if self.owner_of(message.sender) != link.peer:""",
+        new="""        if False:""",
+        tests=(f"{TRANSPORT}::test_entity_messages_only_from_the_node_owning_the_sender",),
+    ),
+    Mutation(
+        "zookeeper-open-acl", "zookeeper-acl", "infrastructure/cluster/zookeeper.py",
+        old="""        return {"auth_data": [("digest", f"{self.user}:{self.password}")], "default_acl": self.acl}""",
+        new="""        return {"auth_data": [("digest", f"{self.user}:{self.password}")]}""",
+        tests=(f"{TRANSPORT}::test_zookeeper_without_the_credentials_can_neither_read_nor_write",),
+    ),
+    # ------------------------------------------------------------ no answer from a stale copy (issue 9)
+    Mutation(
+        "stale-epoch-copy-served", "stale-copy", "infrastructure/runtime/node.py",
+        old="""            if cell.entity is not None and cell.entity.owner_epoch != self.ownership.epoch(to):""",
+        new="""            if False:""",
+        tests=(f"{TAKEOVER}::test_an_owner_that_gets_the_shard_back_answers_from_the_store_not_its_old_copy",),
+    ),
+    Mutation(
+        "lost-shard-kept-resident", "stale-copy", "infrastructure/cluster/state_node.py",
+        old="""        if moved:""",
+        new="""        if False:""",
+        tests=("tests/integration/test_cluster_nodes.py::test_a_shard_that_comes_back_is_served_from_the_store_not_from_the_old_copy",),
+    ),
+    Mutation(
+        "reconnect-leaves-lease-stale", "fencing-reconnect", "infrastructure/cluster/zookeeper.py",
+        old="""            self.ownership.renew(self._vouched_until(asked))""",
+        new="""            pass""",
+        tests=("tests/integration/test_cluster_zookeeper.py::test_suspended_session_fences_every_shard_until_reconnected",),
+    ),
+    # ------------------------------------------------------------ edge limits and trust (issue 9)
+    Mutation(
+        "connection-caps-off", "connection-caps", "edge/limits.py",
+        old="""            if table.full(key):""",
+        new="""            if False:""",
+        tests=(f"{LIMITS}::test_connections_per_user_are_capped_before_the_upgrade",),
+    ),
+    Mutation(
+        "no-handshake-deadline", "handshake-deadline", "edge/sockets.py",
+        old="""        proto.deadline = asyncio.get_running_loop().call_later(self.handshake_timeout_s, self._expire, proto)""",
+        new="""        proto.deadline = None""",
+        tests=(f"{LIMITS}::test_half_open_sockets_are_closed_after_the_handshake_deadline",),
+    ),
+    Mutation(
+        "iss-aud-optional", "token-issuer-audience", "edge/config.py",
+        old="""            if missing:""",
+        new="""            if False:""",
+        tests=("tests/unit/test_edge_trust_settings.py::test_an_edge_without_issuer_and_audience_does_not_start",),
+    ),
+    Mutation(
+        "dev-token-any-host", "dev-tokens", "edge/app.py",
+        old="""    return is_loopback(name) or (config.dev_tokens_on_network and is_ip_literal(name))""",
+        new="""    return True""",
+        tests=(f"{TRUST}::test_dev_tokens_are_served_to_loopback_host_names_only",),
+    ),
+    Mutation(
+        "device-claims-a-user", "device-identity", "edge/internal.py",
+        old="""        claims = {"sub": f"{DEVICE_SUB_PREFIX}{device_class}:{device}", "role": device_class,""",
+        new="""        claims = {"sub": device, "role": device_class,""",
+        tests=(f"{TRUST}::test_a_device_named_like_a_user_does_not_act_as_that_user",),
     ),
 ]

@@ -143,3 +143,18 @@ def test_window_keys_of_different_senders_never_meet() -> None:
     keys = [client_sender("ab") + "c", client_sender("a") + "bc", lot + "1", client_sender(lot) + "1",
             TIMERS + "x", STANDARD + "x", client_sender("t0:") + "x", client_sender("") + "c2:abc"]
     assert len(set(keys)) == len(keys)
+
+
+def test_what_a_message_sends_derives_its_ids_from_that_message() -> None:
+    """The same message, handled anew (a retry the entity no longer remembers, e.g. a refusal
+    after passivation), sends the same IDs: the receiver then deduplicates the retry's
+    messages. Two fresh sandboxes stand for the two handlings."""
+    def sent_ids() -> list[str]:
+        kit = opened_lot()
+        kit.connect(LOT, "c-bob", BOB)
+        bid = kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-7")
+        assert bid.ok and bid.tells
+        return [tell.message_id for tell in bid.tells]
+
+    first, again = sent_ids(), sent_ids()
+    assert first == again and all("bid-7" in mid for mid in first)
