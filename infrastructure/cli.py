@@ -34,7 +34,7 @@ from domain.effects import Send, Terminate
 from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.errors import InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
-from infrastructure.settings import Settings
+from infrastructure.settings import SAMPLE_ENTITIES, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
             asyncio.run(serve_state_node(settings))
         elif args.command == "edge":
-            from domain.auction import ENTITIES
             from edge.cluster import serve_cluster_edge
+            from infrastructure.runtime.entity_modules import entity_types_from
 
             if args.port is not None:
                 settings = settings.with_(edge_port=args.port)
-            asyncio.run(serve_cluster_edge(settings, [e.CATEGORY for e in ENTITIES]))
+            asyncio.run(serve_cluster_edge(settings, entity_types_from(settings).categories))
         elif args.command == "status":
             from ops.status import print_status
 
@@ -149,7 +149,7 @@ def _short(value: Any) -> str:
 
 
 async def _demo(settings: Settings, lot_id: str) -> None:
-    platform = build_platform(settings)
+    platform = build_platform(settings.with_(entities=SAMPLE_ENTITIES))  # it drives the sample, whatever is set
     async with platform:
         platform.transport.subscribe(_Printer())
         where = settings.sqlite_path if settings.store == "sqlite" else settings.store
