@@ -28,7 +28,7 @@ import inspect
 import math
 import typing
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgpack
@@ -293,7 +293,7 @@ class Entity(BaseAggregate[str]):
     def blank(cls, entity_id: str) -> Entity:
         """The entity before its first event: version 0, state from ``initialise()``."""
         entity = cls.__new__(cls)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         entity.__base_init__(EntityRef(cls.CATEGORY, entity_id).stream_id, cls.INITIAL_VERSION - 1, now)
         # Kept small on purpose (1M+ small entities must fit): timers and the idempotency
         # window are created on first use; a connection record is [claims, live].

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import msgpack
@@ -260,6 +261,6 @@ def _result(ref: EntityRef, message: Inbound, outcome: Outcome) -> Result:
 
 
 def _event_time(now: float) -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(now, timezone.utc)
+    return datetime.fromtimestamp(now, UTC)

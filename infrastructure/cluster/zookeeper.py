@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.retry import KazooRetry
 from kazoo.exceptions import BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
+from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_acl, make_digest_acl
 
 from domain.refs import EntityRef

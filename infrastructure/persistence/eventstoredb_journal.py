@@ -55,8 +55,7 @@ from typing import TypeVar
 
 import grpc
 from eventsourcing.persistence import InfrastructureFactory, StoredEvent
-from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamState
-from kurrentdbclient import exceptions as kdb
+from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamState, exceptions as kdb
 from kurrentdbclient.common import handle_rpc_error
 from kurrentdbclient.connection_spec import grpc_target
 from kurrentdbclient.protos.v1 import shared_pb2, streams_pb2
