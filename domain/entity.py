@@ -264,6 +264,12 @@ class Entity(BaseAggregate[str]):
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
+    if TYPE_CHECKING:  # set per instance by blank() and the events; declared for the type checker only
+        # (a class-level annotation would become an aggregate field to eventsourcing)
+        _connections: dict[str, list[Any]]  # connection ID -> [kept claims, live, session]
+        _timers: dict[str, list[Any]] | None  # key -> [due, handler name, data]; None: no timer yet
+        _seen: ReplyWindow | None  # outcomes of processed messages; None: none yet
+
     _live: int = -1
     """Live connections, kept by the connection events (so replay keeps it right); -1 (the
     class default: nothing stored per small entity) means "count them on first ask"."""

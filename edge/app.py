@@ -186,7 +186,7 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
 
 
 async def listen_public(runner: web.AppRunner, app: web.Application, host: str, port: int,
-                        backlog: int = 128) -> asyncio.AbstractServer:
+                        backlog: int = 128) -> asyncio.Server:
     """Listen for ``app`` (set up in ``runner``) behind its public edge's socket guard (the
     socket cap and handshake deadline, :mod:`edge.sockets`). Close it before ``runner.cleanup()``."""
     edge = app[EDGE_KEY]

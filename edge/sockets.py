@@ -224,7 +224,7 @@ def raise_open_file_limit() -> int | None:
 
 
 async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, port: int, backlog: int = 128,
-                 on_accept_error: Callable[[], None] | None = None) -> asyncio.AbstractServer:
+                 on_accept_error: Callable[[], None] | None = None) -> asyncio.Server:
     """Serve ``runner``'s application on ``host:port`` behind ``guard`` (None: unguarded),
     with accept errors rate limited on this loop. Close the returned server before
     ``runner.cleanup()``. Raises :class:`~edge.errors.AddressInUse` when the address is taken."""

@@ -31,6 +31,7 @@ import msgpack
 
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
+from domain.entity import Entity
 from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.errors import InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
@@ -143,6 +144,11 @@ class _Printer:
             print(f"  -> terminate {effect.connection_id} of {source}: {effect.reason}")
 
 
+def _view(entity: Entity | None) -> Any:
+    """The sample's entities show themselves with ``view()``; the SDK's Entity does not promise one."""
+    return entity.view() if entity is not None and hasattr(entity, "view") else None
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) < 160 else text[:157] + "..."
@@ -174,10 +180,10 @@ async def _demo(settings: Settings, lot_id: str) -> None:
         await asyncio.sleep(0.1)
         await platform.node.drain()
         state = platform.node.resident(lot)
-        print(f"\nfinal state of {lot}: {_short(state.view() if state else None)}")
+        print(f"\nfinal state of {lot}: {_short(_view(state))}")
         for user in ("bob", "cat"):
             bidder = platform.node.resident(EntityRef("Bidder", user))
-            print(f"account of {user}: {_short(bidder.view() if bidder else None)}")
+            print(f"account of {user}: {_short(_view(bidder))}")
         print(f"\nevents stored for {lot}: {len(platform.journal.read(lot.stream_id))}"
               f" (see them: xplatform inspect Lot {lot_id})")
 

@@ -102,7 +102,7 @@ class ZooKeeperAuth:
 
 def zookeeper_client(hosts: str, auth: ZooKeeperAuth | None, **kwargs: object) -> KazooClient:
     """A kazoo client authenticated with ``auth`` (if any): one place that knows how."""
-    return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)  # type: ignore[arg-type]
+    return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)
 
 
 RECONNECT_FIRST_S = 0.1
