@@ -5,6 +5,8 @@
 #   bash ops/dev.sh test   install everything the test suite needs, then run the whole suite
 #   bash ops/dev.sh mutations  install the same, then the guarantee mutation check
 #                          (tests/mutations/run.py; map: tests/GUARANTEES.md)
+#   bash ops/dev.sh check  install the same Python extras, then the static checks: ruff, mypy
+#                          and the layering contracts (lint-imports; all configured in pyproject.toml)
 #   bash ops/dev.sh python print the Python the commands above use (creating the virtualenv)
 #
 # Installs are idempotent: Debian packages via apt-get (as root, or with sudo); Python
@@ -62,7 +64,7 @@ install_python() {  # $1: extras, e.g. "test,load"; empty for the runtime only
 }
 
 case "${1:-}" in
-  run|test|mutations|python) select_python ;;
+  run|test|mutations|check|python) select_python ;;
 esac
 
 case "${1:-}" in
@@ -80,6 +82,13 @@ case "${1:-}" in
     shift
     exec "$PYTHON" -m pytest -q "$@"
     ;;
+  check)
+    install_python test,load
+    scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    "$PYTHON" -m ruff check .
+    "$PYTHON" -m mypy
+    "$scripts/lint-imports" --no-cache
+    ;;
   mutations)
     install_debian
     install_python test,load
@@ -87,7 +96,7 @@ case "${1:-}" in
     exec "$PYTHON" -m tests.mutations.run "$@"
     ;;
   *)
-    echo "usage: bash ops/dev.sh run|test|mutations|python [args]" >&2
+    echo "usage: bash ops/dev.sh run|test|mutations|check|python [args]" >&2
     exit 64
     ;;
 esac
