@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.support.xplatform_run import served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,25 +61,8 @@ def _env(tmp_path: Path, entities: str) -> dict[str, str]:
 
 
 def test_run_serves_an_entity_module_named_by_the_setting(tmp_path: Path) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"], cwd=tmp_path,
-                              env=_env(tmp_path, "xp_notes:ENTITIES"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        url = ""
-        while not url:
-            line = server.stdout.readline() if server.stdout else ""
-            if not line and server.poll() is not None:
-                break
-            found = re.search(r"serving on (http://\S+/)", line)
-            url = found.group(1) if found else ""
-        assert url, server.stderr.read() if server.stderr else "no URL printed"
+    with served(tmp_path, _env(tmp_path, "xp_notes:ENTITIES")) as url:
         asyncio.run(_write_a_note(url))
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=60) == 0, server.stderr.read() if server.stderr else ""
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 async def _write_a_note(url: str) -> None:
