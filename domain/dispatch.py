@@ -17,6 +17,7 @@ a duplicate of one of its processed IDs gets the original reply and changes noth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ class Outcome:
     schedule changed (the runtime re-arms them from ``entity.timers()``)."""
 
     reply: Reply
-    events: list[Any] = field(default_factory=list)
+    events: Sequence[Any] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     timers_armed: list[str] = field(default_factory=list)
     timers_disarmed: list[str] = field(default_factory=list)

@@ -28,7 +28,7 @@ import inspect
 import math
 import typing
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgpack
@@ -264,6 +264,12 @@ class Entity(BaseAggregate[str]):
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
+    if TYPE_CHECKING:  # set per instance by blank() and the events; declared for the type checker only
+        # (a class-level annotation would become an aggregate field to eventsourcing)
+        _connections: dict[str, list[Any]]  # connection ID -> [kept claims, live, session]
+        _timers: dict[str, list[Any]] | None  # key -> [due, handler name, data]; None: no timer yet
+        _seen: ReplyWindow | None  # outcomes of processed messages; None: none yet
+
     _live: int = -1
     """Live connections, kept by the connection events (so replay keeps it right); -1 (the
     class default: nothing stored per small entity) means "count them on first ask"."""
@@ -293,7 +299,7 @@ class Entity(BaseAggregate[str]):
     def blank(cls, entity_id: str) -> Entity:
         """The entity before its first event: version 0, state from ``initialise()``."""
         entity = cls.__new__(cls)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         entity.__base_init__(EntityRef(cls.CATEGORY, entity_id).stream_id, cls.INITIAL_VERSION - 1, now)
         # Kept small on purpose (1M+ small entities must fit): timers and the idempotency
         # window are created on first use; a connection record is [claims, live].

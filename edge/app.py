@@ -166,7 +166,11 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
     listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
     await runner.setup()
-    server = await listen_public(runner, app, config.host, config.port)
+    try:
+        server = await listen_public(runner, app, config.host, config.port)
+    except BaseException:
+        await runner.cleanup()  # the platform started with the app: stop it, close its journal
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -182,7 +186,7 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
 
 
 async def listen_public(runner: web.AppRunner, app: web.Application, host: str, port: int,
-                        backlog: int = 128) -> asyncio.AbstractServer:
+                        backlog: int = 128) -> asyncio.Server:
     """Listen for ``app`` (set up in ``runner``) behind its public edge's socket guard (the
     socket cap and handshake deadline, :mod:`edge.sockets`). Close it before ``runner.cleanup()``."""
     edge = app[EDGE_KEY]

@@ -2,8 +2,8 @@
 transport is the network client, routed by the shard map from ZooKeeper.
 
 The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
-only from members that prove they hold the edge secret: infrastructure/transport/auth.py), watches the shard map, and tells each owning node which entities it
-holds connections for (the registry's first/last-connection hooks), again whenever the
+only from members that prove they hold the edge secret: infrastructure/transport/auth.py), watches the shard
+map, and tells each owning node which entities it holds connections for (the registry's first/last-connection hooks), again whenever the
 map moves an entity. Shutdown closes every socket with 1001 GOING_AWAY: clients reconnect,
 with the same connection ID, to another edge.
 """

@@ -23,6 +23,11 @@ class EdgeConfigurationError(EdgeError, ConfigurationError):
     reports it like any other bad setting (exit 2, the message names the variables)."""
 
 
+class AddressInUse(EdgeConfigurationError):
+    """Raised at start when the edge's listen address is held by another process (often a
+    second ``xplatform run``). The message names the address and the way out (``--port``)."""
+
+
 class AuthError(EdgeError):
     """Raised when a token is refused. ``reason`` is one of :data:`AUTH_REASONS`; the text
     never contains the token."""

@@ -36,6 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.errors import AddressInUse
+
 log = logging.getLogger(__name__)
 
 ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
@@ -222,14 +224,21 @@ def raise_open_file_limit() -> int | None:
 
 
 async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, port: int, backlog: int = 128,
-                 on_accept_error: Callable[[], None] | None = None) -> asyncio.AbstractServer:
+                 on_accept_error: Callable[[], None] | None = None) -> asyncio.Server:
     """Serve ``runner``'s application on ``host:port`` behind ``guard`` (None: unguarded),
     with accept errors rate limited on this loop. Close the returned server before
-    ``runner.cleanup()``."""
+    ``runner.cleanup()``. Raises :class:`~edge.errors.AddressInUse` when the address is taken."""
     loop = asyncio.get_running_loop()
     if not isinstance(loop.get_exception_handler(), AcceptErrorLog):
         AcceptErrorLog.install(loop, on_error=on_accept_error)
     server = runner.server
     assert server is not None, "runner.setup() first"
     factory = guard.factory(server) if guard is not None else server
-    return await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+    try:
+        return await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise AddressInUse(f"cannot listen: {host}:{port} is already in use (another xplatform running?); "
+                           "stop that process or pick another port with --port N (or XPLATFORM_EDGE_PORT; "
+                           "0 = any free port)") from None

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from domain.auction import ENTITIES
 from domain.entity import Entity
 from infrastructure.gc_tuning import GcTuning
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence import EventJournal, new_mapper, open_journal
-from infrastructure.runtime import AllShards, EntityTypes, StateNode
+from infrastructure.runtime import AllShards, StateNode
+from infrastructure.runtime.entity_modules import entity_types_from
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
 from infrastructure.transport import LocalTransport
@@ -53,14 +53,17 @@ class Platform:
 
 def build_platform(
     settings: Settings | None = None,
-    entities: Iterable[type[Entity]] = ENTITIES,
+    entities: Iterable[type[Entity]] | None = None,
     journal: EventJournal | None = None,
     ownership: ShardOwnership | None = None,
     metrics: NodeMetrics | None = None,
 ) -> Platform:
-    """Wire a platform from ``settings`` (default: from ``XPLATFORM_*`` environment)."""
+    """Wire a platform from ``settings`` (default: from ``XPLATFORM_*`` environment).
+    ``entities``: the classes to serve (default: the ``XPLATFORM_ENTITIES`` setting's,
+    resolved before anything opens)."""
     settings = settings or Settings.from_env()
+    types = entity_types_from(settings, entities)
     journal = journal or open_journal(settings)
-    node = StateNode(EntityTypes(entities), journal, new_mapper(), settings, ownership or AllShards(), metrics)
+    node = StateNode(types, journal, new_mapper(), settings, ownership or AllShards(), metrics)
     transport = LocalTransport(node, settings.ask_timeout_s)
     return Platform(settings, journal, node, transport)

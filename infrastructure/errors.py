@@ -12,7 +12,10 @@ class ConfigurationError(InfrastructureError):
 
 
 class PersistenceError(InfrastructureError):
-    """Raised when the event store cannot be used (unreachable, failed, misconfigured)."""
+    """Raised when the event store cannot be used (unreachable, failed, misconfigured).
+    ``transient``: whether the same call may succeed later unchanged (see StoreError)."""
+
+    transient = False
 
 
 class ConcurrencyConflict(PersistenceError):

@@ -13,8 +13,8 @@ Two measured problems, two settings (``Settings.gc_gen0_threshold``, ``gc_reclai
 For 2, survivors of every collection of the older generations (1 and 2) join the permanent
 generation (``gc.freeze()``, as Instagram does after fork): full collections then scan only
 what came since, and take milliseconds (measured on the hot lot: none at all in 10 s, where
-there were 7-13 of up to 230 ms; freshness p99 140 ms -> 80-90 ms). The price: a cycle among frozen objects that becomes garbage later (e.g. a
-websocket closed after it was frozen) is not reclaimed until the objects are unfrozen. So
+there were 7-13 of up to 230 ms; freshness p99 140 ms -> 80-90 ms). The price: a cycle among frozen objects that becomes garbage
+later (e.g. a websocket closed after it was frozen) is not reclaimed until the objects are unfrozen. So
 the process unfreezes and runs one full collection on purpose (one long pause, visible in
 ``xplatform_gc_pause_seconds``), then freezes again, whenever the frozen objects grew by
 ``gc_reclaim_growth`` (measured: 1,000 websockets opened and closed leave ~30k objects in

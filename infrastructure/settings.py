@@ -16,6 +16,8 @@ from typing import Any
 from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
+SAMPLE_ENTITIES = "domain.auction:ENTITIES"
+"""The sample auction's topic: the default of ``entities`` and what ``xplatform demo`` drives."""
 
 
 def _setting(default: Any, why: str) -> Any:
@@ -26,6 +28,11 @@ def _setting(default: Any, why: str) -> Any:
 class Settings:
     """Platform settings. Each field's ``why`` metadata is the reason for its default."""
 
+    entities: str = _setting(SAMPLE_ENTITIES, "Comma-separated module:ATTRIBUTE topics of the entity classes "
+                             "this platform serves (an attribute: an Entity subclass or a list/tuple of them), "
+                             "read by every process (state nodes serve them, edges learn their categories). "
+                             "The sample auction by default, so the README's commands run as written; "
+                             "a wrong topic stops the process at start.")
     store: str = _setting("sqlite", "Embedded default: one file, no server to run. 'postgres' for "
                           "a shared server; 'memory' for tests and the sandbox; 'eventstoredb' for "
                           "production (EventStoreDB/KurrentDB cluster, see eventstoredb_uri).")

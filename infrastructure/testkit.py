@@ -23,8 +23,9 @@ other are delivered at once, in order, and their results are in ``Result.chain``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import msgpack
@@ -214,7 +215,7 @@ class Sandbox:
             self._known.add(ref)
         return entity
 
-    def _persist(self, ref: EntityRef, version_before: int, events: list[Any]) -> list[Any]:
+    def _persist(self, ref: EntityRef, version_before: int, events: Sequence[Any]) -> list[Any]:
         stored = tuple(map(self.mapper.to_stored_event, events))
         decoded = [self.mapper.to_domain_event(s) for s in stored]
         for original, copy in zip(events, decoded, strict=True):
@@ -260,6 +261,6 @@ def _result(ref: EntityRef, message: Inbound, outcome: Outcome) -> Result:
 
 
 def _event_time(now: float) -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(now, timezone.utc)
+    return datetime.fromtimestamp(now, UTC)

@@ -31,7 +31,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from edge.client import connect
 from loadtests.common import LoopLag
 from ops.local.cluster import cluster_token

@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from eventsourcing.domain import event
+
 from domain.context import Context
 from domain.entity import Entity, entity_message, timer
 from domain.errors import Rejected
 from domain.refs import EntityRef
-from eventsourcing.domain import event
 
 
 class Bidder(Entity):

@@ -26,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from eventsourcing.domain import event
+
 from domain.context import Context
 from domain.entity import Entity, client_message, entity_message
 from domain.errors import EntityNotFound, Rejected
 from domain.refs import EntityRef
-from eventsourcing.domain import event
 
 ROLES = ("auctioneer", "bidder", "viewer")
 

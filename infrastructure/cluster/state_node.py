@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Iterable
 
-from domain.auction import ENTITIES
 from domain.entity import Entity
 from domain.messages import EntityMessage
 from domain.refs import EntityRef
@@ -26,6 +25,7 @@ from infrastructure.cluster.ownership import Ownership
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator
 from infrastructure.metrics_http import MetricsListener
 from infrastructure.persistence import EventJournal
+from infrastructure.runtime.entity_modules import entity_types_from
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
 from infrastructure.transport import tls
@@ -58,15 +58,17 @@ class LocalFirstRouter:
 class ClusteredStateNode:
     """A state node in a cluster. ``async with`` runs it."""
 
-    def __init__(self, settings: Settings, entities: Iterable[type[Entity]] = ENTITIES,
+    def __init__(self, settings: Settings, entities: Iterable[type[Entity]] | None = None,
                  journal: EventJournal | None = None) -> None:
-        """``journal``: the event store (default: opened from ``settings``), as for
+        """``entities``: the classes to serve (default: the ``XPLATFORM_ENTITIES`` setting's);
+        ``journal``: the event store (default: opened from ``settings``), as for
         :func:`build_platform`; tests pass a wrapper to hold appends in flight."""
         self.settings = settings
+        types = entity_types_from(settings, entities)  # first: a wrong topic is named before anything else
         auth = link_auth_from(settings, "state")  # before anything starts: no secrets, no node
         zookeeper_auth = ZooKeeperAuth.from_settings(settings)
         self.ownership = Ownership(settings.node_id, settings.shards_per_category)
-        self.platform: Platform = build_platform(settings, entities=entities, journal=journal, ownership=self.ownership)
+        self.platform: Platform = build_platform(settings, entities=types, journal=journal, ownership=self.ownership)
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         categories = {c: settings.shards_per_category for c in self.platform.node.types.categories}
         self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.retry import KazooRetry
 from kazoo.exceptions import BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError
 from kazoo.recipe.election import Election
+from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_acl, make_digest_acl
 
 from domain.refs import EntityRef
@@ -102,7 +102,7 @@ class ZooKeeperAuth:
 
 def zookeeper_client(hosts: str, auth: ZooKeeperAuth | None, **kwargs: object) -> KazooClient:
     """A kazoo client authenticated with ``auth`` (if any): one place that knows how."""
-    return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)  # type: ignore[arg-type]
+    return KazooClient(hosts=hosts, **(auth.client_kwargs() if auth else {}), **kwargs)
 
 
 RECONNECT_FIRST_S = 0.1

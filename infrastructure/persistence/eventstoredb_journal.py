@@ -51,12 +51,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import grpc
 from eventsourcing.persistence import InfrastructureFactory, StoredEvent
-from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamState
-from kurrentdbclient import exceptions as kdb
+from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamState, exceptions as kdb
 from kurrentdbclient.common import handle_rpc_error
 from kurrentdbclient.connection_spec import grpc_target
 from kurrentdbclient.protos.v1 import shared_pb2, streams_pb2
@@ -80,7 +79,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SNAPSHOT_STREAM_PREFIX = "snapshot-$"  # eventsourcing_eventstoredb.recorders.EventStoreDBAggregateRecorder
-CONTENT_TYPE = "application/octet-stream"
+CONTENT_TYPE: Final = "application/octet-stream"
 READ_PAGE = 1_000  # events per read call: each page gets a full deadline
 _SNAPSHOT_RACE_ATTEMPTS = 5
 
@@ -394,7 +393,7 @@ class EventStoreDBJournal(EventJournal):
     def save_snapshot(self, snapshot: StoredEvent) -> None:
         """Append to the snapshot stream after its current last event (exact expected
         position); a concurrent snapshot writer makes us re-read and try again."""
-        name = self.snapshot_stream_name(snapshot.originator_id)
+        name = self.snapshot_stream_name(str(snapshot.originator_id))
         for _ in range(_SNAPSHOT_RACE_ATTEMPTS):
             last = self._retrying(lambda: self._read_page(name, 0, 1, backwards=True), f"snapshot read of {name}")
             if last and _snapshot_version(last[0]) >= snapshot.originator_version:

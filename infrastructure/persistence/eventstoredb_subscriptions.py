@@ -29,8 +29,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
-from kurrentdbclient import KurrentDBClient, RecordedEvent
-from kurrentdbclient import exceptions as kdb
+from kurrentdbclient import KurrentDBClient, RecordedEvent, exceptions as kdb
 from kurrentdbclient.common import handle_rpc_error
 from kurrentdbclient.persistent import SubscriptionInfo
 
@@ -195,7 +194,7 @@ class EventStoreDBSubscriptions(EventStream, PersistentSubscriptions):
             return {"commit_position": settings.start_from}
         return {"stream_position": max(0, settings.start_from - 1)}
 
-    def create_group(self, group: str, source: Source, settings: GroupSettings = GroupSettings()) -> None:
+    def create_group(self, group: str, source: Source, settings: GroupSettings = GroupSettings()) -> None:  # noqa: B008 - frozen value
         kwargs = {**self._group_kwargs(settings), **self._start(source, settings)}
         if source.stream_id is None:
             self._call(lambda: self.client.create_subscription_to_all(

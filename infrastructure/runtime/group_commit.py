@@ -165,6 +165,7 @@ class GroupCommitter:
     def _finished(self, batch: list[PendingWrite], count: int,
                   outcome: tuple[list[PersistenceError | None], float] | BaseException) -> None:
         self._in_flight = False
+        results: list[PersistenceError | None]
         if isinstance(outcome, BaseException):
             results, elapsed = [PersistenceError(f"append did not run: {outcome}")] * len(batch), 0.0
         else:

@@ -28,11 +28,12 @@ the message, and saved after that message's events are durable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -280,7 +281,7 @@ class StateNode:
             assert self._loop is not None
             started = time.perf_counter()
             future = self._loop.run_in_executor(self._reader, self._read_batch, batch)
-            future.add_done_callback(lambda f, b=batch, t=started: self._batch_loaded(b, f, t))
+            future.add_done_callback(functools.partial(self._batch_loaded, batch, started))
 
     def _read_batch(self, batch: list[tuple[EntityRef, Cell]]) -> list[tuple[Entity, int] | Exception]:
         results: list[tuple[Entity, int] | Exception] = []
@@ -291,7 +292,7 @@ class StateNode:
                 results.append(exc)
         return results
 
-    def _batch_loaded(self, batch: list[tuple[EntityRef, Cell]], future: asyncio.Future[Any], started: float) -> None:
+    def _batch_loaded(self, batch: list[tuple[EntityRef, Cell]], started: float, future: asyncio.Future[Any]) -> None:
         self._loads_in_flight -= 1
         try:
             results = future.result()
@@ -368,7 +369,7 @@ class StateNode:
             timers[key] = self._loop.call_later(delay, self._fire, ref, key, due, name, data)
         cell.timers = timers or None
 
-    def _fire(self, ref: EntityRef, key: str, due: float, name: str, data: dict[str, Any]) -> None:
+    def _fire(self, ref: EntityRef, key: str, due: float, name: str, data: Mapping[str, Any]) -> None:
         cell = self.cells.get(ref)
         if cell is not None and cell.timers is not None:
             cell.timers.pop(key, None)

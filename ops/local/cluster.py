@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kazoo.client import KazooClient
 
@@ -55,7 +56,7 @@ class ClusterSecrets:
             paths[name] = path
         return cls(**paths)
 
-    def settings(self) -> dict[str, str]:
+    def settings(self) -> dict[str, Any]:
         """Settings keyword arguments (``Settings(**secrets.settings())``)."""
         return {"cluster_secret_file": str(self.state), "cluster_edge_secret_file": str(self.edge),
                 "zookeeper_password_file": str(self.zookeeper)}

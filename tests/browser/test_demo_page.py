@@ -75,7 +75,7 @@ class DemoServer:
     def wait_ready(self, timeout: float = 30.0) -> str:
         self._found.wait(timeout)
         if self.url is None:
-            state = "exited with %s" % self.process.poll() if self.process.poll() is not None else "still silent"
+            state = f"exited with {self.process.poll()}" if self.process.poll() is not None else "still silent"
             self.stop()
             pytest.fail(f"`xplatform run` printed no http://127.0.0.1:<port>/ URL within {timeout:.0f} s "
                         f"({state}); its output:\n{self.log()}")

@@ -27,8 +27,7 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from edge import protocol
 from edge.errors import FrameError

@@ -131,7 +131,7 @@ def test_filtered_all_subscription_sends_checkpoints(client: KurrentDBClient) ->
     (matching or not), so a client can resume without rescanning."""
     tag = uuid.uuid4().hex
     start = _append(client, f"noise-{tag}", "Noise")
-    for i in range(3):
+    for _ in range(3):
         _append(client, f"noise-{tag}", *["Noise"] * 4)
     _append(client, f"match-{tag}", f"Match{tag}")
     subscription = client.subscribe_to_all(

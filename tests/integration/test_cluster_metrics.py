@@ -102,7 +102,7 @@ def test_lane_queue_depth_counts_envelopes_waiting_for_a_peer_that_does_not_read
 
         auth = LinkAuth({"edge": secrets.token_bytes(32)})
         server = await asyncio.start_server(slow_peer, "127.0.0.1", 0)
-        address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
         client = ClusterClient("edge-x", "edge", route=lambda ref: ("slow", 1), address_of=lambda node: address,
                                auth=auth, lane_of=lambda ref: "bulk")
         metrics = ClusterMetrics()

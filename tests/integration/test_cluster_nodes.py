@@ -102,15 +102,15 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
     killer.close()
     await b.coordinator.stop()
     started = time.monotonic()
-    await until(lambda: all(a.ownership.owns(lot) for lot in b_lots) and all(edge_view.route(l)[0] == "a" for l in b_lots))
+    await until(lambda: all(a.ownership.owns(lot) for lot in b_lots) and all(edge_view.route(ref)[0] == "a" for ref in b_lots))
     for lot in b_lots:  # served again by a, with the state b left behind
         peek = await edge.ask(lot, ClientMessage(f"again-{lot.entity_id}", time.time(), "bob",
                                                   msgpack.packb({"type": "bid", "amount": 9})))
         assert peek.ok, peek
     failover = time.monotonic() - started
     assert failover < 5
-    await until(lambda: all(a.platform.node.resident(l) is not None and a.platform.node.resident(l).high_amount == 9
-                            for l in b_lots))
+    await until(lambda: all(a.platform.node.resident(ref) is not None and a.platform.node.resident(ref).high_amount == 9
+                            for ref in b_lots))
     from prometheus_client import generate_latest
 
     exposition = generate_latest(a.ownership.metrics.registry).decode()

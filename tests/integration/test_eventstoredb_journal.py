@@ -25,8 +25,7 @@ import msgpack
 import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing_eventstoredb.recorders import EventStoreDBAggregateRecorder
-from kurrentdbclient import KurrentDBClient
-from kurrentdbclient import exceptions as kdb
+from kurrentdbclient import KurrentDBClient, exceptions as kdb
 
 from domain import ClientMessage, Connect, EntityRef
 from infrastructure.bootstrap import build_platform

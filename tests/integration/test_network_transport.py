@@ -69,7 +69,8 @@ def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
             assert sink.got == [(mine, Send(ToAllConnections(), {"total": 4}, "total"))]  # via INTEREST
 
-            other_edge = ClusterClient("edge-2", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address, auth=EDGE_AUTH)
+            other_edge = ClusterClient("edge-2", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address,
+                                       auth=EDGE_AUTH)
             other_sink = Sink()
             other_edge.subscribe(other_sink)
             await other_edge.ask(mine, ClientMessage("m2", time.time(), "conn", msgpack.packb({"type": "add", "n": 1})))

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from ssl import SSLContext
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 
 import msgpack
 import pytest

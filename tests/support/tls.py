@@ -32,7 +32,7 @@ def _name(common_name: str) -> x509.Name:
 
 def make_certificates(directory: Path, common_name: str = "xplatform test CA") -> CertificateFiles:
     """A CA and a server certificate (SAN 127.0.0.1 and localhost) signed by it."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()

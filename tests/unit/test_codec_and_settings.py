@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import IntEnum
 from uuid import uuid4
@@ -16,7 +16,7 @@ from infrastructure.settings import Settings
 
 def test_round_trip_keeps_python_types() -> None:
     t = MsgpackTranscoder()
-    value = {"when": datetime.now(timezone.utc), "naive": datetime(2026, 1, 1), "id": uuid4(),
+    value = {"when": datetime.now(UTC), "naive": datetime(2026, 1, 1), "id": uuid4(),
              "price": Decimal("10.50"), "pair": (1, (2, "x")), "tags": {"a", "b"}, "frozen": frozenset({1}),
              "raw": b"\x00\x01", "flag": True, "nothing": None, "nested": [{"k": 1.5}], "big": 2**62}
     back = t.decode(t.encode(value))

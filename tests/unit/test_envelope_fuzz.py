@@ -13,8 +13,7 @@ from __future__ import annotations
 import struct
 
 import msgpack
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from infrastructure.transport.envelopes import EnvelopeError, frame, header_length, parse
 
@@ -22,8 +21,9 @@ FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()
            | st.text(max_size=12) | st.binary(max_size=40))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6)
-                      | st.dictionaries(st.text(max_size=6) | st.integers(min_value=-(2**63), max_value=2**63 - 1), inner, max_size=4), max_leaves=20)
+keys = st.text(max_size=6) | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(keys, inner, max_size=4),
+                      max_leaves=20)
 kinds = st.integers(min_value=0, max_value=7)
 names = st.sampled_from(["Lot", "Bidder", "x", "", "Lot/1", "9a"]) | st.text(max_size=8)
 

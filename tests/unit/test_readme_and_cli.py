@@ -6,11 +6,11 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.support.xplatform_run import served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,25 +43,8 @@ def test_run_command_serves_the_edge_until_interrupted(tmp_path: Path) -> None:
     and stops cleanly on Ctrl-C (SIGINT) with the events stored."""
     env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
     env.pop("XPLATFORM_EDGE_DEV_TOKENS", None)
-    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = ""
-        deadline = time.monotonic() + 60
-        while not url and time.monotonic() < deadline:
-            line = server.stdout.readline() if server.stdout else ""
-            if not line and server.poll() is not None:
-                break
-            found = re.search(r"serving on (http://\S+/)", line)
-            url = found.group(1) if found else ""
-        assert url, server.stderr.read() if server.stderr else "no URL printed"
+    with served(tmp_path, env) as url:
         asyncio.run(_drive_served_platform(url))
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0, server.stderr.read() if server.stderr else ""
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     inspected = _xplatform(tmp_path, "inspect", "Lot", "served")
     assert inspected.returncode == 0 and "Opened" in inspected.stdout
 

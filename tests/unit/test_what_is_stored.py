@@ -17,6 +17,7 @@ from domain.auction import Bidder, Lot
 from infrastructure.testkit import Sandbox
 from tests.support.auction import ANN, BOB, LOT, opened_lot
 
+
 @pytest.fixture
 def kit() -> Sandbox:
     return opened_lot()

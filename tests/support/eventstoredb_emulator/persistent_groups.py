@@ -447,7 +447,7 @@ class SubscriptionGroup:
             event_id=str(uuid.uuid4()),
             event_type=LINK_EVENT_TYPE,
             content_type="application/octet-stream",
-            data=f"{event.revision}@{event.stream_name}".encode("utf8"),
+            data=f"{event.revision}@{event.stream_name}".encode(),
             metadata=b"",
         )
         self._log.append(parked_stream_name(self.stream_name, self.group_name), EXPECTED_ANY, [link])
