@@ -319,6 +319,7 @@ def test_an_edge_raises_its_soft_open_file_limit_to_the_hard_one() -> None:
               "from edge.sockets import raise_open_file_limit\n"
               "from edge.config import EdgeConfig\n"
               "raised = raise_open_file_limit()\n"
-              "print(raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, EdgeConfig(dev_tokens=True).socket_cap == int(hard * 0.8))\n")
+              "print(raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard,\n"
+              "      EdgeConfig(dev_tokens=True).socket_cap == int(hard * 0.8))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True"], out
