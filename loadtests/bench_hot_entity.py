@@ -62,8 +62,9 @@ from loadtests.common import emit
 from loadtests.wsload import Stats, WsClient, get_token, open_clients
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = {"colyseus": ROOT.parent / "shared" / "peers" / "colyseus"}
-"""Peer harnesses (read-only where shared: copied before running)."""
+PEERS = ("colyseus",)
+"""Peer harnesses: ``shared/peers/<name>`` beside the checkout (or above it), or under
+``--peers-dir``; read-only where shared, so they are copied before running."""
 SERVER_ENV = {
     "XPLATFORM_EDGE_RATE_PER_S": "1000000", "XPLATFORM_EDGE_RATE_BURST": "1000000",
     "XPLATFORM_EDGE_USER_RATE_PER_S": "1000000", "XPLATFORM_EDGE_USER_RATE_BURST": "1000000",
@@ -152,12 +153,18 @@ def max_rate_ok(runs: list[dict[str, Any]]) -> float | None:
     return max(good) if good else None
 
 
+def _peer_dir(name: str, given: str | None) -> Path:
+    candidates = [Path(given) / name] if given else [p / "shared" / "peers" / name for p in ROOT.parents]
+    for candidate in candidates:
+        if (candidate / "run.sh").is_file():
+            return candidate
+    raise SystemExit(f"no {name} harness (run.sh) in {', '.join(map(str, candidates))}; give --peers-dir")
+
+
 def run_peer(name: str, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
     """The peer's own harness, copied to a cache directory (its node_modules stay there
     between invocations), with the same scenario parameters; its last line is its summary."""
-    source = PEERS[name]
-    if not (source / "run.sh").is_file():
-        raise RuntimeError(f"no {name} harness at {source}")
+    source = _peer_dir(name, args.peers_dir)
     work = Path(tempfile.gettempdir()) / f"xplatform-peer-{name}"
     work.mkdir(exist_ok=True)
     for item in source.iterdir():
@@ -472,7 +479,9 @@ async def fanout_bench(viewers: int, fanout_rate: float, fanout_seconds: float) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", default="", help="comma-separated offered bid rates, e.g. 1000,5000,10000")
-    parser.add_argument("--peer", choices=sorted(PEERS), default=None, help="also run this peer's harness")
+    parser.add_argument("--peer", choices=PEERS, default=None, help="also run this peer's harness")
+    parser.add_argument("--peers-dir", default=None, help="folder holding the peer harnesses (default: shared/peers "
+                        "beside or above this checkout)")
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--bidders", type=int, default=100)
     parser.add_argument("--sample", type=int, default=100, help="viewers whose freshness is recorded")
