@@ -412,10 +412,10 @@ class WsConnection:
                     or not isinstance(frame[2], bytes):
                 self._enqueue(protocol.error("bad_frame", "MSG is [1, message_id (str ≤ 64), payload (bin)]"))
                 return
-            if self.edge.load.overloaded:  # refused at once: see edge/overload.py
+            if self.edge.load.behind(self.ref):  # its entity is behind: refused at once (edge/overload.py)
                 metrics.shed.inc()
                 self._enqueue(protocol.reply(frame[1], False, None, "overloaded",
-                                             "the edge is overloaded; retry shortly", True))
+                                             "the entity is overloaded; retry shortly", True))
                 return
             self._ask(frame[1], frame[2])
         elif kind == protocol.PING:
@@ -435,11 +435,14 @@ class WsConnection:
         arrived = time.perf_counter()
         message = ClientMessage(message_id, time.time(), self.cid, payload)
         future = self.edge.transport.ask_future(self.ref, message, self.edge.config.connect_timeout_s)
+        in_flight = self.edge.load
+        entry = in_flight.enter(self.ref)
         self._asks.add(future)
         if len(self._asks) >= self.edge.config.max_in_flight:
             self._room.clear()
 
         def replied(done: asyncio.Future[Reply]) -> None:
+            in_flight.leave(self.ref, entry)
             self._asks.discard(done)
             self._update_room()
             if done.cancelled():

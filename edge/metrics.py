@@ -73,9 +73,10 @@ class EdgeMetrics:
                                         "Round trips reported by clients (LATENCY frames).",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.shed = Counter("xplatform_edge_shed_messages", "Client messages refused with 'overloaded' while "
-                            "the edge's event loop was late (load shedding; the entity never saw them).", registry=r)
-        self.loop_lag = Gauge("xplatform_edge_loop_lag_seconds", "Smoothed lateness of the edge's event loop "
-                              "(load shedding starts over the configured bound).", registry=r)
+                            "their entity was behind (load shedding; the entity never saw them).", registry=r)
+        self.oldest_in_flight = Gauge("xplatform_edge_oldest_in_flight_seconds", "Age of the oldest client message "
+                                      "this edge awaits a reply for (load shedding starts, for its entity, over "
+                                      "the configured bound).", registry=r)
         self.round_trip = Histogram("xplatform_edge_round_trip_seconds",
                                     "From a MSG's arrival at the edge to its durable reply back at the edge.",
                                     buckets=LATENCY_BUCKETS, registry=r)

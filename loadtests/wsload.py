@@ -142,7 +142,7 @@ class WsClient(asyncio.Protocol):
                 return
             stats.replies += 1
             if not frame[2]:
-                stats.rejected[f"{frame[3].get('code')}: {frame[3].get('reason', '')[:40]}"] += 1
+                stats.rejected[str(frame[3].get("code"))] += 1
         elif kind == protocol.WELCOME:
             if not self.ready.done():
                 self.ready.set_result(frame[2])
