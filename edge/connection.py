@@ -116,6 +116,25 @@ class WsConnection:
         if self._coalesced and self.accepted:
             self.kick()
 
+    def tick(self, key: str, seq: int, frame: bytes, wire: bytes) -> bool:
+        """The fan-out tick's fast path: write ``wire`` (``frame``, already websocket-framed,
+        the same bytes for every viewer) now if nothing else waits for this socket and it
+        takes bytes; False: the caller keeps the frame coalesced for the writer instead."""
+        if not (self._writer_idle and not self._queue and not self._coalesced and self._ping is None
+                and self._pong is None and self._close_request is None):
+            return False
+        writer = self.ws._writer
+        if writer is None or writer._closing or writer.protocol._paused:
+            return False
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(wire)
+        self._written += len(wire)
+        if writer.protocol._paused:
+            self._watch_drain()
+        return True
+
     def terminate(self, reason: str, reconnect: bool) -> None:
         """The entity (or the edge) ends this connection: TERMINATE frame, then close 1000.
         Ignored before acceptance: the Connect reply decides then (refusal: 4403)."""
