@@ -36,7 +36,7 @@ import logging
 import struct
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -244,8 +244,11 @@ class WsConnection:
             batch.extend(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
-            for frame in batch:
-                frames_out[_OUT_KIND.get(frame[1], "error")].inc()
+            if len(batch) == 1:
+                frames_out[_OUT_KIND.get(batch[0][1], "error")].inc()
+            else:  # a group commit's replies: one metric update per kind, not per frame
+                for kind, count in Counter(frame[1] for frame in batch).items():
+                    frames_out[_OUT_KIND.get(kind, "error")].inc(count)
             if not self._room.is_set():
                 self._update_room()
         if self._coalesced:
