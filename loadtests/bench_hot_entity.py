@@ -106,8 +106,7 @@ class ServerProcess:
             if not line:
                 break
             if "serving on http://" in line:
-                self.url = line.split("serving on ", 1)[1].split("/", 3)[:3]
-                self.url = "/".join(self.url)
+                self.url = line.split("serving on ", 1)[1].split()[0].rstrip("/")
                 return self.url
         self.stop()
         self.log.seek(0)
