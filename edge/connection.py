@@ -93,7 +93,7 @@ class WsConnection:
         self._close_request: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._asks: set[asyncio.Future[Reply]] = set()
+        self._asking = 0  # messages sent to the entity awaiting their replies
         self._room = asyncio.Event()  # set while the reader may read on (see _update_room)
         self._room.set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -176,7 +176,7 @@ class WsConnection:
     def _update_room(self) -> None:
         """The reader may go on while fewer than max_in_flight messages await replies and
         the queue is under its bound."""
-        if len(self._asks) < self.edge.config.max_in_flight and (
+        if self._asking < self.edge.config.max_in_flight and (
                 self._queued_bytes < self.edge.config.send_queue_bytes or not self._backed_up()):
             self._room.set()
         else:
@@ -456,29 +456,24 @@ class WsConnection:
     def _ask(self, message_id: str, payload: bytes) -> None:
         arrived = time.perf_counter()
         message = ClientMessage(message_id, time.time(), self.cid, payload)
-        future = self.edge.transport.ask_future(self.ref, message, self.edge.config.connect_timeout_s)
         in_flight = self.edge.load
         entry = in_flight.enter(self.ref)
-        self._asks.add(future)
-        if len(self._asks) >= self.edge.config.max_in_flight:
+        self._asking += 1
+        if self._asking >= self.edge.config.max_in_flight:
             self._room.clear()
 
-        def replied(done: asyncio.Future[Reply]) -> None:
+        def replied(reply: Reply | None, error: Exception | None) -> None:
             in_flight.leave(self.ref, entry)
-            self._asks.discard(done)
+            self._asking -= 1
             self._update_room()
-            if done.cancelled():
-                return
-            exc = done.exception()
-            if exc is not None:
-                frame = protocol.reply(message_id, False, None, "unavailable", str(exc)[:200], True)
+            if reply is None:
+                frame = protocol.reply(message_id, False, None, "unavailable", str(error)[:200], True)
             else:
-                r = done.result()
                 self.edge.metrics.round_trip.observe(time.perf_counter() - arrived)
-                frame = protocol.reply(message_id, r.ok, r.payload, r.code, r.reason, r.retryable)
+                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable)
             self._enqueue(frame)
 
-        future.add_done_callback(replied)
+        self.edge.transport.ask_callback(self.ref, message, replied, self.edge.config.connect_timeout_s)
 
     # ------------------------------------------------------------------ end
     async def finish(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.refs import EntityRef
+from infrastructure.transport.port import callback_when_done
 from tests.edge.harness import ROOM, Edge, eventually, gated_journal, run_edge
 
 
@@ -31,6 +32,9 @@ class GatedTransport:
 
     def ask_future(self, to: Any, message: Any, timeout: float | None = None) -> Any:
         return asyncio.ensure_future(self.ask(to, message, timeout))
+
+    def ask_callback(self, to: Any, message: Any, on_reply: Any, timeout: float | None = None) -> None:
+        callback_when_done(self.ask_future(to, message, timeout), on_reply)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
