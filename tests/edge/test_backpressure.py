@@ -167,3 +167,20 @@ def test_the_python_client_gives_up_after_its_bounded_retries(tmp_path: Path) ->
         await client.close()
 
     run_edge(tmp_path, scenario, shed_after_ms=50)
+
+
+def test_an_ask_that_outlives_its_timeout_is_answered_unavailable(tmp_path: Path) -> None:
+    """The store hangs past the edge's ask timeout: the client gets a retryable 'unavailable'
+    (the asks' shared expiry, not a timer per message), and the write lands once the store
+    answers (a resend with the same ID would then be answered from the entity's memory)."""
+    async def scenario(edge: Edge) -> None:
+        client = await edge.client(overload_retries=0)
+        with gated_journal(edge) as gate:
+            reply = await client.request({"type": "set", "value": 7}, message_id="late")
+            assert not reply.ok and reply.code == "unavailable" and reply.retryable
+            gate.set()
+        again = await client.request({"type": "set", "value": 7}, message_id="late")
+        assert again.ok and edge.entity().value == 7 and edge.event_types().count("Set") == 1
+        await client.close()
+
+    run_edge(tmp_path, scenario, connect_timeout_s=0.3, shed_after_ms=0)
