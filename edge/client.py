@@ -59,7 +59,9 @@ class Client:
                  cid: str | None = None, *,
                  session: aiohttp.ClientSession | None = None, token_in_protocol: bool = False,
                  heartbeat_s: float = 5.0, reconnect: bool = True, backoff_initial_s: float = 0.05,
-                 backoff_max_s: float = 5.0, request_timeout_s: float = 10.0, origin: str | None = None) -> None:
+                 backoff_max_s: float = 5.0, request_timeout_s: float = 10.0, origin: str | None = None,
+                 overload_retries: int = 5, overload_backoff_initial_s: float = 0.05,
+                 overload_backoff_max_s: float = 2.0) -> None:
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         # Several edges: an edge going away (1001) or unreachable sends us to the next one,
         # with the same connection ID (the entity resumes us).
@@ -73,6 +75,9 @@ class Client:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.request_timeout_s = request_timeout_s
+        self.overload_retries = overload_retries
+        self.overload_backoff_initial_s = overload_backoff_initial_s
+        self.overload_backoff_max_s = overload_backoff_max_s
         self.origin = origin
         self.welcome: Any = None
         self.terminated: tuple[str, bool] | None = None
@@ -152,19 +157,38 @@ class Client:
     # ------------------------------------------------------------------ API
     async def request(self, payload: Any, message_id: str | None = None, timeout: float | None = None) -> ClientReply:
         """Send a MSG (``payload``: bytes as is, anything else msgpack-encoded) and wait for
-        its REPLY. Unanswered messages are resent after a reconnect with the same ID."""
+        its REPLY. Unanswered messages are resent after a reconnect with the same ID. An
+        ``overloaded`` refusal (the entity is behind; nothing changed) is retried with the
+        same ID after a full-jitter exponential backoff, at most ``overload_retries`` times
+        and within ``timeout``; then that refusal is the answer (``PROTOCOL.md`` "Overload")."""
         if self._done:
             raise RequestFailed("client is closed")
         mid = message_id or uuid.uuid4().hex
         raw = payload if isinstance(payload, bytes) else msgpack.packb(payload, use_bin_type=True)
         frame = protocol.pack([protocol.MSG, mid, raw])
-        future: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
-        self._pending[mid] = (frame, future)
-        await self._send(frame)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.request_timeout_s)
+        attempt = 0
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout or self.request_timeout_s)
-        except TimeoutError:
-            raise RequestFailed(f"no reply to {mid} within the timeout (resend with the same ID)") from None
+            while True:
+                future: asyncio.Future[ClientReply] = loop.create_future()
+                self._pending[mid] = (frame, future)
+                await self._send(frame)
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise RequestFailed(f"no reply to {mid} within the timeout (resend with the same ID)") from None
+                if reply.ok or reply.code != "overloaded" or attempt >= self.overload_retries:
+                    return reply
+                delay = random.uniform(0, min(self.overload_backoff_max_s,
+                                              self.overload_backoff_initial_s * 2 ** attempt))  # full jitter
+                attempt += 1
+                if loop.time() + delay >= deadline:
+                    return reply
+                self._pending.pop(mid, None)  # not resent by a reconnect while it waits
+                await asyncio.sleep(delay)
+                if self._done:
+                    raise RequestFailed("client is closed")
         finally:
             self._pending.pop(mid, None)
 

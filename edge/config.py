@@ -40,7 +40,7 @@ class EdgeConfig:
     max_sockets: int = 0
     handshake_timeout_s: float = 10.0
     max_in_flight: int = 64
-    shed_lag_ms: float = 10.0
+    shed_after_ms: float = 250.0
     coalesce_hz: float = 20.0
     heartbeat_s: float = 20.0
     close_timeout_s: float = 2.0
@@ -91,7 +91,7 @@ class EdgeConfig:
             user_rate_burst=s.edge_user_rate_burst, ip_rate_per_s=s.edge_ip_rate_per_s,
             ip_rate_burst=s.edge_ip_rate_burst, max_sockets=s.edge_max_sockets,
             handshake_timeout_s=s.edge_handshake_timeout_s, max_in_flight=s.edge_max_in_flight,
-            shed_lag_ms=s.edge_shed_lag_ms,
+            shed_after_ms=s.edge_shed_after_ms,
             coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
             connect_timeout_s=s.ask_timeout_s, jwt_algorithms=_split(s.jwt_algorithms),
@@ -126,8 +126,8 @@ class EdgeConfig:
         if nofile is not None and self.max_sockets >= nofile:
             raise EdgeConfigurationError(f"max_sockets {self.max_sockets} must be below the open-file limit "
                                          f"(nofile {nofile}): raise `ulimit -n` (see ops/RUNBOOK.md)")
-        if self.shed_lag_ms < 0:
-            raise EdgeConfigurationError("shed_lag_ms must be positive, or 0 to never shed load")
+        if self.shed_after_ms < 0:
+            raise EdgeConfigurationError("shed_after_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
         self._check_trust()

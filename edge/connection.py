@@ -36,7 +36,7 @@ import logging
 import struct
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +93,7 @@ class WsConnection:
         self._close_request: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._asks: set[asyncio.Future[Reply]] = set()
+        self._asking = 0  # messages sent to the entity awaiting their replies
         self._room = asyncio.Event()  # set while the reader may read on (see _update_room)
         self._room.set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -116,6 +116,25 @@ class WsConnection:
     def flush(self) -> None:
         if self._coalesced and self.accepted:
             self.kick()
+
+    def tick(self, key: str, seq: int, frame: bytes, wire: bytes) -> bool:
+        """The fan-out tick's fast path: write ``wire`` (``frame``, already websocket-framed,
+        the same bytes for every viewer) now if nothing else waits for this socket and it
+        takes bytes; False: the caller keeps the frame coalesced for the writer instead."""
+        if not (self._writer_idle and not self._queue and not self._coalesced and self._ping is None
+                and self._pong is None and self._close_request is None):
+            return False
+        writer = self.ws._writer
+        if writer is None or writer._closing or writer.protocol._paused:
+            return False
+        transport = writer.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(wire)
+        self._written += len(wire)
+        if writer.protocol._paused:
+            self._watch_drain()
+        return True
 
     def terminate(self, reason: str, reconnect: bool) -> None:
         """The entity (or the edge) ends this connection: TERMINATE frame, then close 1000.
@@ -158,7 +177,7 @@ class WsConnection:
     def _update_room(self) -> None:
         """The reader may go on while fewer than max_in_flight messages await replies and
         the queue is under its bound."""
-        if len(self._asks) < self.edge.config.max_in_flight and (
+        if self._asking < self.edge.config.max_in_flight and (
                 self._queued_bytes < self.edge.config.send_queue_bytes or not self._backed_up()):
             self._room.set()
         else:
@@ -226,8 +245,11 @@ class WsConnection:
             batch.extend(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
-            for frame in batch:
-                frames_out[_OUT_KIND.get(frame[1], "error")].inc()
+            if len(batch) == 1:
+                frames_out[_OUT_KIND.get(batch[0][1], "error")].inc()
+            else:  # a group commit's replies: one metric update per kind, not per frame
+                for kind, count in Counter(frame[1] for frame in batch).items():
+                    frames_out[_OUT_KIND.get(kind, "error")].inc(count)
             if not self._room.is_set():
                 self._update_room()
         if self._coalesced:
@@ -415,10 +437,10 @@ class WsConnection:
                     or not isinstance(frame[2], bytes):
                 self._enqueue(protocol.error("bad_frame", "MSG is [1, message_id (str ≤ 64), payload (bin)]"))
                 return
-            if self.edge.load.overloaded:  # refused at once: see edge/overload.py
+            if self.edge.load.behind(self.ref):  # its entity is behind: refused at once (edge/overload.py)
                 metrics.shed.inc()
                 self._enqueue(protocol.reply(frame[1], False, None, "overloaded",
-                                             "the edge is overloaded; retry shortly", True))
+                                             "the entity is overloaded; retry shortly", True))
                 return
             self._ask(frame[1], frame[2])
         elif kind == protocol.PING:
@@ -437,26 +459,24 @@ class WsConnection:
     def _ask(self, message_id: str, payload: bytes) -> None:
         arrived = time.perf_counter()
         message = ClientMessage(message_id, time.time(), self.cid, payload)
-        future = self.edge.transport.ask_future(self.ref, message, self.edge.config.connect_timeout_s)
-        self._asks.add(future)
-        if len(self._asks) >= self.edge.config.max_in_flight:
+        in_flight = self.edge.load
+        entry = in_flight.enter(self.ref)
+        self._asking += 1
+        if self._asking >= self.edge.config.max_in_flight:
             self._room.clear()
 
-        def replied(done: asyncio.Future[Reply]) -> None:
-            self._asks.discard(done)
+        def replied(reply: Reply | None, error: BaseException | None) -> None:
+            in_flight.leave(self.ref, entry)
+            self._asking -= 1
             self._update_room()
-            if done.cancelled():
-                return
-            exc = done.exception()
-            if exc is not None:
-                frame = protocol.reply(message_id, False, None, "unavailable", str(exc)[:200], True)
+            if reply is None:
+                frame = protocol.reply(message_id, False, None, "unavailable", str(error)[:200], True)
             else:
-                r = done.result()
                 self.edge.metrics.round_trip.observe(time.perf_counter() - arrived)
-                frame = protocol.reply(message_id, r.ok, r.payload, r.code, r.reason, r.retryable)
+                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable)
             self._enqueue(frame)
 
-        future.add_done_callback(replied)
+        self.edge.transport.ask_callback(self.ref, message, replied, self.edge.config.connect_timeout_s)
 
     # ------------------------------------------------------------------ end
     async def finish(self) -> None:

@@ -9,7 +9,9 @@ the edge resolves its target against the local registry:
 - a Send with ``coalesce_key`` is latest-wins per (connection, key) and leaves at the next
   tick (default 20 Hz). For ``ToAllConnections`` the newest frame is kept once per entity
   and key, not per connection, so a hot entity's 1,000 updates/s cost 1,000 dict writes,
-  not 1,000 × viewers; at the tick each viewer takes it. The first update after a quiet
+  not 1,000 × viewers; at the tick the frame is encoded and websocket-framed once, and
+  written straight to every socket that has nothing else waiting (one ``transport.write``
+  of the same bytes each, counted once per tick), else kept for its writer. The first update after a quiet
   tick leaves at once (leading edge), so a lone update is not delayed by the tick;
 - a Terminate reaches its one connection (TERMINATE frame, then close).
 
@@ -34,6 +36,7 @@ from domain.refs import EntityRef
 from edge import protocol
 from edge.metrics import EdgeMetrics
 from edge.registry import Receiver, Registry
+from edge.wsframes import binary_frames
 
 
 class Fanout:
@@ -116,6 +119,20 @@ class Fanout:
             if not conns:
                 continue
             encoded = [(key, seq, protocol.push(payload), payload) for key, (seq, payload) in frames.items()]
+            if len(encoded) == 1:  # the common tick: one state frame, framed once, written straight out
+                key, seq, frame, payload = encoded[0]
+                wire = binary_frames((frame,))
+                written = 0
+                for conn in list(conns.values()):
+                    tick = getattr(conn, "tick", None)
+                    if tick is not None and tick(key, seq, frame, wire):
+                        written += 1
+                    else:
+                        conn.coalesce(key, seq, frame, payload)
+                        dirty.add(conn)
+                if written:
+                    self.metrics.frames_out["push"].inc(written)  # counted once per tick, not per socket
+                continue
             for conn in list(conns.values()):
                 for key, seq, frame, payload in encoded:
                     conn.coalesce(key, seq, frame, payload)

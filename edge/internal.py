@@ -55,7 +55,7 @@ from edge.config import EdgeConfig
 from edge.errors import EdgeConfigurationError, EdgeError
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
-from edge.overload import LoopLoad
+from edge.overload import InFlight
 from edge.registry import Registry
 from infrastructure.transport.port import Transport
 
@@ -146,7 +146,7 @@ class InternalEdge:
 
     def __init__(self, transport: Transport, config: EdgeConfig, *, registry: Registry | None = None,
                  metrics: EdgeMetrics | None = None, categories: Collection[str] | None = None,
-                 load: LoopLoad | None = None) -> None:
+                 load: InFlight | None = None) -> None:
         self.transport = transport
         self.config = config
         self.metrics = metrics or EdgeMetrics()
@@ -219,15 +219,19 @@ class InternalEdge:
             return _error(403, "refused", str(exc))
         conn.last_used = time.monotonic()
         self.metrics.frames_in["msg"].inc()
-        if self.load is not None and self.load.overloaded:
+        if self.load is not None and self.load.behind(ref):  # its entity is behind (edge/overload.py)
             self.metrics.shed.inc()
-            return _error(503, "overloaded", "the edge is overloaded; retry shortly", retryable=True)
+            return _error(503, "overloaded", "the entity is overloaded; retry shortly", retryable=True)
         arrived = time.perf_counter()
+        entry = self.load.enter(ref) if self.load is not None else None
         try:
             reply = await self.transport.ask(ref, ClientMessage(message_id, time.time(), conn.cid, payload),
                                              self.config.connect_timeout_s)
         except Exception as exc:
             return _error(503, "unavailable", str(exc)[:200], retryable=True)
+        finally:
+            if entry is not None:
+                self.load.leave(ref, entry)  # type: ignore[union-attr]
         self.metrics.round_trip.observe(time.perf_counter() - arrived)
         if reply.ok:
             return _respond(request, 200, {"message_id": message_id, "ok": True, "payload": reply.payload})

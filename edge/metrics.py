@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from infrastructure.metrics import LoopCounter
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
 FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
@@ -58,14 +60,16 @@ class EdgeMetrics:
                                           "request was not answered within the handshake deadline.", registry=r)
         self.accept_errors = Counter("xplatform_edge_accept_errors", "accept() calls that failed (out of file "
                                      "descriptors or memory).", registry=r)
-        frames_in = Counter("xplatform_edge_frames_in", "Frames received from clients, by kind.", ["kind"], registry=r)
+        # counted per message on the hot path: LoopCounter (no lock; loop thread only)
+        frames_in = LoopCounter("xplatform_edge_frames_in", "Frames received from clients, by kind.", ["kind"],
+                                registry=r)
         self.frames_in = {k: frames_in.labels(k) for k in FRAMES_IN}
-        frames_out = Counter("xplatform_edge_frames_out", "Frames sent to clients, by kind.", ["kind"], registry=r)
+        frames_out = LoopCounter("xplatform_edge_frames_out", "Frames sent to clients, by kind.", ["kind"], registry=r)
         self.frames_out = {k: frames_out.labels(k) for k in FRAMES_OUT}
         closes = Counter("xplatform_edge_closes", "Connections closed, by reason.", ["reason"], registry=r)
         self.closes = {k: closes.labels(k) for k in CLOSE_REASONS}
-        self.coalesced = Counter("xplatform_edge_coalesced_dropped",
-                                 "Coalesced updates replaced by a newer one before they were sent.", registry=r)
+        self.coalesced = LoopCounter("xplatform_edge_coalesced_dropped",
+                                     "Coalesced updates replaced by a newer one before they were sent.", registry=r)
         self.heartbeat_rtt = Histogram("xplatform_edge_heartbeat_rtt_seconds",
                                        "Round trip of the edge's websocket ping to the client's pong.",
                                        buckets=LATENCY_BUCKETS, registry=r)
@@ -73,9 +77,10 @@ class EdgeMetrics:
                                         "Round trips reported by clients (LATENCY frames).",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.shed = Counter("xplatform_edge_shed_messages", "Client messages refused with 'overloaded' while "
-                            "the edge's event loop was late (load shedding; the entity never saw them).", registry=r)
-        self.loop_lag = Gauge("xplatform_edge_loop_lag_seconds", "Smoothed lateness of the edge's event loop "
-                              "(load shedding starts over the configured bound).", registry=r)
+                            "their entity was behind (load shedding; the entity never saw them).", registry=r)
+        self.oldest_in_flight = Gauge("xplatform_edge_oldest_in_flight_seconds", "Age of the oldest client message "
+                                      "this edge awaits a reply for (load shedding starts, for its entity, over "
+                                      "the configured bound).", registry=r)
         self.round_trip = Histogram("xplatform_edge_round_trip_seconds",
                                     "From a MSG's arrival at the edge to its durable reply back at the edge.",
                                     buckets=LATENCY_BUCKETS, registry=r)

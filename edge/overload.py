@@ -1,58 +1,75 @@
-"""Load shedding: when the edge's event loop is late, new client messages are refused.
+"""Load shedding: a client message is refused at once while its entity is really behind.
 
-Why: one edge process is one event loop. Offered more messages than it can process, it
-falls behind: frames wait in the sockets' kernel buffers (the edge reads a socket only as
-fast as it answers it), so *every* message, and every state update the entities send back,
-is late by the whole backlog - seconds, growing, for everyone (measured: a hot lot offered
-10k bids/s with ~6k/s of capacity showed viewers state 160-300 ms old, then more). A message
-refused at once costs a fraction of one processed, so refusing the excess keeps the accepted
-ones fresh (Orleans sheds load at its gateways the same way).
+Why: a message an entity cannot take in time only adds to the wait of every message behind
+it; refused at once (``REPLY`` ``overloaded``, retryable, the entity never sees it) it costs
+a fraction of one processed, and the client retries with backoff (``PROTOCOL.md``
+"Overload"). Orleans sheds load at its gateways the same way.
 
-The signal is the loop's own lateness: a timer due every ``PROBE_S`` measures how late it
-runs; the edge is overloaded while the smoothed lateness is over ``shed_lag_ms``. Then a
-``MSG`` gets ``REPLY`` ``ok=false`` with code ``overloaded``, ``retryable=true`` (the entity
-never sees it: nothing changes), documented in PROTOCOL.md. Connects, heartbeats and
-disconnects are never shed: a connected client keeps its session, it only waits.
+The signal is the time-in-queue of the messages themselves, per entity: the age of the
+oldest message this edge handed to the entity at hand that is not answered yet. That one
+number covers every way the platform can be behind for that entity - its messages queued
+on the state node (activation, a moving shard), its durable writes queued behind group
+commit (a slow or saturated store), a state node or link that is slow - and nothing that
+is not: a long fan-out tick of the edge's own event loop delays a reply by the tick's
+length (tens of ms), far under the bound (``shed_after_ms``, default 250 ms), so it never
+sheds; an idle entity is never behind, whatever the loop does. (The former signal, the
+loop's own lateness, refused bids to an idle lot whenever the 20 Hz tick took 30 ms.)
+
+Per entity, per edge: a hot lot that falls behind sheds its own messages, not those of the
+other entities on the node; when a whole node is behind, each of its entities is. Messages
+waiting in a socket's kernel buffer are not counted (the edge has not read them): there
+the per-connection in-flight bound holds a client back by TCP (backpressure) instead.
+
+Answers are FIFO per entity (one message at a time, replies released in order of
+durability), so a deque of entries with a "done" mark gives the oldest in O(1) amortized.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-PROBE_S = 0.005
-"""How often the loop's lateness is sampled: fine enough to react within a few ms."""
-SMOOTHING = 0.25
-"""Weight of the newest sample (EWMA): one slow callback does not shed, a late loop does."""
+from collections import deque
+from collections.abc import Hashable
 
 
-class LoopLoad:
-    """Smoothed lateness of this event loop. See the module docstring."""
+class InFlight:
+    """Ages of the unanswered messages this edge sent, per entity. See the module docstring."""
 
-    def __init__(self, shed_lag_ms: float) -> None:
-        self.shed_lag_s = shed_lag_ms / 1000.0
-        self.lag_s = 0.0
-        self.overloaded = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._due = 0.0
+    __slots__ = ("shed_after_s", "_open")
 
-    def start(self) -> None:
-        if self.shed_lag_s <= 0 or self._handle is not None:
-            return  # shedding off
-        loop = asyncio.get_running_loop()
-        self._due = time.perf_counter() + PROBE_S
-        self._handle = loop.call_later(PROBE_S, self._probe, loop)
+    def __init__(self, shed_after_ms: float) -> None:
+        self.shed_after_s = shed_after_ms / 1000.0
+        self._open: dict[Hashable, deque[list[float]]] = {}
 
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self.overloaded = False
+    def enter(self, ref: Hashable) -> list[float]:
+        """A message to ``ref`` leaves the edge; pass the returned entry to :meth:`leave`."""
+        entry = [time.perf_counter(), 0.0]
+        queue = self._open.get(ref)
+        if queue is None:
+            queue = self._open[ref] = deque()
+        queue.append(entry)
+        return entry
 
-    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = time.perf_counter()
-        late = max(0.0, now - self._due)
-        self.lag_s += SMOOTHING * (late - self.lag_s)
-        self.overloaded = self.lag_s > self.shed_lag_s
-        self._due = now + PROBE_S
-        self._handle = loop.call_later(PROBE_S, self._probe, loop)
+    def leave(self, ref: Hashable, entry: list[float]) -> None:
+        """Its answer (or error, or timeout) is back."""
+        entry[1] = 1.0
+        queue = self._open.get(ref)
+        if queue is None:
+            return
+        while queue and queue[0][1]:
+            queue.popleft()
+        if not queue:
+            del self._open[ref]
+
+    def behind(self, ref: Hashable) -> bool:
+        """True while the oldest unanswered message to ``ref`` waits longer than the bound
+        (never when the bound is 0: shedding off)."""
+        queue = self._open.get(ref)
+        if not queue or self.shed_after_s <= 0:
+            return False
+        return time.perf_counter() - queue[0][0] > self.shed_after_s
+
+    def oldest_s(self) -> float:
+        """Age of the oldest unanswered message over all entities (the gauge; scrape time only)."""
+        if not self._open:
+            return 0.0
+        return max(0.0, time.perf_counter() - min(queue[0][0] for queue in self._open.values()))

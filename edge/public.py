@@ -37,7 +37,7 @@ from edge.errors import AuthError, LimitError
 from edge.fanout import Fanout
 from edge.limits import ClientLimits
 from edge.metrics import EdgeMetrics
-from edge.overload import LoopLoad
+from edge.overload import InFlight
 from edge.registry import Receiver, Registry
 from edge.sockets import SocketGuard
 from infrastructure.transport.port import Transport
@@ -82,10 +82,10 @@ class PublicEdge:
         self.categories = frozenset(categories) if categories is not None else None
         self._heartbeat: asyncio.Task[None] | None = None
         self._counted: set[int] = set()
-        self.load = LoopLoad(config.shed_lag_ms)
+        self.load = InFlight(config.shed_after_ms)
         self._to_write: set[WsConnection] = set()
         self._write_scheduled = False
-        self.metrics.loop_lag.set_function(lambda: self.load.lag_s)
+        self.metrics.oldest_in_flight.set_function(self.load.oldest_s)
         self.metrics.send_queue_bytes.set_function(self._queued_bytes)
         self.limits = ClientLimits(
             max_per_user=config.max_connections_per_user, max_per_address=config.max_connections_per_ip,
@@ -116,7 +116,6 @@ class PublicEdge:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.transport.subscribe(self.fanout)
-        self.load.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="edge-heartbeat")
 
     async def shutdown(self) -> None:
@@ -134,7 +133,6 @@ class PublicEdge:
             self._heartbeat.cancel()
         self.transport.unsubscribe(self.fanout)
         self.fanout.close()
-        self.load.stop()
 
     async def _heartbeat_forever(self) -> None:
         interval = self.config.heartbeat_s

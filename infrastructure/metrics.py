@@ -8,7 +8,11 @@ because ``.labels()`` costs more than the increment on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from infrastructure.gc_pauses import GcPauses
 
@@ -17,14 +21,64 @@ HANDOFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class LoopCount:
+    """One child of :class:`LoopCounter`: a plain number (see there)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopCounter(Collector):
+    """A Prometheus counter for the hot path, counted by one thread (the event loop): its
+    children are plain numbers read at scrape time, where ``Counter.inc`` takes a lock and
+    checks its argument (measured at 10k bids/s: ~5% of the loop thread, several counts per
+    message). Same exposition as a Counter (``<name>_total``, labels); loop thread only."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry | None = None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], LoopCount] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, *values: str) -> LoopCount:
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {key}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = LoopCount()
+        return child
+
+    def inc(self, amount: float = 1.0) -> None:
+        """An unlabelled counter's increment."""
+        self.labels().inc(amount)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
 class NodeMetrics:
     """Metrics of one state node. See the module docstring."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages = Counter("xplatform_node_messages", "Messages processed by entities, by outcome.",
-                                ["category", "outcome"], registry=r)
+        self.messages = LoopCounter("xplatform_node_messages", "Messages processed by entities, by outcome.",
+                                    ["category", "outcome"], registry=r)
         self.append_batch_events = Histogram("xplatform_node_append_batch_events",
                                              "Events per group-commit append.", buckets=BATCH_BUCKETS, registry=r)
         self.append_duration = Histogram("xplatform_node_append_duration_seconds",
@@ -43,7 +97,7 @@ class NodeMetrics:
                                 "Resident entities dropped without writing because their shard left this node "
                                 "(shard_moved) or came back at a newer epoch (stale_epoch: reloaded behind a new "
                                 "takeover marker).", ["reason"], registry=r)
-        self._message_children: dict[tuple[str, str], Counter] = {}
+        self._message_children: dict[tuple[str, str], LoopCount] = {}
         GcPauses.install().register(r)  # collector pauses are every latency's tail: shown beside them
 
     def message(self, category: str, outcome: str) -> None:

@@ -1,61 +1,49 @@
-"""One hot entity watched by 1,000 websocket clients: freshness with coalescing, fan-out without.
+"""One hot Lot, 1,000 viewers: the sweep the hot-lot issue asks for, side by side with a peer.
 
-    python -m loadtests.bench_hot_entity [--viewers 1000] [--bidders 100] [--rate 10000] [--seconds 10]
-                                         [--fanout-rate 200] [--fanout-seconds 5]
+    python -m loadtests.bench_hot_entity --sweep 1000,5000,10000,20000,40000 [--peer colyseus]
+                                         [--viewers 1000] [--bidders 100] [--warmup 5] [--window 15]
+    python -m loadtests.bench_hot_entity --fanout [--viewers 1000] [--fanout-rate 200] [--fanout-seconds 5]
 
-The server is the one-process platform (SQLite in a temporary directory, in-process
-transport) with its public edge and dev tokens, in this process; the clients run in a
-separate process (``spawn``), so client work does not steal the server's event loop.
+Sweep: for each rate, a FRESH server process started the way a user starts it
+(``python -m infrastructure.cli run --port 0``, i.e. ``xplatform run``: SQLite in a new
+temporary data directory, every setting at its default except the per-connection and
+per-user frame-rate limits, raised through their documented ``XPLATFORM_EDGE_*`` variables
+(:data:`SERVER_ENV`) so that a bidder sending hundreds of bids per second is not closed
+1008 for flooding), then the load in a separate process over real sockets
+(:mod:`loadtests.hotlot_load`: 1,000 viewers, 100 bidders in 10 ms slices with rising
+amounts, 5 s warm-up, 15 s window; accepted bids counted at the server from the Lot's
+stored stream, freshness at the viewers, both processes' CPU). One JSON line per rate,
+then a final JSON line with ``max_rate_ok`` (the highest rate with p99 <= 100 ms and
+>= 95 % accepted).
 
-Phase 1 (coalescing on, the default 20 Hz tick): ``--viewers`` websockets watch one ``Lot``;
-``--bidders`` bidder connections (each its own user, so its own ``Bidder`` account entity)
-offer ``--rate`` bids/s in total for ``--seconds``. Bidders take turns in 10 ms slices (the
-bidder of slice k sends that slice's bids in one write), amounts strictly increase and every
-bid carries ``sent_at`` (the sender's epoch seconds), so bids arrive in order and each one
-is meant to be a new highest bid. Before the window each bidder registers a credit line
-(``register``: the Lot -> Bidder -> Lot round trip once per bidder), so a bid within it is
-accepted by the Lot alone with one durable event; the Lot's pushed state carries
-``bid_count`` and ``sent_at`` of the newest accepted bid. Measured at the clients:
+``--peer colyseus``: in the same invocation, the Colyseus harness
+(``../shared/peers/colyseus``, its README) copied to a cache directory and run with the same
+rates, viewers, bidders, warm-up and window (its ``run.sh``: ``npm install`` of its pinned
+packages the first time, then one fresh Node server per rate); its summary line gives
+``peer_max_rate_ok`` and ``ratio`` = ours / the peer's.
 
-- ``accepted_updates_per_s``: bids accepted by the entity (the final ``bid_count``) over the
-  time from the first bid sent until a viewer first saw that final count (the run waits,
-  bounded, for the backlog to drain: nothing offered is dropped or left uncounted);
-- ``frames_per_s``: state frames delivered to the viewers per second while bids are offered;
-- ``update_to_client_p50_ms``/``p99_ms`` (freshness): for every state frame a viewer receives
-  that reflects a bid, its arrival time minus ``sent_at`` of the newest bid it reflects.
-
-Phase 2 (coalescing off: ``coalesce_hz`` 0, every update a frame; fresh platform and edge):
-one bidder offers ``--fanout-rate`` bids/s, meant to ask for more frames than one process
-can send (``--fanout-rate`` x viewers); the most frames/s the edge delivers to the viewers is
-counted over ``--fanout-seconds`` after a one-second warm-up. The send-queue bound is raised
-for this phase (reported) so that the backlog is measured instead of closing viewers 1013.
-In the same run the same client process connects the same number of clients to a plain
-aiohttp websocket handler in the server process that sends one pre-encoded frame (a real
-Lot state PUSH frame, same bytes and size as the edge's) to every client in a loop, counted
-the same way; ``fanout_ratio`` = edge / raw.
-
-The clients are a minimal asyncio websocket protocol (RFC 6455 framing, zero mask key),
-not ``edge.client``: at ~100k frames/s the client process must stay cheaper per frame than
-the server, or the benchmark would measure the client. Both processes' CPU use over each
-window is reported (``*_cpu``: 1.0 = one core busy).
-
-Last stdout line: JSON with the keys above, ``fanout_frames_per_s``,
-``raw_broadcast_frames_per_s``, ``fanout_ratio``, and the offered rate, rejected bids and errors.
+``--fanout`` (the older phase 2, in this process): coalescing off (every update a frame),
+one bidder offering ``--fanout-rate`` bids/s to ``--viewers`` viewers; the frames/s the
+edge delivers is compared with a plain aiohttp websocket broadcast of the same frame to the
+same number of clients (``fanout_ratio`` = edge / raw).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
+import json
 import multiprocessing
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -69,18 +57,24 @@ from edge.app import build_edge_app
 from edge.config import EdgeConfig
 from edge.sockets import raise_open_file_limit
 from infrastructure.bootstrap import build_platform
-from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
-from loadtests.common import emit, percentile
+from loadtests.common import emit
+from loadtests.wsload import Stats, WsClient, get_token, open_clients
 
-SLICE_S = 0.01            # bidders take turns in 10 ms slices
-DRAIN_TIMEOUT_S = 120.0   # after the offered window: most time waited for the backlog
-QUIET_S = 1.0             # the backlog is drained when all replies are in and bid_count rests this long
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ("colyseus",)
+"""Peer harnesses: ``shared/peers/<name>`` beside the checkout (or above it), or under
+``--peers-dir``; read-only where shared, so they are copied before running."""
+SERVER_ENV = {
+    "XPLATFORM_EDGE_RATE_PER_S": "1000000", "XPLATFORM_EDGE_RATE_BURST": "1000000",
+    "XPLATFORM_EDGE_USER_RATE_PER_S": "1000000", "XPLATFORM_EDGE_USER_RATE_BURST": "1000000",
+}
+"""The only settings the sweep changes: a bidder sends up to rate/100 bids/s, in bursts of
+rate x 10 ms (the defaults, 50/s per connection and 100/s per user, close it 1008)."""
+OK_P99_MS = 100.0
+OK_ACCEPTED = 0.95
 PHASE2_QUEUE = 1 << 40  # phase 2 send-queue bound (bytes): measure the backlog, drop nothing, do not close 1013
-_PUSH_HEAD = bytes([0x92, protocol.PUSH])  # msgpack fixarray(2), then the PUSH kind
-
-
-CREDIT_LINE = 10**12        # each bidder's registered credit line: far above the ~100k amounts reached
+CREDIT_LINE = 10**12        # each bidder's registered credit line in phase 2
 
 
 class BenchBidder(Bidder):
@@ -91,209 +85,133 @@ class BenchBidder(Bidder):
     INITIAL_CREDIT = 10**15
 
 
-# ---------------------------------------------------------------------------- client side
-class Stats:
-    """Counters of the client process (one event loop: no locks)."""
+# ---------------------------------------------------------------------------- the sweep
+class ServerProcess:
+    """``python -m infrastructure.cli run --port 0`` in a fresh data directory."""
 
-    def __init__(self) -> None:
-        self.measuring = False
-        self.latencies: list[float] = []     # freshness samples, seconds
-        self.state_frames = 0                # state frames (reflecting a bid) received by viewers
-        self.push_frames = 0                 # every PUSH received by viewers (count mode)
-        self.bid_count = 0                   # highest bid_count seen
-        self.bid_count_seen_at = 0.0         # when it was first seen (epoch s)
-        self.replies = 0
-        self.rejected: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.closed = 0
-        self.registered = 0                  # bidders whose credit line is in place
+    def __init__(self, data_dir: str, extra_env: dict[str, str]) -> None:
+        env = {**os.environ, "XPLATFORM_DATA_DIR": data_dir, "XPLATFORM_STORE": "sqlite", **SERVER_ENV, **extra_env,
+               "PYTHONUNBUFFERED": "1"}
+        self.log = open(os.path.join(data_dir, "server.log"), "w+")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"],  # noqa: S603
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.db = os.path.join(data_dir, "events.sqlite3")
+        self.url = ""
 
-
-class WsClient(asyncio.Protocol):
-    """A minimal websocket client: handshake, binary frames in and out, pong, nothing else.
-
-    ``mode``: ``viewer`` decodes state pushes (freshness), ``count`` counts PUSH frames
-    without decoding, ``bidder`` reads replies and rejections, ``raw`` counts frames of
-    the plain broadcast server (no WELCOME)."""
-
-    def __init__(self, stats: Stats, mode: str, request: bytes) -> None:
-        self.stats = stats
-        self.mode = mode
-        self.upgrade = request
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.open = False
-        self.ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.replies: dict[str, asyncio.Future[list[Any]]] = {}
-
-    # -- asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.upgrade)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.closed += 1
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed before ready: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        buf = self.buf
-        buf += data
-        if not self.open:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end])
-            del buf[:end + 4]
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace")))
-                return
-            self.open = True
-            if self.mode == "raw":
-                self.ready.set_result(None)
-        off, n = 0, len(buf)
-        count_only = self.mode in ("count", "raw") and self.ready.done()
-        pushes = 0
-        while n - off >= 2:
-            length = buf[off + 1] & 0x7F
-            if length < 126:
-                head = 2
-            elif length == 126:
-                if n - off < 4:
-                    break
-                length, head = int.from_bytes(buf[off + 2:off + 4], "big"), 4
-            else:
-                if n - off < 10:
-                    break
-                length, head = int.from_bytes(buf[off + 2:off + 10], "big"), 10
-            start = off + head
-            if n - start < length:
-                break
-            opcode = buf[off] & 0x0F
-            off = start + length
-            if opcode == 2:
-                if count_only:
-                    if buf[start] == 0x92 and buf[start + 1] == protocol.PUSH:
-                        pushes += 1
-                else:
-                    self._binary(bytes(buf[start:off]), now)
-            elif opcode == 9:  # server ping: answer (the edge closes silent connections)
-                self.send(bytes(buf[start:off]), 0x8A)
-            elif opcode == 8:
-                self.stats.errors[f"close_{int.from_bytes(buf[start:start + 2], 'big') if length >= 2 else 0}"] += 1
-        del buf[:off]
-        if pushes:
-            self.stats.push_frames += pushes
-
-    # -- frames
-    def _binary(self, data: bytes, now: float) -> None:
-        frame = msgpack.unpackb(data, raw=False)
-        kind = frame[0]
-        stats = self.stats
-        if kind == protocol.PUSH:
-            payload = frame[1]
-            if self.mode == "viewer" and isinstance(payload, dict) and payload.get("type") == "state":
-                sent_at = payload.get("sent_at") or 0.0
-                if stats.measuring and sent_at > 0:
-                    stats.latencies.append(now - sent_at)
-                    stats.state_frames += 1
-                count = payload.get("bid_count", 0)
-                if count > stats.bid_count:
-                    stats.bid_count, stats.bid_count_seen_at = count, now
-            elif self.mode == "count":
-                stats.push_frames += 1
-            elif isinstance(payload, dict) and payload.get("type") == "bid_rejected":
-                stats.rejected[f"credit: {payload.get('reason', '')[:40]}"] += 1
-            elif isinstance(payload, dict) and payload.get("type") == "registered":
-                stats.registered += 1
-        elif kind == protocol.REPLY:
-            waiter = self.replies.pop(frame[1], None)
-            if waiter is not None:
-                waiter.set_result(frame)
-                return
-            stats.replies += 1
-            if not frame[2]:
-                stats.rejected[f"{frame[3].get('code')}: {frame[3].get('reason', '')[:40]}"] += 1
-        elif kind == protocol.WELCOME:
-            if not self.ready.done():
-                self.ready.set_result(frame[2])
-        elif kind == protocol.TERMINATE:
-            stats.errors[f"terminate: {frame[1]}"] += 1
-        elif kind == protocol.ERROR:
-            stats.errors[f"error: {frame[1]}"] += 1
-
-    def send(self, payload: bytes, first: int = 0x82) -> None:
-        """One frame, FIN set, masked with the zero key (valid RFC 6455; XOR is a no-op)."""
-        assert self.transport is not None
-        self.transport.write(frame_bytes(payload, first))
-
-    async def request(self, payload: dict[str, Any], timeout: float = 10.0) -> list[Any]:
-        """Send and await the REPLY; a retryable refusal (e.g. ``overloaded`` while the
-        other clients connect) is resent with the same message ID, as a client would."""
-        mid = uuid.uuid4().hex
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        while True:
-            waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            self.replies[mid] = waiter
-            self.send(protocol.pack([protocol.MSG, mid, msgpack.packb(payload)]))
-            frame = await asyncio.wait_for(waiter, max(0.01, deadline - time.monotonic()))
-            if frame[2] or not frame[3].get("retryable") or time.monotonic() > deadline:
-                return frame
-            await asyncio.sleep(0.05)
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if "serving on http://" in line:
+                self.url = line.split("serving on ", 1)[1].split()[0].rstrip("/")
+                return self.url
+        self.stop()
+        self.log.seek(0)
+        raise RuntimeError(f"the server did not start:\n{self.log.read()[-3000:]}")
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
-def frame_bytes(payload: bytes, first: int = 0x82) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 65536:
-        head = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
-
-
-def upgrade_request(host: str, port: int, path: str, token: str | None) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}", "Sec-WebSocket-Version: 13",
-             f"Sec-WebSocket-Protocol: {protocol.SUBPROTOCOL}"]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
 
 
-async def open_clients(base: tuple[str, int], path_of: Any, token_of: Any, count: int, mode: str,
-                       stats: Stats, batch: int = 100) -> list[WsClient]:
-    """Open ``count`` clients in batches; each is ready after its WELCOME (or the 101, raw)."""
-    loop = asyncio.get_running_loop()
-    host, port = base
-    clients: list[WsClient] = []
-    for first in range(0, count, batch):
-        made = []
-        for i in range(first, min(count, first + batch)):
-            request = upgrade_request(host, port, path_of(i), token_of(i))
-            _, client = await loop.create_connection(lambda r=request: WsClient(stats, mode, r), host, port)
-            made.append(client)
-        await asyncio.wait_for(asyncio.gather(*(c.ready for c in made)), 60)
-        clients += made
-    return clients
+def run_rate(rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """One rate: a fresh server, the load process against it, the load's JSON line."""
+    with tempfile.TemporaryDirectory(prefix="xplatform-hot-") as data_dir:
+        server = ServerProcess(data_dir, dict(kv.split("=", 1) for kv in args.server_env))
+        try:
+            url = server.wait_ready()
+            print(f"[bench] rate {rate:.0f}/s: server pid {server.proc.pid} at {url}", file=sys.stderr, flush=True)
+            command = [sys.executable, "-m", "loadtests.hotlot_load", "--url", url, "--db", server.db,
+                       "--server-pid", str(server.proc.pid), "--rate", str(rate), "--viewers", str(args.viewers),
+                       "--bidders", str(args.bidders), "--sample", str(args.sample), "--warmup", str(args.warmup),
+                       "--window", str(args.window)]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,  # noqa: S603
+                                  timeout=args.warmup + args.window + 300)
+            if done.returncode != 0:
+                raise RuntimeError(f"load generator failed at {rate:.0f}/s:\n{done.stderr[-3000:]}")
+            result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+            result["server_alive"] = server.proc.poll() is None
+            return result
+        finally:
+            server.stop()
 
 
-async def viewer_tokens_for(session: aiohttp.ClientSession, base_url: str, viewers: int) -> list[str]:
-    """A token per viewer: an entity caps the connections of one user (``MAX_CONNECTIONS_PER_USER``)."""
-    run = uuid.uuid4().hex[:6]
-    return list(await asyncio.gather(*(get_token(session, base_url, f"v-{run}-{i}", "viewer") for i in range(viewers))))
+def max_rate_ok(runs: list[dict[str, Any]]) -> float | None:
+    good = [r["rate_offered"] for r in runs if r.get("ok")]
+    return max(good) if good else None
 
 
-async def get_token(session: aiohttp.ClientSession, base_url: str, sub: str, role: str) -> str:
-    async with session.get(f"{base_url}/dev/token", params={"sub": sub, "role": role}) as resp:
-        resp.raise_for_status()
-        return str((await resp.json())["token"])
+def _peer_dir(name: str, given: str | None) -> Path:
+    candidates = [Path(given) / name] if given else [p / "shared" / "peers" / name for p in ROOT.parents]
+    for candidate in candidates:
+        if (candidate / "run.sh").is_file():
+            return candidate
+    raise SystemExit(f"no {name} harness (run.sh) in {', '.join(map(str, candidates))}; give --peers-dir")
+
+
+def run_peer(name: str, rates: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    """The peer's own harness, copied to a cache directory (its node_modules stay there
+    between invocations), with the same scenario parameters; its last line is its summary."""
+    source = _peer_dir(name, args.peers_dir)
+    work = Path(tempfile.gettempdir()) / f"xplatform-peer-{name}"
+    work.mkdir(exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, work / item.name)  # copy2 keeps mtimes: run.sh reinstalls only when they change
+            (work / item.name).chmod(0o755 if item.name.endswith(".sh") else 0o644)
+    env = {**os.environ, "RATES": " ".join(str(int(r)) for r in rates), "VIEWERS": str(args.viewers),
+           "BIDDERS": str(args.bidders), "SAMPLE": str(args.sample), "WARMUP": str(int(round(args.warmup))),
+           "DURATION": str(int(round(args.window)))}
+    print(f"[bench] peer {name}: {work}/run.sh RATES={env['RATES']!r}", file=sys.stderr, flush=True)
+    done = subprocess.run(["bash", str(work / "run.sh")], cwd=work, env=env, capture_output=True, text=True,  # noqa: S603
+                          timeout=len(rates) * (args.warmup + args.window + 120) + 600)
+    if done.returncode != 0:
+        raise RuntimeError(f"peer {name} failed:\n{done.stderr[-3000:]}")
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    summary = lines[-1]
+    summary["run_lines"] = lines[:-1]
+    return summary
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    rates = [float(r) for r in args.sweep.split(",") if r.strip()]
+    runs = []
+    for rate in rates:
+        result = run_rate(rate, args)
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    summary: dict[str, Any] = {
+        "bench": "hot_entity_sweep", "server": "python -m infrastructure.cli run (sqlite, defaults)",
+        "server_env": {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.server_env)},
+        "viewers": args.viewers, "bidders": args.bidders, "warmup_s": args.warmup, "window_s": args.window,
+        "criterion": f"latency p99 <= {OK_P99_MS:.0f} ms and accepted >= {OK_ACCEPTED:.0%} of offered",
+        "max_rate_ok": max_rate_ok(runs),
+        "max_rate_is_top_of_sweep": max_rate_ok(runs) == max(rates),
+        "runs": [{"rate": r["rate_offered"], "accepted_per_s": r["accepted_per_s"], "p50_ms": r["latency_ms"]["p50"],
+                  "p99_ms": r["latency_ms"]["p99"], "max_ms": r["latency_ms"]["max"],
+                  "frames_per_s": r["frames_per_s"], "server_cpu_pct": r["server_cpu_pct"],
+                  "loadgen_cpu_pct": r["loadgen_cpu_pct"], "refused": r["refused_in_window"],
+                  "disconnects": r["client_disconnects"], "ok": r["ok"]} for r in runs],
+    }
+    if args.peer:
+        peer = run_peer(args.peer, rates, args)
+        summary["peer"] = {k: v for k, v in peer.items() if k != "run_lines"}
+        summary["peer_runs"] = peer["run_lines"]
+        summary["peer_max_rate_ok"] = peer.get("max_rate_p99_le_100ms")
+        ours, theirs = summary["max_rate_ok"], summary["peer_max_rate_ok"]
+        summary["ratio"] = round((ours or 0) / theirs, 3) if theirs else None
+    return summary
 
 
 def _lot_path(lot: str) -> Any:
@@ -333,111 +251,6 @@ async def _open_lot(session: aiohttp.ClientSession, base_url: str, base: tuple[s
     return auctioneer
 
 
-async def phase_coalesced(base_url: str, viewers: int, bidders: int, rate: float, seconds: float) -> dict[str, Any]:
-    """Phase 1 (client process): freshness and accepted bids with coalescing on."""
-    stats = Stats()
-    base = ("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
-    lot = f"hot-{uuid.uuid4().hex[:8]}"
-    run = uuid.uuid4().hex[:6]
-    async with aiohttp.ClientSession() as session:
-        auctioneer = await _open_lot(session, base_url, base, lot, stats)
-        viewer_tokens = await viewer_tokens_for(session, base_url, viewers)
-        bidder_tokens = [await get_token(session, base_url, f"b-{run}-{i}", "bidder") for i in range(bidders)]
-    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_tokens[i], viewers, "viewer", stats)
-    bidding = await open_clients(base, _lot_path(lot), lambda i: bidder_tokens[i], bidders, "bidder", stats)
-    await asyncio.sleep(1.0)  # the joins' state pushes settle
-    # Registration, as in a real sale: each bidder asks for a credit line on the lot before
-    # bidding (its Bidder entity holds the credit), so its bids are accepted by the lot alone.
-    for bidder in bidding:
-        frame = await bidder.request({"type": "register", "limit": CREDIT_LINE})
-        if not frame[2]:
-            raise RuntimeError(f"registration refused: {frame[3]}")
-    deadline = time.monotonic() + 30
-    while stats.registered < len(bidding) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    if stats.registered < len(bidding):
-        raise RuntimeError(f"only {stats.registered} of {len(bidding)} credit lines arrived")
-    # warm-up: one bid per bidder, one at a time (each connection's first message warms its path)
-    amount = 0
-    for bidder in bidding:
-        amount += 1
-        frame = await bidder.request({"type": "bid", "amount": amount})
-        if not frame[2]:
-            raise RuntimeError(f"warm-up bid refused: {frame[3]}")
-    deadline = time.monotonic() + 10
-    while stats.bid_count < amount and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-    warm_bids, warm_count = amount, stats.bid_count
-    stats.rejected.clear()
-
-    per_slice = rate * SLICE_S
-    slices = max(1, round(seconds / SLICE_S))
-    carry = 0.0
-    meter = CpuMeter()
-    print(f"phase 1: offering {rate:.0f} bids/s for {seconds:.0f} s", file=sys.stderr, flush=True)
-    stats.measuring = True
-    started_wall = time.time()
-    started = time.monotonic()
-    meter.start()
-    for k in range(slices):
-        due = started + k * SLICE_S
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        carry += per_slice
-        n, carry = int(carry), carry - int(carry)
-        bidder = bidding[k % len(bidding)]
-        frames = []
-        for _ in range(n):
-            amount += 1
-            payload = msgpack.packb({"type": "bid", "amount": amount, "sent_at": time.time()})
-            frames.append(frame_bytes(protocol.pack([protocol.MSG, f"{k % len(bidding)}-{amount}", payload])))
-        if frames:
-            assert bidder.transport is not None
-            bidder.transport.write(b"".join(frames))
-    offered_s = time.monotonic() - started
-    window_frames = stats.state_frames
-    window_count = stats.bid_count - warm_count
-    cpu = meter.stop()
-    # drain: every bid answered and bid_count at rest (bounded)
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    last, rested = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        if stats.bid_count != last:
-            last, rested = stats.bid_count, time.monotonic()
-        if stats.replies >= amount - warm_bids and time.monotonic() - rested >= QUIET_S:
-            break
-        await asyncio.sleep(0.05)
-    drained = stats.replies >= amount - warm_bids  # warm-up replies were awaited by request()
-    stats.measuring = False
-    for client in (*watchers, *bidding, auctioneer):
-        client.abort()
-    busy_s = max(1e-9, stats.bid_count_seen_at - started_wall)
-    rejected = sum(stats.rejected.values())
-    accepted = stats.bid_count - warm_count
-    offered = amount - warm_bids
-    return {
-        "accepted_updates_per_s": accepted / busy_s,
-        "accepted_bids": accepted,
-        "accepted_during_offer_per_s": window_count / offered_s,
-        "bids_offered": offered,
-        "offered_rate": offered / offered_s,
-        "rejected_bids": rejected,
-        "rejected_reasons": dict(stats.rejected.most_common(5)),
-        "unanswered_bids": max(0, amount - warm_bids - stats.replies),
-        "drained": drained,
-        "drain_s": round(max(0.0, stats.bid_count_seen_at - started_wall - offered_s), 2),
-        "frames_per_s": window_frames / offered_s,
-        "frames_total": stats.state_frames,
-        "update_to_client_p50_ms": percentile(stats.latencies, 50) * 1000,
-        "update_to_client_p90_ms": percentile(stats.latencies, 90) * 1000,
-        "update_to_client_p99_ms": percentile(stats.latencies, 99) * 1000,
-        "update_to_client_max_ms": max(stats.latencies, default=float("nan")) * 1000,
-        "phase1_cpu": cpu,
-        "phase1_errors": dict(stats.errors),
-    }
-
-
 async def _count_window(stats: Stats, warmup: float, window: float) -> tuple[float, dict[str, float]]:
     await asyncio.sleep(warmup)
     meter = CpuMeter()
@@ -475,9 +288,9 @@ async def phase_fanout(edge_url: str, raw_url: str, viewers: int, rate: float, s
         lot = f"fan-{uuid.uuid4().hex[:8]}"
         auctioneer = await _open_lot(session, edge_url, base, lot, stats)
         auctioneer.abort()  # viewers only (and the one bidder) receive the updates
-        viewer_tokens = await viewer_tokens_for(session, edge_url, viewers)
+        viewer_token = await get_token(session, edge_url, "viewer", "viewer")
         bidder_token = await get_token(session, edge_url, f"fan-{uuid.uuid4().hex[:6]}", "bidder")
-    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_tokens[i], viewers, "count", stats)
+    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_token, viewers, "count", stats)
     [bidder] = await open_clients(base, _lot_path(lot), lambda i: bidder_token, 1, "bidder", stats)
     await asyncio.sleep(0.5)
     stop = asyncio.Event()
@@ -522,8 +335,8 @@ async def phase_fanout(edge_url: str, raw_url: str, viewers: int, rate: float, s
 def _client_process(phase: str, args: tuple[Any, ...], out: Any) -> None:
     raise_open_file_limit()
     try:
-        func = phase_coalesced if phase == "coalesced" else phase_fanout
-        out.put(asyncio.run(func(*args)))  # type: ignore[operator]
+        assert phase == "fanout", phase  # the only in-benchmark client phase left (the sweep has its own process)
+        out.put(asyncio.run(phase_fanout(*args)))
     except BaseException as exc:  # report instead of leaving the server waiting
         out.put({"failed": f"{type(exc).__name__}: {exc}"})
         raise
@@ -641,20 +454,11 @@ async def _run_clients(phase: str, args: tuple[Any, ...], timeout: float) -> dic
     return result
 
 
-async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_rate: float,
-                fanout_seconds: float) -> dict[str, Any]:
+async def fanout_bench(viewers: int, fanout_rate: float, fanout_seconds: float) -> dict[str, Any]:
+    """``--fanout``: the edge with coalescing off vs a raw aiohttp broadcast (this process serves)."""
     raise_open_file_limit()
-    print(f"server pid {os.getpid()}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as data_dir:
-        server = await Server.start(os.path.join(data_dir, "phase1"))
-        pauses = GcPauses.install()
-        try:
-            result.update(await _run_clients("coalesced", (server.url, viewers, bidders, rate, seconds),
-                                             seconds + DRAIN_TIMEOUT_S + 180))
-            result["phase1_server_gc"] = pauses.summary()
-        finally:
-            await server.stop()
         frame = lot_state_frame()
         server = await Server.start(os.path.join(data_dir, "phase2"), coalesce_hz=0.0,
                                     send_queue_bytes=PHASE2_QUEUE)
@@ -665,8 +469,7 @@ async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_
         finally:
             await raw.stop()
             await server.stop()
-    result["errors"] = (result["unanswered_bids"] + sum(result["phase1_errors"].values())
-                        + sum(result["phase2_errors"].values()))
+    result["errors"] = sum(result["phase2_errors"].values())
     result["raw_frame_bytes"] = len(frame)
     result["phase2_send_queue_bytes"] = PHASE2_QUEUE
     return result
@@ -674,23 +477,33 @@ async def bench(viewers: int, bidders: int, rate: float, seconds: float, fanout_
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", default="", help="comma-separated offered bid rates, e.g. 1000,5000,10000")
+    parser.add_argument("--peer", choices=PEERS, default=None, help="also run this peer's harness")
+    parser.add_argument("--peers-dir", default=None, help="folder holding the peer harnesses (default: shared/peers "
+                        "beside or above this checkout)")
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--bidders", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=10_000.0, help="bids/s offered in phase 1, all bidders")
-    parser.add_argument("--seconds", type=float, default=10.0, help="phase 1 offered window")
-    parser.add_argument("--fanout-rate", type=float, default=200.0, help="bids/s offered in phase 2 (one bidder)")
-    parser.add_argument("--fanout-seconds", type=float, default=5.0, help="phase 2 counted windows")
+    parser.add_argument("--sample", type=int, default=100, help="viewers whose freshness is recorded")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the window")
+    parser.add_argument("--window", type=float, default=15.0, help="measurement window, seconds")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra XPLATFORM_* setting for the server (A/B of a setting; reported)")
+    parser.add_argument("--fanout", action="store_true", help="run the coalescing-off fan-out vs raw aiohttp phase")
+    parser.add_argument("--fanout-rate", type=float, default=200.0, help="bids/s offered in --fanout (one bidder)")
+    parser.add_argument("--fanout-seconds", type=float, default=5.0, help="--fanout counted windows")
     args = parser.parse_args(argv)
+    if not args.sweep and not args.fanout:
+        parser.error("give --sweep RATES and/or --fanout")
     started = time.monotonic()
-    result = asyncio.run(bench(args.viewers, args.bidders, args.rate, args.seconds, args.fanout_rate,
-                               args.fanout_seconds))
-    print(f"phase 1: {result['offered_rate']:.0f} bids/s offered, {result['accepted_updates_per_s']:.0f} accepted/s, "
-          f"{result['frames_per_s']:.0f} frames/s, freshness p50 {result['update_to_client_p50_ms']:.1f} ms "
-          f"p99 {result['update_to_client_p99_ms']:.1f} ms; phase 2: edge {result['fanout_frames_per_s']:.0f} "
-          f"frames/s, raw {result['raw_broadcast_frames_per_s']:.0f} frames/s, ratio {result['fanout_ratio']:.2f}")
-    emit({**result, "viewers": args.viewers, "bidders": args.bidders, "rate": args.rate, "seconds": args.seconds,
-          "fanout_rate": args.fanout_rate, "fanout_seconds": args.fanout_seconds,
-          "wall_s": round(time.monotonic() - started, 1), "clients": "separate process", "store": "sqlite"})
+    result: dict[str, Any] = {}
+    if args.sweep:
+        result.update(sweep(args))
+    if args.fanout:
+        fan = asyncio.run(fanout_bench(args.viewers, args.fanout_rate, args.fanout_seconds))
+        print(f"fan-out: edge {fan['fanout_frames_per_s']:.0f} frames/s, raw {fan['raw_broadcast_frames_per_s']:.0f} "
+              f"frames/s, ratio {fan['fanout_ratio']:.2f}", file=sys.stderr)
+        result.update(fan)
+    emit({**result, "wall_s": round(time.monotonic() - started, 1)})
 
 
 if __name__ == "__main__":

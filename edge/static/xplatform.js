@@ -28,6 +28,9 @@
 // - Requests made while not open wait for the next WELCOME. A request sent but not answered
 //   when the socket drops is sent again after the reconnect with the SAME message ID: the
 //   entity applies a message ID once, so a retry never doubles a bid.
+// - A request refused `overloaded` (its entity is behind; nothing changed) is sent again with
+//   the same message ID after a full-jitter exponential backoff (base 50 ms, cap 2 s), at most
+//   `overloadRetries` (5) times and within its timeout; then it rejects with that refusal.
 // - Heartbeat: PING every `pingIntervalMs` (first one right after WELCOME); each PONG gives a
 //   round trip (`latency`), which is reported to the edge in a LATENCY frame. A socket that
 //   answers nothing to a PING for `deadAfterMs` is considered dead and replaced.
@@ -92,6 +95,9 @@ function defaultBaseUrl() {
  * @param {number} [options.requestTimeoutMs=15000]
  * @param {number} [options.backoffBaseMs=250]
  * @param {number} [options.backoffMaxMs=10000]
+ * @param {number} [options.overloadRetries=5] resends of a request refused 'overloaded' (0: none)
+ * @param {number} [options.overloadBackoffBaseMs=50]
+ * @param {number} [options.overloadBackoffMaxMs=2000]
  * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (tests, node)
  */
 export function connect(options) {
@@ -103,6 +109,7 @@ export class Connection {
     url, category, entityId, getToken = () => null, cid,
     pingIntervalMs = 5000, deadAfterMs, requestTimeoutMs = 15000,
     backoffBaseMs = 250, backoffMaxMs = 10000, WebSocket: WS = globalThis.WebSocket,
+    overloadRetries = 5, overloadBackoffBaseMs = 50, overloadBackoffMaxMs = 2000,
   }) {
     if (!category || !entityId) throw new Error('connect: category and entityId are required');
     const base = (url ?? defaultBaseUrl()).replace(/^http/, 'ws').replace(/\/+$/, '');
@@ -123,6 +130,9 @@ export class Connection {
     this._requestTimeoutMs = requestTimeoutMs;
     this._backoffBaseMs = backoffBaseMs;
     this._backoffMaxMs = backoffMaxMs;
+    this._overloadRetries = overloadRetries;
+    this._overloadBackoffBaseMs = overloadBackoffBaseMs;
+    this._overloadBackoffMaxMs = overloadBackoffMaxMs;
     this._listeners = { push: new Set(), state: new Set(), welcome: new Set(), latency: new Set(), error: new Set() };
     this._pending = new Map();     // message_id -> {frame, resolve, reject, timer, sent}
     this._pings = new Map();       // client_time_ms sent -> performance.now() at sending
@@ -175,8 +185,10 @@ export class Connection {
   request(payload, { messageId = uuid4(), timeoutMs = this._requestTimeoutMs } = {}) {
     if (this._closedForGood) return Promise.reject(new XPlatformError('closed', 'the connection is closed'));
     return new Promise((resolve, reject) => {
-      const entry = { frame: encode([Kind.MSG, messageId, encode(payload)]), resolve, reject, sent: false };
+      const entry = { frame: encode([Kind.MSG, messageId, encode(payload)]), resolve, reject, sent: false,
+        retries: 0, retryTimer: null };
       entry.timer = setTimeout(() => {
+        clearTimeout(entry.retryTimer);
         this._pending.delete(messageId);
         reject(new XPlatformError('timeout', `no reply within ${timeoutMs} ms`, true));
       }, timeoutMs);
@@ -186,12 +198,23 @@ export class Connection {
   }
 
   _sendPending(entry) {
+    clearTimeout(entry.retryTimer);
+    entry.retryTimer = null;
     entry.sent = this._send(entry.frame);
   }
 
   _settle(messageId, ok, payload) {
     const entry = this._pending.get(messageId);
     if (!entry) return;
+    if (!ok && payload?.code === 'overloaded' && entry.retries < this._overloadRetries) {
+      // the entity is behind and nothing changed: same message ID again after a jittered backoff
+      const capMs = Math.min(this._overloadBackoffMaxMs, this._overloadBackoffBaseMs * 2 ** entry.retries);
+      entry.retries += 1;
+      entry.sent = false;
+      entry.retryTimer = setTimeout(() => { if (this.state === 'open') this._sendPending(entry); },
+        Math.random() * capMs);
+      return;
+    }
     this._pending.delete(messageId);
     clearTimeout(entry.timer);
     if (ok) entry.resolve(payload);
@@ -221,6 +244,7 @@ export class Connection {
     }
     for (const [id, entry] of this._pending) {
       clearTimeout(entry.timer);
+      clearTimeout(entry.retryTimer);
       entry.reject(new XPlatformError('closed', detail.reason || 'the connection is closed'));
       this._pending.delete(id);
     }

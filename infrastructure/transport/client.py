@@ -39,7 +39,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope
 from infrastructure.transport.link import Link
-from infrastructure.transport.port import OutboundSink
+from infrastructure.transport.port import OutboundSink, ReplyCallback, callback_when_done
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class ClusterClient:
     def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> asyncio.Future[Reply]:
         """:meth:`ask` as a future (a task here: resending across a handoff needs one)."""
         return asyncio.ensure_future(self.ask(to, message, timeout))
+
+    def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
+                     timeout: float | None = None) -> None:
+        """:meth:`ask` with a callback (see the transport port), on top of its future."""
+        callback_when_done(self.ask_future(to, message, timeout), on_reply)
 
     async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float) -> tuple[Reply, bool]:
         """One attempt; the flag says whether the shard looked like it was moving."""

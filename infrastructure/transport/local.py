@@ -10,7 +10,8 @@ on the next loop iteration, not inline, so a chain of tells never recurses.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from domain.effects import Reply, Send, Terminate
 from domain.messages import EntityMessage, Inbound
@@ -19,7 +20,11 @@ from infrastructure.errors import TransportError
 
 if TYPE_CHECKING:
     from infrastructure.runtime.node import StateNode
-    from infrastructure.transport.port import OutboundSink
+    from infrastructure.transport.port import OutboundSink, ReplyCallback
+
+EXPIRY_SWEEP_S = 0.25
+"""How often unanswered asks are checked against their deadline: a timer per message cost
+~2 µs and a heap entry at thousands of messages per second; timeouts are seconds."""
 
 
 class LocalTransport:
@@ -29,6 +34,9 @@ class LocalTransport:
         self.node = node
         self.ask_timeout_s = ask_timeout_s
         self._sinks: list[OutboundSink] = []
+        self._expiring: dict[float, deque[tuple[list[Any], EntityRef, str]]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
         node.router = self
         node.outbound = self
 
@@ -37,26 +45,63 @@ class LocalTransport:
         return await self.ask_future(to, message, timeout)
 
     def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> asyncio.Future[Reply]:
-        """As :meth:`ask`, as a future and without a task: the edge asks once per client
-        frame, and a task per message was a measurable share of a hot entity's CPU."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reply] = loop.create_future()
+        """As :meth:`ask`, as a future and without a task."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def answer(reply: Reply | None, error: BaseException | None) -> None:
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(reply)  # type: ignore[arg-type]
+
+        self.ask_callback(to, message, answer, timeout)
+        return future
+
+    def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
+                     timeout: float | None = None) -> None:
+        """Deliver ``message``; ``on_reply`` gets the reply once it may leave (after
+        durability), or a TransportError once ``timeout`` passed (checked every
+        ``EXPIRY_SWEEP_S``). No future, no task, no timer per message: see the port."""
+        entry: list[Any] = [on_reply, 0.0]
 
         def answer(reply: Reply) -> None:
-            if not future.done():
-                future.set_result(reply)
+            callback = entry[0]
+            if callback is not None:
+                entry[0] = None
+                callback(reply, None)
 
-        def expire() -> None:
-            if not future.done():
-                future.set_exception(TransportError(
-                    f"no reply from {to} for {message.message_id} within the timeout; "
-                    "the message may still be applied (resend with the same ID)"))
-
-        # A plain timer instead of asyncio.wait_for: no extra task per message on the hot path.
-        timer = loop.call_later(timeout or self.ask_timeout_s, expire)
-        future.add_done_callback(lambda _: timer.cancel())
+        loop = asyncio.get_running_loop()
+        wait = timeout or self.ask_timeout_s
+        entry[1] = loop.time() + wait
+        queue = self._expiring.get(wait)
+        if queue is None:
+            queue = self._expiring[wait] = deque()
+        queue.append((entry, to, message.message_id))
+        if self._sweeper is None or self._sweeper_loop is not loop:
+            self._sweeper, self._sweeper_loop = loop.call_later(EXPIRY_SWEEP_S, self._expire), loop
         self.node.deliver(to, message, answer)
-        return future
+
+    def _expire(self) -> None:
+        """Answer the asks whose deadline passed with a TransportError. One queue per
+        timeout value, in order of asking, so deadlines are in order within each."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for wait, queue in list(self._expiring.items()):
+            while queue:
+                entry, to, message_id = queue[0]
+                if entry[0] is not None and entry[1] > now:
+                    break
+                queue.popleft()
+                callback = entry[0]
+                if callback is not None:
+                    entry[0] = None
+                    callback(None, TransportError(
+                        f"no reply from {to} for {message_id} within the timeout; "
+                        "the message may still be applied (resend with the same ID)"))
+            if not queue:
+                del self._expiring[wait]
+        self._sweeper = loop.call_later(EXPIRY_SWEEP_S, self._expire) if self._expiring else None
 
     def send(self, to: EntityRef, message: Inbound) -> None:
         """Deliver ``message`` without waiting for a reply."""

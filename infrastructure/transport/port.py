@@ -6,11 +6,15 @@ the network transport (cluster issue) later.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from domain.effects import Reply, Send, Terminate
 from domain.messages import Inbound
 from domain.refs import EntityRef
+
+ReplyCallback = Callable[[Reply | None, BaseException | None], None]
+"""Receives ``(reply, None)`` or ``(None, error)`` exactly once (see ``Transport.ask_callback``)."""
 
 
 class OutboundSink(Protocol):
@@ -32,6 +36,14 @@ class Transport(Protocol):
         from a callback create no task per message."""
         ...
 
+    def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
+                     timeout: float | None = None) -> None:
+        """:meth:`ask` with a callback, called once with ``(reply, None)`` or ``(None, error)``
+        (a TransportError on timeout), possibly before this returns: the edge's per-frame
+        path, where a future and a timer per message were a measurable share of a hot
+        entity's CPU and every future callback one more loop iteration of wait."""
+        ...
+
     def send(self, to: EntityRef, message: Inbound) -> None:
         """Deliver without waiting for a reply (e.g. ``Terminated``)."""
         ...
@@ -41,3 +53,16 @@ class Transport(Protocol):
         ...
 
     def unsubscribe(self, sink: OutboundSink) -> None: ...
+
+
+def callback_when_done(future: asyncio.Future[Reply], on_reply: ReplyCallback) -> None:
+    """Call ``on_reply`` once ``future`` is done (``ask_callback`` of transports that ask by future)."""
+    def done(finished: asyncio.Future[Reply]) -> None:
+        if finished.cancelled():
+            on_reply(None, asyncio.CancelledError())
+        elif finished.exception() is not None:
+            on_reply(None, finished.exception())
+        else:
+            on_reply(finished.result(), None)
+
+    future.add_done_callback(done)

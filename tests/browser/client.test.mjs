@@ -95,6 +95,40 @@ test('requests wait for WELCOME, travel as MSG with a bin payload, settle on REP
   conn.close();
 });
 
+test("a request refused 'overloaded' is resent with the same message ID after a backoff, then settles", async () => {
+  const { conn, socket } = setup({ overloadBackoffBaseMs: 2, overloadBackoffMaxMs: 10 });
+  await until(() => socket(0), 'socket');
+  const ws = socket(0);
+  ws.accept();
+  const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
+  const overloaded = { code: 'overloaded', reason: 'the entity is overloaded; retry shortly', retryable: true };
+  for (let n = 1; n <= 3; n++) {
+    await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
+    ws.deliver([Kind.REPLY, 'b-5', false, overloaded]);
+  }
+  await until(() => ws.frames(Kind.MSG).length === 4, 'attempt 4');
+  assert.deepEqual(ws.frames(Kind.MSG).map((f) => f[1]), ['b-5', 'b-5', 'b-5', 'b-5'], 'same message ID: applied once');
+  ws.deliver([Kind.REPLY, 'b-5', true, { status: 'accepted' }]);
+  assert.deepEqual(await bid, { status: 'accepted' });
+  conn.close();
+});
+
+test("'overloaded' retries are bounded: after the last one the request rejects with it", async () => {
+  const { conn, socket } = setup({ overloadRetries: 2, overloadBackoffBaseMs: 1, overloadBackoffMaxMs: 4 });
+  await until(() => socket(0), 'socket');
+  const ws = socket(0);
+  ws.accept();
+  const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
+  for (let n = 1; n <= 3; n++) {
+    await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
+    ws.deliver([Kind.REPLY, 'b-5', false, { code: 'overloaded', reason: 'behind', retryable: true }]);
+  }
+  await assert.rejects(bid, (err) => err instanceof XPlatformError && err.code === 'overloaded' && err.retryable);
+  await sleep(20);
+  assert.equal(ws.frames(Kind.MSG).length, 3, 'the first try and 2 retries, no more');
+  conn.close();
+});
+
 test('a dropped socket reconnects with the same cid, a fresh token, and resends unanswered requests with their IDs', async () => {
   const { conn, socket, states, tokenCount } = setup();
   await until(() => socket(0), 'socket');

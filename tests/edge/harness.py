@@ -15,10 +15,11 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,26 @@ async def eventually(check: Callable[[], Any], timeout: float = 3.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+@contextmanager
+def gated_journal(edge: Edge) -> Iterator[threading.Event]:
+    """The store stops answering: every append waits until the yielded event is set (set
+    on exit at the latest, so the writer thread never hangs past the test)."""
+    journal = edge.platform.journal
+    gate = threading.Event()
+    append = journal.append
+
+    def gated(writes: Any) -> Any:
+        gate.wait(30)
+        return append(writes)
+
+    journal.append = gated  # type: ignore[method-assign]
+    try:
+        yield gate
+    finally:
+        gate.set()
+        journal.append = append  # type: ignore[method-assign]
 
 
 def new_cid() -> str:

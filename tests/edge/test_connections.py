@@ -105,7 +105,7 @@ def test_slow_consumer_is_closed_1013_while_another_keeps_receiving(tmp_path: Pa
         await ann.close()
         await fast.close()
 
-    run_edge(tmp_path, scenario, slow_consumer_s=0.5, close_timeout_s=1.0, shed_lag_ms=0)  # not about shedding
+    run_edge(tmp_path, scenario, slow_consumer_s=0.5, close_timeout_s=1.0, shed_after_ms=0)  # not about shedding
 
 
 def test_terminated_reaches_the_entity_when_the_socket_drops(tmp_path: Path) -> None:

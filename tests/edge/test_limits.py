@@ -17,7 +17,7 @@ from edge.config import EdgeConfig, open_file_limit
 from edge.connection import WsConnection
 from edge.errors import EdgeConfigurationError
 from edge.sockets import AcceptErrorLog
-from tests.edge.harness import Edge, RawSocket, eventually, new_cid, run_edge, token
+from tests.edge.harness import ROOM, Edge, RawSocket, eventually, gated_journal, new_cid, run_edge, token
 
 PING, PONG_LIMIT = 0x9, 125  # websocket PING opcode; control payloads are at most 125 bytes
 
@@ -73,7 +73,7 @@ def test_ping_flood_within_the_rate_limit_keeps_one_pong_pending(tmp_path: Path)
         assert _conn_of(edge, "mallory") is conn  # kept (bounded), not closed
         raw.close()
 
-    run_edge(tmp_path, scenario, rate_per_s=1e6, rate_burst=1e6, user_rate_per_s=0, shed_lag_ms=0)
+    run_edge(tmp_path, scenario, rate_per_s=1e6, rate_burst=1e6, user_rate_per_s=0, shed_after_ms=0)
 
 
 # ---------------------------------------------------------------- (b) slow consumers, fairness
@@ -102,15 +102,17 @@ def test_a_burst_of_refusals_never_closes_a_client_that_reads(tmp_path: Path) ->
     """600 messages refused 'overloaded' in one burst (aiohttp hands buffered frames over
     without yielding, and refusals do not count against max_in_flight): all 600 answered."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client("ann")
-        edge.public.load.overloaded = True  # shedding on (shed_lag_ms=0: no probe resets it)
-        replies = await asyncio.gather(*(client.request({"type": "set", "value": i}) for i in range(600)))
+        client = await edge.client("ann", overload_retries=0)
+        with gated_journal(edge):  # the store stops answering: the Room falls behind, new messages are shed
+            stuck = asyncio.create_task(client.request({"type": "set", "value": -1}))
+            await eventually(lambda: edge.public.load.behind(ROOM), what="the entity behind")
+            replies = await asyncio.gather(*(client.request({"type": "set", "value": i}) for i in range(600)))
         assert [r.code for r in replies] == ["overloaded"] * 600
-        assert client.close_code is None
+        assert (await stuck).ok and client.close_code is None
         assert edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 0
         await client.close()
 
-    run_edge(tmp_path, scenario, shed_lag_ms=0, rate_per_s=1e6, rate_burst=1e6, user_rate_per_s=0)
+    run_edge(tmp_path, scenario, shed_after_ms=50, rate_per_s=1e6, rate_burst=1e6, user_rate_per_s=0)
 
 
 def test_a_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Path) -> None:
@@ -138,7 +140,7 @@ def test_a_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Pa
             assert pushes < 480 and edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 0
             await ws.close()
 
-    run_edge(tmp_path, scenario, slow_consumer_s=30.0, rate_per_s=1e6, rate_burst=1e6, shed_lag_ms=0)
+    run_edge(tmp_path, scenario, slow_consumer_s=30.0, rate_per_s=1e6, rate_burst=1e6, shed_after_ms=0)
 
 
 # ---------------------------------------------------------------- (c) per-user and per-address caps

@@ -354,9 +354,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "shedding-off", "shedding", "edge/connection.py",
-        old="""            if self.edge.load.overloaded:  # refused at once: see edge/overload.py""",
+        old="""            if self.edge.load.behind(self.ref):  # its entity is behind: refused at once (edge/overload.py)""",
         new="""            if False:""",
-        tests=("tests/edge/test_backpressure.py::test_late_event_loop_sheds_messages_with_a_retryable_overloaded_reply",),
+        tests=("tests/edge/test_backpressure.py::"
+               "test_a_backed_up_entity_sheds_with_a_retryable_overloaded_reply_that_changes_nothing",),
     ),
     Mutation(
         "shutdown-not-going-away", "going-away", "edge/public.py",
