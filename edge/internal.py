@@ -57,9 +57,10 @@ from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
 from edge.overload import InFlight
 from edge.registry import Registry
+from infrastructure.errors import ConfigurationError
+from infrastructure.secrets import MIN_SECRET_BYTES, read_secret
 from infrastructure.transport.port import Transport
 
-MIN_SECRET_BYTES = 32
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MSGPACK = "application/msgpack"
 
@@ -365,13 +366,9 @@ def device_secret(config: EdgeConfig) -> bytes:
             return secrets.token_bytes(MIN_SECRET_BYTES)
         raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE is required with device networks")
     try:
-        with open(config.device_secret_file, "rb") as file:
-            secret = file.read().strip()
-    except OSError as exc:
-        raise EdgeConfigurationError(f"XPLATFORM_EDGE_DEVICE_SECRET_FILE cannot be read: {exc.strerror}") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise EdgeConfigurationError(f"XPLATFORM_EDGE_DEVICE_SECRET_FILE must hold at least {MIN_SECRET_BYTES} bytes "
-                                     "(e.g. `head -c 48 /dev/urandom | base64 > device.secret`)")
+        secret = read_secret(config.device_secret_file, "XPLATFORM_EDGE_DEVICE_SECRET_FILE")
+    except ConfigurationError as exc:
+        raise EdgeConfigurationError(str(exc)) from None
     return secret
 
 

@@ -37,10 +37,10 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infrastructure.errors import ConfigurationError, TransportError
+from infrastructure.secrets import read_secret as read_secret_file
 
 if TYPE_CHECKING:
     from infrastructure.settings import Settings
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NONCE_BYTES = 32
-MIN_SECRET_BYTES = 32
-"""256 bits: the HMAC key length; shorter secrets are refused at start (guessable)."""
 ROLES = ("edge", "state")
 _CLIENT, _SERVER = b"xplatform-transport-v2 client", b"xplatform-transport-v2 server"
 
@@ -130,20 +128,13 @@ def link_auth_from(settings: Settings, role: str) -> LinkAuth:
     return LinkAuth(keys)
 
 
+CLUSTER_SECRET_HINT = ("a clustered process needs its secret files (see README 'Security'), or "
+                       "XPLATFORM_CLUSTER_INSECURE=1 for a local experiment")
+
+
 def read_secret(path: str, variable: str) -> bytes:
-    """A secret from a file (trailing newline stripped); ConfigurationError naming the
-    variable (never the secret) when the file is missing, unreadable or too short."""
-    if not path:
-        raise ConfigurationError(f"{variable} is not set: a clustered process needs its secret files "
-                                 "(see README 'Security'), or XPLATFORM_CLUSTER_INSECURE=1 for a local experiment")
-    try:
-        data = Path(path).read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        raise ConfigurationError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
-    if len(data) < MIN_SECRET_BYTES:
-        raise ConfigurationError(f"{variable}={path!r} holds {len(data)} bytes; at least {MIN_SECRET_BYTES} "
-                                 "random bytes are needed (e.g. `head -c 48 /dev/urandom | base64 > FILE`)")
-    return data
+    """A cluster secret (see :func:`infrastructure.secrets.read_secret`)."""
+    return read_secret_file(path, variable, CLUSTER_SECRET_HINT)
 
 
 class FailureLog:
