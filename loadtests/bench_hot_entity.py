@@ -288,9 +288,10 @@ async def phase_fanout(edge_url: str, raw_url: str, viewers: int, rate: float, s
         lot = f"fan-{uuid.uuid4().hex[:8]}"
         auctioneer = await _open_lot(session, edge_url, base, lot, stats)
         auctioneer.abort()  # viewers only (and the one bidder) receive the updates
-        viewer_token = await get_token(session, edge_url, "viewer", "viewer")
+        # one user per viewer: an entity holds at most MAX_CONNECTIONS_PER_USER connections of one user
+        viewer_tokens = [await get_token(session, edge_url, f"{lot}-v{i}", "viewer") for i in range(viewers)]
         bidder_token = await get_token(session, edge_url, f"fan-{uuid.uuid4().hex[:6]}", "bidder")
-    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_token, viewers, "count", stats)
+    watchers = await open_clients(base, _lot_path(lot), lambda i: viewer_tokens[i], viewers, "count", stats)
     [bidder] = await open_clients(base, _lot_path(lot), lambda i: bidder_token, 1, "bidder", stats)
     await asyncio.sleep(0.5)
     stop = asyncio.Event()
