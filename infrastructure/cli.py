@@ -13,6 +13,8 @@ Subcommands:
   status    members and shard ownership of a cluster, from ZooKeeper (ops/RUNBOOK.md)
   settings  print every setting, its value and why it defaults as it does
   inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
+  new       write a minimal entity package NAME/ (one entity, its sandbox test, the
+            XPLATFORM_ENTITIES line) that ``xplatform run`` serves unchanged
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="print an entity's stored events")
     inspect.add_argument("category")
     inspect.add_argument("entity_id")
+    new = sub.add_parser("new", help="write a minimal entity package with its sandbox test")
+    new.add_argument("name", help="the package's name (a Python identifier)")
+    new.add_argument("--dir", default=".", help="directory to write NAME/ in (default: the current one)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} = {value!r}\n    {why}")
         elif args.command == "inspect":
             _inspect(settings, EntityRef(args.category, args.entity_id))
+        elif args.command == "new":
+            _new(args.name, Path(args.dir))
     except InfrastructureError as exc:
         print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -120,6 +128,14 @@ def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on
     where = settings.sqlite_path if settings.store == "sqlite" else settings.store
     print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
     asyncio.run(serve(platform, config))
+
+
+def _new(name: str, directory: Path) -> None:
+    from infrastructure.scaffold import new_package
+
+    target = new_package(name, directory)
+    print(f"wrote {target}/: test it with `python -m pytest {target}`, serve it with\n"
+          f"  PYTHONPATH={directory.resolve()} XPLATFORM_ENTITIES={name}.entities:ENTITIES xplatform run")
 
 
 def _inspect(settings: Settings, ref: EntityRef) -> None:
