@@ -118,17 +118,15 @@ def test_a_backed_up_entity_sheds_with_a_retryable_overloaded_reply_that_changes
 
 def test_shedding_can_be_turned_off(tmp_path: Path) -> None:
     async def scenario(edge: Edge) -> None:
-        time_now = asyncio.get_running_loop().time
         client = await edge.client()
         with gated_journal(edge) as gate:
             stuck = asyncio.create_task(client.request({"type": "set", "value": 2}))
             await asyncio.sleep(0.2)  # far past any bound: 0 means never shed
             assert not edge.public.load.behind(ROOM)
-            started = time_now()
             late = asyncio.create_task(client.request({"type": "set", "value": 3}))
             await asyncio.sleep(0.05)
             gate.set()
-            assert (await stuck).ok and (await late).ok and time_now() - started < 5
+            assert (await stuck).ok and (await late).ok  # the late one waited, was not refused
         assert edge.metric("xplatform_edge_shed_messages_total") == 0
         await client.close()
 
