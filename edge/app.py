@@ -26,7 +26,8 @@ import asyncio
 import logging
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 
 from aiohttp import web
@@ -42,6 +43,7 @@ from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
 from edge.sockets import listen, raise_open_file_limit
 from infrastructure.bootstrap import Platform
 from infrastructure.metrics_http import MetricsListener
+from infrastructure.transport.port import Transport
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -50,6 +52,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 PLATFORM_KEY = web.AppKey("xplatform_platform", Platform)
 DEV_ISSUER_KEY = web.AppKey("xplatform_dev_issuer", DevTokenIssuer)
 CONFIG_KEY = web.AppKey("xplatform_edge_config", EdgeConfig)
+METRICS_LISTENER_KEY = web.AppKey("xplatform_metrics_listener", MetricsListener)
 
 
 def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, manage_platform: bool = False,
@@ -57,43 +60,57 @@ def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, mana
     """The edge application for ``platform``. ``manage_platform``: start and stop the
     platform with the app (the platform starts before the edge and stops after it)."""
     config = config or EdgeConfig.from_settings(platform.settings)
-    categories = platform.node.types.categories
-    metrics = EdgeMetrics()
-    verifier = build_verifier(config)
-    app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
+    app = edge_app(platform.transport, platform.node.types.categories, config, static_dir=static_dir,
+                   node_metrics=lambda: generate_latest(platform.node.metrics.registry))
     app[PLATFORM_KEY] = platform
-    app[CONFIG_KEY] = config
     if manage_platform:
         async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
             await platform.start()
             yield
             await platform.stop()
 
-        app.cleanup_ctx.append(platform_lifecycle)
+        app.cleanup_ctx.insert(0, platform_lifecycle)  # the platform starts before the edge, stops after it
+    return app
+
+
+def edge_app(transport: Transport, categories: Collection[str], config: EdgeConfig, *,
+             static_dir: Path | None = STATIC_DIR, node_metrics: Callable[[], bytes] | None = None,
+             dev_issuer: DevTokenIssuer | None = None, public_metrics: bool = True) -> web.Application:
+    """The public edge (and the internal one when device networks are configured), the dev
+    token issuer when ``config.dev_tokens`` (``dev_issuer``: a shared key, e.g. the edge
+    workers of one ``xplatform run``; default: a key made here), ``/metrics`` (this edge's
+    registry, plus ``node_metrics()`` when the node lives in this process; on this port while it
+    is loopback and ``public_metrics``, else on the internal listener, ``app[METRICS_LISTENER_KEY]``)
+    and the demo page, over ``transport``: the in-process one (dev mode) or the network client (edge workers)."""
+    metrics = EdgeMetrics()
+    verifier = build_verifier(config)
+    app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
+    app[CONFIG_KEY] = config
     if config.dev_tokens:
         if not is_loopback(config.host):
             log.warning("DEV TOKENS ARE SERVED ON THE NETWORK (%s): anyone who reaches this port can get a token "
                         "for any user and role. Never do this outside a trusted lab network.", config.host)
-        issuer = DevTokenIssuer(config.token_issuer, config.token_audience)
+        issuer = dev_issuer or DevTokenIssuer(config.token_issuer, config.token_audience)
         verifier.keys.add_jwks(issuer.jwks())
         app[DEV_ISSUER_KEY] = issuer
         app.router.add_get("/dev/token", _dev_token)
-    public = PublicEdge(platform.transport, config, categories=categories, verifier=verifier, metrics=metrics)
+    public = PublicEdge(transport, config, categories=categories, verifier=verifier, metrics=metrics)
     add_public_edge(app, public)
     if config.internal_networks:
-        add_internal_edge(app, InternalEdge(platform.transport, config, registry=public.registry, metrics=metrics,
+        add_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
                                             categories=categories, load=public.load))
 
     def render_metrics() -> bytes:
-        return metrics.exposition() + generate_latest(platform.node.metrics.registry)
+        return metrics.exposition() + (node_metrics() if node_metrics is not None else b"")
 
-    if is_loopback(config.host):
+    if public_metrics and is_loopback(config.host):
         async def metrics_page(request: web.Request) -> web.Response:
             return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
 
         app.router.add_get("/metrics", metrics_page)
     else:
-        add_metrics_listener(app, MetricsListener(render_metrics, config.metrics_host, config.metrics_port))
+        listener = app[METRICS_LISTENER_KEY] = MetricsListener(render_metrics, config.metrics_host, config.metrics_port)
+        add_metrics_listener(app, listener)
     if static_dir is not None:
         _add_static(app, static_dir)
     return app
@@ -161,17 +178,19 @@ async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | N
     await serve_app(build_edge_app(platform, config, manage_platform=True), config, announce)
 
 
-async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None]) -> None:
-    """Serve ``app`` on the configured address until SIGINT/SIGTERM; ``announce(port)`` once
-    listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
+async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None],
+                    sock: socket.socket | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve ``app`` on the configured address (or on the listening socket ``sock``, e.g.
+    one shared by edge workers) until SIGINT/SIGTERM or ``stop`` is set; ``announce(port)``
+    once listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
     await runner.setup()
     try:
-        server = await listen_public(runner, app, config.host, config.port)
+        server = await listen_public(runner, app, config.host, config.port, sock=sock)
     except BaseException:
         await runner.cleanup()  # the platform started with the app: stop it, close its journal
         raise
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -186,8 +205,9 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
 
 
 async def listen_public(runner: web.AppRunner, app: web.Application, host: str, port: int,
-                        backlog: int = 128) -> asyncio.Server:
+                        backlog: int = 128, sock: socket.socket | None = None) -> asyncio.Server:
     """Listen for ``app`` (set up in ``runner``) behind its public edge's socket guard (the
     socket cap and handshake deadline, :mod:`edge.sockets`). Close it before ``runner.cleanup()``."""
     edge = app[EDGE_KEY]
-    return await listen(runner, edge.sockets, host, port, backlog, on_accept_error=edge.metrics.accept_errors.inc)
+    return await listen(runner, edge.sockets, host, port, backlog, on_accept_error=edge.metrics.accept_errors.inc,
+                        sock=sock)

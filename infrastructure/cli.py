@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dev-tokens-on-network", action="store_true",
                      help="serve dev tokens (any identity to whoever asks) on a non-loopback --host too; "
                           "refused otherwise. Only on a trusted lab network (XPLATFORM_EDGE_DEV_TOKENS_ON_NETWORK=1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="edge worker processes beside the state node (one machine, several cores: "
+                          "ops/wiring/workers.py); default XPLATFORM_EDGE_WORKERS, 0 = all in one process")
     demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
     demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
     state_node = sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "run":
-            _serve(settings, args.host, args.port, args.dev_tokens_on_network)
+            _serve(settings, args.host, args.port, args.dev_tokens_on_network, args.workers)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
         elif args.command == "state-node" and args.supervised:
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool,
+           workers: int | None = None) -> None:
     """``run``: dev mode is the one-process platform plus its edge; dev tokens are on unless
     XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them). With dev tokens a
     non-loopback host is refused (EdgeConfigurationError) unless ``--dev-tokens-on-network``."""
@@ -124,8 +128,16 @@ def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on
     if dev_tokens_on_network:
         overrides["dev_tokens_on_network"] = True
     config = EdgeConfig.from_settings(settings, **overrides)
-    platform = build_platform(settings)
+    workers = settings.edge_workers if workers is None else workers
     where = settings.sqlite_path if settings.store == "sqlite" else settings.store
+    if workers:
+        from ops.wiring.workers import serve_with_workers
+
+        print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
+              f"node={settings.node_id}", flush=True)
+        asyncio.run(serve_with_workers(settings, config, workers))
+        return
+    platform = build_platform(settings)
     print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
     asyncio.run(serve(platform, config))
 

@@ -89,11 +89,11 @@ class BenchBidder(Bidder):
 class ServerProcess:
     """``python -m infrastructure.cli run --port 0`` in a fresh data directory."""
 
-    def __init__(self, data_dir: str, extra_env: dict[str, str]) -> None:
+    def __init__(self, data_dir: str, extra_env: dict[str, str], workers: int = 0) -> None:
         env = {**os.environ, "XPLATFORM_DATA_DIR": data_dir, "XPLATFORM_STORE": "sqlite", **SERVER_ENV, **extra_env,
                "PYTHONUNBUFFERED": "1"}
         self.log = open(os.path.join(data_dir, "server.log"), "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"],  # noqa: S603
+        self.proc = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0", "--workers", str(workers)],  # noqa: S603
                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.db = os.path.join(data_dir, "events.sqlite3")
         self.url = ""
@@ -128,7 +128,7 @@ class ServerProcess:
 def run_rate(rate: float, args: argparse.Namespace) -> dict[str, Any]:
     """One rate: a fresh server, the load process against it, the load's JSON line."""
     with tempfile.TemporaryDirectory(prefix="xplatform-hot-") as data_dir:
-        server = ServerProcess(data_dir, dict(kv.split("=", 1) for kv in args.server_env))
+        server = ServerProcess(data_dir, dict(kv.split("=", 1) for kv in args.server_env), args.workers)
         try:
             url = server.wait_ready()
             print(f"[bench] rate {rate:.0f}/s: server pid {server.proc.pid} at {url}", file=sys.stderr, flush=True)
@@ -192,7 +192,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps(result), flush=True)
         runs.append(result)
     summary: dict[str, Any] = {
-        "bench": "hot_entity_sweep", "server": "python -m infrastructure.cli run (sqlite, defaults)",
+        "bench": "hot_entity_sweep",
+        "server": f"python -m infrastructure.cli run --workers {args.workers} (sqlite, defaults)",
         "server_env": {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.server_env)},
         "viewers": args.viewers, "bidders": args.bidders, "warmup_s": args.warmup, "window_s": args.window,
         "criterion": f"latency p99 <= {OK_P99_MS:.0f} ms and accepted >= {OK_ACCEPTED:.0%} of offered",
@@ -482,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer", choices=PEERS, default=None, help="also run this peer's harness")
     parser.add_argument("--peers-dir", default=None, help="folder holding the peer harnesses (default: shared/peers "
                         "beside or above this checkout)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="edge worker processes of the server (xplatform run --workers N; 0: one process)")
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--bidders", type=int, default=100)
     parser.add_argument("--sample", type=int, default=100, help="viewers whose freshness is recorded")
