@@ -2,8 +2,8 @@
 
 Model (after EventStoreDB's ``PersistentSubscription``):
 
-* a group reads its source (one stream, or ``$all`` through an optional
-  filter) from a cursor and hands each event to one connected consumer that
+* a group reads its source (one stream, or ``$all`` through the server's
+  default ``$all`` filter and an optional filter of its own) from a cursor and hands each event to one connected consumer that
   has a free slot (``buffer_size`` minus its in-flight messages), choosing the
   consumer by strategy (RoundRobin, DispatchToSingle, Pinned, PinnedByCorrelation);
 * an event stays in flight until acked; a nack ``retry``/``unknown`` or a
@@ -58,7 +58,7 @@ from .errors import (
     PersistentSubscriptionNotFound,
     SubscriptionDropped,
 )
-from .filters import EventFilter
+from .filters import EventFilter, allowed_in_all_groups
 from .store import (
     EXPECTED_ANY,
     LINK_EVENT_TYPE,
@@ -385,7 +385,7 @@ class SubscriptionGroup:
         while self._next_index < len(self._log):
             record = self._log.record_at(self._next_index)
             self._next_index += 1
-            if event_filter is None or event_filter.matches(record):
+            if allowed_in_all_groups(record) and (event_filter is None or event_filter.matches(record)):
                 return self._track(Delivery(record, None, 0, record.position))
         return None
 
