@@ -370,6 +370,23 @@ def test_group_lifecycle_create_info_list_update_delete(groups: tuple[EventJourn
         subs.delete_group(group, source)
 
 
+def test_settings_the_server_refuses_are_a_subscription_error_and_create_nothing(
+        groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """KurrentDB ``PersistentSubscription``: the read batch must be smaller than the
+    history buffer; the server refuses the create/update ("... failed: '<reason>'") and
+    the adapter reports it as a SubscriptionError carrying that reason, not retried."""
+    _, subs = groups
+    group, source = group_name(), Source.category("Lot")
+    with pytest.raises(SubscriptionError, match="ReadBatchSize may not be greater than or equal to BufferSize"):
+        subs.create_group(group, source, GroupSettings(read_batch_size=50, history_buffer_size=50))
+    with pytest.raises(SubscriptionGroupNotFound):
+        subs.group_info(group, source)
+    subs.create_group(group, source)
+    with pytest.raises(SubscriptionError, match="refused the group's settings"):
+        subs.update_group(group, source, GroupSettings(read_batch_size=600))
+    assert subs.group_info(group, source).max_retry_count == GroupSettings().max_retry_count
+
+
 def test_two_consumers_in_one_group_each_event_goes_to_one(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
     """EventStoreDB docs, Server / Persistent subscriptions, "Consumer strategies":
     consumers of one group compete for its events; RoundRobin hands each event to one
