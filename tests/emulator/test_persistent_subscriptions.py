@@ -102,22 +102,6 @@ def test_nack_retry_redelivers_with_retry_count(client: KurrentDBClient, stream_
     assert seen == [("A", 0), ("A", 1)]
 
 
-def test_message_timeout_redelivers_unacked_event(client: KurrentDBClient, stream_name: str) -> None:
-    """EventStoreDB docs, Persistent subscription settings / Message timeout: an event
-    not acknowledged within the timeout is retried (retry count incremented)."""
-    group = f"g-{uuid.uuid4()}"
-    _append(client, stream_name, "A")
-    client.create_subscription_to_stream(group, stream_name, message_timeout=0.3)
-    counts = []
-    with _reading(client, group, stream_name) as subscription:
-        for event in subscription:
-            counts.append(event.retry_count)
-            if len(counts) == 2:
-                subscription.ack(event)
-                break
-    assert counts == [0, 1]
-
-
 def test_event_nacked_past_max_retries_is_parked_then_replayed(
     client: KurrentDBClient, stream_name: str
 ) -> None:
@@ -260,7 +244,9 @@ def test_max_subscriber_count(client: KurrentDBClient, stream_name: str) -> None
 def test_message_timeouts_are_checked_on_the_servers_one_second_tick(
     client: KurrentDBClient, stream_name: str
 ) -> None:
-    """KurrentDB ``PersistentSubscriptionService``: message timeouts are not timers of
+    """EventStoreDB docs, Persistent subscription settings / Message timeout: an event
+    not acknowledged within the timeout is retried, its retry count incremented.
+    KurrentDB ``PersistentSubscriptionService``: message timeouts are not timers of
     their own; a 1-second ``PersistentSubscriptionTimerTick`` calls ``NotifyClockTick``,
     which retries the messages whose deadline has passed. So an unacked message with a
     10 ms timeout is redelivered once per tick, not every 10 ms: the first retry comes
