@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.local.servers import ServerStartError, free_port
+from ops.local.servers import ServerDirectory, ServerStartError, free_port
 
 
 def prometheus_tool(name: str) -> str:
@@ -36,7 +36,7 @@ class QueryError(RuntimeError):
 
 
 @dataclass
-class PrometheusServer:
+class PrometheusServer(ServerDirectory):
     """``prometheus --config.file=<config>`` with its data in a temporary directory."""
 
     port: int
@@ -89,22 +89,3 @@ class PrometheusServer:
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
-
-    def log(self) -> str:
-        try:
-            return (self.root / "server.log").read_text(errors="replace")[-5000:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
