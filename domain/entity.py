@@ -159,6 +159,10 @@ class Handler:
                 raise PayloadDecodeError(f"field {name!r} must be {what}")
 
 
+PLATFORM_EVENTS = ("ConnectionAccepted", "ConnectionDropped", "ConnectionResumed", "ConnectionForgotten",
+                   "OwnerChanged", "TimerStarted", "TimerStopped")
+"""The platform's events, declared on :class:`Entity` and shared by every subclass."""
+
 RESIDENT_ONLY = ("_pending_events",)
 """Entity attributes that never go into a snapshot: the library's pending events. (What the
 platform part keeps only while resident is left out by :meth:`PlatformPart.to_snapshot`.)"""
@@ -304,6 +308,11 @@ class Entity(BaseAggregate[str]):
                 if marked is not None:
                     handlers[marked] = Handler(value)
         cls.HANDLERS = handlers
+        # eventsourcing redefines inherited event classes per subclass (``Lot.TimerStarted``,
+        # topic ``domain.auction.lot:Lot.TimerStarted``); the platform's events are one class
+        # for every entity, stored with the topics they always had (``domain.entity:Entity.*``).
+        for name in PLATFORM_EVENTS:
+            setattr(cls, name, Entity.__dict__[name])
 
     # ----------------------------------------------------------------- construction
     @classmethod

@@ -36,6 +36,7 @@ LIMITS = "tests/edge/test_limits.py"
 TRUST = "tests/edge/test_trust.py"
 IDEMPOTENCY = "tests/unit/test_idempotency.py"
 STORED = "tests/unit/test_what_is_stored.py"
+UPGRADE = "tests/unit/test_platform_part_upgrade.py"
 TRANSPORT = "tests/integration/test_transport_security.py"
 
 MUTATIONS: list[Mutation] = [
@@ -125,6 +126,25 @@ MUTATIONS: list[Mutation] = [
         new="""f"{__import__('uuid').uuid4()}/{self._tells}\"""",  # fresh each handling (id(self) can repeat)
         tests=(f"{IDEMPOTENCY}::test_what_a_message_sends_derives_its_ids_from_that_message",
                f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]"),
+    ),
+    # ------------------------------------------------------------ stored data stays readable (issue 11)
+    Mutation(  # events written today would carry the sender under a key the version before never reads
+        "stored-outcome-renamed", "stored-readable", "domain/entity.py",
+        old="""        fields["_xp_from"] = sender""",
+        new="""        fields["xp_from"] = sender""",
+        tests=(f"{UPGRADE}::test_what_is_stored_today_has_the_old_layout",),
+    ),
+    Mutation(  # the platform's events stored under each entity class's topic (Lot.TimerStarted), not Entity's
+        "platform-event-topics-per-class", "stored-readable", "domain/entity.py",
+        old="""            setattr(cls, name, Entity.__dict__[name])""",
+        new="""            pass""",
+        tests=(f"{UPGRADE}::test_platform_events_are_stored_with_the_topics_they_always_had",),
+    ),
+    Mutation(  # a snapshot written before the platform part had one owner loses its takeover epoch
+        "old-snapshot-epoch-lost", "stored-readable", "domain/platform_part.py",
+        old="""        part.epoch = state.pop("_epoch", 0)""",
+        new="""        part.epoch = 0""",
+        tests=(f"{UPGRADE}::test_connections_timers_and_owner_epoch_load_from_the_old_snapshot_and_events",),
     ),
     Mutation(
         "refusals-forgotten", "idempotent-refusals", "domain/platform_part.py",

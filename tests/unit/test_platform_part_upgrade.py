@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from domain import EntityRef, TimerFired
+from domain import EntityRef, Terminated, TimerFired
 from domain.auction import Bidder, Lot
 from domain.idempotency import LEGACY
 from domain.messages import timer_message_id
@@ -110,3 +110,22 @@ def test_what_is_stored_today_has_the_old_layout(kit: Sandbox) -> None:
     assert (last["_xp_mid"], last["_xp_from"], last["_xp_reply"]) == ("chat-2", "c3:bob", [True, {"posted": "chat-2"}, "", ""])
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "new"}, message_id="chat-2").duplicate
     assert kit.client(LOT, "c-bob", {"type": "bid", "amount": 100}, message_id="bid-1").duplicate
+
+
+def test_platform_events_are_stored_with_the_topics_they_always_had(kit: Sandbox) -> None:
+    old = [s.topic for s in kit.journal.read(LOT.stream_id)]
+    assert "domain.entity:Entity.ConnectionAccepted" in old and "domain.entity:Entity.TimerStarted" in old
+    kit.state(LOT)  # resident: its grace timers fire on advance
+    # (explicit message IDs: a new sandbox's own "sandbox-N" are the fixture's standard-sender IDs)
+    kit.connect(LOT, "c-dave", {"sub": "dave", "role": "viewer"}, message_id="connect-dave-2")  # resumed
+    kit.connect(LOT, "c-eve", {"sub": "eve", "role": "viewer"}, message_id="connect-eve")
+    kit.deliver(LOT, Terminated("eve-gone", kit.now, "c-eve"))
+    kit.advance(31)  # carol's and eve's grace timers: TimerStopped, ConnectionForgotten
+    lot = kit.state(LOT)
+    lot.platform.take_ownership(lot, 4, "new-node")
+    kit._persist(LOT, lot.version - 1, lot.collect_events())  # the takeover marker, as the node stores it
+    new = [s.topic for s in kit.journal.read(LOT.stream_id)][len(old):]
+    assert sorted(set(new)) == [f"domain.entity:Entity.{name}" for name in (
+        "ConnectionAccepted", "ConnectionDropped", "ConnectionForgotten", "ConnectionResumed", "OwnerChanged",
+        "TimerStarted", "TimerStopped")]
+    assert lot.owner_epoch == 4 and sorted(lot.platform.connections) == ["c-ann", "c-bob", "c-dave"]
