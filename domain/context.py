@@ -31,7 +31,7 @@ class Context:
         self.entity = entity
         self.message = message
         self.sender_key = sender_key
-        """Who sent the message, as its idempotency prefix (:func:`domain.dispatch.sender_of`)."""
+        """Who sent the message, as its idempotency prefix (:meth:`domain.platform_part.PlatformPart.sender_of`)."""
         self.effects: list[Effect] = []
         self.reply_payload: Any = None
         self.timers_armed: list[str] = []

@@ -389,7 +389,8 @@ class Entity(BaseAggregate[str]):
         """How many connections are live, without walking them: a large entity shows
         "present" in every state update, and with thousands of viewers counting them per
         message cost more than the message itself."""
-        return self.platform.live_count()
+        live = self.platform.live  # kept by the connection events; -1: not counted yet
+        return live if live >= 0 else self.platform.live_count()
 
     def live_count_of(self, sub: Any) -> int:
         """How many live connections the user ``sub`` holds to this entity."""

@@ -119,7 +119,9 @@ class PlatformPart:
         return bool(record and record[1])
 
     def has_live(self) -> bool:
-        return any(record[1] for record in self.connections.values())
+        """Any live connection? From the kept count (no walk over the connections)."""
+        live = self.live
+        return (live if live >= 0 else self.live_count()) > 0
 
     def live_connections(self) -> dict[str, Mapping[str, Any]]:
         return {cid: rec[0] for cid, rec in self.connections.items() if rec[1]}
@@ -321,9 +323,13 @@ class PlatformPart:
         if isinstance(message, Connect):
             return
         record = OK_RECORD if reply.payload is None else reply.to_record()
+        message_id = reply.message_id
         if events:
-            events[-1].carry_outcome(sender, reply.message_id, record)
-        self.remember(entity, sender, reply.message_id, record)
+            events[-1].carry_outcome(sender, message_id, record)
+        seen = self.seen  # (remember(), inlined: this runs for every message)
+        if seen is None:
+            seen = self.seen = ReplyWindow()
+        seen.put(sender, message_id, record, entity.DEDUP_PER_SENDER, entity.DEDUP_WINDOW)
 
     def failed(self, entity: Entity, message: Inbound, sender: str, reply: Reply) -> None:
         """A message was refused and changed nothing: remember the refusal so a duplicate
