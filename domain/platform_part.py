@@ -165,7 +165,7 @@ class PlatformPart:
         sub = m.claims.get("sub")
         if known is not None and known[0].get("sub") != sub:
             raise NotAuthorised("connection ID is in use by another user")
-        claims = self.stored_claims(entity, m.claims)
+        claims = entity.stored_claims(m.claims)  # (an entity may narrow it further)
         if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):
             raise EntityNotFound(f"{entity.ref} does not exist")
         cap = entity.MAX_CONNECTIONS_PER_USER
