@@ -31,7 +31,7 @@ class Context:
         self.entity = entity
         self.message = message
         self.sender_key = sender_key
-        """Who sent the message, as its idempotency prefix (:func:`domain.dispatch.sender_of`)."""
+        """Who sent the message, as its idempotency prefix (:meth:`domain.platform_part.PlatformPart.sender_of`)."""
         self.effects: list[Effect] = []
         self.reply_payload: Any = None
         self.timers_armed: list[str] = []
@@ -62,7 +62,7 @@ class Context:
         if isinstance(m, Connect):
             return m.claims
         cid = self.connection_id
-        return None if cid is None else self.entity.connection_claims(cid)
+        return None if cid is None else self.entity.platform.claims_of(cid)
 
     @property
     def sender(self) -> EntityRef | None:
@@ -81,7 +81,7 @@ class Context:
     def broadcast(self, payload: Any, coalesce_key: str | None = None) -> None:
         """Send to every connection of this entity; a ``coalesce_key`` lets edges keep only
         the newest such message per connection within a tick (state updates)."""
-        if self.entity.has_live_connections():  # nobody live: nothing to send
+        if self.entity.platform.has_live():  # nobody live: nothing to send
             self.send(ToAllConnections(), payload, coalesce_key)
 
     def to_connection(self, connection_id: str, payload: Any) -> None:
@@ -108,11 +108,10 @@ class Context:
         """Start (or restart) a durable timer; ``@timer(name)`` runs ``delay`` seconds after
         this message's time. ``key`` (default: ``name``) identifies it for cancelling."""
         key = key or name
-        self.entity._start_timer(key=key, name=name, due=self.now + float(delay), data=dict(data))
+        self.entity.platform.start_timer(self.entity, key, name, self.now + float(delay), dict(data))
         self.timers_armed.append(key)
         return key
 
     def cancel_timer(self, key: str) -> None:
-        if self.entity.timer(key) is not None:
-            self.entity._stop_timer(key=key)
+        if self.entity.platform.stop_timer(self.entity, key):
             self.timers_disarmed.append(key)

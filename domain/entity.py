@@ -15,11 +15,15 @@ What a domain modeller writes in a subclass:
 - what a connection may do to a new entity (``may_create``) and what is kept of it
   (``STORED_CLAIMS``, ``MAX_CONNECTIONS_PER_USER``).
 
-What the base class keeps, as events of its own so it survives passivation and failover:
-the connections the entity accepted (with the claims it keeps, ``STORED_CLAIMS``, and
-whether they are live), the timers it started, and the window of message IDs it already
-processed per sender, with their replies (idempotency: a duplicate from the same sender gets
-the original outcome and changes nothing; see :mod:`domain.idempotency`).
+What the platform keeps of every entity, as events of its own so it survives passivation
+and failover: the connections the entity accepted (with the claims it keeps,
+``STORED_CLAIMS``, and whether they are live), the timers it started, and the window of
+message IDs it already processed per sender, with their replies (idempotency: a duplicate
+from the same sender gets the original outcome and changes nothing; see
+:mod:`domain.idempotency`). One object owns it, with the rules that keep it:
+``entity.platform``, a :class:`domain.platform_part.PlatformPart` (the attribute name
+``platform`` is the platform's; an entity's own state uses other names). The platform's
+events are declared here (``Entity.ConnectionAccepted``, ...: their stored topics).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import inspect
 import math
 import typing
 from collections.abc import Callable, Mapping
+from dataclasses import field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -37,20 +42,17 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     CanSnapshotAggregate,
     MetaDomainEvent,
-    event,
 )
 
-from domain.errors import BadClaims, PayloadDecodeError, Rejected
-from domain.idempotency import LEGACY, ReplyWindow
+from domain.errors import PayloadDecodeError, Rejected
+from domain.idempotency import LEGACY
+from domain.platform_part import PlatformPart
 from domain.refs import CATEGORY_PATTERN, EntityRef
 
 if TYPE_CHECKING:
     from domain.context import Context
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-GRACE_TIMER = "_grace"
-"""Timer name the base class uses for the reconnect grace period of a dropped connection."""
 
 
 def client_message(message_type: str) -> Callable[[F], F]:
@@ -157,35 +159,56 @@ class Handler:
                 raise PayloadDecodeError(f"field {name!r} must be {what}")
 
 
-RESIDENT_ONLY = ("_pending_events", "_refused", "_subs")
-"""Entity attributes that never go into a snapshot: the library's pending events, the
-refusals an entity remembers while resident, and the per-user connection count (derived)."""
+PLATFORM_EVENTS = ("ConnectionAccepted", "ConnectionDropped", "ConnectionResumed", "ConnectionForgotten",
+                   "OwnerChanged", "TimerStarted", "TimerStopped")
+"""The platform's events, declared on :class:`Entity` and shared by every subclass."""
+
+RESIDENT_ONLY = ("_pending_events",)
+"""Entity attributes that never go into a snapshot: the library's pending events. (What the
+platform part keeps only while resident is left out by :meth:`PlatformPart.to_snapshot`.)"""
 
 
 class EntityEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
-    """Base of every entity event. Also rebuilds the idempotency window on replay: the
-    last event of a message carries the message ID, its reply and its sender (``_xp_mid``/
-    ``_xp_reply``/``_xp_from``, set by :func:`domain.dispatch.handle`). Events stored before
-    senders were recorded have no ``_xp_from``: their IDs load as legacy entries."""
+    """Base of every entity event.
+
+    The last event of a message carries the message's outcome for idempotency, in three
+    declared fields of the envelope, set by :meth:`carry_outcome` (None on every other
+    event, and then not stored: a class default, not an instance attribute): ``_xp_mid``
+    the message ID, ``_xp_reply`` the reply record, ``_xp_from`` the sender prefix (see
+    :mod:`domain.idempotency`). On replay the event puts them back into the entity's reply
+    window. Why these names: they are the keys events have always been stored with, and a
+    platform field must never take a name an entity's own event may use (``message_id``,
+    ``reply`` or ``sender`` are ordinary event fields; the auction's ``Chatted`` has a
+    ``message_id``). Events stored before senders were recorded have no ``_xp_from``: their
+    IDs load as legacy entries."""
 
     originator_id: str
     originator_version: int
     timestamp: datetime
+    _xp_mid: str | None = field(default=None, init=False)
+    _xp_reply: list[Any] | None = field(default=None, init=False)
+    _xp_from: str | None = field(default=None, init=False)
+
+    def carry_outcome(self, sender: str, message_id: str, reply_record: list[Any]) -> None:
+        """Make this (the message's last) event carry the message's outcome. Set once, by
+        the platform, before the event is stored (events are frozen to everyone else)."""
+        fields = self.__dict__
+        fields["_xp_mid"] = message_id
+        fields["_xp_reply"] = reply_record
+        fields["_xp_from"] = sender
 
     def mutate(self, aggregate: Any) -> Any:
         aggregate = super().mutate(aggregate)
-        fields = self.__dict__
-        message_id = fields.get("_xp_mid")
-        if message_id is not None:
-            aggregate._xp_remember(fields.get("_xp_from", LEGACY), message_id, fields["_xp_reply"])
+        message_id = self._xp_mid
+        if message_id is not None:  # replayed: the outcome was remembered when it was new
+            aggregate.platform.remember(aggregate, self._xp_from or LEGACY, message_id, self._xp_reply)
         return aggregate
 
 
 class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
-    """Snapshot of an entity (its ``__dict__``, platform parts included, except what is
-    kept only while resident: ``RESIDENT_ONLY``). The idempotency window is stored as plain
-    data (:meth:`ReplyWindow.to_data`); a snapshot written before senders were kept has the
-    flat ``_seen`` dict, which loads as legacy entries."""
+    """Snapshot of an entity: its ``__dict__`` except what is kept only while resident
+    (``RESIDENT_ONLY``), with the platform part in its stored layout
+    (:meth:`PlatformPart.to_snapshot`, the same as before the part had one owner)."""
 
     originator_id: str
     originator_version: int
@@ -198,9 +221,7 @@ class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
         state = dict(vars(aggregate))
         for name in ("_id", "_version", *RESIDENT_ONLY):
             state.pop(name, None)
-        window = state.get("_seen")
-        if window is not None:
-            state["_seen"] = window.to_data()
+        state.pop("platform").to_snapshot(state)
         snapshot = super().take(aggregate)
         object.__setattr__(snapshot, "state", state)
         return snapshot
@@ -208,7 +229,7 @@ class EntitySnapshot(CanSnapshotAggregate[str], metaclass=MetaDomainEvent):
     def mutate(self, _: None) -> Any:
         aggregate = super().mutate(_)
         fields = vars(aggregate)
-        fields["_seen"] = ReplyWindow.from_data(fields.get("_seen"))
+        fields["platform"] = PlatformPart.from_snapshot(fields)
         return aggregate
 
 
@@ -264,21 +285,15 @@ class Entity(BaseAggregate[str]):
     Event = EntityEvent
     Snapshot = EntitySnapshot
 
-    if TYPE_CHECKING:  # set per instance by blank() and the events; declared for the type checker only
+    if TYPE_CHECKING:  # set per instance by blank() and snapshots; declared for the type checker only
         # (a class-level annotation would become an aggregate field to eventsourcing)
-        _connections: dict[str, list[Any]]  # connection ID -> [kept claims, live, session]
-        _timers: dict[str, list[Any]] | None  # key -> [due, handler name, data]; None: no timer yet
-        _seen: ReplyWindow | None  # outcomes of processed messages; None: none yet
+        platform: PlatformPart
+        """The platform part: connections, timers, reply window, owner epoch, and their rules."""
 
-    _live: int = -1
-    """Live connections, kept by the connection events (so replay keeps it right); -1 (the
-    class default: nothing stored per small entity) means "count them on first ask"."""
-
-    _epoch: int = 0
-    """Ownership epoch of the last takeover marker in the stream (class default: none yet,
-    so entities that never moved carry no extra attribute)."""
-
-    _xp_handlers: ClassVar[dict[tuple[str, str], Handler]] = {}
+    HANDLERS: ClassVar[dict[tuple[str, str], Handler]] = {}
+    """The class's handlers by (kind, name), e.g. ``("client", "bid")``: collected from the
+    ``@client_message``/``@entity_message``/``@timer`` methods when the class is created
+    (never set by hand)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -292,7 +307,12 @@ class Entity(BaseAggregate[str]):
                 marked = getattr(value, "_xp_handles", None)
                 if marked is not None:
                     handlers[marked] = Handler(value)
-        cls._xp_handlers = handlers
+        cls.HANDLERS = handlers
+        # eventsourcing redefines inherited event classes per subclass (``Lot.TimerStarted``,
+        # topic ``domain.auction.lot:Lot.TimerStarted``); the platform's events are one class
+        # for every entity, stored with the topics they always had (``domain.entity:Entity.*``).
+        for name in PLATFORM_EVENTS:
+            setattr(cls, name, Entity.__dict__[name])
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -301,11 +321,7 @@ class Entity(BaseAggregate[str]):
         entity = cls.__new__(cls)
         now = datetime.now(UTC)
         entity.__base_init__(EntityRef(cls.CATEGORY, entity_id).stream_id, cls.INITIAL_VERSION - 1, now)
-        # Kept small on purpose (1M+ small entities must fit): timers and the idempotency
-        # window are created on first use; a connection record is [claims, live].
-        entity._connections = {}
-        entity._timers = None
-        entity._seen = None  # a ReplyWindow once a message succeeded
+        entity.platform = PlatformPart()
         entity.initialise()
         return entity
 
@@ -357,68 +373,33 @@ class Entity(BaseAggregate[str]):
     # ----------------------------------------------------------------- connections
     def connection_claims(self, connection_id: str) -> Mapping[str, Any] | None:
         """Claims of an accepted connection (live or within its grace period)."""
-        record = self._connections.get(connection_id)
-        return None if record is None else record[0]
+        return self.platform.claims_of(connection_id)
 
     def is_live(self, connection_id: str) -> bool:
-        record = self._connections.get(connection_id)
-        return bool(record and record[1])
+        return self.platform.is_live(connection_id)
 
     def has_live_connections(self) -> bool:
         """Cheap check before building a view nobody would receive."""
-        return any(record[1] for record in self._connections.values())
+        return self.platform.has_live()
 
     def live_connections(self) -> dict[str, Mapping[str, Any]]:
-        return {cid: rec[0] for cid, rec in self._connections.items() if rec[1]}
+        return self.platform.live_connections()
 
     def live_count(self) -> int:
         """How many connections are live, without walking them: a large entity shows
         "present" in every state update, and with thousands of viewers counting them per
         message cost more than the message itself."""
-        if self._live < 0:
-            self._live = sum(1 for record in self._connections.values() if record[1])
-        return self._live
-
-    def _count_live(self, record: list[Any], was: bool, now: bool) -> None:
-        if was != now:
-            if self._live >= 0:
-                self._live += 1 if now else -1
-            subs = self._subs
-            if subs is not None:
-                sub = record[0].get("sub")
-                left = subs.get(sub, 0) + (1 if now else -1)
-                if left > 0:
-                    subs[sub] = left
-                else:
-                    subs.pop(sub, None)
-
-    _subs: dict[Any, int] | None = None
-    """Live connections per ``sub``, built on first need (only an entity with at least
-    MAX_CONNECTIONS_PER_USER connections needs it), resident only (not in snapshots)."""
+        live = self.platform.live  # kept by the connection events; -1: not counted yet
+        return live if live >= 0 else self.platform.live_count()
 
     def live_count_of(self, sub: Any) -> int:
         """How many live connections the user ``sub`` holds to this entity."""
-        if len(self._connections) < self.MAX_CONNECTIONS_PER_USER:
-            return sum(1 for record in self._connections.values() if record[1] and record[0].get("sub") == sub)
-        if self._subs is None:
-            subs: dict[Any, int] = {}
-            for record in self._connections.values():
-                if record[1]:
-                    key = record[0].get("sub")
-                    subs[key] = subs.get(key, 0) + 1
-            self._subs = subs
-        return self._subs.get(sub, 0)
+        return self.platform.live_count_of(sub, self.MAX_CONNECTIONS_PER_USER)
 
     def stored_claims(self, claims: Mapping[str, Any]) -> dict[str, Any]:
         """The claims kept of a connection (``STORED_CLAIMS``); raise BadClaims when a kept
         value is larger than ``MAX_CLAIM_CHARS`` or not a plain value (or list of them)."""
-        kept = {name: claims[name] for name in ("sub", *self.STORED_CLAIMS) if name in claims}  # sub: always
-        for name, value in kept.items():
-            items = value if isinstance(value, list) else [value]
-            if not all(v is None or isinstance(v, (str, int, float, bool)) for v in items) \
-                    or sum(len(str(v)) for v in items) > self.MAX_CLAIM_CHARS:
-                raise BadClaims(f"claim {name!r} must be a value (or list) of at most {self.MAX_CLAIM_CHARS} characters")
-        return kept
+        return self.platform.stored_claims(self, claims)
 
     def require_claim(self, ctx: Context, name: str, *accepted: Any) -> None:
         """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
@@ -428,91 +409,84 @@ class Entity(BaseAggregate[str]):
         if not any(v in accepted for v in values):
             raise Rejected(f"requires {name} in {sorted(map(str, accepted))}")
 
-    @event("ConnectionAccepted")
-    def _accept_connection(self, connection_id: str, claims: dict[str, Any], session: str = "") -> None:
-        old = self._connections.get(connection_id)
-        record = self._connections[connection_id] = [claims, True, session]
-        self._count_live(record, bool(old and old[1]), True)
-
-    @event("ConnectionDropped")
-    def _drop_connection(self, connection_id: str, reason: str) -> None:  # noqa: ARG002 - in the event
-        record = self._connections[connection_id]
-        self._count_live(record, bool(record[1]), False)
-        record[1] = False
-
-    @event("ConnectionResumed")
-    def _resume_connection(self, connection_id: str, session: str = "") -> None:
-        record = self._connections[connection_id]
-        self._count_live(record, bool(record[1]), True)
-        record[1] = True
-        if len(record) > 2:
-            record[2] = session
-        else:
-            record.append(session)
-
-    @event("ConnectionForgotten")
-    def _forget_connection(self, connection_id: str) -> None:
-        record = self._connections.pop(connection_id, None)
-        if record is not None:
-            self._count_live(record, bool(record[1]), False)
-
-    # ----------------------------------------------------------------- ownership
-    @event("OwnerChanged")
-    def _take_ownership(self, epoch: int, node: str) -> None:
-        """Takeover marker, written by a new owner before it serves the entity: a zombie
-        owner's next append expects the version before this event and fails."""
-        self._epoch = epoch
-
-    @property
-    def owner_epoch(self) -> int:
-        return self._epoch
-
-    # ----------------------------------------------------------------- timers
-    @event("TimerStarted")
-    def _start_timer(self, key: str, name: str, due: float, data: dict[str, Any]) -> None:
-        if self._timers is None:
-            self._timers = {}
-        self._timers[key] = [due, name, data]
-
-    @event("TimerStopped")
-    def _stop_timer(self, key: str) -> None:
-        if self._timers is not None:
-            self._timers.pop(key, None)
-            if not self._timers:
-                self._timers = None
-
+    # ----------------------------------------------------------------- timers and ownership
     def timers(self) -> dict[str, tuple[float, str, Mapping[str, Any]]]:
         """Pending timers: key → (due epoch seconds, handler name, data)."""
-        return {key: (t[0], t[1], t[2]) for key, t in (self._timers or {}).items()}
+        return {key: (t[0], t[1], t[2]) for key, t in (self.platform.timers or {}).items()}
 
     def timer(self, key: str) -> tuple[float, str, Mapping[str, Any]] | None:
         """The pending timer ``key``, if any: (due, handler name, data)."""
-        spec = (self._timers or {}).get(key)
-        return None if spec is None else (spec[0], spec[1], spec[2])
+        return self.platform.timer(key)
 
-    # ----------------------------------------------------------------- idempotency
-    _refused: ReplyWindow | None = None
-    """Refusals remembered while resident (class default: none, so nothing per entity)."""
+    @property
+    def owner_epoch(self) -> int:
+        """Ownership epoch of the last takeover marker in the stream (0: never moved)."""
+        return self.platform.epoch
 
-    def _xp_remember(self, sender: str, message_id: str, reply_record: list[Any]) -> None:
-        """Keep the outcome of a processed message (durable with its last event)."""
-        seen = self._seen
-        if seen is None:
-            seen = self._seen = ReplyWindow()
-        seen.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.DEDUP_WINDOW)
+    # ----------------------------------------------------------------- the platform's events
+    # Decided by the platform part's rules (triggered there with ``trigger_event``), applied
+    # to it. Declared here because their stored topics are ``domain.entity:Entity.<name>``.
+    class ConnectionAccepted(EntityEvent):
+        """A connection was accepted, or its claims refreshed by a reconnect."""
 
-    def _xp_refuse(self, sender: str, message_id: str, reply_record: list[Any]) -> None:
-        """Keep a refusal while resident, apart from the durable window."""
-        refused = self._refused
-        if refused is None:
-            refused = self._refused = ReplyWindow()
-        refused.put(sender, message_id, reply_record, self.DEDUP_PER_SENDER, self.REFUSALS_KEPT)
+        connection_id: str
+        claims: dict[str, Any]
+        session: str = ""
 
-    def seen_reply(self, sender: str, message_id: str) -> list[Any] | None:
-        """The reply record of ``sender``'s message ``message_id`` if already processed
-        (a result, or a refusal while resident), else None."""
-        seen = self._seen
-        record = None if seen is None else seen.get(sender, message_id)
-        if record is None and self._refused is not None:
-            record = self._refused.get(sender, message_id)
-        return record
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.accepted(self.connection_id, self.claims, self.session)
+
+    class ConnectionDropped(EntityEvent):
+        """A connection's socket is gone; it waits ``GRACE_PERIOD`` for a reconnect."""
+
+        connection_id: str
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.dropped(self.connection_id)
+
+    class ConnectionResumed(EntityEvent):
+        """A dropped (or live) connection came back on a new socket, its new session."""
+
+        connection_id: str
+        session: str = ""
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.resumed(self.connection_id, self.session)
+
+    class ConnectionForgotten(EntityEvent):
+        """A dropped connection did not come back in time (``on_leave`` ran)."""
+
+        connection_id: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.forgotten(self.connection_id)
+
+    class OwnerChanged(EntityEvent):
+        """Takeover marker, written by a new owner (``node``, at ``epoch``) before it serves
+        the entity: a zombie owner's next append expects the version before it and fails."""
+
+        epoch: int
+        node: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.epoch = self.epoch
+
+    class TimerStarted(EntityEvent):
+        """A durable timer was started (or restarted): ``@timer(name)`` runs at ``due``."""
+
+        key: str
+        name: str
+        due: float
+        data: dict[str, Any]
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.timer_started(self.key, self.name, self.due, self.data)
+
+    class TimerStopped(EntityEvent):
+        """A timer fired or was cancelled."""
+
+        key: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.platform.timer_stopped(self.key)

@@ -113,7 +113,7 @@ class NodeMetrics:
 
 
 class ClusterMetrics:
-    """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned, handoffs,
+    """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned and in the map, handoffs,
     ZooKeeper/ownership state, routing misses, handoff durations, transport lane buffers
     (bytes) and queues (envelopes); transport authentication failures and refused messages
     (``xplatform_transport_*``). Bounded labels: category, ownership state, direction
@@ -125,6 +125,10 @@ class ClusterMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.shards_owned = Gauge("xplatform_cluster_shards_owned", "Shards this node owns now.", ["category"], registry=r)
+        self.shards = Gauge("xplatform_cluster_shards", "Shards of each category in the shard map this process "
+                            "holds (every node and edge reports the same count): the serving nodes' "
+                            "xplatform_cluster_shards_owned sum to it when every shard is served.", ["category"],
+                            registry=r)
         self.handoffs = Counter("xplatform_cluster_handoffs", "Shards gained or lost by this node in map changes.",
                                 ["direction"], registry=r)
         self.map_version = Gauge("xplatform_cluster_map_version", "Version (epoch) of the shard map in use.", registry=r)

@@ -22,8 +22,9 @@ cd "$(dirname "$0")/.."
 BASE_PYTHON=${PYTHON:-python3}
 VENV=${XPLATFORM_VENV:-.venv}
 # real servers the integration tests start (PostgreSQL, ZooKeeper); headless Chromium + its driver
-# for the demo-page browser test; node runs the browser client's JS tests (node --test)
-DEBIAN_PACKAGES=(postgresql zookeeper chromium chromium-driver nodejs)
+# for the demo-page browser test; node runs the browser client's JS tests (node --test);
+# prometheus (server + promtool) checks ops/prometheus and evaluates its rules and the dashboard
+DEBIAN_PACKAGES=(postgresql zookeeper chromium chromium-driver nodejs prometheus)
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 

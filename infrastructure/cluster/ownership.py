@@ -207,6 +207,8 @@ class Ownership:
         m.map_version.set(self.assignment.version)
         for category, shards in self.owned_shards().items():
             m.shards_owned.labels(category).set(len(shards))
+        for category, owners in self.assignment.shards.items():
+            m.shards.labels(category).set(len(owners))
 
     def _notify(self) -> None:
         for listener in list(self.listeners):

@@ -263,6 +263,10 @@ def _subscription_error(exc: BaseException, what: str) -> PersistenceError:
     elif isinstance(exc, kdb.InvalidCommitPositionError | kdb.InvalidArgumentError) or (
             isinstance(exc, kdb.GrpcError) and "invalid position" in str(exc).lower()):
         error = SubscriptionError(f"{detail} (not the position of an event: store only positions you were given)")
+    elif isinstance(exc, kdb.InternalError) and "failed: '" in str(exc):
+        # RpcExceptions.PersistentSubscriptionFailed: create/update refused (unknown
+        # strategy, read batch not smaller than the history buffer, bad start); nothing changed.
+        error = SubscriptionError(f"{detail} (the server refused the group's settings)")
     elif isinstance(exc, kdb.ConsumerTooSlowError):
         error = SubscriptionDropped(detail)
         error.transient = True  # re-subscribing after the last position is safe

@@ -220,7 +220,9 @@ class GroupSettings:
       group's position at most every 2 s and every 10..1000 acked events, bounding how much
       is redelivered after a server restart (consumers must be idempotent anyway).
     - ``live_buffer_size`` 500, ``read_batch_size`` 20, ``history_buffer_size`` 500: memory
-      the server spends per group while catching up and live.
+      the server spends per group while catching up and live. The server requires
+      ``read_batch_size < history_buffer_size`` and refuses the create/update otherwise
+      (:class:`~infrastructure.errors.SubscriptionError`, nothing changed).
     """
 
     start_from: Literal["start", "end"] | int = "start"

@@ -343,7 +343,7 @@ class StateNode:
         """Before serving a moved entity, append the takeover marker with our epoch; the
         messages queued behind it are pipelined and released only once it is durable."""
         version_before = entity.version
-        entity._take_ownership(epoch=epoch, node=self.settings.node_id)
+        entity.platform.take_ownership(entity, epoch, self.settings.node_id)
         outcome = Outcome(Reply(f"takeover:{epoch}", True), list(entity.collect_events()))
         pending = self._pending_write(ref, cell, entity, version_before, outcome)
         assert pending is not None and self._committer is not None

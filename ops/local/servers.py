@@ -29,6 +29,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a server we started (by its PID) and wait for it; kill it after 10 s."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def log_tail(path: Path) -> str:
+    """The end of a server's log, for failure messages."""
+    try:
+        return path.read_text(errors="replace")[-5000:]
+    except OSError:
+        return "(no log)"
+
+
+class ServerDirectory:
+    """A server process we started whose files (its ``server.log`` among them) live in ``root``."""
+
+    root: Path
+    process: subprocess.Popen[bytes] | None
+
+    def log(self) -> str:
+        return log_tail(self.root / "server.log")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def _pg_tool(name: str) -> str:
     for directory in PG_BIN_DIRS:
         candidate = directory / name
@@ -102,19 +138,10 @@ class PostgresServer:
         raise ServerStartError(f"postgres not ready within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # smart shutdown of the PID we started
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)  # SIGTERM: PostgreSQL's smart shutdown
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
@@ -122,7 +149,7 @@ ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 
 
 @dataclass
-class ZooKeeperServer:
+class ZooKeeperServer(ServerDirectory):
     """A standalone ZooKeeper (Debian package) with tiny ticks, so sessions of 200 ms+ work.
     ``stop()`` + ``start_again()`` keep the data dir and port (a ZooKeeper restart)."""
 
@@ -170,22 +197,3 @@ class ZooKeeperServer:
             time.sleep(0.1)
         self.stop()
         raise ServerStartError(f"ZooKeeper not ready within {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return (self.root / "server.log").read_text(errors="replace")[-5000:]
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)

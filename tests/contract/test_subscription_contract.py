@@ -54,6 +54,7 @@ from tests.conftest import (
     postgres_settings,
     sqlite_settings,
 )
+from tests.emulator.emulator_process import launch_emulator
 from tests.support.servers import PostgresServer
 
 WAIT = 10.0
@@ -265,6 +266,39 @@ def test_a_position_that_is_not_an_event_is_refused(store: Store) -> None:
                 stream.read_all(after=position)
 
 
+def test_eventstoredb_adapters_skip_the_system_events_a_fresh_log_starts_with() -> None:
+    """A real server's log starts with its own ``$`` events (``$epoch-information``, the
+    scavenger's ``$scavenges`` events and metadata; the emulator writes the same, see
+    tests/emulator/test_fresh_log.py). In the default namespace (no stream prefix)
+    reading, following and a persistent group on the whole store see only our events.
+    A private emulator: only an empty log shows where the store starts."""
+    running = launch_emulator()
+    settings = eventstoredb_settings(running.uri, eventstoredb_stream_prefix="")
+    journal, stream, subs = open_journal(settings), open_event_stream(settings), open_subscriptions(settings)
+    try:
+        write(journal, "Lot-a", "m:Lot.Opened", "m:Lot.Closed")
+        assert [(e.stream_id, e.version) for e in stream.read_all()] == [("Lot-a", 1), ("Lot-a", 2)]
+        last = stream.read_all()[-1]
+        assert stream.head_position() == last.position
+        with stream.subscribe_all() as everything:
+            assert [e.version for e in events_only(take(everything, 2))] == [1, 2]
+        group = group_name()
+        subs.create_group(group, Source.all())
+        consumer = subs.consume(group, Source.all())
+        try:
+            deliveries = take(consumer, 2)
+            for delivery in deliveries:
+                consumer.ack(delivery)
+        finally:
+            consumer.stop()
+        assert [(d.event.stream_id, d.event.version) for d in deliveries] == [("Lot-a", 1), ("Lot-a", 2)]
+    finally:
+        subs.close()
+        stream.close()
+        journal.close()
+        running.stop()
+
+
 def test_stop_ends_a_blocked_iteration(store: Store) -> None:
     stream = store.stream
     subscription = stream.subscribe_category("Empty")
@@ -334,6 +368,23 @@ def test_group_lifecycle_create_info_list_update_delete(groups: tuple[EventJourn
         subs.group_info(group, source)
     with pytest.raises(SubscriptionGroupNotFound):
         subs.delete_group(group, source)
+
+
+def test_settings_the_server_refuses_are_a_subscription_error_and_create_nothing(
+        groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:
+    """KurrentDB ``PersistentSubscription``: the read batch must be smaller than the
+    history buffer; the server refuses the create/update ("... failed: '<reason>'") and
+    the adapter reports it as a SubscriptionError carrying that reason, not retried."""
+    _, subs = groups
+    group, source = group_name(), Source.category("Lot")
+    with pytest.raises(SubscriptionError, match="ReadBatchSize may not be greater than or equal to BufferSize"):
+        subs.create_group(group, source, GroupSettings(read_batch_size=50, history_buffer_size=50))
+    with pytest.raises(SubscriptionGroupNotFound):
+        subs.group_info(group, source)
+    subs.create_group(group, source)
+    with pytest.raises(SubscriptionError, match="refused the group's settings"):
+        subs.update_group(group, source, GroupSettings(read_batch_size=600))
+    assert subs.group_info(group, source).max_retry_count == GroupSettings().max_retry_count
 
 
 def test_two_consumers_in_one_group_each_event_goes_to_one(groups: tuple[EventJournal, EventStoreDBSubscriptions]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
@@ -12,7 +13,7 @@ from .emulator_process import launch_emulator
 def test_events_and_subscription_groups_survive_restart(tmp_path: Path) -> None:
     """EventStoreDB docs, Persistence: appended events (with their revisions and
     positions) and persistent subscription definitions are durable across a
-    server restart."""
+    server restart; each start writes a new ``$epoch-information`` event."""
     data_file = str(tmp_path / "emulator.jsonl")
     first = launch_emulator("--data-file", data_file)
     try:
@@ -36,6 +37,11 @@ def test_events_and_subscription_groups_survive_restart(tmp_path: Path) -> None:
         position = client.append_to_stream("durable", events=[NewEvent(type="C", data=b"3")], current_version=1)
         assert position > before[-1].commit_position
         assert client.get_subscription_info("group", "durable").group_name == "group"
+        # Like a node becoming leader again: one more epoch, the scavenger's first-start
+        # event is not repeated.
+        epochs = [json.loads(e.data)["epochNumber"] for e in client.get_stream("$epoch-information")]
+        assert epochs == [0, 1]
+        assert len(client.get_stream("$scavenges")) == 1
         client.close()
     finally:
         second.stop()

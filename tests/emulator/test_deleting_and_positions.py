@@ -13,6 +13,9 @@ from kurrentdbclient.exceptions import (
     WrongCurrentVersionError,
 )
 
+# EventNumber.DeletedStream (long.MaxValue): the truncate-before of a soft-deleted stream.
+INT64_MAX = 2**63 - 1
+
 
 def _append(client: KurrentDBClient, stream: str, count: int = 1, version: int | StreamState = StreamState.ANY) -> int:
     events = [NewEvent(type="Happened", data=b'{"x": 1}') for _ in range(count)]
@@ -54,7 +57,7 @@ def test_soft_deleted_events_remain_in_all(client: KurrentDBClient, stream_name:
     client.delete_stream(stream_name, current_version=0)
     events = list(client.read_all(commit_position=position, limit=1))
     assert events[0].stream_name == stream_name
-    assert client.get_stream_metadata(stream_name)[0] == {"$tb": 1}
+    assert client.get_stream_metadata(stream_name)[0] == {"$tb": INT64_MAX}
 
 
 def test_tombstoned_stream_cannot_be_read_or_written(client: KurrentDBClient, stream_name: str) -> None:
@@ -112,3 +115,55 @@ def test_read_all_from_a_non_boundary_position_is_rejected(
     with pytest.raises(UnknownError, match="InvalidPosition"):
         list(client.read_all(commit_position=position + 1, filter_exclude=()))
     assert len(list(client.read_all(commit_position=position, limit=1))) == 1
+
+
+def test_soft_delete_writes_truncate_before_max_and_a_new_write_rewrites_it(
+    client: KurrentDBClient, stream_name: str
+) -> None:
+    """KurrentDB docs, Deleting streams / Soft delete and TruncateBefore: soft delete sets
+    ``$tb`` to the max Int64 (9223372036854775807) - the whole metadata, as
+    ``StorageWriterService`` writes ``new StreamMetadata(truncateBefore: DeletedStream)``.
+    Appending again recreates the stream and the server rewrites ``$tb`` to the first new
+    revision (``SoftUndeleteStream``), keeping the rest of the metadata (client test
+    SoftDeleteTests.recreated_with_any_expected_version: metastream revision 1)."""
+    _append(client, stream_name, 2)
+    client.set_stream_metadata(stream_name, metadata={"owner": "x"})
+    client.delete_stream(stream_name, current_version=1)
+    assert client.get_stream_metadata(stream_name) == ({"$tb": INT64_MAX}, 1)
+    _append(client, stream_name, 3, StreamState.ANY)
+    assert [e.stream_position for e in client.get_stream(stream_name)] == [2, 3, 4]
+    assert client.get_stream_metadata(stream_name) == ({"$tb": 2}, 2)
+
+
+def test_metadata_written_to_a_soft_deleted_stream_undeletes_it_at_its_end(
+    client: KurrentDBClient, stream_name: str
+) -> None:
+    """KurrentDB client test SoftDeleteTests.recreated_on_non_empty_when_metadata_set:
+    setting metadata on a soft-deleted stream makes the server write it again with
+    ``$tb`` = last revision + 1 (``SoftUndeleteMetastream``): the old events stay
+    hidden and the stream is no longer soft deleted."""
+    _append(client, stream_name, 2)
+    client.delete_stream(stream_name, current_version=1)
+    client.set_stream_metadata(stream_name, metadata={"owner": "x"})
+    assert client.get_stream_metadata(stream_name)[0] == {"owner": "x", "$tb": 2}
+    client.append_to_stream(stream_name, events=[NewEvent(type="Again", data=b"{}")], current_version=1)
+    assert [e.stream_position for e in client.get_stream(stream_name)] == [2]
+
+
+def test_a_soft_deleted_stream_counts_as_deleted_for_stream_exists(
+    client: KurrentDBClient, stream_name: str
+) -> None:
+    """EventStoreDB ``IndexWriter.CheckCommit``: with expected version StreamExists a
+    soft-deleted stream is ``CommitDecision.Deleted`` (StreamDeleted to the client),
+    not an existing stream; nothing is written. NoStream/Any recreate it, after which
+    it exists again."""
+    _append(client, stream_name, 2)
+    client.delete_stream(stream_name, current_version=1)
+    with pytest.raises(StreamIsDeletedError):
+        _append(client, stream_name, 1, StreamState.EXISTS)
+    with pytest.raises(StreamIsDeletedError):
+        client.delete_stream(stream_name, current_version=StreamState.EXISTS)
+    assert client.get_stream_metadata(stream_name)[0] == {"$tb": INT64_MAX}
+    _append(client, stream_name, 1, StreamState.NO_STREAM)
+    _append(client, stream_name, 1, StreamState.EXISTS)
+    assert [e.stream_position for e in client.get_stream(stream_name)] == [2, 3]

@@ -13,6 +13,7 @@ from kurrentdbclient import KurrentDBClient, NewEvent, RecordedEvent, StreamStat
 from kurrentdbclient.common import AbstractPersistentSubscription
 from kurrentdbclient.exceptions import (
     AlreadyExistsError,
+    InternalError,
     KurrentDBClientError,
     MaximumSubscriptionsReachedError,
     NotFoundError,
@@ -99,22 +100,6 @@ def test_nack_retry_redelivers_with_retry_count(client: KurrentDBClient, stream_
                 subscription.ack(event)
                 break
     assert seen == [("A", 0), ("A", 1)]
-
-
-def test_message_timeout_redelivers_unacked_event(client: KurrentDBClient, stream_name: str) -> None:
-    """EventStoreDB docs, Persistent subscription settings / Message timeout: an event
-    not acknowledged within the timeout is retried (retry count incremented)."""
-    group = f"g-{uuid.uuid4()}"
-    _append(client, stream_name, "A")
-    client.create_subscription_to_stream(group, stream_name, message_timeout=0.3)
-    counts = []
-    with _reading(client, group, stream_name) as subscription:
-        for event in subscription:
-            counts.append(event.retry_count)
-            if len(counts) == 2:
-                subscription.ack(event)
-                break
-    assert counts == [0, 1]
 
 
 def test_event_nacked_past_max_retries_is_parked_then_replayed(
@@ -254,3 +239,62 @@ def test_max_subscriber_count(client: KurrentDBClient, stream_name: str) -> None
     with _reading(client, group, stream_name):
         with pytest.raises(MaximumSubscriptionsReachedError):
             client.read_subscription_to_stream(group, stream_name, timeout=DEADLINE)
+
+
+def test_message_timeouts_are_checked_on_the_servers_one_second_tick(
+    client: KurrentDBClient, stream_name: str
+) -> None:
+    """EventStoreDB docs, Persistent subscription settings / Message timeout: an event
+    not acknowledged within the timeout is retried, its retry count incremented.
+    KurrentDB ``PersistentSubscriptionService``: message timeouts are not timers of
+    their own; a 1-second ``PersistentSubscriptionTimerTick`` calls ``NotifyClockTick``,
+    which retries the messages whose deadline has passed. So an unacked message with a
+    10 ms timeout is redelivered once per tick, not every 10 ms: the first retry comes
+    on the next tick (whenever that falls), each later one a full tick after the one
+    before, so three retries take at least two seconds (a lower bound, which a slow
+    machine can only lengthen; checked to the millisecond they took ~30 ms)."""
+    group = f"g-{uuid.uuid4()}"
+    _append(client, stream_name, "A")
+    started = time.monotonic()
+    client.create_subscription_to_stream(group, stream_name, message_timeout=0.01)
+    counts = []
+    with _reading(client, group, stream_name) as subscription:
+        for event in subscription:
+            counts.append(event.retry_count)
+            if len(counts) == 4:
+                elapsed = time.monotonic() - started
+                subscription.ack(event)
+                break
+    assert counts == [0, 1, 2, 3]
+    assert elapsed >= 1.9  # two tick intervals (asyncio may wake a clock resolution early)
+
+
+def test_unknown_consumer_strategy_is_refused_on_create(client: KurrentDBClient, stream_name: str) -> None:
+    """KurrentDB ``PersistentSubscriptionService.CreatePersistentSubscription``: a
+    strategy the registry does not know fails with "Consumer strategy X does not
+    exist." (gRPC: ``PersistentSubscriptionFailed``, status INTERNAL, which the client
+    raises as InternalError); no group is created. PinnedByCorrelation is known."""
+    group = f"g-{uuid.uuid4()}"
+    with pytest.raises(InternalError, match="Consumer strategy Fastest does not exist"):
+        client.create_subscription_to_stream(group, stream_name, consumer_strategy="Fastest")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        client.get_subscription_info(group, stream_name)
+    client.create_subscription_to_stream(group, stream_name, consumer_strategy="PinnedByCorrelation")
+    assert client.get_subscription_info(group, stream_name).consumer_strategy == "PinnedByCorrelation"
+
+
+def test_history_buffer_must_be_larger_than_the_read_batch(client: KurrentDBClient, stream_name: str) -> None:
+    """KurrentDB ``PersistentSubscription`` constructor: ``ReadBatchSize`` may not be
+    greater than or equal to ``BufferSize`` (the history buffer); the service turns the
+    ArgumentOutOfRangeException into a failed create/update (InternalError) and
+    nothing changes."""
+    group = f"g-{uuid.uuid4()}"
+    with pytest.raises(InternalError, match="ReadBatchSize may not be greater than or equal to BufferSize"):
+        client.create_subscription_to_stream(group, stream_name, read_batch_size=50, history_buffer_size=50)
+    with pytest.raises(NotFoundError):
+        client.get_subscription_info(group, stream_name)
+    client.create_subscription_to_stream(group, stream_name, read_batch_size=49, history_buffer_size=50)
+    with pytest.raises(InternalError, match="ReadBatchSize may not be greater than or equal to BufferSize"):
+        client.update_subscription_to_stream(group, stream_name, read_batch_size=60, history_buffer_size=50)
+    info = client.get_subscription_info(group, stream_name)
+    assert (info.read_batch_size, info.history_buffer_size) == (49, 50)

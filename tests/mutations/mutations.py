@@ -36,6 +36,7 @@ LIMITS = "tests/edge/test_limits.py"
 TRUST = "tests/edge/test_trust.py"
 IDEMPOTENCY = "tests/unit/test_idempotency.py"
 STORED = "tests/unit/test_what_is_stored.py"
+UPGRADE = "tests/unit/test_platform_part_upgrade.py"
 TRANSPORT = "tests/integration/test_transport_security.py"
 
 MUTATIONS: list[Mutation] = [
@@ -108,15 +109,15 @@ MUTATIONS: list[Mutation] = [
     # ------------------------------------------------------------ idempotent by message ID
     Mutation(
         "dedup-off", "idempotent-dedup", "domain/dispatch.py",
-        old="""        seen = entity.seen_reply(sender, message_id)""",
+        old="""        seen = platform.outcome_of(sender, message_id)""",
         new="""        seen = None""",
         tests=(f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]",
                f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]"),
     ),
     Mutation(
-        "window-not-in-snapshots", "idempotent-snapshot", "domain/entity.py",
-        old="""        for name in ("_id", "_version", *RESIDENT_ONLY):""",
-        new="""        for name in ("_id", "_version", "_seen", *RESIDENT_ONLY):""",
+        "window-not-in-snapshots", "idempotent-snapshot", "domain/platform_part.py",
+        old="""        state["_seen"] = None if self.seen is None else self.seen.to_data()""",
+        new="""        state["_seen"] = None""",
         tests=(f"{RUNTIME}::test_passivation_snapshot_reload_and_duplicate_after_reload[sqlite]",),
     ),
     Mutation(
@@ -126,18 +127,35 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{IDEMPOTENCY}::test_what_a_message_sends_derives_its_ids_from_that_message",
                f"{SANDBOX}::test_duplicate_message_id_gets_the_original_outcome_and_changes_nothing[memory]"),
     ),
+    # ------------------------------------------------------------ stored data stays readable (issue 11)
+    Mutation(  # events written today would carry the sender under a key the version before never reads
+        "stored-outcome-renamed", "stored-readable", "domain/entity.py",
+        old="""        fields["_xp_from"] = sender""",
+        new="""        fields["xp_from"] = sender""",
+        tests=(f"{UPGRADE}::test_what_is_stored_today_has_the_old_layout",),
+    ),
+    Mutation(  # the platform's events stored under each entity class's topic (Lot.TimerStarted), not Entity's
+        "platform-event-topics-per-class", "stored-readable", "domain/entity.py",
+        old="""            setattr(cls, name, Entity.__dict__[name])""",
+        new="""            pass""",
+        tests=(f"{UPGRADE}::test_platform_events_are_stored_with_the_topics_they_always_had",),
+    ),
+    Mutation(  # a snapshot written before the platform part had one owner loses its takeover epoch
+        "old-snapshot-epoch-lost", "stored-readable", "domain/platform_part.py",
+        old="""        part.epoch = state.pop("_epoch", 0)""",
+        new="""        part.epoch = 0""",
+        tests=(f"{UPGRADE}::test_connections_timers_and_owner_epoch_load_from_the_old_snapshot_and_events",),
+    ),
     Mutation(
-        "refusals-forgotten", "idempotent-refusals", "domain/dispatch.py",
-        old="""        entity._xp_refuse(sender, message.message_id, reply.to_record())
-    return Outcome""",
-        new="""        pass
-    return Outcome""",
+        "refusals-forgotten", "idempotent-refusals", "domain/platform_part.py",
+        old="""            refused.put(sender, reply.message_id, reply.to_record(), entity.DEDUP_PER_SENDER, entity.REFUSALS_KEPT)""",
+        new="""            pass""",
         tests=(f"{SANDBOX}::test_a_refusal_is_remembered_while_the_entity_is_resident[memory]",),
     ),
     Mutation(
-        "late-terminated-drops-resumed", "connect-resume", "domain/dispatch.py",
-        old="""    if m.session and len(record) > 2 and record[2] and record[2] != m.session:""",
-        new="""    if False:""",
+        "late-terminated-drops-resumed", "connect-resume", "domain/platform_part.py",
+        old="""        if m.session and len(record) > 2 and record[2] and record[2] != m.session:""",
+        new="""        if False:""",
         tests=(f"{SANDBOX}::test_late_terminated_of_an_old_socket_does_not_drop_a_resumed_connection[memory]",),
     ),
     # ------------------------------------------------------------ stable routing
@@ -290,9 +308,9 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{BAD_FRAMES}::test_connection_id_of_a_live_connection_cannot_be_taken_by_another_user",),
     ),
     Mutation(
-        "entity-lets-cid-change-user", "connection-id-owner", "domain/dispatch.py",
-        old="""    if known is not None and known[0].get("sub") != sub:""",
-        new="""    if False:""",
+        "entity-lets-cid-change-user", "connection-id-owner", "domain/platform_part.py",
+        old="""        if known is not None and known[0].get("sub") != sub:""",
+        new="""        if False:""",
         tests=(f"{BAD_FRAMES}::test_connection_id_in_grace_period_cannot_be_taken_by_another_user",
                f"{SANDBOX}::test_connection_id_reused_by_another_user_is_refused[memory]"),
     ),
@@ -367,9 +385,9 @@ MUTATIONS: list[Mutation] = [
     ),
     # ------------------------------------------------------------ idempotency per sender (issue 9)
     Mutation(
-        "senders-collapsed", "idempotent-per-sender", "domain/dispatch.py",
-        old="""        return client_sender(sub) if isinstance(sub, str) and sub else connection_sender(message.connection_id)""",
-        new='        return "c0:"',
+        "senders-collapsed", "idempotent-per-sender", "domain/platform_part.py",
+        old="""            return client_sender(sub) if isinstance(sub, str) and sub else connection_sender(message.connection_id)""",
+        new='            return "c0:"',
         tests=(f"{IDEMPOTENCY}::test_reusing_another_users_message_id_neither_reads_his_reply_nor_drops_the_message",
                f"{IDEMPOTENCY}::test_a_refusal_does_not_pre_empt_another_users_message_with_the_same_id",
                f"{RUNTIME}::test_idempotency_is_per_sender_through_the_store"),
@@ -381,23 +399,23 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{IDEMPOTENCY}::test_another_senders_volume_does_not_evict_a_victims_id",),
     ),
     Mutation(
-        "refusals-in-the-durable-window", "idempotent-refusals", "domain/dispatch.py",
-        old="""        entity._xp_refuse(sender, message.message_id, reply.to_record())""",
-        new="""        entity._xp_remember(sender, message.message_id, reply.to_record())""",
+        "refusals-in-the-durable-window", "idempotent-refusals", "domain/platform_part.py",
+        old="""            refused.put(sender, reply.message_id, reply.to_record(), entity.DEDUP_PER_SENDER, entity.REFUSALS_KEPT)""",
+        new="""            self.remember(entity, sender, reply.message_id, reply.to_record())""",
         tests=(f"{IDEMPOTENCY}::test_another_senders_refusals_do_not_evict_a_victims_id",
                f"{IDEMPOTENCY}::test_refusals_are_remembered_only_while_resident"),
     ),
     # ------------------------------------------------------------ what is stored (issue 9)
     Mutation(
-        "every-claim-stored", "stored-claims", "domain/entity.py",
-        old="""        kept = {name: claims[name] for name in ("sub", *self.STORED_CLAIMS) if name in claims}  # sub: always""",
+        "every-claim-stored", "stored-claims", "domain/platform_part.py",
+        old="""        kept = {name: claims[name] for name in ("sub", *entity.STORED_CLAIMS) if name in claims}  # sub: always""",
         new="""        kept = dict(claims)""",
         tests=(f"{STORED}::test_only_the_categorys_claims_are_stored",),
     ),
     Mutation(
-        "any-connect-creates", "create-by-connect", "domain/dispatch.py",
-        old="""    if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):""",
-        new="""    if False:""",
+        "any-connect-creates", "create-by-connect", "domain/platform_part.py",
+        old="""        if entity.version < type(entity).INITIAL_VERSION and not entity.may_create(ctx, m.claims):""",
+        new="""        if False:""",
         tests=(f"{STORED}::test_a_viewer_cannot_create_a_lot_by_connecting",),
     ),
     Mutation(

@@ -9,7 +9,7 @@ import pytest
 
 from domain import EntityMessage, EntityRef, TimerFired
 from domain.auction import Bidder, Lot
-from domain.entity import GRACE_TIMER
+from domain.platform_part import GRACE_TIMER
 from infrastructure.testkit import Sandbox
 from tests.support.auction import BOB, CAT, LOT, opened_lot
 
@@ -68,7 +68,7 @@ def test_another_senders_volume_does_not_evict_a_victims_id(kit: Sandbox) -> Non
     retry = kit.client(LOT, "c-bob", {"type": "chat", "text": "mine"}, message_id="victim-1")
     assert retry.duplicate and retry.reply == first.reply
     assert sum(1 for user, _ in chats(kit) if user == "bob") == 1
-    window = kit.state(LOT)._seen  # bounded: cat keeps at most his own share
+    window = kit.state(LOT).platform.seen  # bounded: cat keeps at most his own share
     assert Lot.DEDUP_PER_SENDER * 7 // 8 <= window.count("c3:cat") <= Lot.DEDUP_PER_SENDER
     assert window.size <= Lot.DEDUP_WINDOW
 
@@ -131,8 +131,8 @@ def test_refusals_of_many_senders_are_bounded_and_never_evict_results(kit: Sandb
         for i in range(20):
             kit.client(LOT, cid, {"type": "bid", "amount": 1}, message_id=f"r-{i}")
     lot = kit.state(LOT)
-    assert lot._refused.size <= Lot.REFUSALS_KEPT
-    assert all(lot._refused.count(f"c{len(str(n)) + 1}:v{n}") <= Lot.DEDUP_PER_SENDER for n in range(40))
+    assert lot.platform.refused.size <= Lot.REFUSALS_KEPT
+    assert all(lot.platform.refused.count(f"c{len(str(n)) + 1}:v{n}") <= Lot.DEDUP_PER_SENDER for n in range(40))
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "mine"}, message_id="keep").reply == ok.reply
 
 

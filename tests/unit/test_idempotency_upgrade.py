@@ -34,8 +34,8 @@ def copy_of_fixture(tmp_path: Path) -> Settings:
 def test_old_snapshot_and_events_load_and_keep_deduplicating(tmp_path: Path) -> None:
     settings = copy_of_fixture(tmp_path)
     kit = Sandbox(Lot, Bidder, journal=RecorderJournal(settings.journal_env()))
-    lot = kit.state(LOT)
-    assert isinstance(lot._seen, ReplyWindow) and lot._seen.legacy and lot._seen.count(LEGACY) == lot._seen.size
+    window = kit.state(LOT).platform.seen
+    assert isinstance(window, ReplyWindow) and window.legacy and window.count(LEGACY) == window.size
     versions = [e.originator_version for e in kit.events(LOT)]
     # "bid-1" is in the old snapshot's flat window, "bid-2" and "chat-1" on events after it.
     for mid, payload in (("bid-1", {"type": "bid", "amount": 100}), ("bid-2", {"type": "bid", "amount": 110}),
@@ -53,8 +53,8 @@ def test_old_snapshot_and_events_load_and_keep_deduplicating(tmp_path: Path) -> 
     # New messages go to their sender's bucket; a new snapshot carries both and reloads.
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "new"}, message_id="chat-2").ok
     kit.restart()
-    lot = kit.state(LOT)
-    assert lot._seen.count(LEGACY) + lot._seen.count("c3:bob") == lot._seen.size and lot._seen.count("c3:bob") == 1
+    window = kit.state(LOT).platform.seen
+    assert window.count(LEGACY) + window.count("c3:bob") == window.size and window.count("c3:bob") == 1
     assert kit.client(LOT, "c-bob", {"type": "bid", "amount": 110}, message_id="bid-2").duplicate
     assert kit.client(LOT, "c-bob", {"type": "chat", "text": "new"}, message_id="chat-2").duplicate
 

@@ -10,6 +10,7 @@ tests.support.eventstoredb_emulator --port 0`` and connect with
 Modules: :mod:`.store` (the log), :mod:`.journal` (``--data-file``),
 :mod:`.filters`, :mod:`.convert` (protobuf mapping), :mod:`.streams_service`,
 :mod:`.persistent_groups` + :mod:`.persistent_service`, :mod:`.gossip_service`,
+:mod:`.system_events` (what a node writes to its log as it starts),
 :mod:`.server` (bootstrap) and :mod:`.errors` (``EmulatorError`` root).
 """
 

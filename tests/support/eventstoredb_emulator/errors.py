@@ -68,6 +68,19 @@ class PersistentSubscriptionExists(EmulatorError):
         self.group_name = group_name
 
 
+class PersistentSubscriptionFailed(EmulatorError):
+    """Create/update of a group refused for its settings (``RpcExceptions.PersistentSubscriptionFailed``).
+
+    ``reason`` is the server's own text, e.g. "Consumer strategy X does not exist.".
+    """
+
+    def __init__(self, stream_name: str, group_name: str, reason: str) -> None:
+        super().__init__(f"Subscription group {group_name} on stream {stream_name} failed: '{reason}'")
+        self.stream_name = stream_name
+        self.group_name = group_name
+        self.reason = reason
+
+
 class MaximumSubscribersReached(EmulatorError):
     """A consumer tried to join a group already at ``max_subscriber_count``."""
 

@@ -4,6 +4,9 @@ EventStoreDB evaluates a filter regex with .NET ``Regex.IsMatch``, i.e. a
 *search* anywhere in the string, and prefixes with ``StartsWith``; the client
 anchors its own patterns (``^a|b$`` to include, ``^(?!(a$|b$))`` to exclude),
 so ``re.search`` reproduces the server's behaviour exactly.
+
+:func:`allowed_in_all_groups` is the server's ``DefaultAllFilter``, which a
+persistent subscription to ``$all`` applies on top of its own filter (or alone).
 """
 
 from __future__ import annotations
@@ -13,6 +16,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .store import EventRecord
+from .system_events import EPOCH_INFORMATION_STREAM
+
+_ALL_GROUP_STREAM_PREFIX = "$persistentsubscription-$all::"
+
+
+def allowed_in_all_groups(record: EventRecord) -> bool:
+    """``EventFilter.DefaultAllFilter``: every non-system event; of the system ones all
+    but ``$epoch-information`` and the ``$all`` groups' own checkpoints and parked
+    links (a group must not be fed its own bookkeeping)."""
+    name = record.stream_name
+    if not name.startswith("$"):
+        return True
+    if name == EPOCH_INFORMATION_STREAM:
+        return False
+    return not (
+        name.startswith(_ALL_GROUP_STREAM_PREFIX) and name.endswith(("-checkpoint", "-parked"))
+    )
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 Model (after EventStoreDB's ``PersistentSubscription``):
 
-* a group reads its source (one stream, or ``$all`` through an optional
-  filter) from a cursor and hands each event to one connected consumer that
+* a group reads its source (one stream, or ``$all`` through the server's
+  default ``$all`` filter and an optional filter of its own) from a cursor and hands each event to one connected consumer that
   has a free slot (``buffer_size`` minus its in-flight messages), choosing the
-  consumer by strategy (RoundRobin, DispatchToSingle, Pinned);
+  consumer by strategy (RoundRobin, DispatchToSingle, Pinned, PinnedByCorrelation);
 * an event stays in flight until acked; a nack ``retry``/``unknown`` or a
   message timeout re-queues it with ``retry_count + 1``; once the retry count
   has reached ``max_retry_count`` it is *parked* instead: a link event
@@ -20,8 +20,18 @@ Model (after EventStoreDB's ``PersistentSubscription``):
   ``PersistentConfig1`` events in ``$persistentSubscriptionConfig`` — the same
   streams the real server uses, so ``--data-file`` persistence covers them.
 
-Each group runs one asyncio task that dispatches, expires timeouts and writes
-checkpoints; consumers are queues drained by their gRPC call coroutine.
+Each group runs one asyncio task that dispatches when woken (a write, an ack, a
+consumer joining); consumers are queues drained by their gRPC call coroutine.
+Time-driven work runs on the registry's single timer tick, every
+:data:`TIMER_TICK_INTERVAL_S`, as the server's ``PersistentSubscriptionTimerTick``:
+a message whose timeout has passed is retried on the next tick (so a 10 ms
+timeout means "retried within about a second", and 0 means "retried on the next
+tick"), and time-based checkpoints (``checkpoint_after``) are written on ticks;
+acks only checkpoint once ``max_checkpoint_count`` messages are done.
+
+Create/update validate settings as the server does (unknown consumer strategy,
+``read_batch_size >= history_buffer_size``) and fail with
+:class:`~.errors.PersistentSubscriptionFailed` and the server's reason text.
 """
 
 from __future__ import annotations
@@ -44,10 +54,11 @@ from .errors import (
     InvalidPosition,
     MaximumSubscribersReached,
     PersistentSubscriptionExists,
+    PersistentSubscriptionFailed,
     PersistentSubscriptionNotFound,
     SubscriptionDropped,
 )
-from .filters import EventFilter
+from .filters import EventFilter, allowed_in_all_groups
 from .store import (
     EXPECTED_ANY,
     LINK_EVENT_TYPE,
@@ -66,6 +77,36 @@ START = 0
 END = -1
 
 NackAction = Literal["unknown", "park", "retry", "skip", "stop"]
+
+# The server's PersistentSubscriptionService reschedules its timer tick 1000 ms after
+# handling the previous one; message timeouts and time-based checkpoints wait for it.
+TIMER_TICK_INTERVAL_S = 1.0
+
+# PersistentSubscriptionConsumerStrategyRegistry's built-in strategies.
+CONSUMER_STRATEGIES = ("RoundRobin", "DispatchToSingle", "Pinned", "PinnedByCorrelation")
+
+
+def check_strategy(definition: GroupDefinition) -> None:
+    """``PersistentSubscriptionService``: an unknown strategy fails the create/update."""
+    strategy = definition.settings.consumer_strategy
+    if strategy not in CONSUMER_STRATEGIES:
+        raise PersistentSubscriptionFailed(
+            definition.stream_name, definition.group_name, f"Consumer strategy {strategy} does not exist."
+        )
+
+
+def check_buffers(definition: GroupDefinition) -> None:
+    """The ``PersistentSubscription`` constructor refuses a read batch that does not fit
+    in the history buffer with ``ArgumentOutOfRangeException(paramName)``; the service
+    reports its message (.NET wraps the "parameter name" in its standard text)."""
+    settings = definition.settings
+    if settings.read_batch_size >= settings.history_buffer_size:
+        raise PersistentSubscriptionFailed(
+            definition.stream_name,
+            definition.group_name,
+            "Specified argument was out of the range of valid values. (Parameter"
+            " 'ReadBatchSize may not be greater than or equal to BufferSize')",
+        )
 
 
 def parked_stream_name(stream_name: str, group_name: str) -> str:
@@ -344,7 +385,7 @@ class SubscriptionGroup:
         while self._next_index < len(self._log):
             record = self._log.record_at(self._next_index)
             self._next_index += 1
-            if event_filter is None or event_filter.matches(record):
+            if allowed_in_all_groups(record) and (event_filter is None or event_filter.matches(record)):
                 return self._track(Delivery(record, None, 0, record.position))
         return None
 
@@ -485,8 +526,11 @@ class SubscriptionGroup:
         strategy = self.definition.settings.consumer_strategy
         if strategy == "DispatchToSingle":
             return ready[0]
-        if strategy == "Pinned":
-            bucket = zlib.crc32(delivery.event.stream_name.encode("utf8")) % len(self.consumers)
+        if strategy in ("Pinned", "PinnedByCorrelation"):
+            key = delivery.event.stream_name
+            if strategy == "PinnedByCorrelation":
+                key = _correlation_id(delivery.event) or key
+            bucket = zlib.crc32(key.encode("utf8")) % len(self.consumers)
             pinned = self.consumers[bucket]
             return pinned if pinned.available_slots > 0 else ready[0]
         count = len(self.consumers)
@@ -498,6 +542,7 @@ class SubscriptionGroup:
         return None
 
     def _dispatch(self) -> None:
+        # A zero timeout is TimeSpan.Zero on the server: due on the very next tick.
         timeout = self.definition.settings.message_timeout_ms / 1000.0
         while any(c.available_slots > 0 for c in self.consumers):
             delivery = self._retry.popleft() if self._retry else self._next_from_source()
@@ -510,7 +555,7 @@ class SubscriptionGroup:
             consumer.in_flight.add(delivery.ack_id)
             consumer.total_items += 1
             self._total_items += 1
-            deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+            deadline = time.monotonic() + timeout
             self._in_flight[delivery.ack_id] = _InFlight(delivery, consumer, deadline)
             consumer.queue.put_nowait(
                 persistent_read_event(delivery.event, delivery.link, delivery.retry_count)
@@ -522,16 +567,21 @@ class SubscriptionGroup:
                 self._take(ack_id)
                 self._retry_or_park(entry.delivery)
 
-    def _maybe_checkpoint(self, now: float, *, force: bool = False) -> None:
+    def _maybe_checkpoint(self, now: float, *, time_check: bool) -> None:
+        """``TryMarkCheckpoint``: acks checkpoint after ``max_checkpoint_count`` done
+        messages; the tick (``time_check``) after ``min_checkpoint_count`` once
+        ``checkpoint_after`` has passed since the last checkpoint."""
         if self._done_upto is None or self._done_upto == self._last_checkpoint:
             return
         settings = self.definition.settings
         elapsed_ms = (now - self._last_checkpoint_time) * 1000
         due = self._processed_since_checkpoint >= settings.max_checkpoint_count or (
-            self._processed_since_checkpoint >= settings.min_checkpoint_count
+            time_check
+            and settings.checkpoint_after_ms > 0  # 0 is TimeSpan.MaxValue: never by time
+            and self._processed_since_checkpoint >= settings.min_checkpoint_count
             and elapsed_ms >= settings.checkpoint_after_ms
         )
-        if not (due or force):
+        if not due:
             return
         value: object = (
             format_all_position(self._done_upto) if self.definition.is_all else self._done_upto
@@ -549,23 +599,21 @@ class SubscriptionGroup:
         self._processed_since_checkpoint = 0
         self._last_checkpoint_time = now
 
-    def _next_wakeup(self, now: float) -> float:
-        deadlines = [entry.deadline for entry in self._in_flight.values()]
-        wait = min(deadlines, default=now + 1.0) - now
-        if self._done_upto != self._last_checkpoint:
-            wait = min(wait, self.definition.settings.checkpoint_after_ms / 1000.0)
-        return min(1.0, max(0.01, wait))
+    def tick(self, now: float) -> None:
+        """``NotifyClockTick``: retry timed-out messages, checkpoint by time, push."""
+        if self._closed:
+            return
+        self._expire(now)
+        self._maybe_checkpoint(now, time_check=True)
+        self._wake.set()
 
     async def _run(self) -> None:
-        """The group's only task: dispatch, expire and checkpoint whenever woken."""
+        """The group's only task: dispatch (and checkpoint by count) whenever woken."""
         while not self._closed:
             self._wake.clear()
-            now = time.monotonic()
-            self._expire(now)
             self._dispatch()
-            self._maybe_checkpoint(now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_wakeup(now))
+            self._maybe_checkpoint(time.monotonic(), time_check=False)
+            await self._wake.wait()
 
     async def close(self, *, deleted: bool) -> None:
         """Stop the group: drop consumers and end the dispatch task."""
@@ -578,12 +626,31 @@ class SubscriptionGroup:
             await self._task
 
 
+def _correlation_id(event: EventRecord) -> str | None:
+    """The ``$correlationId`` of an event's JSON metadata (PinnedByCorrelation's key)."""
+    try:
+        metadata = json.loads(event.metadata.decode("utf8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    value = metadata.get("$correlationId") if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) else None
+
+
 class PersistentSubscriptionRegistry:
     """All groups, keyed by (stream, group), with definitions persisted in the log."""
 
     def __init__(self, log: EventLog) -> None:
         self._log = log
         self._groups: dict[tuple[str, str], SubscriptionGroup] = {}
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        """One timer for every group, rescheduled after each tick like the server's."""
+        while True:
+            await asyncio.sleep(TIMER_TICK_INTERVAL_S)
+            now = time.monotonic()
+            for group in list(self._groups.values()):
+                group.tick(now)
 
     def load(self) -> None:
         """Recreate groups from the last ``PersistentConfig1`` event (after restart)."""
@@ -608,17 +675,25 @@ class PersistentSubscriptionRegistry:
         return [g for g in self._groups.values() if stream_name in (None, g.stream_name)]
 
     def create(self, definition: GroupDefinition) -> None:
-        """Add a group; raises :class:`PersistentSubscriptionExists` if present."""
+        """Add a group; raises :class:`PersistentSubscriptionExists` if present and
+        :class:`PersistentSubscriptionFailed` for settings the server refuses."""
         key = (definition.stream_name, definition.group_name)
+        check_strategy(definition)
         if key in self._groups:
             raise PersistentSubscriptionExists(*key)
+        check_buffers(definition)
         self._groups[key] = SubscriptionGroup(definition, self._log)
         self._persist()
 
     async def update(self, definition: GroupDefinition) -> None:
-        """Replace a group's definition; connected consumers are dropped, as on the server."""
+        """Replace a group's definition; connected consumers are dropped, as on the server.
+
+        Raises :class:`PersistentSubscriptionNotFound`, or :class:`PersistentSubscriptionFailed`
+        (the group is left as it was) for settings the server refuses."""
         key = (definition.stream_name, definition.group_name)
         old = self.get(*key)
+        check_strategy(definition)
+        check_buffers(definition)
         if definition.event_filter is None:
             definition.event_filter = old.definition.event_filter
         await old.close(deleted=False)

@@ -4,7 +4,8 @@ Translates requests into :mod:`.persistent_groups` operations and emulator
 errors into the status codes the client maps to its exceptions:
 ``NOT_FOUND`` → ``NotFoundError``, ``ALREADY_EXISTS`` → ``AlreadyExistsError``,
 ``FAILED_PRECONDITION "Maximum subscriptions reached…"`` →
-``MaximumSubscriptionsReachedError``, ``CANCELLED`` for dropped consumers.
+``MaximumSubscriptionsReachedError``, ``INTERNAL "… failed: '<reason>'"`` (settings
+refused on create/update) → ``InternalError``, ``CANCELLED`` for dropped consumers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import (
     EmulatorError,
     MaximumSubscribersReached,
     PersistentSubscriptionExists,
+    PersistentSubscriptionFailed,
     PersistentSubscriptionNotFound,
     SubscriptionDropped,
 )
@@ -58,6 +60,18 @@ _TICKS_PER_MS = 10_000
 
 async def abort_for(context: grpc.aio.ServicerContext, error: EmulatorError) -> NoReturn:
     """Fail the call with the status the real server uses for ``error``."""
+    if isinstance(error, PersistentSubscriptionFailed):
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            str(error),
+            trailing_metadata=(
+                ("exception", "persistent-subscription-failed"),
+                ("stream-name", error.stream_name),
+                ("group-name", error.group_name),
+                ("reason", error.reason),
+            ),
+        )
+        raise AssertionError("unreachable")
     if isinstance(error, PersistentSubscriptionNotFound):
         code = grpc.StatusCode.NOT_FOUND
     elif isinstance(error, PersistentSubscriptionExists):

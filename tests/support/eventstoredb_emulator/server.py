@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .persistent_groups import PersistentSubscriptionRegistry
 from .persistent_service import PersistentSubscriptionsService
 from .store import EventLog
 from .streams_service import StreamsService
+from .system_events import write_startup_records
 
 # The client accepts messages up to 17 MiB; match it so large reads are not cut.
 _MAX_MESSAGE_BYTES = 17 * 1024 * 1024
@@ -61,6 +63,7 @@ async def start_emulator(
     """Create and start the server; ``port=0`` picks a free port."""
     access = access or AccessOptions()
     log = EventLog(FileJournal(data_file) if data_file else None)
+    write_startup_records(log, instance_id=str(uuid.uuid4()))
     registry = PersistentSubscriptionRegistry(log)
     registry.load()
     interceptors = []

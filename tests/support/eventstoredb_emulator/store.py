@@ -8,9 +8,15 @@ because the client-visible semantics fall out of it directly:
   they grow strictly and are *not* contiguous (each record advances the head by
   its encoded size, like the real ``TFChunk`` writer does);
 * reading ``$all`` from an offset that is not a record boundary is an error;
-* soft delete only writes ``$tb`` (truncate-before) stream metadata, the old
-  records stay visible in ``$all``; a tombstone writes a ``$streamDeleted``
-  record and forbids any further write or read of the stream.
+* soft delete only writes ``{"$tb": <Int64.MaxValue>}`` stream metadata (the
+  server's ``EventNumber.DeletedStream``), the old records stay visible in
+  ``$all``; the next write to the stream (or to its metadata) makes the server
+  write the metadata again with ``$tb`` = the first revision after the deleted
+  ones (``SoftUndeleteStream``/``SoftUndeleteMetastream``).  While soft deleted
+  the stream reads as not found, may be recreated with "no stream" and counts as
+  deleted (not existing) for a "stream exists" expectation;
+* a tombstone writes a ``$streamDeleted`` record and forbids any further write
+  or read of the stream.
 
 Everything here runs on the asyncio event loop thread, so each public method is
 atomic with respect to the others without locks.
@@ -32,7 +38,8 @@ EXPECTED_ANY = -2
 EXPECTED_NO_STREAM = -1
 EXPECTED_STREAM_EXISTS = -4
 
-# The revision EventStoreDB gives the tombstone record of a hard-deleted stream.
+# The revision EventStoreDB gives the tombstone record of a hard-deleted stream
+# (EventNumber.DeletedStream = long.MaxValue); soft delete writes it as ``$tb``.
 DELETED_STREAM_REVISION = 2**63 - 1
 
 # Bytes notionally taken by the records the server writes before any user event
@@ -118,6 +125,11 @@ class StreamIndex:
     def last_revision(self) -> int:
         """Revision of the last event, ``-1`` when none was ever written."""
         return len(self.records) - 1
+
+    @property
+    def soft_deleted(self) -> bool:
+        """``IsSoftDeleted``: the current metadata's ``$tb`` is ``EventNumber.DeletedStream``."""
+        return self.truncate_before == DELETED_STREAM_REVISION
 
     @property
     def is_readable(self) -> bool:
@@ -251,8 +263,7 @@ class EventLog:
         idempotent append); a partial match is a wrong expected version.
         """
         index = self._streams.get(stream_name)
-        if index is not None and index.tombstoned:
-            raise StreamDeleted(stream_name)
+        self._refuse_deleted(stream_name, index, expected)
         current = index.last_revision if index is not None else -1
 
         if index is not None and events:
@@ -260,53 +271,54 @@ class EventLog:
             if replay is not None:
                 return replay
 
-        if not self._expected_matches(index, expected):
+        if not self._expected_matches(stream_name, index, expected):
             raise WrongExpectedVersion(stream_name, expected, current)
         if not events:
             return WriteResult(last_revision=current, position=None)
 
+        was_soft_deleted = index is not None and index.soft_deleted
+        undelete_original = self._soft_deleted_original(stream_name)
         created = now_ticks()
         records = [
             (stream_name, current + 1 + offset, event, created)
             for offset, event in enumerate(events)
         ]
         written = self._write(records)
+        if was_soft_deleted:
+            self._soft_undelete(stream_name, recreate_from=current + 1)
+        if undelete_original is not None:
+            original = self._streams.get(undelete_original)
+            last = original.last_revision if original is not None else -1
+            self._soft_undelete(undelete_original, recreate_from=last + 1)
         return WriteResult(last_revision=written[-1].revision, position=written[-1].position)
 
     def soft_delete(self, stream_name: str, expected: int) -> int:
-        """Soft delete: write ``$tb`` = last revision + 1 to the metadata stream.
+        """Soft delete: write ``{"$tb": Int64.MaxValue}`` to the metadata stream.
 
-        Deleting a stream that has no events is reported as a wrong expected
-        version with current ``-1``, which the client surfaces as not found.
-        Returns the position of the metadata record.
+        Deleting a stream that has neither events nor metadata is reported as a
+        wrong expected version with current ``-1``, which the client surfaces as
+        not found. Returns the position of the metadata record.
         """
         index = self._streams.get(stream_name)
-        if index is not None and index.tombstoned:
-            raise StreamDeleted(stream_name)
+        self._refuse_deleted(stream_name, index, expected)
         current = index.last_revision if index is not None else -1
-        if current < 0 or not self._expected_matches(index, expected):
-            raise WrongExpectedVersion(stream_name, expected, current)
         meta_name = metadata_stream_name(stream_name)
-        existing = self._current_metadata(meta_name)
-        existing["$tb"] = current + 1
-        meta_event = ProposedEvent(
-            event_id=_new_uuid(),
-            event_type=METADATA_EVENT_TYPE,
-            content_type="application/json",
-            data=json.dumps(existing).encode("utf8"),
-            metadata=b"",
-        )
-        result = self.append(meta_name, EXPECTED_ANY, [meta_event])
-        assert result.position is not None
-        return result.position
+        meta_index = self._streams.get(meta_name)
+        no_metadata = meta_index is None or meta_index.last_revision < 0
+        if (current < 0 and no_metadata) or not self._expected_matches(stream_name, index, expected):
+            raise WrongExpectedVersion(stream_name, expected, current)
+        # The whole metadata is replaced, as StorageWriterService writes
+        # ``new StreamMetadata(truncateBefore: EventNumber.DeletedStream)``.
+        marker = {"$tb": DELETED_STREAM_REVISION}
+        written = self._write([(meta_name, self._next_revision(meta_name), _metadata_event(marker), now_ticks())])
+        return written[-1].position
 
     def tombstone(self, stream_name: str, expected: int) -> int:
         """Hard delete: write a ``$streamDeleted`` record; the name is then unusable."""
         index = self._streams.get(stream_name)
-        if index is not None and index.tombstoned:
-            raise StreamDeleted(stream_name)
+        self._refuse_deleted(stream_name, index, expected)
         current = index.last_revision if index is not None else -1
-        if not self._expected_matches(index, expected):
+        if not self._expected_matches(stream_name, index, expected):
             raise WrongExpectedVersion(stream_name, expected, current)
         tombstone = ProposedEvent(
             event_id=_new_uuid(),
@@ -320,16 +332,46 @@ class EventLog:
 
     # -------------------------------------------------------------------- helpers
     @staticmethod
-    def _expected_matches(index: StreamIndex | None, expected: int) -> bool:
+    def _refuse_deleted(stream_name: str, index: StreamIndex | None, expected: int) -> None:
+        """``CheckCommit``'s ``Deleted`` decisions: a tombstoned stream, whatever the
+        expectation, and a soft-deleted one when the writer expects it to exist."""
+        if index is not None and (
+            index.tombstoned or (expected == EXPECTED_STREAM_EXISTS and index.soft_deleted)
+        ):
+            raise StreamDeleted(stream_name)
+
+    def _expected_matches(self, stream_name: str, index: StreamIndex | None, expected: int) -> bool:
         current = index.last_revision if index is not None else -1
         if expected == EXPECTED_ANY:
             return True
         if expected == EXPECTED_NO_STREAM:
             # A soft-deleted stream may be recreated as if it did not exist.
-            return current == -1 or (index is not None and not index.is_readable)
+            return current == -1 or (index is not None and index.soft_deleted)
         if expected == EXPECTED_STREAM_EXISTS:
-            return current >= 0
+            # The server also accepts a stream that has only metadata.
+            return current >= 0 or self._next_revision(metadata_stream_name(stream_name)) > 0
         return expected == current
+
+    def _next_revision(self, stream_name: str) -> int:
+        index = self._streams.get(stream_name)
+        return index.last_revision + 1 if index is not None else 0
+
+    def _soft_deleted_original(self, stream_name: str) -> str | None:
+        """For a write to ``$$X`` while ``X`` is soft deleted: ``X`` (to undelete)."""
+        if not stream_name.startswith("$$"):
+            return None
+        original = self._streams.get(stream_name[2:])
+        return stream_name[2:] if original is not None and original.soft_deleted else None
+
+    def _soft_undelete(self, stream_name: str, *, recreate_from: int) -> None:
+        """``SoftUndeleteStream``: the last metadata again, ``$tb`` = ``recreate_from``
+        (skipped, like the server, when that metadata is not a JSON object)."""
+        meta_name = metadata_stream_name(stream_name)
+        metadata = self._current_metadata(meta_name)
+        if metadata is None:
+            return
+        metadata["$tb"] = recreate_from
+        self._write([(meta_name, self._next_revision(meta_name), _metadata_event(metadata), now_ticks())])
 
     @staticmethod
     def _idempotent_result(
@@ -361,15 +403,16 @@ class EventLog:
             raise WrongExpectedVersion(stream_name, expected, index.last_revision)
         return WriteResult(last_revision=matched[-1].revision, position=matched[-1].position)
 
-    def _current_metadata(self, meta_stream: str) -> dict[str, object]:
+    def _current_metadata(self, meta_stream: str) -> dict[str, object] | None:
+        """The last metadata as a JSON object; ``None`` if none or not an object."""
         index = self._streams.get(meta_stream)
         if index is None or index.last_revision < 0:
-            return {}
+            return None
         try:
             value = json.loads(index.records[-1].data.decode("utf8"))
         except (UnicodeDecodeError, ValueError):
-            return {}
-        return value if isinstance(value, dict) else {}
+            return None
+        return value if isinstance(value, dict) else None
 
     def _write(
         self, items: Iterable[tuple[str, int, ProposedEvent, int]]
@@ -424,3 +467,14 @@ class EventLog:
 
 def _new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def _metadata_event(metadata: dict[str, object]) -> ProposedEvent:
+    """A ``$metadata`` event carrying ``metadata`` (written by the server itself)."""
+    return ProposedEvent(
+        event_id=_new_uuid(),
+        event_type=METADATA_EVENT_TYPE,
+        content_type="application/json",
+        data=json.dumps(metadata).encode("utf8"),
+        metadata=b"",
+    )
