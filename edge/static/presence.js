@@ -3,9 +3,9 @@
 // your status there, join a room (your UserState tells the Room) and watch its roster by
 // connecting to the Room; watching someone else is a connection to their UserState.
 
+import { $, formatMs, log, notice } from './page.js';
 import { connect, uuid4 } from './xplatform.js';
 
-const $ = (id) => document.getElementById(id);
 const STATE_LABELS = { connecting: 'connecting…', open: 'online', reconnecting: 'reconnecting…', closed: 'offline' };
 
 let me = null;        // {name, conn, offs}
@@ -44,7 +44,7 @@ function goOnline() {
   const conn = open('UserState', name, name, onMine);
   me = { name, conn, offs: [
     conn.onState((state) => { $('conn-state').dataset.state = state; $('conn-state').textContent = STATE_LABELS[state] || state; render(); }),
-    conn.onLatency((ms) => { $('latency').textContent = ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`; }),
+    conn.onLatency((ms) => { $('latency').textContent = formatMs(ms); }),
   ], presence: null };
   window.xplatformPresence = { conn };
   render();
@@ -164,25 +164,6 @@ function render() {
     $('roster').replaceChildren(...Object.keys(room.members).sort().map((u) => person(u, room.members[u])));
   }
   $('watched').replaceChildren(...[...watched].map(([u, e]) => person(u, e.presence)));
-}
-
-function notice(text, kind) {
-  const el = $('notice');
-  el.textContent = text;
-  el.className = `notice ${kind}`;
-  el.hidden = false;
-}
-
-function log(text, kind = '') {
-  const item = document.createElement('li');
-  if (kind) item.className = kind;
-  const time = document.createElement('time');
-  time.textContent = new Date().toLocaleTimeString([], { hour12: false });
-  const span = document.createElement('span');
-  span.textContent = text;
-  item.append(time, span);
-  $('log').prepend(item);
-  while ($('log').children.length > 100) $('log').lastChild.remove();
 }
 
 $('name').value = sessionStorage.getItem('xplatform.presence.name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;

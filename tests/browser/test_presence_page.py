@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -19,8 +19,12 @@ __all__ = ["browsers", "server"]  # the fixtures, shared with the auction page's
 
 
 def _line(page: Browser, list_id: str, user: str) -> str:
-    found = page.driver.find_elements(By.CSS_SELECTOR, f'#{list_id} li[data-user="{user}"] .line')
-    return (found[0].get_property("textContent") or "").strip() if found else ""
+    """The text of ``user``'s line in a list ("" while absent, or while the page redraws it)."""
+    try:
+        found = page.driver.find_elements(By.CSS_SELECTOR, f'#{list_id} li[data-user="{user}"] .line')
+        return (found[0].get_property("textContent") or "").strip() if found else ""
+    except StaleElementReferenceException:  # the list was redrawn between finding and reading
+        return ""
 
 
 def _wait_line(page: Browser, list_id: str, user: str, expected: str) -> None:
