@@ -2,7 +2,7 @@
 // Everything shown is what the Lot entity pushes; the page keeps no state of its own beyond
 // the latest `state` it received.
 
-import { $, formatMs, log, notice } from './page.js';
+import { $, formatMs, log, notice, request } from './page.js';
 import { connect, uuid4 } from './xplatform.js';
 
 const STATE_LABELS = { connecting: 'connecting…', open: 'live', reconnecting: 'reconnecting…', closed: 'closed' };
@@ -156,16 +156,7 @@ function applyState(state) {
 
 // ------------------------------------------------------------------ actions
 async function send(payload, what) {
-  if (!conn) return null;
-  try {
-    const reply = await conn.request(payload);
-    return reply;
-  } catch (err) {
-    const reason = err.reason || err.message;
-    log(`${what} refused: ${reason}`, 'error');
-    notice(`${what} refused: ${reason}`, 'error');
-    return null;
-  }
+  return conn ? request(conn, payload, what) : null;
 }
 
 async function openLot() {

@@ -1,5 +1,5 @@
 // What the demo pages share (demo.html: the auction, presence.html: presence): the activity
-// log, the notice line and how a round trip is shown. Both pages have #log and #notice.
+// log, the notice line, a request whose refusal is shown, and how a round trip is shown. Both pages have #log and #notice.
 
 export const $ = (id) => document.getElementById(id);
 
@@ -27,4 +27,16 @@ export function log(text, kind = '') {
 
 export function formatMs(ms) {
   return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
+}
+
+/** ``conn.request(payload)``; a refusal is logged and noticed as "<what> refused: <reason>" and gives null. */
+export async function request(conn, payload, what) {
+  try {
+    return await conn.request(payload);
+  } catch (err) {
+    const reason = err.reason || err.message;
+    log(`${what} refused: ${reason}`, 'error');
+    notice(`${what} refused: ${reason}`, 'error');
+    return null;
+  }
 }

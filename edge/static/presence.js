@@ -3,7 +3,7 @@
 // your status there, join a room (your UserState tells the Room) and watch its roster by
 // connecting to the Room; watching someone else is a connection to their UserState.
 
-import { $, formatMs, log, notice } from './page.js';
+import { $, formatMs, log, notice, request } from './page.js';
 import { connect, uuid4 } from './xplatform.js';
 
 const STATE_LABELS = { connecting: 'connecting…', open: 'online', reconnecting: 'reconnecting…', closed: 'offline' };
@@ -70,17 +70,6 @@ function onMine(payload) {
     notice(`Room ${payload.room} is full.`, 'error');
   }
   render();
-}
-
-async function request(conn, payload, what) {
-  try {
-    return await conn.request(payload);
-  } catch (err) {
-    const reason = err.reason || err.message;
-    log(`${what} refused: ${reason}`, 'error');
-    notice(`${what} refused: ${reason}`, 'error');
-    return null;
-  }
 }
 
 async function setStatus() {
