@@ -86,7 +86,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         ("loadtests.bench_persistence", ["--events", "300", "--single-events", "50", "--entities", "10"],
          {"group_commit_events_per_s", "hot_entity_events_per_s", "single_save_events_per_s"}),
         ("loadtests.bench_runtime", ["--rate", "200", "--seconds", "0.5", "--entities", "500"],
-         {"reply_p50_ms", "reply_p99_ms", "activation_ms", "bytes_per_entity"}),
+         {"reply_p50_ms", "reply_p99_ms", "activation_ms", "bytes_per_entity", "presence_changes_per_s"}),
         ("loadtests.bench_rtt", ["--connections", "5", "--rate", "100", "--seconds", "0.5"],
          {"p50_ms", "p99_ms", "rate"}),
         ("loadtests.bench_connections", ["--connections", "200"], {"connections"}),
