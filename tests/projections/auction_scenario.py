@@ -22,7 +22,7 @@ def run_auction(kit: Sandbox | None = None) -> Sandbox:
     for name, claims in BIDDERS.items():
         for lot in (VASE, CLOCK):
             kit.connect(lot, f"c-{name}", claims)
-    bids = [(VASE, "bob", 10), (VASE, "cat", 20), (VASE, "bob", 25), (CLOCK, "dan.x", 100), (VASE, "dan.x", 40),
+    bids = [(VASE, "bob", 10), (VASE, "cat", 20), (VASE, "bob", 25), (VASE, "bob", 30), (CLOCK, "dan.x", 100), (VASE, "dan.x", 40),
             (CLOCK, "bob", 200), (VASE, "cat", 45), (CLOCK, "dan.x", 300)]
     for lot, name, amount in bids:
         result = kit.client(lot, f"c-{name}", {"type": "bid", "amount": amount})
