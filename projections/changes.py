@@ -17,7 +17,8 @@ MongoDB as in the sandbox; two of them touching the same field (or a field and a
 inside it) is a :class:`~projections.errors.ChangeError`, as is a field name starting with
 ``_`` (reserved: ``_id`` and the bookkeeping) or ``$``. Values must be what a document can
 hold (None, bool, int of 64 bits, float, str, datetime, lists and string-keyed maps of
-them): the sandbox refuses the rest as MongoDB would.
+them): the sandbox refuses the rest as MongoDB would. A datetime is kept as MongoDB keeps
+it: in UTC, to the millisecond (a naive one is taken as UTC).
 
 :func:`apply_changes` is the in-memory meaning of a change, used by the sandbox and by the
 MongoDB writer's view of documents within a batch; ``tests/projections/test_mongo_model.py``
@@ -29,7 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from projections.errors import ChangeError
@@ -110,8 +111,11 @@ def _check_path(field_path: object) -> tuple[str, ...]:
 
 def plain(value: Any) -> Any:
     """``value`` as a document holds it (maps → dict, tuples → list), or ChangeError."""
-    if value is None or isinstance(value, (bool, str, float, datetime)):
+    if value is None or isinstance(value, (bool, str, float)):
         return value
+    if isinstance(value, datetime):  # as a document stores it: UTC, milliseconds (BSON dates)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).replace(microsecond=aware.microsecond // 1000 * 1000)
     if isinstance(value, int):
         if not INT64[0] <= value <= INT64[1]:
             raise ChangeError(f"integer {value} does not fit in 64 bits")

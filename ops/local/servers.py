@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -188,4 +189,61 @@ class ZooKeeperServer:
 
     def destroy(self) -> None:
         self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class MongoWireServer:
+    """A MongoDB-wire server for tests, benchmarks and the embedded default: ``secantusdb``
+    (PyPI, install with ``pip install --pre secantusdb``: the ``test`` extra). It is GPL-2.0,
+    so it only ever runs as a separate process started here (``python -m secantus``), never
+    imported into ours. It advertises itself as a one-node replica set, so transactions and
+    write concern ``majority`` work as on a real MongoDB replica set."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> MongoWireServer:
+        root = Path(tempfile.mkdtemp(prefix="xplatform-mongo-"))
+        port = free_port()
+        log = open(root / "server.log", "wb")  # noqa: SIM115 - owned by the process lifetime
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", str(root / "data"), "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        server = cls(port, root, process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                hint = " (install it: pip install --pre secantusdb)" if "No module named" in server.log() else ""
+                raise ServerStartError(f"secantusdb exited with {process.returncode}{hint}:\n{server.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return server
+            except OSError:
+                time.sleep(0.1)
+        server.stop()
+        raise ServerStartError(f"secantusdb not listening within {timeout}s:\n{server.log()}")
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def log(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
         shutil.rmtree(self.root, ignore_errors=True)
