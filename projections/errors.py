@@ -62,3 +62,9 @@ class ModelWriteError(ProjectionError):
     """Raised when the read model's database refuses or cannot take a batch (unreachable,
     write concern not met, a document too large). What was written before the failure is
     idempotent: delivering the batch again applies the rest exactly once."""
+
+
+class SourceFailed(ProjectionError):
+    """Raised when the event source a runner follows fails for good (the subscription's own
+    retries are spent, or a stored position is refused). The store's error is the
+    ``__cause__``; the read model keeps what it applied and its position."""
