@@ -128,26 +128,22 @@ class CatchUpProjector:
     def _read(self, subscription: Any) -> None:
         try:
             for item in subscription:
-                while not self._stopped.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stopped.is_set():
+                if not self._put(item):
                     return
         except Exception as exc:  # noqa: BLE001 - handed to the applying thread, which raises it typed
-            self._put_end(exc)
+            self._put(exc)
             return
-        self._put_end(_END)
+        self._put(_END)
 
-    def _put_end(self, marker: object) -> None:
+    def _put(self, item: object) -> bool:
+        """Queue ``item``, waiting while the queue is full (the in-flight bound); False when stopped."""
         while not self._stopped.is_set():
             try:
-                self._queue.put(marker, timeout=0.1)
-                return
+                self._queue.put(item, timeout=0.1)
+                return True
             except queue.Full:
                 continue
+        return False
 
     def _take(self, first: Any) -> tuple[list[StreamEvent], int | None, object | None]:
         """The events waiting now (up to batch_size), the last checkpoint among them, and

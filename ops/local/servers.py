@@ -173,19 +173,11 @@ class ZooKeeperServer:
         raise ServerStartError(f"ZooKeeper not ready within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        try:
-            return (self.root / "server.log").read_text(errors="replace")[-5000:]
-        except OSError:
-            return "(no log)"
+        return _log_tail(self.root / "server.log")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            _terminate(self.process)
 
     def destroy(self) -> None:
         self.stop()
@@ -233,17 +225,27 @@ class MongoWireServer:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def log(self) -> str:
-        try:
-            return (self.root / "server.log").read_text(errors="replace")[-5000:]
-        except OSError:
-            return "(no log)"
+        return _log_tail(self.root / "server.log")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        _terminate(self.process)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _log_tail(path: Path) -> str:
+    """The end of a server's log, for a ServerStartError or a failing test."""
+    try:
+        return path.read_text(errors="replace")[-5000:]
+    except OSError:
+        return "(no log)"
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server process we started (by its PID): SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
