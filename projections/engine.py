@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from infrastructure.persistence.subscriptions import StreamEvent
 from projections.changes import Change, apply_changes, check_changes, escape_segment
 from projections.errors import EventDecodeError, HandlerFailed, UnhandledEvent, VersionGap
-from projections.events import EventEnvelope, decode_event
+from projections.events import EventEnvelope, decode_event, event_type as event_type_of
 from projections.projection import Document, Projection
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def plan_batch(projection: Projection, events: Sequence[Delivered], source: Docu
             raise VersionGap(stream_id, last, version)
 
     decoded: list[tuple[EventEnvelope | None, Exception | None, str, int, int]] = []
+    topics = {(s, v): item.topic for item, s, v, _ in fresh if isinstance(item, StreamEvent)}
     for item, stream_id, version, position in fresh:
         try:
             envelope = item if isinstance(item, EventEnvelope) else decode_event(item, platform_events=projection.PLATFORM_EVENTS)
@@ -158,7 +159,7 @@ def plan_batch(projection: Projection, events: Sequence[Delivered], source: Docu
     cache = _Cache(source)
     cache.prefetch(_keys(projection, (e for e, _, _, _, _ in decoded if e is not None)))
     for envelope, error, stream_id, version, position in decoded:
-        event_type = envelope.type if envelope is not None else "?"
+        event_type = envelope.type if envelope is not None else event_type_of(topics[(stream_id, version)])
         if error is None and envelope is None:
             plan.count(OUTCOME_IGNORED)  # a platform event the projection did not ask for
             continue

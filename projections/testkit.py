@@ -137,12 +137,17 @@ class ProjectionSandbox:
         return fed
 
     # ------------------------------------------------------------------ then
-    def _model(self, name: str | None) -> MemoryModel:
+    def _name(self, name: str | None) -> str:
         if name is None:
             if len(self.models) != 1:
                 raise ProjectionError(f"name the projection: one of {sorted(self.models)}")
-            return next(iter(self.models.values()))
-        return self.models[name]
+            return next(iter(self.models))
+        if name not in self.models:
+            raise ProjectionError(f"no projection {name!r} here: one of {sorted(self.models)}")
+        return name
+
+    def _model(self, name: str | None) -> MemoryModel:
+        return self.models[self._name(name)]
 
     def documents(self, name: str | None = None) -> dict[str, Document]:
         """The read model's documents as readers see them (``name``: which projection, if several)."""
@@ -156,11 +161,7 @@ class ProjectionSandbox:
 
     def outcome_count(self, outcome: str, name: str | None = None) -> int:
         """How many events had ``outcome`` (the projection's metric)."""
-        if name is None:
-            name = next(iter(self.models)) if len(self.models) == 1 else None
-            if name is None:
-                raise ProjectionError(f"name the projection: one of {sorted(self.models)}")
-        return int(self.metrics.count(name, outcome))
+        return int(self.metrics.count(self._name(name), outcome))
 
 
 __all__ = ["MemoryModel", "ProjectionSandbox"]
