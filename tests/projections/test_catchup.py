@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from projections.engine import plan_batch
 from projections.mongo import MongoReadModel
 from projections.projection import Projection
 from projections.testkit import MemoryModel
+from tests.conftest import eventstoredb_settings, postgres_settings, sqlite_settings
 from tests.support.servers import MongoWireServer
 
 Db = Database[Any]
@@ -34,7 +36,19 @@ LOTS, BIDDERS = 12, ("bob", "cat", "dan", "eve")
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store="sqlite", data_dir=str(tmp_path / "store"))
+    """SQLite, for the tests that run projector processes."""
+    return sqlite_settings(tmp_path / "store")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "eventstoredb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Each store the catch-up projector follows (the PostgreSQL database is shared by the
+    session, the EventStoreDB one namespaced per test: run_auctions names its entities afresh)."""
+    if request.param == "postgres":
+        return postgres_settings(request.getfixturevalue("postgres_server"))
+    if request.param == "eventstoredb":
+        return eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"))
+    return sqlite_settings(tmp_path / "store")
 
 
 @pytest.fixture
@@ -44,14 +58,15 @@ def journal(settings: Settings) -> Iterator[EventJournal]:
     journal.close()
 
 
-def run_auctions(kit: Sandbox, lots: range, rounds: int = 6) -> None:
-    """Lots opened, bid on by every bidder in turn, every other one closed."""
+def run_auctions(kit: Sandbox, lots: range, rounds: int = 6, tag: str = "") -> None:
+    """Lots opened, bid on by every bidder in turn, every other one closed (entity IDs
+    suffixed with ``tag`` where stores are shared)."""
     for n in lots:
-        lot = EntityRef("Lot", f"lot-{n}")
+        lot = EntityRef("Lot", f"lot-{n}{tag}")
         kit.connect(lot, "c-ann", {"sub": "ann", "role": "auctioneer"})
         assert kit.client(lot, "c-ann", {"type": "open", "title": f"Lot {n}", "increment": 1}).ok
         for name in BIDDERS:
-            kit.connect(lot, f"c-{name}", {"sub": name, "role": "bidder"})
+            kit.connect(lot, f"c-{name}", {"sub": f"{name}{tag}", "role": "bidder"})
         amount = 0
         for i in range(rounds):
             name = BIDDERS[(n + i) % len(BIDDERS)]
@@ -84,9 +99,13 @@ def head(settings: Settings) -> int:
 
 
 @pytest.mark.parametrize("projection", [AuctionBoard(), BidderSummary()], ids=lambda p: p.NAME)
-def test_catching_up_builds_what_a_replay_builds(settings: Settings, journal: EventJournal, mongo_db: Db,
-                                                 projection: Projection) -> None:
-    run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS))
+def test_catching_up_builds_what_a_replay_builds(any_store: Settings, mongo_db: Db, projection: Projection) -> None:
+    settings = any_store
+    journal = open_journal(settings)
+    try:
+        run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS), tag=f"-{uuid.uuid4().hex[:8]}")
+    finally:
+        journal.close()
     stream = open_event_stream(settings)
     model = MongoReadModel(projection, mongo_db)
     try:
@@ -98,9 +117,11 @@ def test_catching_up_builds_what_a_replay_builds(settings: Settings, journal: Ev
     assert model.raw_documents() == replay(projection, settings).raw and len(model.documents()) >= 4
 
 
-def test_it_follows_live_writes_in_batches(settings: Settings, journal: EventJournal, mongo_db: Db) -> None:
+def test_it_follows_live_writes_in_batches(any_store: Settings, mongo_db: Db) -> None:
+    settings, tag = any_store, f"-{uuid.uuid4().hex[:8]}"
+    journal = open_journal(settings)
     kit = Sandbox(Lot, Bidder, journal=journal)
-    run_auctions(kit, range(3))
+    run_auctions(kit, range(3), tag=tag)
     stream = open_event_stream(settings)
     projection = BidderSummary()
     model = MongoReadModel(projection, mongo_db)
@@ -116,7 +137,7 @@ def test_it_follows_live_writes_in_batches(settings: Settings, journal: EventJou
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        run_auctions(kit, range(3, 6))  # written while it runs
+        run_auctions(kit, range(3, 6), tag=tag)  # written while it runs
         target = head(settings)
         deadline = time.monotonic() + 60
         while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
@@ -125,6 +146,7 @@ def test_it_follows_live_writes_in_batches(settings: Settings, journal: EventJou
         projector.stop()
         thread.join(10)
         stream.close()
+        journal.close()
     assert not failures and not thread.is_alive()
     assert model.position() == target
     assert model.raw_documents() == replay(projection, settings).raw
