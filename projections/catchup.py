@@ -169,7 +169,10 @@ class CatchUpProjector:
         plan = self.model.apply(batch) if batch else BatchPlan()
         reached = plan.position
         if checkpoint is not None and (reached is None or checkpoint > reached):
-            self.model.write(BatchPlan(position=checkpoint))
+            moved = BatchPlan(position=checkpoint)
+            self.model.write(moved)
+            if self.model.metrics is not None:
+                self.model.metrics.record(self.projection.NAME, moved)
             reached = checkpoint
         self.batches += 1
         return reached

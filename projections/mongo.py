@@ -33,6 +33,7 @@ them again. ``w=1`` is faster and safe only with a single server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC
 from typing import Any
@@ -102,10 +103,11 @@ class MongoReadModel:
         """Apply a batch of delivered events (in order): plan, write, record metrics.
         Raises VersionGap / HandlerFailed / UnhandledEvent (nothing written) or
         ModelWriteError (what was written is idempotent: deliver the batch again)."""
+        started = time.perf_counter()
         plan = plan_batch(self.projection, events, self)
         self.write(plan)
         if self.metrics is not None:
-            self.metrics.record(self.projection.NAME, plan)
+            self.metrics.record(self.projection.NAME, plan, time.perf_counter() - started)
         return plan
 
     def write(self, plan: BatchPlan) -> None:

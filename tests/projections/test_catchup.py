@@ -24,6 +24,7 @@ from infrastructure.testkit import Sandbox
 from projections.auction import AuctionBoard, BidderSummary
 from projections.catchup import CatchUpProjector
 from projections.engine import plan_batch
+from projections.metrics import ProjectionMetrics
 from projections.mongo import MongoReadModel
 from projections.projection import Projection
 from projections.testkit import MemoryModel
@@ -107,14 +108,22 @@ def test_catching_up_builds_what_a_replay_builds(any_store: Settings, mongo_db: 
     finally:
         journal.close()
     stream = open_event_stream(settings)
-    model = MongoReadModel(projection, mongo_db)
+    metrics = ProjectionMetrics()
+    model = MongoReadModel(projection, mongo_db, metrics)
     try:
         projector = CatchUpProjector(projection, stream, model, batch_size=50)
         projector.run(until=stream.head_position())
+        everything = stream.read_all(limit=1_000_000)
     finally:
         stream.close()
     assert model.position() == head(settings) and projector.batches > 2
     assert model.raw_documents() == replay(projection, settings).raw and len(model.documents()) >= 4
+    expected = plan_batch(projection, everything, MemoryModel()).outcomes  # other categories: filtered by the store
+    for outcome in ("applied", "parked", "skipped", "duplicate"):
+        assert metrics.count(projection.NAME, outcome) == expected.get(outcome, 0), outcome
+    labels = {"projection": projection.NAME}
+    assert metrics.registry.get_sample_value("xplatform_projection_position", labels) == head(settings)
+    assert (metrics.registry.get_sample_value("xplatform_projection_batch_duration_seconds_count", labels) or 0) >= 3
 
 
 def test_it_follows_live_writes_in_batches(any_store: Settings, mongo_db: Db) -> None:
