@@ -16,8 +16,10 @@ from typing import Any
 from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
-SAMPLE_ENTITIES = "domain.auction:ENTITIES"
-"""The sample auction's topic: the default of ``entities`` and what ``xplatform demo`` drives."""
+SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES"
+"""The two sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
+UserStates and their Rooms): the default of ``entities``, so ``xplatform run`` serves both demo
+pages, and what ``xplatform demo`` serves (it drives the auction)."""
 
 
 def _setting(default: Any, why: str) -> Any:
@@ -31,7 +33,8 @@ class Settings:
     entities: str = _setting(SAMPLE_ENTITIES, "Comma-separated module:ATTRIBUTE topics of the entity classes "
                              "this platform serves (an attribute: an Entity subclass or a list/tuple of them), "
                              "read by every process (state nodes serve them, edges learn their categories). "
-                             "The sample auction by default, so the README's commands run as written; "
+                             "The two samples (auction, presence) by default, so the README's commands and both demo "
+                             "pages run as written; "
                              "a wrong topic stops the process at start.")
     store: str = _setting("sqlite", "Embedded default: one file, no server to run. 'postgres' for "
                           "a shared server; 'memory' for tests and the sandbox; 'eventstoredb' for "

@@ -2,9 +2,9 @@
 // Everything shown is what the Lot entity pushes; the page keeps no state of its own beyond
 // the latest `state` it received.
 
+import { $, formatMs, log, notice, request } from './page.js';
 import { connect, uuid4 } from './xplatform.js';
 
-const $ = (id) => document.getElementById(id);
 const STATE_LABELS = { connecting: 'connecting…', open: 'live', reconnecting: 'reconnecting…', closed: 'closed' };
 
 let conn = null;
@@ -156,16 +156,7 @@ function applyState(state) {
 
 // ------------------------------------------------------------------ actions
 async function send(payload, what) {
-  if (!conn) return null;
-  try {
-    const reply = await conn.request(payload);
-    return reply;
-  } catch (err) {
-    const reason = err.reason || err.message;
-    log(`${what} refused: ${reason}`, 'error');
-    notice(`${what} refused: ${reason}`, 'error');
-    return null;
-  }
+  return conn ? request(conn, payload, what) : null;
 }
 
 async function openLot() {
@@ -228,30 +219,6 @@ function render() {
   $('bid-next').textContent = { open: `Bid ${nextAmount()}`, closed: 'Lot closed' }[s.status] || 'Not open yet';
   // No `min` from the lot: the entity decides, and its rejection is what the page shows.
   $('bid-amount').placeholder = s.status === 'open' ? `${nextAmount()} or more` : '';
-}
-
-function notice(text, kind) {
-  const el = $('notice');
-  el.textContent = text;
-  el.className = `notice ${kind}`;
-  el.hidden = false;
-}
-
-function log(text, kind = '') {
-  const item = document.createElement('li');
-  if (kind) item.className = kind;
-  const time = document.createElement('time');
-  time.textContent = new Date().toLocaleTimeString([], { hour12: false });
-  const span = document.createElement('span');
-  span.textContent = text;
-  item.append(time, span);
-  const list = $('log');
-  list.prepend(item);
-  while (list.children.length > 100) list.lastChild.remove();
-}
-
-function formatMs(ms) {
-  return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
 }
 
 init();

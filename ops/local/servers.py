@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -197,3 +198,47 @@ class ZooKeeperServer(ServerDirectory):
             time.sleep(0.1)
         self.stop()
         raise ServerStartError(f"ZooKeeper not ready within {timeout}s:\n{self.log()}")
+
+@dataclass
+class MongoWireServer(ServerDirectory):
+    """A MongoDB-wire server for tests, benchmarks and the embedded default: ``secantusdb``
+    (PyPI, install with ``pip install --pre secantusdb``: the ``test`` extra). It is GPL-2.0,
+    so it only ever runs as a separate process started here (``python -m secantus``), never
+    imported into ours. It advertises itself as a one-node replica set, so transactions and
+    write concern ``majority`` work as on a real MongoDB replica set."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> MongoWireServer:
+        root = Path(tempfile.mkdtemp(prefix="xplatform-mongo-"))
+        port = free_port()
+        log = open(root / "server.log", "wb")  # noqa: SIM115 - owned by the process lifetime
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", str(root / "data"), "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        server = cls(root=root, process=process, port=port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                hint = " (install it: pip install --pre secantusdb)" if "No module named" in server.log() else ""
+                raise ServerStartError(f"secantusdb exited with {process.returncode}{hint}:\n{server.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return server
+            except OSError:
+                time.sleep(0.1)
+        server.stop()
+        raise ServerStartError(f"secantusdb not listening within {timeout}s:\n{server.log()}")
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        shutil.rmtree(self.root, ignore_errors=True)  # its data dir is throwaway: stopped is gone

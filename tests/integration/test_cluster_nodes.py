@@ -47,7 +47,8 @@ def test_routing_cross_node_messages_and_failover(zookeeper: ZooKeeperServer, tm
         cluster = f"c{uuid.uuid4().hex[:6]}"
         secrets = ClusterSecrets.write(tmp_path)
         base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts, cluster_name=cluster,
-                        zk_session_timeout_s=0.6, shards_per_category=8, **secrets.settings())
+                        zk_session_timeout_s=0.6, shards_per_category=8, entities="domain.auction:ENTITIES",
+                        **secrets.settings())  # the auction only: the shard counts below are of Lot and Bidder
         a = ClusteredStateNode(base.with_(node_id="a"))
         b = ClusteredStateNode(base.with_(node_id="b"))
         edge_view = ZooKeeperCoordinator(zookeeper.hosts, cluster, MemberInfo("edge-1", role="edge"),

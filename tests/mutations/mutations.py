@@ -500,4 +500,44 @@ MUTATIONS: list[Mutation] = [
         new="""        claims = {"sub": device, "role": device_class,""",
         tests=(f"{TRUST}::test_a_device_named_like_a_user_does_not_act_as_that_user",),
     ),
+    # ------------------------------------------------------------ projections
+    Mutation(
+        "payload-keeps-internals", "public-events-internals", "projections/events.py",
+        old='if isinstance(name, str) and not name.startswith("_") and name != "timestamp"',
+        new='if isinstance(name, str) and name != "timestamp"',
+        tests=("tests/projections/test_events.py::test_idempotency_records_never_reach_a_payload",),
+    ),
+    Mutation(
+        "platform-claims-exposed", "public-events-internals", "projections/events.py",
+        old="""HIDDEN_PLATFORM_FIELDS = frozenset({"claims"})""",
+        new="""HIDDEN_PLATFORM_FIELDS: frozenset[str] = frozenset()""",
+        tests=("tests/projections/test_events.py::test_platform_events_are_not_delivered_unless_asked_and_never_carry_claims",),
+    ),
+    Mutation(
+        "plan-ignores-applied", "read-model-replay", "projections/engine.py",
+        old="""        if applied_version(before, stream_id) >= version:""",
+        new="""        if False:""",
+        tests=("tests/projections/test_sdk.py::test_documents_remember_what_they_applied_when_tracking_is_lost",),
+    ),
+    Mutation(
+        "mongo-update-unconditional", "read-model-replay", "projections/mongo.py",
+        old="""    query = {"_id": write.key, applied: {"$not": {"$gte": write.version}}}""",
+        new="""    query = {"_id": write.key}""",
+        tests=("tests/projections/test_mongo_model.py::test_each_document_update_is_conditional_on_the_server",),
+    ),
+    Mutation(
+        "position-before-documents", "read-model-replay", "projections/mongo.py",
+        old="""        self.write_documents(plan.writes)
+        if plan.parked:""",
+        new="""        if plan.parked:""",
+        tests=("tests/projections/test_catchup.py::test_kill_9_mid_batch_then_restart_equals_a_replay[bidder_summary]",
+               "tests/projections/test_mongo_model.py::test_a_batch_cut_short_after_some_documents_is_completed_exactly_once"),
+    ),
+    Mutation(
+        "gap-skipped", "read-model-gaps", "projections/engine.py",
+        old="""        elif version == last + 1:""",
+        new="""        elif version > last:""",
+        tests=("tests/projections/test_sdk.py::test_a_gap_is_refused_never_skipped",
+               "tests/projections/test_mongo_model.py::test_a_gap_writes_nothing"),
+    ),
 ]

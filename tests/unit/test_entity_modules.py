@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from domain.auction import Bidder, Lot
+from domain.presence import Room, UserState
 from infrastructure.bootstrap import build_platform
 from infrastructure.errors import ConfigurationError
 from infrastructure.runtime.entity_modules import EntityTopicError, entity_types_from, resolve_entities
@@ -49,9 +50,9 @@ def notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         sys.modules.pop(module, None)
 
 
-def test_the_default_is_the_sample_auction() -> None:
+def test_the_default_is_both_samples() -> None:
     types = entity_types_from(Settings())
-    assert list(types) == [Lot, Bidder] and types.categories == ["Bidder", "Lot"]
+    assert list(types) == [Lot, Bidder, UserState, Room] and types.categories == ["Bidder", "Lot", "Room", "UserState"]
 
 
 def test_several_topics_classes_and_lists(notes: str) -> None:

@@ -1,0 +1,221 @@
+"""Catch-up projector: one projection fed by a catch-up subscription (any store: SQLite,
+PostgreSQL, memory, EventStoreDB) into its MongoDB read model.
+
+The read model keeps its own position (``NAME__tracking``), so the runner needs no state of
+its own: it resumes after the stored position, reads the projection's categories (every
+event of them, so each stream's versions arrive contiguous; see :mod:`projections.engine`),
+and applies them in batches: up to ``batch_size`` events that are already waiting go in one
+batch (many events per MongoDB round trip); it never waits to fill one. The subscription is
+read by a thread of its own into a queue of ``max_in_flight`` items: the bound on what is
+read but not yet applied. Checkpoints (events of other categories skipped by the filter) move
+the stored position forward too, so a rarely matching projection resumes near the head.
+
+Position and changes: each batch writes its documents, then its tracking and position (see
+:mod:`projections.mongo`). Killed anywhere in between, the runner restarts from the last
+stored position and the documents that already applied part of the batch skip it: the read
+model equals a replay of its streams (guarantee 5), exactly once.
+
+``python -m projections.catchup --projection projections.auction:AuctionBoard --mongo-uri URI
+--database NAME`` runs one on the store ``XPLATFORM_*`` configure (the ``xplatform projector``
+command comes with the projector runner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from infrastructure.errors import PersistenceError
+from infrastructure.persistence import open_event_stream
+from infrastructure.persistence.subscriptions import Checkpoint, EventFilter, EventStream, StreamEvent
+from infrastructure.settings import Settings
+from projections.engine import BatchPlan
+from projections.errors import ProjectionError, SourceFailed
+from projections.mongo import MongoReadModel, connect
+from projections.projection import Projection
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+"""Events per MongoDB write round trip at most. Why 500: a catching-up projector spends its
+time in round trips; 500 small updates are one ~100 KB bulk write, well under MongoDB's
+48 MB message and 100k operation limits, and a live projector rarely has that many waiting."""
+
+MAX_IN_FLIGHT = 2000
+"""Events read from the store and not yet applied, at most: bounds the runner's memory while
+MongoDB is slower than the store (four batches of read-ahead)."""
+
+_END = object()
+
+
+class CatchUpProjector:
+    """See the module docstring. ``run()`` until ``stop()`` (any thread), or until the
+    position reaches ``until`` (catching up to a known head, e.g. in a rebuild or a test)."""
+
+    def __init__(self, projection: Projection, stream: EventStream, model: MongoReadModel, *,
+                 batch_size: int = BATCH_SIZE, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        if batch_size < 1 or max_in_flight < batch_size:
+            raise ProjectionError(f"batch_size {batch_size} must be >= 1 and <= max_in_flight {max_in_flight}")
+        self.projection = projection
+        self.stream = stream
+        self.model = model
+        self.batch_size = batch_size
+        self._queue: queue.Queue[Any] = queue.Queue(max_in_flight)
+        self._stopped = threading.Event()
+        self.batches = 0
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self, until: int | None = None) -> None:
+        """Follow the store and apply, until stopped or past ``until``. Raises the
+        projection's typed errors (a gap, a handler under policy "stop") and SourceFailed."""
+        if until is not None:
+            self._catch_up(until)
+            return
+        position = self.model.position()
+        try:
+            subscription = self.stream.subscribe_all(after=position, filter=EventFilter(categories=self.projection.CATEGORIES),
+                                                     include_checkpoints=True)
+        except PersistenceError as exc:
+            raise SourceFailed(f"{self.projection.NAME}: cannot subscribe after {position}: {exc}") from exc
+        reader = threading.Thread(target=self._read, args=(subscription,), name=f"projector-{self.projection.NAME}",
+                                  daemon=True)
+        reader.start()
+        try:
+            while not self._stopped.is_set():
+                try:
+                    first = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                batch, checkpoint, ended = self._take(first)
+                reached = self._apply(batch, checkpoint)
+                if ended is not None:
+                    if isinstance(ended, BaseException):
+                        raise SourceFailed(f"{self.projection.NAME}: the subscription failed: {ended}") from ended
+                    return
+                if until is not None and reached is not None and reached >= until:
+                    return
+        finally:
+            subscription.stop()
+            self._stopped.set()
+            reader.join(timeout=5)
+
+    def _catch_up(self, until: int) -> None:
+        """Pages of the store up to ``until`` (a stored event's position, e.g. the head),
+        no subscription: a page shorter than asked means every matching event up to the
+        head was read, so the position may move to ``until`` even when the last events are
+        of other categories."""
+        category_filter = EventFilter(categories=self.projection.CATEGORIES)
+        position = self.model.position()
+        while not self._stopped.is_set() and (position is None or position < until):
+            try:
+                events = self.stream.read_all(after=position, limit=self.batch_size, filter=category_filter)
+            except PersistenceError as exc:
+                raise SourceFailed(f"{self.projection.NAME}: reading after {position} failed: {exc}") from exc
+            short = len(events) < self.batch_size
+            reached = self._apply(events, until if short else None)
+            position = reached if reached is not None else position
+            if short:
+                return
+
+    def _read(self, subscription: Any) -> None:
+        try:
+            for item in subscription:
+                if not self._put(item):
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the applying thread, which raises it typed
+            self._put(exc)
+            return
+        self._put(_END)
+
+    def _put(self, item: object) -> bool:
+        """Queue ``item``, waiting while the queue is full (the in-flight bound); False when stopped."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _take(self, first: Any) -> tuple[list[StreamEvent], int | None, object | None]:
+        """The events waiting now (up to batch_size), the last checkpoint among them, and
+        the end marker if the subscription ended."""
+        batch: list[StreamEvent] = []
+        checkpoint: int | None = None
+        item = first
+        while True:
+            if item is _END or isinstance(item, BaseException):
+                return batch, checkpoint, item
+            if isinstance(item, Checkpoint):
+                checkpoint = item.position
+            else:
+                batch.append(item)
+            if len(batch) >= self.batch_size:
+                return batch, checkpoint, None
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, checkpoint, None
+
+    def _apply(self, batch: Sequence[StreamEvent], checkpoint: int | None) -> int | None:
+        plan = self.model.apply(batch) if batch else BatchPlan()
+        reached = plan.position
+        if checkpoint is not None and (reached is None or checkpoint > reached):
+            moved = BatchPlan(position=checkpoint)
+            self.model.write(moved)
+            if self.model.metrics is not None:
+                self.model.metrics.record(self.projection.NAME, moved)
+            reached = checkpoint
+        self.batches += 1
+        return reached
+
+
+def load_projection(topic: str) -> Projection:
+    """``module:Class`` → an instance of that Projection subclass."""
+    module_name, _, attribute = topic.partition(":")
+    try:
+        value = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ProjectionError(f"projection {topic!r} does not resolve: {exc}") from None
+    if not (isinstance(value, type) and issubclass(value, Projection)):
+        raise ProjectionError(f"{topic!r} is not a Projection class")
+    return value()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m projections.catchup", description=__doc__.splitlines()[0])
+    parser.add_argument("--projection", required=True, help="module:Class of the projection")
+    parser.add_argument("--mongo-uri", required=True)
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--until-head", action="store_true", help="exit once the store's head at start is applied")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    projection = load_projection(args.projection)
+    stream = open_event_stream(Settings.from_env())
+    client = connect(args.mongo_uri)
+    try:
+        model = MongoReadModel(projection, client[args.database])
+        until = stream.head_position() if args.until_head else None
+        print(f"projecting {projection.NAME} from position {model.position()} (head {until})", flush=True)
+        CatchUpProjector(projection, stream, model, batch_size=args.batch_size).run(until=until)
+        print(f"done at position {model.position()}", flush=True)
+    except ProjectionError as exc:
+        print(f"projector stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stream.close()
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""MongoDB read models (pymongo): a projection's documents in a collection named after it,
+written in bulk with exactly-once effect.
+
+Collections of a projection ``NAME``:
+
+- ``NAME``: the documents, ``_id`` = the key handlers name. Each carries ``_applied`` (per
+  source stream, escaped, the last version applied to it) and, once deleted, is a tombstone
+  (``_deleted: true``, fields removed, ``_applied`` kept) so a redelivered older event cannot
+  bring it back. Readers use :meth:`MongoReadModel.get` / :meth:`MongoReadModel.documents`, or
+  filter ``{"_deleted": {"$ne": true}}`` and drop ``_applied`` themselves.
+- ``NAME__tracking``: per source stream the last version considered (``stream:<id>``), and
+  the position reached (``position``).
+- ``NAME__parked``: events the projection parked (``ON_ERROR = "park"``), with the error.
+
+**One batch, three round trips**: one ``find`` of the documents the batch's handlers are
+given (``engine.plan_batch``), one ordered ``bulk_write`` of every document change, one of
+the tracking (stream versions and position, ``$max`` so they never go back) after the
+documents are acknowledged (plus one for parked events, when there are). Every document
+update is conditional on the document not having applied that event
+(``_applied.<stream>`` below its version): a redelivered batch, or one cut short by a crash
+after some documents were written, is applied exactly once per document. Such a
+conditional upsert of a document that already has the event fails with a duplicate key
+(the filter did not match, so MongoDB tried to insert): the writer tries that one update
+again alone (another writer may have created the document meanwhile) and takes a second
+duplicate key as "already applied", then goes on with the rest of the batch in order.
+
+**Write concern** ``majority`` by default (:func:`connect`): a catch-up runner moves its
+position, and a persistent subscription acks, only after the batch is acknowledged; a write
+acknowledged by the primary alone can be rolled back by a failover, and the read model
+would then miss events its position (or the ack) says it has, with nothing left to deliver
+them again. ``w=1`` is faster and safe only with a single server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC
+from typing import Any
+
+from bson.codec_options import CodecOptions
+from pymongo import MongoClient, UpdateOne
+from pymongo.collection import Collection as MongoCollection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from projections.changes import Delete, Increment, Push, Set, Unset, escape_segment
+from projections.engine import (
+    APPLIED,
+    DELETED,
+    BatchPlan,
+    Delivered,
+    DocumentWrite,
+    Parked,
+    plan_batch,
+    public,
+)
+from projections.errors import ModelWriteError
+from projections.metrics import ProjectionMetrics
+from projections.projection import Document, Projection
+
+DUPLICATE_KEY = 11000
+POSITION_ID = "position"
+STREAM_PREFIX = "stream:"
+CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
+
+
+def connect(uri: str, *, write_concern: str | int = "majority", timeout_ms: int = 10_000) -> MongoClient[dict[str, Any]]:
+    """A client for read models: write concern ``majority`` by default (module docstring),
+    datetimes read back aware in UTC."""
+    return MongoClient(uri, w=write_concern, tz_aware=True, tzinfo=UTC, serverSelectionTimeoutMS=timeout_ms)
+
+
+class MongoReadModel:
+    """One projection's read model in a MongoDB database. ``apply(events)`` handles a batch
+    (see the module docstring); the rest reads it."""
+
+    def __init__(self, projection: Projection, database: Database[Any], metrics: ProjectionMetrics | None = None) -> None:
+        self.projection = projection
+        db = database.with_options(codec_options=CODEC_OPTIONS)
+        self.collection: MongoCollection[dict[str, Any]] = db[projection.NAME]
+        self.tracking: MongoCollection[dict[str, Any]] = db[f"{projection.NAME}__tracking"]
+        self.parked_collection: MongoCollection[dict[str, Any]] = db[f"{projection.NAME}__parked"]
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ DocumentSource
+    def load(self, keys: Collection[str]) -> dict[str, Document]:
+        try:
+            return {doc["_id"]: doc for doc in self.collection.find({"_id": {"$in": list(keys)}})}
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: reading documents failed: {exc}") from exc
+
+    def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
+        ids = [STREAM_PREFIX + s for s in streams]
+        try:
+            found = self.tracking.find({"_id": {"$in": ids}})
+            return {doc["_id"][len(STREAM_PREFIX):]: int(doc["version"]) for doc in found}
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: reading stream tracking failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ writing
+    def apply(self, events: Sequence[Delivered]) -> BatchPlan:
+        """Apply a batch of delivered events (in order): plan, write, record metrics.
+        Raises VersionGap / HandlerFailed / UnhandledEvent (nothing written) or
+        ModelWriteError (what was written is idempotent: deliver the batch again)."""
+        started = time.perf_counter()
+        plan = plan_batch(self.projection, events, self)
+        self.write(plan)
+        if self.metrics is not None:
+            self.metrics.record(self.projection.NAME, plan, time.perf_counter() - started)
+        return plan
+
+    def write(self, plan: BatchPlan) -> None:
+        """Write a plan: documents, then parked events, then tracking and position."""
+        self.write_documents(plan.writes)
+        if plan.parked:
+            self._bulk(self.parked_collection, [
+                UpdateOne({"_id": f"{p.stream_id}@{p.version}"},
+                          {"$setOnInsert": {"stream_id": p.stream_id, "version": p.version, "position": p.position,
+                                            "event_type": p.event_type, "error": p.error}}, upsert=True)
+                for p in plan.parked])
+        tracking = [UpdateOne({"_id": STREAM_PREFIX + stream}, {"$max": {"version": version}}, upsert=True)
+                    for stream, version in plan.streams.items()]
+        if plan.position is not None:
+            tracking.append(UpdateOne({"_id": POSITION_ID}, {"$max": {"position": plan.position}}, upsert=True))
+        if tracking:
+            self._bulk(self.tracking, tracking)
+
+    def write_documents(self, writes: Sequence[DocumentWrite]) -> None:
+        """The document updates of ``writes``, in order, each applied at most once."""
+        if writes:
+            self._bulk(self.collection, [update_for(w) for w in writes])
+
+    def _bulk(self, collection: MongoCollection[dict[str, Any]], ops: list[UpdateOne]) -> None:
+        start = 0
+        while start < len(ops):
+            try:
+                collection.bulk_write(ops[start:], ordered=True)
+                return
+            except BulkWriteError as exc:
+                index = start + self._duplicate_index(collection, exc)
+                try:
+                    collection.bulk_write([ops[index]], ordered=True)  # once more alone: a racing insert?
+                except BulkWriteError as again:
+                    self._duplicate_index(collection, again)  # a second duplicate key: already applied
+                except PyMongoError as again:
+                    raise ModelWriteError(f"{collection.name}: write failed: {again}") from again
+                start = index + 1
+            except PyMongoError as exc:
+                raise ModelWriteError(f"{collection.name}: write failed: {exc}") from exc
+
+    @staticmethod
+    def _duplicate_index(collection: MongoCollection[dict[str, Any]], exc: BulkWriteError) -> int:
+        errors = exc.details.get("writeErrors") or []
+        concern = exc.details.get("writeConcernErrors") or []
+        if concern or not errors or errors[0].get("code") != DUPLICATE_KEY:
+            raise ModelWriteError(f"{collection.name}: write failed: {errors[:1] or concern[:1]}") from exc
+        return int(errors[0]["index"])
+
+    # ------------------------------------------------------------------ reading
+    def get(self, key: str) -> Document | None:
+        """Document ``key`` as readers see it (None: absent or deleted)."""
+        return public(self.collection.find_one({"_id": key}))
+
+    def documents(self, query: Mapping[str, Any] | None = None) -> dict[str, Document]:
+        """Every live document matching ``query``, as readers see them, by key."""
+        found = self.collection.find({**(query or {}), DELETED: {"$ne": True}}, {APPLIED: 0})
+        return {doc["_id"]: doc for doc in found}
+
+    def raw_documents(self) -> dict[str, Document]:
+        """Every stored document, bookkeeping and tombstones included (for checks)."""
+        return {doc["_id"]: doc for doc in self.collection.find({})}
+
+    def position(self) -> int | None:
+        """The position the read model reached (its last batch's), None before any."""
+        doc = self.tracking.find_one({"_id": POSITION_ID})
+        return None if doc is None else int(doc["position"])
+
+    def parked(self) -> list[Parked]:
+        return [Parked(d["stream_id"], d["version"], d["position"], d["event_type"], d["error"])
+                for d in self.parked_collection.find({}).sort("position", 1)]
+
+
+def update_for(write: DocumentWrite) -> UpdateOne:
+    """The conditional upsert that applies ``write`` unless its document has it already."""
+    applied = f"{APPLIED}.{escape_segment(write.stream_id)}"
+    query = {"_id": write.key, applied: {"$not": {"$gte": write.version}}}
+    update: dict[str, dict[str, Any]]
+    if any(isinstance(c, Delete) for c in write.changes):  # alone for its document (check_changes)
+        update = {"$set": {DELETED: True, applied: write.version}}
+        fields = [name for name in (write.before or {}) if name not in ("_id", APPLIED, DELETED)]
+        if fields:
+            update["$unset"] = {name: "" for name in fields}
+        return UpdateOne(query, update, upsert=True)
+    sets: dict[str, Any] = {applied: write.version}
+    incs: dict[str, Any] = {}
+    pushes: dict[str, Any] = {}
+    unsets: dict[str, Any] = {}
+    creates = False
+    for change in write.changes:
+        if isinstance(change, Set):
+            sets.update(change.fields)
+            creates = True
+        elif isinstance(change, Increment):
+            incs.update(change.fields)
+            creates = True
+        elif isinstance(change, Push):
+            each: dict[str, Any] = {"$each": list(change.values)}
+            if change.cap is not None:
+                each["$slice"] = -change.cap
+            pushes[change.field] = each
+            creates = True
+        elif isinstance(change, Unset):
+            unsets.update({name: "" for name in change.fields})
+    update = {"$set": sets}
+    if incs:
+        update["$inc"] = incs
+    if pushes:
+        update["$push"] = pushes
+    if creates:
+        unsets[DELETED] = ""  # a change that creates revives a tombstone
+    else:
+        update["$setOnInsert"] = {DELETED: True}  # Unset alone on no document: stays absent
+    if unsets:
+        update["$unset"] = unsets
+    return UpdateOne(query, update, upsert=True)
+
+
+__all__ = ["MongoReadModel", "connect", "update_for"]

@@ -1,0 +1,214 @@
+"""The catch-up projector on SQLite into MongoDB (secantusdb): catching up, following live
+writes, and kill -9 mid-batch then restart: every document equals a from-scratch replay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo.database import Database
+
+from domain import EntityRef
+from domain.auction import Bidder, Lot
+from infrastructure.persistence import EventJournal, open_event_stream, open_journal
+from infrastructure.settings import Settings
+from infrastructure.testkit import Sandbox
+from projections.auction import AuctionBoard, BidderSummary
+from projections.catchup import CatchUpProjector
+from projections.engine import plan_batch
+from projections.metrics import ProjectionMetrics
+from projections.mongo import MongoReadModel
+from projections.projection import Projection
+from projections.testkit import MemoryModel
+from tests.conftest import eventstoredb_settings, postgres_settings, sqlite_settings
+from tests.support.servers import MongoWireServer
+
+Db = Database[Any]
+LOTS, BIDDERS = 12, ("bob", "cat", "dan", "eve")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """SQLite, for the tests that run projector processes."""
+    return sqlite_settings(tmp_path / "store")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "eventstoredb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Each store the catch-up projector follows (the PostgreSQL database is shared by the
+    session, the EventStoreDB one namespaced per test: run_auctions names its entities afresh)."""
+    if request.param == "postgres":
+        return postgres_settings(request.getfixturevalue("postgres_server"))
+    if request.param == "eventstoredb":
+        return eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"))
+    return sqlite_settings(tmp_path / "store")
+
+
+@pytest.fixture
+def journal(settings: Settings) -> Iterator[EventJournal]:
+    journal = open_journal(settings)
+    yield journal
+    journal.close()
+
+
+def run_auctions(kit: Sandbox, lots: range, rounds: int = 6, tag: str = "") -> None:
+    """Lots opened, bid on by every bidder in turn, every other one closed (entity IDs
+    suffixed with ``tag`` where stores are shared)."""
+    for n in lots:
+        lot = EntityRef("Lot", f"lot-{n}{tag}")
+        kit.connect(lot, "c-ann", {"sub": "ann", "role": "auctioneer"})
+        assert kit.client(lot, "c-ann", {"type": "open", "title": f"Lot {n}", "increment": 1}).ok
+        for name in BIDDERS:
+            kit.connect(lot, f"c-{name}", {"sub": f"{name}{tag}", "role": "bidder"})
+        amount = 0
+        for i in range(rounds):
+            name = BIDDERS[(n + i) % len(BIDDERS)]
+            amount += 10
+            assert kit.client(lot, f"c-{name}", {"type": "bid", "amount": amount}).ok
+        if n % 2 == 0:
+            assert kit.client(lot, "c-ann", {"type": "close"}).ok
+
+
+def replay(projection: Projection, settings: Settings) -> MemoryModel:
+    """The read model built from scratch, in memory, from every stored event."""
+    stream = open_event_stream(settings)
+    try:
+        events = stream.read_all(limit=1_000_000)
+    finally:
+        stream.close()
+    model = MemoryModel()
+    model.commit(plan_batch(projection, events, model))
+    return model
+
+
+def head(settings: Settings) -> int:
+    stream = open_event_stream(settings)
+    try:
+        position = stream.head_position()
+        assert position is not None
+        return position
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("projection", [AuctionBoard(), BidderSummary()], ids=lambda p: p.NAME)
+def test_catching_up_builds_what_a_replay_builds(any_store: Settings, mongo_db: Db, projection: Projection) -> None:
+    settings = any_store
+    journal = open_journal(settings)
+    try:
+        run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS), tag=f"-{uuid.uuid4().hex[:8]}")
+    finally:
+        journal.close()
+    stream = open_event_stream(settings)
+    metrics = ProjectionMetrics()
+    model = MongoReadModel(projection, mongo_db, metrics)
+    try:
+        projector = CatchUpProjector(projection, stream, model, batch_size=50)
+        projector.run(until=stream.head_position())
+        everything = stream.read_all(limit=1_000_000)
+    finally:
+        stream.close()
+    assert model.position() == head(settings) and projector.batches > 2
+    assert model.raw_documents() == replay(projection, settings).raw and len(model.documents()) >= 4
+    expected = plan_batch(projection, everything, MemoryModel()).outcomes  # other categories: filtered by the store
+    for outcome in ("applied", "parked", "skipped", "duplicate"):
+        assert metrics.count(projection.NAME, outcome) == expected.get(outcome, 0), outcome
+    labels = {"projection": projection.NAME}
+    assert metrics.registry.get_sample_value("xplatform_projection_position", labels) == head(settings)
+    assert (metrics.registry.get_sample_value("xplatform_projection_batch_duration_seconds_count", labels) or 0) >= 3
+
+
+def test_it_follows_live_writes_in_batches(any_store: Settings, mongo_db: Db) -> None:
+    settings, tag = any_store, f"-{uuid.uuid4().hex[:8]}"
+    journal = open_journal(settings)
+    kit = Sandbox(Lot, Bidder, journal=journal)
+    run_auctions(kit, range(3), tag=tag)
+    stream = open_event_stream(settings)
+    projection = BidderSummary()
+    model = MongoReadModel(projection, mongo_db)
+    projector = CatchUpProjector(projection, stream, model, batch_size=25)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            projector.run()
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        run_auctions(kit, range(3, 6), tag=tag)  # written while it runs
+        target = head(settings)
+        deadline = time.monotonic() + 60
+        while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
+            time.sleep(0.05)
+    finally:
+        projector.stop()
+        thread.join(10)
+        stream.close()
+        journal.close()
+    assert not failures and not thread.is_alive()
+    assert model.position() == target
+    assert model.raw_documents() == replay(projection, settings).raw
+
+
+def projector_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "XPLATFORM_STORE": "sqlite", "XPLATFORM_DATA_DIR": settings.data_dir}
+
+
+def restart(settings: Settings, server: MongoWireServer, projection: Projection, database: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "projections.catchup", "--projection",
+                           f"{type(projection).__module__}:{type(projection).__name__}", "--mongo-uri", server.uri,
+                           "--database", database, "--batch-size", "30", "--until-head"],
+                          env=projector_env(settings), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("projection", [AuctionBoard(), BidderSummary()], ids=lambda p: p.NAME)
+def test_kill_9_mid_batch_then_restart_equals_a_replay(settings: Settings, journal: EventJournal, mongo_db: Db,
+                                                       mongo_server: MongoWireServer, projection: Projection) -> None:
+    run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS))
+    crashed = subprocess.run([sys.executable, "-m", "tests.projections.crashing_projector", "--crash-at", "4",
+                              "--projection", f"{type(projection).__module__}:{type(projection).__name__}",
+                              "--mongo-uri", mongo_server.uri, "--database", mongo_db.name, "--batch-size", "20"],
+                             env=projector_env(settings), capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    model = MongoReadModel(projection, mongo_db)
+    stopped_at = model.position()
+    assert stopped_at is not None and stopped_at < head(settings)
+    tracked = {d["_id"].removeprefix("stream:"): d["version"] for d in model.tracking.find({"_id": {"$regex": "^stream:"}})}
+    ahead = [key for key, doc in model.raw_documents().items()
+             if any(v > tracked.get(s.replace("%2E", "."), 0) for s, v in doc["_applied"].items())]
+    assert ahead, "the kill left documents ahead of the stored tracking (else it was not mid-batch)"
+    restart(settings, mongo_server, projection, mongo_db.name)
+    assert model.position() == head(settings)
+    assert model.raw_documents() == replay(projection, settings).raw
+
+
+def test_kill_9_at_any_moment_then_restart_equals_a_replay(settings: Settings, journal: EventJournal, mongo_db: Db,
+                                                           mongo_server: MongoWireServer) -> None:
+    run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS))
+    projection = BidderSummary()
+    model = MongoReadModel(projection, mongo_db)
+    running = subprocess.Popen([sys.executable, "-m", "projections.catchup", "--projection",
+                                "projections.auction:BidderSummary", "--mongo-uri", mongo_server.uri,
+                                "--database", mongo_db.name, "--batch-size", "5", "--until-head"],
+                               env=projector_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while model.position() is None and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        running.kill()  # SIGKILL, wherever it is
+        running.wait(10)
+    restart(settings, mongo_server, projection, mongo_db.name)
+    assert model.raw_documents() == replay(projection, settings).raw

@@ -1,0 +1,132 @@
+"""MongoDB read models on a real MongoDB-wire server (secantusdb, started by the fixture):
+the same documents as the sandbox, bookkeeping included; redelivery, a batch cut short,
+gaps and parked events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo.database import Database
+
+from infrastructure.persistence.subscriptions import StreamEvent
+from projections.auction import AuctionBoard, BidderSummary
+from projections.engine import plan_batch
+from projections.errors import VersionGap
+from projections.mongo import MongoReadModel
+from projections.projection import Projection
+from projections.testkit import MemoryModel, ProjectionSandbox
+from tests.projections.auction_scenario import run_auction
+from tests.projections.test_sdk import Counts
+from tests.support.servers import MongoWireServer, ServerStartError
+
+Db = Database[Any]
+
+
+@pytest.fixture(scope="module")
+def stored() -> list[StreamEvent]:
+    kit = run_auction()
+    return kit.journal.event_stream().read_all(limit=10_000)  # type: ignore[attr-defined]
+
+
+def batches(events: list[Any], size: int) -> list[list[Any]]:
+    return [events[i:i + size] for i in range(0, len(events), size)]
+
+
+def replay_in_memory(projection: Projection, events: list[Any]) -> MemoryModel:
+    model = MemoryModel()
+    model.commit(plan_batch(projection, events, model))
+    return model
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000])
+@pytest.mark.parametrize("projection", [AuctionBoard(), BidderSummary()], ids=lambda p: p.NAME)
+def test_mongodb_holds_exactly_what_the_sandbox_builds(mongo_db: Db, stored: list[StreamEvent], projection: Projection,
+                                                       size: int) -> None:
+    model = MongoReadModel(projection, mongo_db)
+    for batch in batches(stored, size):
+        model.apply(batch)
+    expected = replay_in_memory(projection, stored)
+    assert model.raw_documents() == expected.raw  # documents and their bookkeeping
+    assert model.documents() == expected.documents() and len(expected.documents()) >= 3
+    assert model.position() == stored[-1].position
+
+
+def test_changes_and_deletes_mean_the_same_on_the_server(mongo_db: Db) -> None:
+    box = ProjectionSandbox(Counts())
+    events = [box.envelope("Lot-a", "BidAccepted", amount=5)]
+    box.feed(events[-1])
+    for stream, event_type, payload in [("Lot-a", "BidAccepted", {"amount": 9}), ("Lot-b", "BidAccepted", {"amount": 2}),
+                                        ("Lot-a", "BidAccepted", {"amount": 13}), ("Lot-a", "Withdrawn", {}),
+                                        ("Lot-b", "BidAccepted", {"amount": 4}), ("Lot-a", "BidAccepted", {"amount": 3})]:
+        events.append(box.envelope(stream, event_type, **payload))
+        box.feed(events[-1])
+    model = MongoReadModel(Counts(), mongo_db)
+    model.apply(events)
+    assert model.raw_documents() == box.models["counts"].raw
+    assert model.documents() == box.documents() and model.get("a") == box.document("a")
+    assert [(p.stream_id, p.version) for p in model.parked()] == [("Lot-a", 3)]
+
+
+def test_a_redelivered_batch_changes_nothing(mongo_db: Db, stored: list[StreamEvent]) -> None:
+    model = MongoReadModel(BidderSummary(), mongo_db)
+    model.apply(stored)
+    before = model.raw_documents()
+    plan = model.apply(stored[10:40])
+    assert model.raw_documents() == before and set(plan.outcomes) == {"duplicate"}
+
+
+def test_a_batch_cut_short_after_some_documents_is_completed_exactly_once(mongo_db: Db, stored: list[StreamEvent]) -> None:
+    """As after a crash between the document writes and the tracking write: the batch comes
+    again (from the stored position) and each document applies only what it lacks."""
+    projection = BidderSummary()
+    model = MongoReadModel(projection, mongo_db)
+    model.apply(stored[:20])
+    plan = plan_batch(projection, stored[20:], model)
+    assert len(plan.writes) > 4
+    model.write_documents(plan.writes[: len(plan.writes) // 2])  # crash: half the documents, no tracking
+    model.apply(stored[20:])  # delivered again
+    assert model.raw_documents() == replay_in_memory(projection, stored).raw
+
+
+def test_a_gap_writes_nothing(mongo_db: Db, stored: list[StreamEvent]) -> None:
+    model = MongoReadModel(AuctionBoard(), mongo_db)
+    lot_events = [e for e in stored if e.stream_id == "Lot-vase"]
+    model.apply(lot_events[:3])
+    before, position = model.raw_documents(), model.position()
+    with pytest.raises(VersionGap):
+        model.apply(lot_events[4:8])
+    assert model.raw_documents() == before and model.position() == position
+    model.apply(lot_events[3:8])  # the missing event first: fine
+    assert model.position() == lot_events[7].position
+
+
+def test_a_server_that_cannot_start_is_an_error_with_its_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ops.local.servers.sys.executable", "/bin/false")
+    with pytest.raises(ServerStartError, match="exited"):
+        MongoWireServer.start(timeout=10)
+
+
+def test_the_server_speaks_mongodb_with_majority_writes(mongo_server: MongoWireServer) -> None:
+    from projections.mongo import connect
+
+    client = connect(mongo_server.uri)
+    try:
+        assert client.write_concern.document == {"w": "majority"}
+        client["ping_db"]["c"].insert_one({"_id": 1})
+        assert client["ping_db"]["c"].count_documents({}) == 1
+    finally:
+        client.drop_database("ping_db")
+        client.close()
+
+
+def test_each_document_update_is_conditional_on_the_server(mongo_db: Db, stored: list[StreamEvent]) -> None:
+    """Writes planned from a stale view (another consumer wrote meanwhile, or a retry after an
+    unknown outcome) apply once: the server checks each document's _applied, not only the plan."""
+    projection = BidderSummary()
+    model = MongoReadModel(projection, mongo_db)
+    plan = plan_batch(projection, stored, model)
+    model.write_documents(plan.writes)
+    model.write_documents(plan.writes)  # the same updates again: duplicate-key upserts and non-matches
+    model.write_documents(plan.writes[3:9])
+    assert model.raw_documents() == replay_in_memory(projection, stored).raw
