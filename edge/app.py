@@ -118,7 +118,7 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
     try:
         server = await listen_public(runner, app, config.host, config.port)
     except BaseException:
-        await runner.cleanup()  # the platform started with the app: stop it, close its journal
+        await runner.cleanup()  # what started with the app (a platform, a coordinator) stops again
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
