@@ -1,10 +1,12 @@
-"""Composition of the edges on a one-process :class:`~infrastructure.bootstrap.Platform`
-(dev mode), and the server ``xplatform run`` starts.
+"""The edge application: everything a process serves to clients on one aiohttp app, built
+on whatever transport it is handed (the port, :mod:`infrastructure.transport.port`), and the
+server loop that runs such an app. Which transport, platform and ``/metrics`` go with it is
+the composition floor's choice (``ops/wiring``): this module never sees a state node.
 
-One aiohttp application serves: the public edge (``/ws/...``), the internal edge
-(``/internal/...``, only when device networks are configured), ``/metrics`` (edge and node
-registries), the dev token issuer (``/dev/token``, only when ``edge_dev_tokens`` is on) and
-the demo page (``/`` → ``edge/static/demo.html``, ``/static/`` → ``edge/static/``).
+One application serves: the public edge (``/ws/...``), the internal edge (``/internal/...``,
+only when device networks are configured), the dev token issuer (``/dev/token``, only when
+``edge_dev_tokens`` is on) and the demo page (``/`` → ``edge/static/demo.html``,
+``/static/`` → ``edge/static/``).
 
 The dev token issuer: ``GET /dev/token?sub=<name>&role=<role>`` → ``{"token", "expires_in"}``,
 an ES256 token signed with a key pair made at start (its public key is trusted by this
@@ -14,10 +16,6 @@ and refuses to start with it on a non-loopback address unless told so explicitly
 (``edge/config.py``). It answers only requests whose ``Host`` is a loopback name (403
 ``host_not_allowed`` otherwise): a DNS-rebinding page reaches a loopback server under its
 own name, and must not get a token. Tokens are never logged (``edge/accesslog.py``).
-
-``/metrics`` stays on this server's port while it listens on loopback (dev: one developer's
-machine); on any other address it moves to the internal metrics listener
-(``XPLATFORM_METRICS_HOST``/``_PORT``, :mod:`infrastructure.metrics_http`).
 """
 
 from __future__ import annotations
@@ -27,11 +25,10 @@ import logging
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import generate_latest
 from yarl import URL
 
 from edge.accesslog import RedactingAccessLogger
@@ -40,49 +37,25 @@ from edge.config import EdgeConfig, is_ip_literal, is_loopback
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
-from edge.sockets import listen, raise_open_file_limit
-from infrastructure.bootstrap import Platform
-from infrastructure.metrics_http import MetricsListener
+from edge.sockets import listen
 from infrastructure.transport.port import Transport
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
-PLATFORM_KEY = web.AppKey("xplatform_platform", Platform)
 DEV_ISSUER_KEY = web.AppKey("xplatform_dev_issuer", DevTokenIssuer)
 CONFIG_KEY = web.AppKey("xplatform_edge_config", EdgeConfig)
-METRICS_LISTENER_KEY = web.AppKey("xplatform_metrics_listener", MetricsListener)
 
 
-def build_edge_app(platform: Platform, config: EdgeConfig | None = None, *, manage_platform: bool = False,
-                   static_dir: Path | None = STATIC_DIR) -> web.Application:
-    """The edge application for ``platform``. ``manage_platform``: start and stop the
-    platform with the app (the platform starts before the edge and stops after it)."""
-    config = config or EdgeConfig.from_settings(platform.settings)
-    app = edge_app(platform.transport, platform.node.types.categories, config, static_dir=static_dir,
-                   node_metrics=lambda: generate_latest(platform.node.metrics.registry))
-    app[PLATFORM_KEY] = platform
-    if manage_platform:
-        async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
-            await platform.start()
-            yield
-            await platform.stop()
-
-        app.cleanup_ctx.insert(0, platform_lifecycle)  # the platform starts before the edge, stops after it
-    return app
-
-
-def edge_app(transport: Transport, categories: Collection[str], config: EdgeConfig, *,
-             static_dir: Path | None = STATIC_DIR, node_metrics: Callable[[], bytes] | None = None,
-             dev_issuer: DevTokenIssuer | None = None, public_metrics: bool = True) -> web.Application:
-    """The public edge (and the internal one when device networks are configured), the dev
-    token issuer when ``config.dev_tokens`` (``dev_issuer``: a shared key, e.g. the edge
-    workers of one ``xplatform run``; default: a key made here), ``/metrics`` (this edge's
-    registry, plus ``node_metrics()`` when the node lives in this process; on this port while it
-    is loopback and ``public_metrics``, else on the internal listener, ``app[METRICS_LISTENER_KEY]``)
-    and the demo page, over ``transport``: the in-process one (dev mode) or the network client (edge workers)."""
-    metrics = EdgeMetrics()
+def build_edge_app(transport: Transport, categories: Collection[str], config: EdgeConfig, *,
+                   metrics: EdgeMetrics | None = None, static_dir: Path | None = STATIC_DIR,
+                   dev_issuer: DevTokenIssuer | None = None) -> web.Application:
+    """The edge application on ``transport`` for entities of ``categories`` (see the module
+    docstring). ``static_dir``: the demo page's files (None: none served). ``dev_issuer``:
+    the dev token issuer when ``config.dev_tokens`` (one shared key, e.g. by the edge workers
+    of one ``xplatform run --workers``); default: a key made here."""
+    metrics = metrics or EdgeMetrics()
     verifier = build_verifier(config)
     app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
     app[CONFIG_KEY] = config
@@ -99,32 +72,9 @@ def edge_app(transport: Transport, categories: Collection[str], config: EdgeConf
     if config.internal_networks:
         add_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
                                             categories=categories, load=public.load))
-
-    def render_metrics() -> bytes:
-        return metrics.exposition() + (node_metrics() if node_metrics is not None else b"")
-
-    if public_metrics and is_loopback(config.host):
-        async def metrics_page(request: web.Request) -> web.Response:
-            return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
-
-        app.router.add_get("/metrics", metrics_page)
-    else:
-        listener = app[METRICS_LISTENER_KEY] = MetricsListener(render_metrics, config.metrics_host, config.metrics_port)
-        add_metrics_listener(app, listener)
     if static_dir is not None:
         _add_static(app, static_dir)
     return app
-
-
-def add_metrics_listener(app: web.Application, listener: MetricsListener) -> None:
-    """Run ``listener`` (the internal ``/metrics``) for the life of ``app``; its URL is logged."""
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        url = await listener.start()
-        print(f"metrics at {url} (internal listener)", flush=True)
-        yield
-        await listener.stop()
-
-    app.cleanup_ctx.append(lifecycle)
 
 
 def _dev_token_host_allowed(request: web.Request, config: EdgeConfig) -> bool:
@@ -164,31 +114,17 @@ def _add_static(app: web.Application, static_dir: Path) -> None:
         app.router.add_static("/static/", static_dir, follow_symlinks=False)
 
 
-async def serve(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
-    """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
-    raise_open_file_limit()
-    def announce(port: int) -> None:
-        metrics_at = "metrics at /metrics" if is_loopback(config.host) else "metrics on the internal listener"
-        print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
-              f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
-              flush=True)
-        if ready is not None:
-            ready.set()
-
-    await serve_app(build_edge_app(platform, config, manage_platform=True), config, announce)
-
-
 async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None],
                     sock: socket.socket | None = None, stop: asyncio.Event | None = None) -> None:
-    """Serve ``app`` on the configured address (or on the listening socket ``sock``, e.g.
-    one shared by edge workers) until SIGINT/SIGTERM or ``stop`` is set; ``announce(port)``
-    once listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
+    """Serve ``app`` on the configured address (or on the listening socket ``sock``, e.g. one
+    shared by edge workers) until SIGINT/SIGTERM or ``stop`` is set; ``announce(port)`` once
+    listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
     await runner.setup()
     try:
         server = await listen_public(runner, app, config.host, config.port, sock=sock)
     except BaseException:
-        await runner.cleanup()  # the platform started with the app: stop it, close its journal
+        await runner.cleanup()  # what started with the app (a platform, a coordinator) stops again
         raise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

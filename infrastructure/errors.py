@@ -99,5 +99,10 @@ class RuntimeStopped(InfrastructureError):
     """Raised when a message is given to a state node that is stopping or stopped."""
 
 
+class WiringError(InfrastructureError):
+    """Raised when a process is assembled wrongly: a state node started before it was given
+    its router and outbound sink, or given them twice (``StateNode.connect``)."""
+
+
 class TransportError(InfrastructureError):
     """Raised when a message cannot be routed to or answered by a state node."""

@@ -28,13 +28,12 @@ import psutil
 from aiohttp import web
 
 from edge import protocol
-from edge.app import build_edge_app
 from edge.config import EdgeConfig
 from edge.sockets import raise_open_file_limit
-from infrastructure.bootstrap import build_platform
 from infrastructure.settings import Settings
 from loadtests.common import emit
 from loadtests.entities import Tally
+from ops.wiring.dev import build_platform, dev_app
 
 WARMUP = 500  # connections opened before the baseline RSS (at most a fifth of the total)
 
@@ -79,7 +78,7 @@ async def bench(connections: int) -> dict[str, Any]:
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
         config = EdgeConfig(port=0, dev_tokens=True, heartbeat_s=60, max_connections_per_user=0,
                             user_rate_per_s=0)  # every idle connection has the same sub
-        app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+        app = dev_app(platform, config, static_dir=None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)

@@ -18,9 +18,8 @@ import argparse
 import time
 import uuid
 
-from loadtests.bench_failover import SETTLE_S, WARM_UP_S, _owners, zookeeper_settings
 from loadtests.common import emit
-from loadtests.lot_load import LoadProcess, LoadReport, longest_gap
+from loadtests.lot_load import SETTLE_S, WARM_UP_S, LoadProcess, LoadReport, longest_gap, lot_owners, zookeeper_settings
 from ops.local.cluster import Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
 
@@ -36,7 +35,7 @@ def _run(cluster: Cluster, edges: list[str], lots: list[str], drains: int) -> tu
         time.sleep(WARM_UP_S)
         windows: list[tuple[float, float]] = []
         for k in range(drains):
-            victim = _owners(cluster, lots)[lots[k % len(lots)]]
+            victim = lot_owners(cluster, lots)[lots[k % len(lots)]]
             started = time.monotonic()
             cluster.processes[victim].stop()  # SIGTERM: drain
             time.sleep(LEAVE_S)

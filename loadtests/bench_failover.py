@@ -33,24 +33,18 @@ import msgpack
 
 from infrastructure.settings import Settings
 from loadtests.common import emit, median
-from loadtests.lot_load import LoadProcess, LoadReport, gap_across, longest_gap
+from loadtests.lot_load import (
+    SETTLE_S,
+    WARM_UP_S,
+    LoadProcess,
+    LoadReport,
+    gap_across,
+    longest_gap,
+    lot_owners,
+    zookeeper_settings,
+)
 from ops.local.cluster import Cluster
 from ops.local.servers import PostgresServer, ZooKeeperServer
-
-SHARDS = 8
-WARM_UP_S = 2.0
-"""Load before the first kill: every lot active, its entity resident on its owner."""
-SETTLE_S = 1.5
-"""Load after a node is back before the next kill: its shards have moved back."""
-
-
-def _owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
-    return cluster.owners("Lot", lots, SHARDS)
-
-
-def zookeeper_settings(session_timeout_s: float, supervised: bool) -> dict[str, object]:
-    """What the measured gaps depend on, reported next to them."""
-    return {"session_timeout_s": session_timeout_s, "supervised": supervised}
 
 
 def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int,
@@ -64,7 +58,7 @@ def _run(cluster: Cluster, edges: list[str], lots: list[str], kills: int,
         events: list[tuple[float, list[str]]] = []
         started = time.monotonic()
         for k in range(kills):
-            owners = _owners(cluster, lots)
+            owners = lot_owners(cluster, lots)
             victim = owners[lots[k % len(lots)]]  # a node that serves lots right now
             if supervised:
                 cluster.processes[victim].kill9_child()  # the node, not its supervisor

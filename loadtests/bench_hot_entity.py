@@ -5,7 +5,7 @@
     python -m loadtests.bench_hot_entity --fanout [--viewers 1000] [--fanout-rate 200] [--fanout-seconds 5]
 
 Sweep: for each rate, a FRESH server process started the way a user starts it
-(``python -m infrastructure.cli run --port 0``, i.e. ``xplatform run``: SQLite in a new
+(``python -m ops.cli run --port 0``, i.e. ``xplatform run``: SQLite in a new
 temporary data directory, every setting at its default except the per-connection and
 per-user frame-rate limits, raised through their documented ``XPLATFORM_EDGE_*`` variables
 (:data:`SERVER_ENV`) so that a bidder sending hundreds of bids per second is not closed
@@ -53,13 +53,13 @@ from aiohttp import web
 
 from domain.auction import Bidder, Lot
 from edge import protocol
-from edge.app import build_edge_app
 from edge.config import EdgeConfig
 from edge.sockets import raise_open_file_limit
-from infrastructure.bootstrap import build_platform
 from infrastructure.settings import Settings
 from loadtests.common import emit
 from loadtests.wsload import Stats, WsClient, get_token, open_clients
+from ops.local.xplatform_run import XplatformRun
+from ops.wiring.dev import build_platform, dev_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("colyseus",)
@@ -86,54 +86,19 @@ class BenchBidder(Bidder):
 
 
 # ---------------------------------------------------------------------------- the sweep
-class ServerProcess:
-    """``python -m infrastructure.cli run --port 0`` in a fresh data directory."""
-
-    def __init__(self, data_dir: str, extra_env: dict[str, str], workers: int = 0) -> None:
-        env = {**os.environ, "XPLATFORM_DATA_DIR": data_dir, "XPLATFORM_STORE": "sqlite", **SERVER_ENV, **extra_env,
-               "PYTHONUNBUFFERED": "1"}
-        self.log = open(os.path.join(data_dir, "server.log"), "w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0", "--workers", str(workers)],  # noqa: S603
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.db = os.path.join(data_dir, "events.sqlite3")
-        self.url = ""
-
-    def wait_ready(self, timeout: float = 60.0) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if "serving on http://" in line:
-                self.url = line.split("serving on ", 1)[1].split()[0].rstrip("/")
-                return self.url
-        self.stop()
-        self.log.seek(0)
-        raise RuntimeError(f"the server did not start:\n{self.log.read()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.log.close()
-
-
 def run_rate(rate: float, args: argparse.Namespace) -> dict[str, Any]:
     """One rate: a fresh server, the load process against it, the load's JSON line."""
     with tempfile.TemporaryDirectory(prefix="xplatform-hot-") as data_dir:
-        server = ServerProcess(data_dir, dict(kv.split("=", 1) for kv in args.server_env), args.workers)
+        env = {**os.environ, "XPLATFORM_DATA_DIR": data_dir, "XPLATFORM_STORE": "sqlite", **SERVER_ENV,
+               **dict(kv.split("=", 1) for kv in args.server_env)}
+        server = XplatformRun.start(("--port", "0", "--workers", str(args.workers)), cwd=ROOT, env=env,
+                                    log_path=os.path.join(data_dir, "server.log"))
         try:
-            url = server.wait_ready()
-            print(f"[bench] rate {rate:.0f}/s: server pid {server.proc.pid} at {url}", file=sys.stderr, flush=True)
-            command = [sys.executable, "-m", "loadtests.hotlot_load", "--url", url, "--db", server.db,
-                       "--server-pid", str(server.proc.pid), "--rate", str(rate), "--viewers", str(args.viewers),
+            url = server.url.rstrip("/")
+            print(f"[bench] rate {rate:.0f}/s: server pid {server.process.pid} at {url}", file=sys.stderr, flush=True)
+            db = os.path.join(data_dir, "events.sqlite3")
+            command = [sys.executable, "-m", "loadtests.hotlot_load", "--url", url, "--db", db,
+                       "--server-pid", str(server.process.pid), "--rate", str(rate), "--viewers", str(args.viewers),
                        "--bidders", str(args.bidders), "--sample", str(args.sample), "--warmup", str(args.warmup),
                        "--window", str(args.window)]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,  # noqa: S603
@@ -141,10 +106,11 @@ def run_rate(rate: float, args: argparse.Namespace) -> dict[str, Any]:
             if done.returncode != 0:
                 raise RuntimeError(f"load generator failed at {rate:.0f}/s:\n{done.stderr[-3000:]}")
             result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-            result["server_alive"] = server.proc.poll() is None
+            result["server_alive"] = server.process.poll() is None
             return result
         finally:
-            server.stop()
+            server.stop(signal.SIGTERM, timeout_s=20)  # a service manager's stop
+            server.close()
 
 
 def max_rate_ok(runs: list[dict[str, Any]]) -> float | None:
@@ -192,8 +158,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps(result), flush=True)
         runs.append(result)
     summary: dict[str, Any] = {
-        "bench": "hot_entity_sweep",
-        "server": f"python -m infrastructure.cli run --workers {args.workers} (sqlite, defaults)",
+        "bench": "hot_entity_sweep", "server": f"python -m ops.cli run --workers {args.workers} (sqlite, defaults)",
         "server_env": {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.server_env)},
         "viewers": args.viewers, "bidders": args.bidders, "warmup_s": args.warmup, "window_s": args.window,
         "criterion": f"latency p99 <= {OK_P99_MS:.0f} ms and accepted >= {OK_ACCEPTED:.0%} of offered",
@@ -358,7 +323,7 @@ class Server:
         # every viewer shares one token's sub: the per-user caps are off here
         config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=1e6, rate_burst=1e6, max_connections_per_user=0,
                             user_rate_per_s=0, **edge)
-        app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+        app = dev_app(platform, config, static_dir=None)
         return await cls._serve(app)
 
     @classmethod

@@ -28,11 +28,11 @@ import msgpack
 from eventsourcing.persistence import StoredEvent
 
 from domain import ClientMessage, Connect, EntityRef, Reply
-from infrastructure.bootstrap import build_platform
 from infrastructure.persistence import StreamWrite, open_journal
 from infrastructure.settings import Settings
 from loadtests.common import emit, eventstoredb_for_benchmark
 from loadtests.entities import Tally
+from ops.wiring.dev import build_platform
 
 
 async def _through_node(settings: Settings, entities: int, events: int, window: int) -> tuple[float, int]:

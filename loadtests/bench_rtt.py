@@ -35,13 +35,12 @@ import msgpack
 from aiohttp import web
 
 from edge import protocol
-from edge.app import build_edge_app
 from edge.config import EdgeConfig
-from infrastructure.bootstrap import build_platform
 from infrastructure.gc_pauses import GcPauses
 from infrastructure.settings import Settings
 from loadtests.common import LoopLag, emit, percentile
 from loadtests.entities import Tally
+from ops.wiring.dev import build_platform, dev_app
 
 
 async def drive(base_url: str, connections: int, rate: float, seconds: float, token: str | None = None,
@@ -173,7 +172,7 @@ async def bench(connections: int, rate: float, seconds: float, same_process: boo
         platform = build_platform(Settings(store="sqlite", data_dir=data_dir), entities=[Tally])
         config = EdgeConfig(port=0, dev_tokens=True, rate_per_s=max(50.0, 4 * rate / connections),
                             heartbeat_s=30, max_connections_per_user=0, user_rate_per_s=0)  # one sub for all
-        app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+        app = dev_app(platform, config, static_dir=None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

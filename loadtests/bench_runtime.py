@@ -34,11 +34,11 @@ import psutil
 
 from domain import ClientMessage, Connect, EntityRef, Inbound, Reply, handle
 from domain.presence import UserState
-from infrastructure.bootstrap import build_platform
 from infrastructure.persistence import StreamWrite, new_mapper
 from infrastructure.settings import Settings
 from loadtests.common import emit, median, percentile
 from loadtests.entities import Tally
+from ops.wiring.dev import build_platform
 
 
 async def reply_latency(settings: Settings, rate: float, seconds: float) -> tuple[float, float, float, int]:

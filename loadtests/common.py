@@ -8,13 +8,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from ops.local.emulator import launch_emulator
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,35 +37,19 @@ def emit(result: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def eventstoredb_for_benchmark(wanted: bool) -> Iterator[str | None]:
     """The EventStoreDB URI to benchmark: ``EVENTSTOREDB_URI`` if set, else the emulator
-    started for the run with its documented command (a separate process; loadtests do
-    not import the test suite), stopped afterwards. None when not ``wanted``."""
+    started for the run by its launcher (ops/local/emulator.py, the tests' too), stopped
+    afterwards. None when not ``wanted``."""
     if not wanted:
         yield None
         return
     if os.environ.get("EVENTSTOREDB_URI"):
         yield os.environ["EVENTSTOREDB_URI"]
         return
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(  # noqa: S603 - fixed command line
-            [sys.executable, "-m", "tests.support.eventstoredb_emulator", "--port", "0", "--host", "127.0.0.1"],
-            cwd=root, stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline()  # "listening on host:port", or "" if it died
-            if not line.startswith("listening on "):
-                process.kill()
-                log.seek(0)
-                raise SystemExit(f"the EventStoreDB emulator did not start: {line!r}\n{log.read()[-4000:]}")
-            yield f"kurrentdb://{line.split('listening on ', 1)[1].strip()}?tls=false"
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-            process.stdout.close()  # type: ignore[union-attr]
+    emulator = launch_emulator()
+    try:
+        yield emulator.uri
+    finally:
+        emulator.stop()
 
 
 class LoopLag:

@@ -5,7 +5,7 @@
                                     [--warmup 5] [--window 15]
 
 Started by ``loadtests.bench_hot_entity --sweep`` against a server it started as a user
-would (``python -m infrastructure.cli run``); prints ONE JSON line. The design follows the
+would (``python -m ops.cli run``); prints ONE JSON line. The design follows the
 Colyseus harness's ``load.mjs`` (``../shared/peers/colyseus``) so the two are comparable:
 
 - an auctioneer opens a fresh ``Lot``; ``--viewers`` viewers join it, each its own user;

@@ -33,13 +33,19 @@ from pathlib import Path
 
 from edge.client import connect
 from loadtests.common import LoopLag
-from ops.local.cluster import cluster_token
+from ops.local.cluster import Cluster, cluster_token
 
 PACE_S = 0.025
 """Pause between a client's messages: with a cluster round trip of a few ms this keeps each
 client under the edge's default per-connection limit (50 msg/s, burst 100). Faster, the
 edge rightly closes it 1008 for flooding (seen once the round trip got faster)."""
 
+SHARDS = 8
+"""Shards per category of the benchmarks' clusters (ops/local/cluster.py's default)."""
+WARM_UP_S = 2.0
+"""Load before the first kill or drain: every lot active, its entity resident on its owner."""
+SETTLE_S = 1.5
+"""Load after a node is back before the next kill or drain: its shards have moved back."""
 RETRY_PAUSE_S = 0.02
 """Pause before resending after a retryable refusal or a failed request; it also yields, so
 a client whose requests fail at once cannot spin the loop (seen: a hung smoke run)."""
@@ -145,6 +151,16 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
     await stop.wait()
     await asyncio.gather(*tasks, return_exceptions=True)
     return LoadReport(records, errors, lag.stop())
+
+
+def lot_owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
+    """The state node serving each lot now, from the cluster's shard map."""
+    return cluster.owners("Lot", lots, SHARDS)
+
+
+def zookeeper_settings(session_timeout_s: float, supervised: bool) -> dict[str, object]:
+    """What the measured gaps depend on, reported next to them."""
+    return {"session_timeout_s": session_timeout_s, "supervised": supervised}
 
 
 class LoadProcess:

@@ -75,7 +75,7 @@ case "${1:-}" in
   run)
     install_python ""
     shift
-    exec "$PYTHON" -m infrastructure.cli run "$@"
+    exec "$PYTHON" -m ops.cli run "$@"
     ;;
   test)
     install_debian

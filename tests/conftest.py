@@ -10,7 +10,7 @@ import pytest
 
 from infrastructure.persistence import EventJournal, open_journal
 from infrastructure.settings import Settings
-from tests.emulator.emulator_process import EmulatorProcess, launch_emulator
+from ops.local.emulator import EmulatorProcess, launch_emulator
 from tests.support.servers import PostgresServer
 
 STORES = ["sqlite", "postgres", "memory", "eventstoredb"]

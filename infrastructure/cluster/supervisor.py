@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -133,9 +132,11 @@ def _stop_quietly(client: KazooClient) -> None:
 class Supervisor:
     """Runs one state node as a child process; see the module docstring."""
 
-    def __init__(self, settings: Settings, command: Sequence[str] | None = None) -> None:
+    def __init__(self, settings: Settings, command: Sequence[str]) -> None:
+        """``command``: how to start the node (the composition floor's ``state-node`` command;
+        this package does not know the CLI that runs it)."""
         self.settings = settings
-        self.command = list(command or [sys.executable, "-m", "infrastructure.cli", "state-node"])
+        self.command = list(command)
         self.restarts = 0
         self._stop = asyncio.Event()
         self._dir = Path(tempfile.mkdtemp(prefix="xplatform-supervisor-"))  # 0700
@@ -222,8 +223,8 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
-async def supervise_state_node(settings: Settings) -> int:
-    """``xplatform state-node --supervised``."""
+async def supervise_state_node(settings: Settings, command: Sequence[str]) -> int:
+    """``xplatform state-node --supervised``: run ``command`` (the unsupervised node) as the child."""
     from infrastructure.errors import ConfigurationError
 
     if not settings.zookeeper_hosts:
@@ -235,4 +236,4 @@ async def supervise_state_node(settings: Settings) -> int:
 
     link_auth_from(settings, "state")  # missing secrets fail here, once, not in a restart loop
     ZooKeeperAuth.from_settings(settings)
-    return await Supervisor(settings).run()
+    return await Supervisor(settings, command).run()

@@ -45,7 +45,7 @@ from domain.entity import Entity
 from domain.errors import DomainError, HandlerFailed, RetryLater, UnknownCategory
 from domain.messages import EntityMessage, Inbound, TimerFired, timer_message_id
 from domain.refs import EntityRef
-from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped
+from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped, WiringError
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence.port import EventJournal, StreamWrite
 from infrastructure.persistence.rehydrate import rehydrate
@@ -114,7 +114,9 @@ class StateNode:
         self.metrics = metrics or NodeMetrics()
         self.now = now
         self.outbound: OutboundSink | None = None
+        """Where client-bound effects go (an edge-facing transport); set once by :meth:`connect`."""
         self.router: Router | None = None
+        """Where entity-to-entity messages go; set once by :meth:`connect`."""
         self.cells: OrderedDict[EntityRef, Cell] = OrderedDict()
         self._committer: GroupCommitter | None = None
         self._reader = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="xplatform-reader")
@@ -126,7 +128,20 @@ class StateNode:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
+    def connect(self, router: Router, outbound: OutboundSink) -> None:
+        """Give the node its router and outbound sink: once, by the process's wiring
+        (``ops/wiring``), before :meth:`start`. Transports never set them themselves: which
+        transport carries a node's effects (in-process, the network server) is the wiring's
+        choice, made in one place. Raises WiringError when called twice."""
+        if self.router is not None or self.outbound is not None:
+            raise WiringError("this state node is already connected to its router and outbound sink")
+        self.router, self.outbound = router, outbound
+
     async def start(self) -> None:
+        """Raises WiringError when :meth:`connect` was not called: a node that ran without
+        its sinks would drop every effect."""
+        if self.router is None or self.outbound is None:
+            raise WiringError("a state node starts only after connect(router, outbound)")
         self._loop = asyncio.get_running_loop()
         writable = getattr(self.ownership, "writable", None)
         self._committer = GroupCommitter(self.journal, self.metrics, self.settings.max_batch_events,

@@ -28,7 +28,9 @@ EXPIRY_SWEEP_S = 0.25
 
 
 class LocalTransport:
-    """Connects callers to one in-process :class:`StateNode`. See the module docstring."""
+    """Connects callers to one in-process :class:`StateNode`. See the module docstring.
+    It is the node's router and outbound sink only when the wiring connects it so
+    (``StateNode.connect``); its asks and sends work either way."""
 
     def __init__(self, node: StateNode, ask_timeout_s: float) -> None:
         self.node = node
@@ -37,8 +39,6 @@ class LocalTransport:
         self._expiring: dict[float, deque[tuple[list[Any], EntityRef, str]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweeper_loop: asyncio.AbstractEventLoop | None = None
-        node.router = self
-        node.outbound = self
 
     async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
         """Deliver ``message`` and wait for its reply (released after durability)."""

@@ -54,7 +54,8 @@ REFUSAL_REASONS = ("entity_message_from_edge", "client_message_from_state", "sen
 
 
 class NodeServer:
-    """Listens for edges and peers; is the node's OutboundSink. See the module docstring."""
+    """Listens for edges and peers; the node's OutboundSink once the wiring connects it
+    (``StateNode.connect``). See the module docstring."""
 
     def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool], auth: LinkAuth,
                  owner_of: Callable[[EntityRef], str | None], host: str = "127.0.0.1", port: int = 0,
@@ -88,7 +89,6 @@ class NodeServer:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.ssl,
                                                   ssl_handshake_timeout=self.handshake_timeout_s if self.ssl else None)
         self.port = self._server.sockets[0].getsockname()[1]
-        self.node.outbound = self
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -175,7 +175,7 @@ class Cluster:
         log_path = self.root / f"{node_id}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process; appends across restarts
         args = [kind, "--supervised"] if supervised else [kind]
-        process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", *args], env={**self.env(node_id), **env},
+        process = subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env={**self.env(node_id), **env},
                                    stdout=subprocess.PIPE, stderr=log, cwd=Path(__file__).resolve().parents[2])  # the repo root
         started = ClusterProcess(node_id, process, log_path)
         deadline = time.monotonic() + timeout

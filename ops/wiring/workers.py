@@ -50,13 +50,15 @@ from typing import Any
 
 from edge.config import EdgeConfig
 from edge.errors import AddressInUse
-from infrastructure.bootstrap import build_platform
 from infrastructure.errors import ConfigurationError
 from infrastructure.metrics import ClusterMetrics
-from infrastructure.metrics_http import MetricsListener
+from infrastructure.runtime import StateNode
 from infrastructure.settings import Settings
+from infrastructure.transport import LocalTransport
 from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.server import NodeServer
+from ops.wiring.metrics import MetricsListener, add_metrics
+from ops.wiring.node import build_node, start_node, stop_node
 
 log = logging.getLogger(__name__)
 
@@ -175,26 +177,29 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
             issuer = DevTokenIssuer(config.token_issuer, config.token_audience)
             worker_args += ["--dev-key", _write_secret(run_dir / "dev-token-key.pem", issuer.key_pem()),
                             "--dev-kid", issuer.kid]
-        platform = build_platform(settings)
+        node = build_node(settings)
         sock = _listening_socket(config.host, config.port, backlog=1024)
         port = sock.getsockname()[1]
         members: set[str] = set()
-        server = NodeServer(platform.node, settings.node_id, is_member=members.__contains__,
+        server = NodeServer(node, settings.node_id, is_member=members.__contains__,
                             auth=link_auth_from(settings, "state"), owner_of=lambda _ref: settings.node_id,
                             host="127.0.0.1", port=0, metrics=ClusterMetrics(),
                             handshake_timeout_s=settings.transport_handshake_timeout_s)
+        # entity-to-entity messages stay in this process (it owns every shard); client-bound
+        # effects go to the workers that announced interest
+        node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
         env = {**os.environ, "XPLATFORM_CLUSTER_SECRET_FILE": "",
                "XPLATFORM_CLUSTER_EDGE_SECRET_FILE": settings.cluster_edge_secret_file,
                "XPLATFORM_CLUSTER_INSECURE": "0", "XPLATFORM_EDGE_HOST": config.host,
                "XPLATFORM_EDGE_PORT": str(port), "XPLATFORM_EDGE_DEV_TOKENS": "1" if config.dev_tokens else "0",
                "XPLATFORM_EDGE_DEV_TOKENS_ON_NETWORK": "1" if config.dev_tokens_on_network else "0"}
-        await platform.start()
+        await start_node(node)
         try:
             await server.start()
             edges = EdgeWorkers(workers, env, [*worker_args, "--state-id", settings.node_id, "--state", server.address],
                                 sock, settings.node_id)
             members.update(edges.ids)
-            metrics = MetricsListener(lambda: _node_metrics(platform, server), settings.metrics_host,
+            metrics = MetricsListener(lambda: _node_metrics(node, server), settings.metrics_host,
                                       settings.metrics_port)
             node_metrics_url = await metrics.start()
             stop = asyncio.Event()
@@ -213,24 +218,25 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
                 await metrics.stop()
                 await server.stop()
         finally:
-            await platform.stop()
+            await stop_node(node)
     finally:
         if sock is not None:
             sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _node_metrics(platform: Any, server: NodeServer) -> bytes:
+def _node_metrics(node: StateNode, server: NodeServer) -> bytes:
     from prometheus_client import generate_latest
 
     server.metrics.record_lanes("server", server.queued_by_lane())
-    return generate_latest(platform.node.metrics.registry) + generate_latest(server.metrics.registry)
+    return node.metrics.exposition() + generate_latest(server.metrics.registry)
 
 
 # ------------------------------------------------------------------------------ the worker
 async def _serve_worker(args: argparse.Namespace) -> None:
-    from edge.app import METRICS_LISTENER_KEY, edge_app, serve_app
+    from edge.app import build_edge_app, serve_app
     from edge.auth import DevTokenIssuer
+    from edge.metrics import EdgeMetrics
     from edge.public import EDGE_KEY
     from edge.sockets import raise_open_file_limit
     from infrastructure.gc_tuning import GcTuning
@@ -250,8 +256,12 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                            address_of=lambda node: args.state if node == args.state_id else None,
                            auth=link_auth_from(settings, "edge"), ask_timeout_s=settings.ask_timeout_s,
                            handshake_timeout_s=settings.transport_handshake_timeout_s)
-    app = edge_app(client, entity_types_from(settings).categories, config, dev_issuer=issuer, public_metrics=False)
+    metrics = EdgeMetrics()
+    app = build_edge_app(client, entity_types_from(settings).categories, config, metrics=metrics, dev_issuer=issuer)
     app[EDGE_KEY].registry.watch(client.hold, client.release)
+    # never on the shared public port: a scrape would reach a different worker each time
+    listener = add_metrics(app, metrics.exposition, settings.metrics_host, settings.metrics_port)
+    assert listener is not None
 
     async def close_client(_app: Any) -> None:
         await client.close()
@@ -260,12 +270,11 @@ async def _serve_worker(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not os.read(sys.stdin.fileno(), 4096) else None)
-    sock = socket.socket(fileno=args.fd)
 
     def announce(_port: int) -> None:
-        print(f"{READY}: {args.worker_id} metrics at {app[METRICS_LISTENER_KEY].url}", flush=True)
+        print(f"{READY}: {args.worker_id} metrics at {listener.url}", flush=True)
 
-    await serve_app(app, config, announce, sock=sock, stop=stop)
+    await serve_app(app, config, announce, sock=socket.socket(fileno=args.fd), stop=stop)
 
 
 def main(argv: list[str] | None = None) -> int:

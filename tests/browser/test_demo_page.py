@@ -18,9 +18,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from ops.local.xplatform_run import XplatformRun
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("XPLATFORM_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -47,62 +46,19 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- the server
-class DemoServer:
-    """``python -m infrastructure.cli run`` as a subprocess; its output is collected by a thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        env = {**os.environ, "XPLATFORM_EDGE_PORT": "0", "XPLATFORM_EDGE_HOST": "127.0.0.1",
-               "XPLATFORM_DATA_DIR": str(data_dir), "XPLATFORM_STORE": "sqlite", "PYTHONUNBUFFERED": "1"}
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self._found = threading.Event()
-        self.process = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run"], cwd=ROOT, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, bufsize=1)
-        self._reader = threading.Thread(target=self._read, name="demo-server-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            match = URL.search(line)
-            if match and self.url is None:
-                self.url = match.group(0)
-                self._found.set()
-        self._found.set()  # the process ended
-
-    def wait_ready(self, timeout: float = 30.0) -> str:
-        self._found.wait(timeout)
-        if self.url is None:
-            state = f"exited with {self.process.poll()}" if self.process.poll() is not None else "still silent"
-            self.stop()
-            pytest.fail(f"`xplatform run` printed no http://127.0.0.1:<port>/ URL within {timeout:.0f} s "
-                        f"({state}); its output:\n{self.log()}")
-        return self.url
-
-    def log(self) -> str:
-        return "\n".join(self.lines) or "(no output)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)  # Ctrl-C's path: GOING_AWAY to sockets, then exit
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self._reader.join(5)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[DemoServer]:
-    running = DemoServer(tmp_path / "data")
+def server(tmp_path: Path) -> Iterator[XplatformRun]:
+    """``python -m ops.cli run`` as a subprocess (ops/local/xplatform_run.py), on loopback;
+    SIGTERM stops it (Ctrl-C's path: GOING_AWAY to sockets, then exit)."""
+    env = {**os.environ, "XPLATFORM_EDGE_PORT": "0", "XPLATFORM_EDGE_HOST": "127.0.0.1",
+           "XPLATFORM_DATA_DIR": str(tmp_path / "data"), "XPLATFORM_STORE": "sqlite"}
+    running = XplatformRun.start((), cwd=ROOT, env=env, timeout_s=30)
     try:
-        running.wait_ready()
+        assert URL.match(running.url), running.url
         yield running
     finally:
-        running.stop()
+        running.stop(signal.SIGTERM, timeout_s=10)
+        running.close()
 
 
 # ---------------------------------------------------------------------------- browsers
@@ -207,7 +163,7 @@ def browsers(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
 
 
 @contextmanager
-def diagnostics(server: DemoServer, *pages: Browser) -> Iterator[None]:
+def diagnostics(server: XplatformRun, *pages: Browser) -> Iterator[None]:
     """On any failure, print what the server and the browsers said."""
     try:
         yield
@@ -222,7 +178,7 @@ def diagnostics(server: DemoServer, *pages: Browser) -> Iterator[None]:
 LATENCY = re.compile(r"^\d+(\.\d+)? ms$")
 
 
-def test_two_pages_share_a_live_lot(server: DemoServer, browsers: Callable[[str], Browser], tmp_path: Path) -> None:
+def test_two_pages_share_a_live_lot(server: XplatformRun, browsers: Callable[[str], Browser], tmp_path: Path) -> None:
     url = server.url
     assert url is not None
     lot = f"browser-{uuid.uuid4().hex[:8]}"

@@ -48,13 +48,13 @@ from infrastructure.persistence.subscriptions import (
     StreamEvent,
 )
 from infrastructure.settings import Settings
+from ops.local.emulator import launch_emulator
 from tests.conftest import (
     STORES,
     eventstoredb_settings,
     postgres_settings,
     sqlite_settings,
 )
-from tests.emulator.emulator_process import launch_emulator
 from tests.support.servers import PostgresServer
 
 WAIT = 10.0

@@ -32,13 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from domain.auction import Bidder, Lot
 from domain.refs import EntityRef
-from edge.app import build_edge_app, listen_public
+from edge.app import listen_public
 from edge.client import Client, connect
 from edge.config import EdgeConfig
 from edge.public import EDGE_KEY, PublicEdge
-from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.persistence import new_mapper
 from infrastructure.settings import Settings
+from ops.wiring.dev import Platform, build_platform, dev_app
 from tests.edge.entities import Room
 
 ISSUER = "https://idp.test"
@@ -134,7 +134,7 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
                                   device_secret_file=str(device_secret))
     values.update(overrides)
     config = EdgeConfig(**values)
-    app = build_edge_app(platform, config, manage_platform=True, static_dir=None)
+    app = dev_app(platform, config, static_dir=None)
     runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
     await runner.setup()
     server = await listen_public(runner, app, "127.0.0.1", 0)

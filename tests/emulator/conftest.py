@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from kurrentdbclient import KurrentDBClient
 
-from .emulator_process import EmulatorProcess, launch_emulator
+from ops.local.emulator import EmulatorProcess, launch_emulator
 
 
 @pytest.fixture(scope="session")

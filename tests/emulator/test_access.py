@@ -9,9 +9,8 @@ import pytest
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.exceptions import NodeIsNotLeaderError, UnauthenticatedError
 
+from ops.local.emulator import EmulatorProcess, launch_emulator, launch_secure_emulator
 from tests.support.tls import CertificateFiles, make_certificates
-
-from .emulator_process import EmulatorProcess, launch_emulator, launch_secure_emulator
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 
-from .emulator_process import launch_emulator
+from ops.local.emulator import launch_emulator
 
 
 def test_events_and_subscription_groups_survive_restart(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from eventsourcing.utils import Environment
 from eventsourcing_eventstoredb.factory import EventStoreDBFactory
 from eventsourcing_eventstoredb.recorders import EventStoreDBApplicationRecorder
 
-from .emulator_process import EmulatorProcess
+from ops.local.emulator import EmulatorProcess
 
 
 class Counter(Aggregate):

@@ -14,7 +14,7 @@ import pytest
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.exceptions import KurrentDBClientError
 
-from .emulator_process import launch_emulator
+from ops.local.emulator import launch_emulator
 
 DEADLINE = 10.0
 

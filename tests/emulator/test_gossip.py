@@ -5,7 +5,7 @@ from __future__ import annotations
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.gossip import NODE_STATE_LEADER
 
-from .emulator_process import EmulatorProcess
+from ops.local.emulator import EmulatorProcess
 
 
 def test_read_gossip_returns_the_emulator_as_leader(client: KurrentDBClient, emulator: EmulatorProcess) -> None:

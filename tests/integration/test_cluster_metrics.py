@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 from domain import ClientMessage, EntityRef
-from infrastructure.cluster.state_node import ClusteredStateNode
 from infrastructure.metrics import ClusterMetrics
 from infrastructure.settings import Settings
 from infrastructure.transport import handshake
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
+from ops.wiring.state_node import ClusteredStateNode
 from tests.support.cluster import ClusterSecrets
 from tests.support.servers import ZooKeeperServer
 
@@ -51,7 +51,7 @@ def test_handoff_durations_are_observed_per_shard_gained_and_lost(tmp_path: Path
                         **ClusterSecrets.write(tmp_path).settings())
         a = ClusteredStateNode(base.with_(node_id="a"))
         b = ClusteredStateNode(base.with_(node_id="b", transport_lanes="Lot=bulk"))
-        total = 8 * len(a.platform.node.types.categories)
+        total = 8 * len(a.node.types.categories)
         await a.start()
         try:
             await until(lambda: owned(a) == total)

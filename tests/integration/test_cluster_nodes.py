@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import msgpack
@@ -15,13 +16,16 @@ import pytest
 from kazoo.client import KazooClient
 
 from domain import ClientMessage, Connect, EntityRef, Reply
+from domain.messages import Inbound
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
-from infrastructure.cluster.state_node import ClusteredStateNode
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperCoordinator, zookeeper_client
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
+from infrastructure.transport import LocalTransport
 from infrastructure.transport.client import ClusterClient
+from ops.wiring.node import stop_node
+from ops.wiring.state_node import ClusteredStateNode
 from tests.support.cluster import ClusterSecrets
 from tests.support.entities import Counter
 from tests.support.journals import BlockingJournal
@@ -33,6 +37,11 @@ def zookeeper():  # type: ignore[no-untyped-def]
     server = ZooKeeperServer.start()
     yield server
     server.destroy()
+
+
+def ask(node: ClusteredStateNode, to: EntityRef, message: Inbound) -> Awaitable[Reply]:
+    """Ask an entity on ``node`` in-process (what a message over its transport server reaches)."""
+    return LocalTransport(node.node, 10.0).ask(to, message)
 
 
 async def until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -63,7 +72,7 @@ def test_routing_cross_node_messages_and_failover(zookeeper: ZooKeeperServer, tm
             for part in (edge_view, a.coordinator, b.coordinator):
                 await part.stop()
             await a.stop()
-            await b.platform.stop()
+            await stop_node(b.node)  # b was killed: its node stops, nothing leaves ZooKeeper
 
     asyncio.run(scenario())
 
@@ -88,7 +97,7 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
     # Lot -> Bidder -> Lot crosses nodes whenever their shards live apart.
     def accepted(lot: EntityRef) -> bool:
         node = a if a.ownership.owns(lot) else b
-        entity = node.platform.node.resident(lot)
+        entity = node.node.resident(lot)
         return entity is not None and entity.high_amount == 5
     await until(lambda: all(accepted(lot) for lot in lots))
 
@@ -110,7 +119,7 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
         assert peek.ok, peek
     failover = time.monotonic() - started
     assert failover < 5
-    await until(lambda: all(a.platform.node.resident(ref) is not None and a.platform.node.resident(ref).high_amount == 9
+    await until(lambda: all(a.node.resident(ref) is not None and a.node.resident(ref).high_amount == 9
                             for ref in b_lots))
     from prometheus_client import generate_latest
 
@@ -120,7 +129,7 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
     gained = float(exposition.split('xplatform_cluster_handoffs_total{direction="gained"} ')[1].split()[0])
     assert gained >= 16  # at least its half of both categories at start, then the 8 b held
     for lot in b_lots:
-        names = [e.topic.rsplit(".", 1)[-1] for e in a.platform.journal.read(lot.stream_id)]
+        names = [e.topic.rsplit(".", 1)[-1] for e in a.journal.read(lot.stream_id)]
         assert names.count("OwnerChanged") == 2 and names[-1] == "BidAccepted"  # b's epoch, then a's
 
 
@@ -188,7 +197,7 @@ def test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears
         try:
             await until(lambda: all(node.ownership.owns(r) for r in refs))
             for ref in refs:
-                assert (await node.platform.transport.ask(ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
+                assert (await ask(node, ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
                                                                           {"sub": "u"}))).ok
             member = f"{node.coordinator.root}/members/a"
             await asyncio.to_thread(watcher.start, 5)
@@ -204,10 +213,10 @@ def test_drain_acknowledges_appends_in_flight_before_its_member_entry_disappears
             assert watcher.exists(member)
             journal.release.clear()
             journal.entered.clear()
-            node.platform.node.deliver(refs[0], add(0), reply)
+            node.node.deliver(refs[0], add(0), reply)
             await asyncio.to_thread(journal.entered.wait, 5)  # in flight, held by the store
             for i, ref in enumerate(refs[1:], 1):
-                node.platform.node.deliver(ref, add(i), reply)  # collecting for the next append
+                node.node.deliver(ref, add(i), reply)  # collecting for the next append
             threading.Thread(target=release_later, daemon=True).start()
             stopping = asyncio.create_task(node.stop())
             await stopping
@@ -251,32 +260,32 @@ def test_a_shard_that_comes_back_is_served_from_the_store_not_from_the_old_copy(
                 return ClientMessage(mid, time.time(), "c", msgpack.packb(body))
 
             def handled_by_a() -> float:
-                return sum(s.value for m in a.platform.node.metrics.messages.collect() for s in m.samples
+                return sum(s.value for m in a.node.metrics.messages.collect() for s in m.samples
                            if s.name.endswith("_total") and s.labels.get("category") == "Counter")
 
             await until(lambda: counters(a) == 8)
             refs = [EntityRef("Counter", f"x{i}") for i in range(16)]
             for ref in refs:
-                assert (await a.platform.transport.ask(ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
+                assert (await ask(a, ref, Connect(f"c-{ref.entity_id}", time.time(), "c",
                                                                     {"sub": "u"}))).ok
-                assert (await a.platform.transport.ask(ref, msg(f"add-{ref.entity_id}", {"type": "add", "n": 1}))).ok
-                remind = await a.platform.transport.ask(ref, msg(f"remind-{ref.entity_id}", {"type": "remind", "delay": 4.0}))
+                assert (await ask(a, ref, msg(f"add-{ref.entity_id}", {"type": "add", "n": 1}))).ok
+                remind = await ask(a, ref, msg(f"remind-{ref.entity_id}", {"type": "remind", "delay": 4.0}))
                 assert remind.ok, remind
             running.append(b)
             await b.start()
             await until(lambda: counters(a) == 4 and counters(b) == 4
                         and a.ownership.assignment.version == b.ownership.assignment.version)
             moved = [ref for ref in refs if b.ownership.owns(ref)]
-            assert moved and all(a.platform.node.resident(ref) is not None for ref in refs if ref not in moved)
-            assert not any(ref in a.platform.node.cells for ref in moved)  # dropped, their timers with them
+            assert moved and all(a.node.resident(ref) is not None for ref in refs if ref not in moved)
+            assert not any(ref in a.node.cells for ref in moved)  # dropped, their timers with them
             seen_by_a = handled_by_a()
 
             for ref in moved:  # B takes over (its marker) and writes
-                added = await b.platform.transport.ask(ref, msg(f"b-{ref.entity_id}", {"type": "add", "n": 10}))
+                added = await ask(b, ref, msg(f"b-{ref.entity_id}", {"type": "add", "n": 10}))
                 assert added.ok and added.payload == 11, added
             staying = [ref for ref in refs if ref not in moved]
-            await until(lambda: all(b.platform.node.resident(r).total == 111 for r in moved)  # their timers, on B
-                        and all(a.platform.node.resident(r).total == 101 for r in staying), timeout=30)
+            await until(lambda: all(b.node.resident(r).total == 111 for r in moved)  # their timers, on B
+                        and all(a.node.resident(r).total == 101 for r in staying), timeout=30)
             await asyncio.sleep(0.2)  # all timers were due together: had A kept the moved ones, they ran by now
             assert handled_by_a() == seen_by_a + len(staying)  # only the timers of what A still owns fired on A
 
@@ -284,14 +293,14 @@ def test_a_shard_that_comes_back_is_served_from_the_store_not_from_the_old_copy(
             await b.stop()  # B leaves: its shards come back to A
             await until(lambda: counters(a) == 8)
             for ref in moved:  # a message that writes nothing
-                peek = await a.platform.transport.ask(ref, msg(f"peek-{ref.entity_id}", {"type": "peek"}))
+                peek = await ask(a, ref, msg(f"peek-{ref.entity_id}", {"type": "peek"}))
                 assert peek.ok and peek.payload == 111, (ref, peek)
-                stored = a.platform.journal.read(ref.stream_id)
+                stored = a.journal.read(ref.stream_id)
                 markers = [(msgpack.unpackb(e.state)["node"], msgpack.unpackb(e.state)["epoch"])
                            for e in stored if e.topic.endswith("OwnerChanged")]
                 assert [n for n, _ in markers] == ["a", "b", "a"] and markers[1][1] < markers[2][1]
                 assert stored[-1].topic.endswith("OwnerChanged")  # A's marker came before any answer
-            released = a.platform.node.metrics.exposition().decode()
+            released = a.node.metrics.exposition().decode()
             assert f'xplatform_node_entities_released_total{{reason="shard_moved"}} {float(len(moved))}' in released
         finally:
             for node in running:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _scaffold(tmp_path: Path, name: str) -> Path:
     pkgs = tmp_path / "pkgs"
     pkgs.mkdir()
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "new", name, "--dir", str(pkgs)], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "new", name, "--dir", str(pkgs)], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return pkgs

@@ -28,7 +28,6 @@ from eventsourcing_eventstoredb.recorders import EventStoreDBAggregateRecorder
 from kurrentdbclient import KurrentDBClient, exceptions as kdb
 
 from domain import ClientMessage, Connect, EntityRef
-from infrastructure.bootstrap import build_platform
 from infrastructure.errors import (
     ConcurrencyConflict,
     StoreAuthenticationFailed,
@@ -40,8 +39,9 @@ from infrastructure.errors import (
 from infrastructure.persistence import StreamWrite, open_journal
 from infrastructure.persistence.eventstoredb_journal import EventStoreDBJournal, event_id
 from infrastructure.settings import Settings
+from ops.local.emulator import EmulatorProcess, launch_emulator, launch_secure_emulator
+from ops.wiring.dev import build_platform
 from tests.conftest import eventstoredb_settings
-from tests.emulator.emulator_process import EmulatorProcess, launch_emulator, launch_secure_emulator
 from tests.support.entities import Counter
 from tests.support.servers import free_port
 from tests.support.tls import CertificateFiles, make_certificates
@@ -313,7 +313,7 @@ def test_runtime_answers_retryably_during_an_outage_and_recovers(tmp_path: Path)
     within the deadline (nothing hangs, nothing is acknowledged), other entities keep
     being served once it is back, and nothing acknowledged was lost."""
     port, data = free_port(), str(tmp_path / "esdb.jsonl")
-    emulator = launch_emulator("--port", str(port), "--data-file", data)
+    emulator = launch_emulator("--data-file", data, port=port)
     settings = Settings(store="eventstoredb", eventstoredb_uri=emulator.uri, eventstoredb_deadline_s=1.0,
                         eventstoredb_retries=1, eventstoredb_stream_prefix=f"t{uuid.uuid4().hex[:8]}-")
     a, b = EntityRef("Counter", "a"), EntityRef("Counter", "b")
@@ -331,7 +331,7 @@ def test_runtime_answers_retryably_during_an_outage_and_recovers(tmp_path: Path)
             started = time.monotonic()
             during = await ask(p, a, 1, "a2")
             assert not during.ok and during.retryable and time.monotonic() - started < 4.5
-            emulator = launch_emulator("--port", str(port), "--data-file", data)
+            emulator = launch_emulator("--data-file", data, port=port)
             for _ in range(50):  # reconnects; entities reload from the store
                 reply = await ask(p, b, 2, "b1")
                 if reply.ok:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +14,14 @@ import msgpack
 
 from domain import ClientMessage, Connect, EntityRef
 from domain.effects import Send, ToAllConnections
-from infrastructure.bootstrap import build_platform
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
-from infrastructure.transport import handshake
+from infrastructure.transport import LocalTransport, handshake
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.envelopes import Deliver, Hello, frame
 from infrastructure.transport.server import NodeServer
+from ops.wiring.node import build_node, start_node, stop_node
 from tests.support.entities import Counter
 
 OWNED = {"Counter": set(range(32))}  # shards 32..63 belong to nobody here
@@ -28,8 +30,20 @@ NODE_AUTH = LinkAuth(SECRETS)
 EDGE_AUTH = LinkAuth({"edge": SECRETS["edge"]})
 
 
-def node_server(p: Any, is_member: Any) -> NodeServer:
-    return NodeServer(p.node, "node-a", is_member=is_member, auth=NODE_AUTH, owner_of=lambda ref: "node-a")
+@asynccontextmanager
+async def node_server(settings: Settings, ownership: StaticShards, is_member: Any) -> AsyncIterator[NodeServer]:
+    """A state node of Counters whose outbound sink is its network server (as the wiring
+    connects a clustered node), listening."""
+    node = build_node(settings, entities=[Counter], ownership=ownership)
+    server = NodeServer(node, "node-a", is_member=is_member, auth=NODE_AUTH, owner_of=lambda ref: "node-a")
+    node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
+    await start_node(node)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        await stop_node(node)
 
 
 class Sink:
@@ -53,9 +67,7 @@ def owned_ref(owned: bool) -> EntityRef:
 def test_ask_reply_outbound_interest_and_refusals(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
-        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=3)) as p:
-            server = node_server(p, is_member=lambda peer: peer.startswith("edge-"))
-            await server.start()
+        async with node_server(settings, StaticShards(64, OWNED, epoch=3), lambda peer: peer.startswith("edge-")) as server:
             mine, nobodys = owned_ref(True), owned_ref(False)
             edge = ClusterClient("edge-1", "edge", route=lambda ref: ("node-a", 3), address_of=lambda n: server.address, auth=EDGE_AUTH)
             sink = Sink()
@@ -116,9 +128,7 @@ def test_cut_connection_reconnects_and_outbound_resumes(tmp_path: Path) -> None:
     edge's interest is announced again, pushes resume; nothing acknowledged is lost."""
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
-        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as p:
-            server = node_server(p, is_member=lambda peer: True)
-            await server.start()
+        async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda peer: True) as server:
             ref = owned_ref(True)
             edge = ClusterClient("edge-1", "edge", route=lambda r: ("node-a", 1), address_of=lambda n: server.address, auth=EDGE_AUTH)
             sink = Sink()

@@ -39,7 +39,7 @@ def _run_pid(url: str) -> int:
     """The ``xplatform run`` process listening on ``url``'s port (the test started it)."""
     port = int(url.rstrip("/").rsplit(":", 1)[1])
     for proc in psutil.process_iter(["cmdline"]):
-        if "infrastructure.cli" in " ".join(proc.info["cmdline"] or []) and proc.children() and any(
+        if "ops.cli" in " ".join(proc.info["cmdline"] or []) and proc.children() and any(
                 "ops.wiring.workers" in " ".join(c.cmdline()) for c in proc.children()):
             workers = _workers_of(proc.pid)
             if any(conn.laddr.port == port for w in workers for conn in w.net_connections("tcp")):
@@ -130,7 +130,7 @@ def test_secrets_are_private_to_the_run_and_removed_at_exit(tmp_path: Path) -> N
 
 
 def test_a_killed_run_process_takes_its_workers_with_it(tmp_path: Path) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0", "--workers", "2"],
+    server = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "--port", "0", "--workers", "2"],
                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
     try:
@@ -182,7 +182,7 @@ async def _wait_serving(url: str) -> None:
 
 @pytest.mark.parametrize("value", ["-1"])
 def test_a_negative_worker_count_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0", "--workers", value],
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--port", "0", "--workers", value],
                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("xplatform: ConfigurationError: --workers must be at least")

@@ -13,9 +13,9 @@ import msgpack
 
 from domain import ClientMessage, Connect, EntityRef, Reply, Terminated
 from domain.auction import Bidder, Lot
-from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
 from infrastructure.settings import Settings
+from ops.wiring.dev import Platform, build_platform
 from tests.support.entities import Counter
 from tests.support.journals import BlockingJournal
 

@@ -12,12 +12,12 @@ import msgpack
 import pytest
 
 from domain import ClientMessage, Connect, EntityRef, Reply
-from infrastructure.bootstrap import build_platform
 from infrastructure.cluster.allocation import Assignment, ShardOwner
 from infrastructure.cluster.ownership import Ownership, OwnershipState
 from infrastructure.persistence import RecorderJournal
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
+from ops.wiring.dev import build_platform
 from tests.support.entities import Counter
 from tests.support.journals import BlockingJournal
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,31 @@ import msgpack
 
 from domain import ClientMessage, Connect, EntityRef
 from domain.effects import Reply, Send, Terminate, ToAllConnections
-from infrastructure.bootstrap import build_platform
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
+from infrastructure.transport import LocalTransport
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.envelopes import Interest, frame
 from infrastructure.transport.link import Link
 from infrastructure.transport.server import NodeServer
-from tests.integration.test_network_transport import EDGE_AUTH, NODE_AUTH, OWNED, Sink, owned_ref
+from ops.wiring.node import build_node, start_node, stop_node
+from tests.integration.test_network_transport import EDGE_AUTH, NODE_AUTH, OWNED, Sink, node_server, owned_ref
 from tests.support.entities import Counter
+
+
+@asynccontextmanager
+async def _node(name: str, settings: Settings, ownership: StaticShards) -> AsyncIterator[NodeServer]:
+    """A listening state node of Counters named ``name`` (as :func:`node_server`, another name)."""
+    node = build_node(settings, entities=[Counter], ownership=ownership)
+    server = NodeServer(node, name, is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: name)
+    node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
+    await start_node(node)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        await stop_node(node)
 
 
 def _add(mid: str, n: int = 1) -> ClientMessage:
@@ -32,9 +50,7 @@ def _add(mid: str, n: int = 1) -> ClientMessage:
 def test_asks_on_a_live_link_take_no_task_and_leave_in_one_write(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
-        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as p:
-            server = NodeServer(p.node, "node-a", is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: "node-a")
-            await server.start()
+        async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
             edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
                                  auth=EDGE_AUTH)
@@ -62,7 +78,6 @@ def test_asks_on_a_live_link_take_no_task_and_leave_in_one_write(tmp_path: Path)
             assert [r.payload for r in replies] == list(range(1, 51))  # in order, each applied once
             assert not edge._asks  # noqa: SLF001 - nothing left waiting
             await edge.close()
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -74,13 +89,8 @@ def test_a_retry_answer_on_the_fast_path_is_resent_to_the_next_owner(tmp_path: P
         ref = owned_ref(False)  # shards 32..63: B's
         settings_a = Settings(store="sqlite", data_dir=str(tmp_path / "a"))
         settings_b = Settings(store="sqlite", data_dir=str(tmp_path / "b"))
-        async with build_platform(settings_a, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as a, \
-                build_platform(settings_b, entities=[Counter],
-                               ownership=StaticShards(64, {"Counter": set(range(32, 64))}, epoch=2)) as b:
-            server_a = NodeServer(a.node, "node-a", is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: "node-a")
-            server_b = NodeServer(b.node, "node-b", is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: "node-b")
-            await server_a.start()
-            await server_b.start()
+        async with _node("node-a", settings_a, StaticShards(64, OWNED, epoch=1)) as server_a, \
+                _node("node-b", settings_b, StaticShards(64, {"Counter": set(range(32, 64))}, epoch=2)) as server_b:
             owner = {"now": ("node-a", 1)}
             addresses = {"node-a": server_a.address, "node-b": server_b.address}
             edge = ClusterClient("edge-1", "edge", route=lambda _r: owner["now"], address_of=addresses.get,
@@ -92,10 +102,8 @@ def test_a_retry_answer_on_the_fast_path_is_resent_to_the_next_owner(tmp_path: P
             asyncio.get_running_loop().call_later(0.2, owner.update, {"now": ("node-b", 2)})
             reply = await asyncio.wait_for(got, 30)
             assert reply.ok and reply.message_id == "c1"
-            assert b.node.resident(ref) is not None and a.node.resident(ref) is None  # applied at B, never at A
+            assert server_b.node.resident(ref) is not None and server_a.node.resident(ref) is None  # at B, never at A
             await edge.close()
-            await server_a.stop()
-            await server_b.stop()
 
     asyncio.run(scenario())
 
@@ -104,9 +112,7 @@ def test_a_lost_link_hands_waiting_asks_to_the_slow_path(tmp_path: Path) -> None
     """Asks waiting on a link that breaks are resent on a new link (same IDs: applied once)."""
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
-        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as p:
-            server = NodeServer(p.node, "node-a", is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: "node-a")
-            await server.start()
+        async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
             edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
                                  auth=EDGE_AUTH)
@@ -130,7 +136,6 @@ def test_a_lost_link_hands_waiting_asks_to_the_slow_path(tmp_path: Path) -> None
             total = await edge.ask(ref, ClientMessage("peek", time.time(), "conn", msgpack.packb({"type": "peek"})))
             assert total.payload == 21  # "warm" + 20, each once
             await edge.close()
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -138,9 +143,7 @@ def test_a_lost_link_hands_waiting_asks_to_the_slow_path(tmp_path: Path) -> None
 def test_latest_wins_updates_leave_once_per_loop_iteration_and_the_rest_at_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
-        async with build_platform(settings, entities=[Counter], ownership=StaticShards(64, OWNED, epoch=1)) as p:
-            server = NodeServer(p.node, "node-a", is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: "node-a")
-            await server.start()
+        async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
             edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
                                  auth=EDGE_AUTH)
@@ -160,7 +163,6 @@ def test_latest_wins_updates_leave_once_per_loop_iteration_and_the_rest_at_once(
                 [{"chat": n} for n in range(10)]  # every one, in order
             assert Terminate("conn-x", "bye") in effects
             await edge.close()
-            await server.stop()
 
     asyncio.run(scenario())
 

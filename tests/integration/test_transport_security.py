@@ -27,10 +27,8 @@ from kazoo.exceptions import NoAuthError
 
 from domain import ClientMessage, Connect, EntityRef
 from domain.messages import EntityMessage
-from edge.cluster import ClusteredEdge
 from infrastructure.cluster.layout import Layout
 from infrastructure.cluster.ownership import Ownership
-from infrastructure.cluster.state_node import ClusteredStateNode
 from infrastructure.cluster.zookeeper import MemberInfo, ZooKeeperAuth, ZooKeeperCoordinator, zookeeper_client
 from infrastructure.errors import ConfigurationError
 from infrastructure.settings import Settings
@@ -38,6 +36,8 @@ from infrastructure.transport import tls
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
 from ops.status import StatusError, read_status
+from ops.wiring.edge import ClusteredEdge
+from ops.wiring.state_node import ClusteredStateNode
 from tests.support.cluster import ClusterSecrets
 from tests.support.servers import ZooKeeperServer
 from tests.support.tls import make_certificates
@@ -68,7 +68,7 @@ class Running:
         return [r for r in refs if self.edge_view.route(r) and self.edge_view.route(r)[0] == node.settings.node_id][:count]
 
     def stored(self, ref: EntityRef) -> list[str]:
-        return [e.topic.rsplit(".", 1)[-1] for e in self.a.platform.journal.read(ref.stream_id)]
+        return [e.topic.rsplit(".", 1)[-1] for e in self.a.journal.read(ref.stream_id)]
 
     def client(self, role: str = "edge", auth: LinkAuth | None = None, ssl: SSLContext | None = None) -> ClusterClient:
         """A transport client named ``edge-1`` (the registered edge), routed by the edge's view."""

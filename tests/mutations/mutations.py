@@ -200,15 +200,15 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{TAKEOVER}::test_zombie_owner_cannot_write_after_takeover",),
     ),
     Mutation(
-        "leave-before-flush", "drain-flush", "infrastructure/cluster/state_node.py",
+        "leave-before-flush", "drain-flush", "ops/wiring/state_node.py",
         old="""        self.ownership.draining()
-        await self.platform.node.drain()
+        await self.node.drain()
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.coordinator.stop()""",
         new="""        self.ownership.draining()
         await self.coordinator.stop()
-        await self.platform.node.drain()
+        await self.node.drain()
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)""",
         tests=("tests/integration/test_cluster_nodes.py::"
@@ -458,7 +458,7 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{TAKEOVER}::test_an_owner_that_gets_the_shard_back_answers_from_the_store_not_its_old_copy",),
     ),
     Mutation(
-        "lost-shard-kept-resident", "stale-copy", "infrastructure/cluster/state_node.py",
+        "lost-shard-kept-resident", "stale-copy", "ops/wiring/state_node.py",
         old="""        if moved:""",
         new="""        if False:""",
         tests=("tests/integration/test_cluster_nodes.py::test_a_shard_that_comes_back_is_served_from_the_store_not_from_the_old_copy",),

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from edge.config import EdgeConfig
-from infrastructure.cli import main as xplatform
 from infrastructure.settings import Settings
+from ops.cli import main as xplatform
 
 DEPLOY = Path(__file__).resolve().parents[2] / "ops" / "deploy"
 K8S_VERSION = "1.30.0"

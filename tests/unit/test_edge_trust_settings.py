@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from edge.config import DEV_AUDIENCE, DEV_ISSUER, EdgeConfig, is_loopback, parse_networks
 from edge.errors import EdgeConfigurationError
 from infrastructure.errors import ConfigurationError
+from ops.local.xplatform_run import XplatformRun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,32 +77,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "XPLATFORM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), **extra}
 
 
-def _wait_for(stream: IO[str], pattern: str, process: subprocess.Popen[str], timeout: float = 60) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        found = re.search(pattern, line)
-        if found:
-            return found
-    raise AssertionError(f"{pattern!r} not printed; got {''.join(seen)!r}")
-
-
-def _stop(process: subprocess.Popen[str]) -> str:
-    """SIGINT, wait, and return what it wrote to stderr (the log)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.stderr.read() if process.stderr else ""
-
-
 def _status(url: str, headers: dict[str, str] | None = None) -> int:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as resp:
@@ -114,7 +86,7 @@ def _status(url: str, headers: dict[str, str] | None = None) -> int:
 
 
 def test_run_refuses_dev_tokens_on_a_non_loopback_host(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "run", "--host", "0.0.0.0", "--port", "0"],
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--host", "0.0.0.0", "--port", "0"],
                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "EdgeConfigurationError" in done.stderr and "XPLATFORM_EDGE_DEV_TOKENS" in done.stderr
@@ -125,7 +97,7 @@ def test_edge_refuses_to_start_without_issuer_and_audience(tmp_path: Path) -> No
     """``xplatform edge`` (a production edge) fails before it connects anywhere."""
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": []}')
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "edge", "--port", "0"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "edge", "--port", "0"], cwd=tmp_path,
                           env=_env(tmp_path, XPLATFORM_ZOOKEEPER_HOSTS="127.0.0.1:9", XPLATFORM_JWT_JWKS_FILE=str(jwks),
                                    XPLATFORM_EDGE_DEV_TOKENS="1"),  # not honoured by a clustered edge
                           capture_output=True, text=True, timeout=60)
@@ -134,31 +106,29 @@ def test_edge_refuses_to_start_without_issuer_and_audience(tmp_path: Path) -> No
 
 
 def test_run_on_the_network_when_asked_warns_and_serves_metrics_on_the_internal_listener(tmp_path: Path) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--host", "0.0.0.0", "--port", "0",
-                               "--dev-tokens-on-network"], cwd=tmp_path, env=_env(tmp_path), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = XplatformRun.start(("--host", "0.0.0.0", "--port", "0", "--dev-tokens-on-network"), cwd=tmp_path,
+                                env=_env(tmp_path))
     try:
-        assert server.stdout is not None
-        metrics_url = _wait_for(server.stdout, r"metrics at (http://127\.0\.0\.1:\d+/metrics)", server).group(1)
-        port = _wait_for(server.stdout, r"serving on http://0\.0\.0\.0:(\d+)/", server).group(1)
+        metrics_url = server.wait_for(r"metrics at (http://127\.0\.0\.1:\d+/metrics)").group(1)
+        port = server.wait_for(r"serving on http://0\.0\.0\.0:(\d+)/").group(1)
         public = f"http://127.0.0.1:{port}"
         assert _status(f"{public}/metrics") == 404  # not on the public port
         assert _status(metrics_url) == 200
         assert _status(f"{public}/dev/token?sub=ann") == 200
         assert _status(f"{public}/dev/token?sub=ann", {"Host": f"rebound.evil.test:{port}"}) == 403
     finally:
-        log = _stop(server)
+        server.stop(signal.SIGINT)
+        log = server.log()
+        server.close()
     assert "DEV TOKENS ARE SERVED ON THE NETWORK" in log, log
 
 
 def test_the_access_log_never_shows_a_token_sent_in_the_query_string(tmp_path: Path) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "infrastructure.cli", "run", "--port", "0"], cwd=tmp_path,
-                              env=_env(tmp_path), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = XplatformRun.start(("--port", "0"), cwd=tmp_path, env=_env(tmp_path))
     secret = f"eyJhbGciOiJFUzI1NiJ9.{uuid.uuid4().hex}.sig"
     cid = str(uuid.uuid4())
     try:
-        assert server.stdout is not None
-        url = _wait_for(server.stdout, r"serving on (http://\S+)/ ", server).group(1)
+        url = server.url.rstrip("/")
         upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol": "xplatform.v1",
                    "Referer": f"{url}/?access_token={secret}"}
@@ -169,7 +139,9 @@ def test_the_access_log_never_shows_a_token_sent_in_the_query_string(tmp_path: P
         conn.close()
         assert _status(f"{url}/dev/token?sub=ann&token={secret}") == 200
     finally:
-        log = _stop(server)
+        server.stop(signal.SIGINT)
+        log = server.log()
+        server.close()
     assert f"/ws/Lot/l1?cid={cid}&access_token=*** HTTP/1.1\" 401" in log, log  # ...and logged without it
     assert "/dev/token?sub=ann&token=***" in log
     assert secret not in log and secret.split(".")[1] not in log

@@ -14,10 +14,10 @@ import pytest
 
 from domain.auction import Bidder, Lot
 from domain.presence import Room, UserState
-from infrastructure.bootstrap import build_platform
 from infrastructure.errors import ConfigurationError
 from infrastructure.runtime.entity_modules import EntityTopicError, entity_types_from, resolve_entities
 from infrastructure.settings import Settings
+from ops.wiring.dev import build_platform
 
 MODULE = '''
 from domain import Entity

@@ -16,10 +16,10 @@ import msgpack
 from domain import ClientMessage, EntityRef
 from domain.auction import Bidder, Lot
 from domain.idempotency import LEGACY, ReplyWindow
-from infrastructure.bootstrap import build_platform
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
 from infrastructure.testkit import Sandbox
+from ops.wiring.dev import build_platform
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "pre_sender_idempotency.sqlite3"
 LOT = EntityRef("Lot", "legacy")

@@ -24,7 +24,7 @@ def test_readme_sandbox_example_runs() -> None:
 
 def _xplatform(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path / "data")}
-    return subprocess.run([sys.executable, "-m", "infrastructure.cli", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -75,7 +75,7 @@ async def _drive_served_platform(url: str) -> None:
 
 def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, "XPLATFORM_STORE": "oracle"}
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "settings"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "settings"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "ConfigurationError: XPLATFORM_STORE must be one of" in done.stderr
 

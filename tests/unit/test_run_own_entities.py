@@ -89,7 +89,7 @@ async def _write_a_note(url: str) -> None:
 @pytest.mark.parametrize("command", [["run", "--port", "0"], ["edge", "--port", "0"], ["state-node"]])
 def test_every_process_refuses_a_wrong_topic_in_one_line(tmp_path: Path, command: list[str]) -> None:
     env = {**_env(tmp_path, "xp_notes:NOTES"), "XPLATFORM_ZOOKEEPER_HOSTS": "127.0.0.1:1"}  # never reached
-    done = subprocess.run([sys.executable, "-m", "infrastructure.cli", *command], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "ops.cli", *command], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [

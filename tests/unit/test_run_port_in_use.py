@@ -18,7 +18,7 @@ def test_run_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
-        done = subprocess.run([sys.executable, "-m", "infrastructure.cli", "run", "--port", str(port)], cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "ops.cli", "run", "--port", str(port)], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _xplatform(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "infrastructure.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -130,8 +130,8 @@ def test_the_runtime_logs_a_handler_bug_with_entity_and_message(caplog: pytest.L
     import asyncio
     import time
 
-    from infrastructure.bootstrap import build_platform
     from infrastructure.settings import Settings
+    from ops.wiring.dev import build_platform
 
     async def main() -> Any:
         async with build_platform(Settings(store="sqlite", data_dir=str(tmp_path)), entities=(Buggy,)) as p:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -35,10 +34,10 @@ import msgpack
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
 from domain.entity import Entity
-from infrastructure.bootstrap import Platform, build_platform
 from infrastructure.errors import InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import SAMPLE_ENTITIES, Settings
+from ops.wiring.dev import Platform, build_platform
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,20 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.command == "run":
-            _serve(settings, args.host, args.port, args.dev_tokens_on_network, args.workers)
+            from ops.wiring.dev import run as run_dev
+
+            run_dev(settings, args.host, args.port, args.dev_tokens_on_network, args.workers)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
         elif args.command == "state-node" and args.supervised:
             from infrastructure.cluster.supervisor import supervise_state_node
 
-            return asyncio.run(supervise_state_node(settings))
+            return asyncio.run(supervise_state_node(settings, [sys.executable, "-m", "ops.cli", "state-node"]))
         elif args.command == "state-node":
-            from infrastructure.cluster.state_node import serve_state_node
+            from ops.wiring.state_node import serve_state_node
 
             asyncio.run(serve_state_node(settings))
         elif args.command == "edge":
-            from edge.cluster import serve_cluster_edge
             from infrastructure.runtime.entity_modules import entity_types_from
+            from ops.wiring.edge import serve_cluster_edge
 
             if args.port is not None:
                 settings = settings.with_(edge_port=args.port)
@@ -108,38 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _serve(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool,
-           workers: int | None = None) -> None:
-    """``run``: dev mode is the one-process platform plus its edge; dev tokens are on unless
-    XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them). With dev tokens a
-    non-loopback host is refused (EdgeConfigurationError) unless ``--dev-tokens-on-network``."""
-    from edge.app import serve
-    from edge.config import EdgeConfig
-
-    overrides: dict[str, Any] = {}
-    if "XPLATFORM_EDGE_DEV_TOKENS" not in os.environ:
-        overrides["dev_tokens"] = True
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if dev_tokens_on_network:
-        overrides["dev_tokens_on_network"] = True
-    config = EdgeConfig.from_settings(settings, **overrides)
-    workers = settings.edge_workers if workers is None else workers
-    where = settings.sqlite_path if settings.store == "sqlite" else settings.store
-    if workers:
-        from ops.wiring.workers import serve_with_workers
-
-        print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
-              f"node={settings.node_id}", flush=True)
-        asyncio.run(serve_with_workers(settings, config, workers))
-        return
-    platform = build_platform(settings)
-    print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
-    asyncio.run(serve(platform, config))
 
 
 def _new(name: str, directory: Path) -> None:
