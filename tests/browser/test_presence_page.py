@@ -13,7 +13,8 @@ from selenium.common.exceptions import StaleElementReferenceException, TimeoutEx
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.test_demo_page import WAIT_S, Browser, DemoServer, browsers, diagnostics, server
+from ops.local.xplatform_run import XplatformRun
+from tests.browser.test_demo_page import WAIT_S, Browser, browsers, diagnostics, server
 
 __all__ = ["browsers", "server"]  # the fixtures, shared with the auction page's test
 
@@ -46,7 +47,7 @@ def _online_in_room(page: Browser, url: str, name: str, room: str) -> None:
     page.wait_text("room-id", room)
 
 
-def test_two_pages_see_each_others_presence(server: DemoServer, browsers: Callable[[str], Browser],
+def test_two_pages_see_each_others_presence(server: XplatformRun, browsers: Callable[[str], Browser],
                                             tmp_path: Path) -> None:
     url = server.url
     assert url is not None
