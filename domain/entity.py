@@ -44,6 +44,7 @@ from eventsourcing.domain import (
     MetaDomainEvent,
 )
 
+from domain.commands import FastCommand
 from domain.errors import PayloadDecodeError, Rejected
 from domain.idempotency import LEGACY
 from domain.platform_part import PlatformPart
@@ -126,7 +127,7 @@ class Handler:
     a client value of another type, or a non-finite number for a ``float``, is refused with
     ``bad_payload`` and never reaches the handler (so it is never stored)."""
 
-    __slots__ = ("func", "params", "var_kw", "checks")
+    __slots__ = ("func", "params", "var_kw", "checks", "required", "accepted", "check_items")
 
     def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
@@ -144,17 +145,21 @@ class Handler:
             hints = {}
         checks = {name: _value_check(hints.get(name)) for name in self.params}
         self.checks = {name: check for name, check in checks.items() if check is not None}
+        # the per-message form of the above: set comparisons and a tuple (every client message)
+        self.required = frozenset(name for name, required in self.params.items() if required)
+        self.accepted = frozenset(self.params)
+        self.check_items = tuple(self.checks.items())
 
     def check(self, data: Mapping[str, Any]) -> None:
         """Raise PayloadDecodeError when ``data`` does not fit the handler's parameters."""
-        missing = [name for name, required in self.params.items() if required and name not in data]
-        if missing:
-            raise PayloadDecodeError(f"missing fields: {', '.join(sorted(missing))}")
-        if not self.var_kw:
-            extra = [name for name in data if name not in self.params]
-            if extra:
-                raise PayloadDecodeError(f"unexpected fields: {', '.join(sorted(map(str, extra)))}")
-        for name, (test, what) in self.checks.items():
+        keys = data.keys()
+        if not keys >= self.required:
+            missing = sorted(self.required.difference(keys))
+            raise PayloadDecodeError(f"missing fields: {', '.join(missing)}")
+        if not self.var_kw and not keys <= self.accepted:
+            extra = sorted(map(str, keys - self.accepted))
+            raise PayloadDecodeError(f"unexpected fields: {', '.join(extra)}")
+        for name, (test, what) in self.check_items:
             if name in data and not test(data[name]):
                 raise PayloadDecodeError(f"field {name!r} must be {what}")
 
@@ -313,6 +318,7 @@ class Entity(BaseAggregate[str]):
         # for every entity, stored with the topics they always had (``domain.entity:Entity.*``).
         for name in PLATFORM_EVENTS:
             setattr(cls, name, Entity.__dict__[name])
+        FastCommand.install(cls)  # after the library analysed the class: see domain/commands.py
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -405,8 +411,7 @@ class Entity(BaseAggregate[str]):
         """check_* helper: refuse unless the sender's connection has claim ``name`` in ``accepted``."""
         claims = ctx.claims or {}
         have = claims.get(name)
-        values = have if isinstance(have, list) else [have]
-        if not any(v in accepted for v in values):
+        if not (any(v in accepted for v in have) if isinstance(have, list) else have in accepted):
             raise Rejected(f"requires {name} in {sorted(map(str, accepted))}")
 
     # ----------------------------------------------------------------- timers and ownership

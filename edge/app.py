@@ -24,6 +24,7 @@ import asyncio
 import logging
 import re
 import signal
+import socket
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -48,9 +49,12 @@ CONFIG_KEY = web.AppKey("xplatform_edge_config", EdgeConfig)
 
 
 def build_edge_app(transport: Transport, categories: Collection[str], config: EdgeConfig, *,
-                   metrics: EdgeMetrics | None = None, static_dir: Path | None = STATIC_DIR) -> web.Application:
+                   metrics: EdgeMetrics | None = None, static_dir: Path | None = STATIC_DIR,
+                   dev_issuer: DevTokenIssuer | None = None) -> web.Application:
     """The edge application on ``transport`` for entities of ``categories`` (see the module
-    docstring). ``static_dir``: the demo page's files (None: none served)."""
+    docstring). ``static_dir``: the demo page's files (None: none served). ``dev_issuer``:
+    the dev token issuer when ``config.dev_tokens`` (one shared key, e.g. by the edge workers
+    of one ``xplatform run --workers``); default: a key made here."""
     metrics = metrics or EdgeMetrics()
     verifier = build_verifier(config)
     app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
@@ -59,7 +63,7 @@ def build_edge_app(transport: Transport, categories: Collection[str], config: Ed
         if not is_loopback(config.host):
             log.warning("DEV TOKENS ARE SERVED ON THE NETWORK (%s): anyone who reaches this port can get a token "
                         "for any user and role. Never do this outside a trusted lab network.", config.host)
-        issuer = DevTokenIssuer(config.token_issuer, config.token_audience)
+        issuer = dev_issuer or DevTokenIssuer(config.token_issuer, config.token_audience)
         verifier.keys.add_jwks(issuer.jwks())
         app[DEV_ISSUER_KEY] = issuer
         app.router.add_get("/dev/token", _dev_token)
@@ -110,17 +114,19 @@ def _add_static(app: web.Application, static_dir: Path) -> None:
         app.router.add_static("/static/", static_dir, follow_symlinks=False)
 
 
-async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None]) -> None:
-    """Serve ``app`` on the configured address until SIGINT/SIGTERM; ``announce(port)`` once
+async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable[[int], None],
+                    sock: socket.socket | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve ``app`` on the configured address (or on the listening socket ``sock``, e.g. one
+    shared by edge workers) until SIGINT/SIGTERM or ``stop`` is set; ``announce(port)`` once
     listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
     await runner.setup()
     try:
-        server = await listen_public(runner, app, config.host, config.port)
+        server = await listen_public(runner, app, config.host, config.port, sock=sock)
     except BaseException:
         await runner.cleanup()  # what started with the app (a platform, a coordinator) stops again
         raise
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -135,8 +141,9 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
 
 
 async def listen_public(runner: web.AppRunner, app: web.Application, host: str, port: int,
-                        backlog: int = 128) -> asyncio.Server:
+                        backlog: int = 128, sock: socket.socket | None = None) -> asyncio.Server:
     """Listen for ``app`` (set up in ``runner``) behind its public edge's socket guard (the
     socket cap and handshake deadline, :mod:`edge.sockets`). Close it before ``runner.cleanup()``."""
     edge = app[EDGE_KEY]
-    return await listen(runner, edge.sockets, host, port, backlog, on_accept_error=edge.metrics.accept_errors.inc)
+    return await listen(runner, edge.sockets, host, port, backlog, on_accept_error=edge.metrics.accept_errors.inc,
+                        sock=sock)

@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.errors import AuthError, EdgeConfigurationError, KeySourceError
@@ -216,12 +217,27 @@ class DevTokenIssuer:
     the private key lives in memory only, so tokens die with the process.
     """
 
-    def __init__(self, issuer: str = "", audience: str = "", ttl_s: int = 3600) -> None:
-        self._private = ec.generate_private_key(ec.SECP256R1())
-        self.kid = f"dev-{secrets.token_hex(6)}"
+    def __init__(self, issuer: str = "", audience: str = "", ttl_s: int = 3600, *,
+                 private_pem: bytes | None = None, kid: str | None = None) -> None:
+        """``private_pem``/``kid``: the key of another issuer (:meth:`key_pem`), so that the
+        edge workers of one ``xplatform run`` trust each other's tokens; default: a new key."""
+        if private_pem is None:
+            self._private = ec.generate_private_key(ec.SECP256R1())
+        else:
+            key = serialization.load_pem_private_key(private_pem, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise EdgeConfigurationError("the dev token key must be an EC (P-256) private key")
+            self._private = key
+        self.kid = kid or f"dev-{secrets.token_hex(6)}"
         self.issuer = issuer
         self.audience = audience
         self.ttl_s = ttl_s
+
+    def key_pem(self) -> bytes:
+        """The private key, PEM (PKCS#8, unencrypted): only for handing it to this run's own
+        edge workers through a file only this user can read."""
+        return self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
 
     def jwks(self) -> dict[str, Any]:
         """Public half as a JWKS document (what the verifier trusts)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -224,8 +225,9 @@ def raise_open_file_limit() -> int | None:
 
 
 async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, port: int, backlog: int = 128,
-                 on_accept_error: Callable[[], None] | None = None) -> asyncio.Server:
-    """Serve ``runner``'s application on ``host:port`` behind ``guard`` (None: unguarded),
+                 on_accept_error: Callable[[], None] | None = None, sock: socket.socket | None = None) -> asyncio.Server:
+    """Serve ``runner``'s application on ``host:port`` (or on the already listening ``sock``,
+    e.g. one inherited from ``xplatform run --workers``) behind ``guard`` (None: unguarded),
     with accept errors rate limited on this loop. Close the returned server before
     ``runner.cleanup()``. Raises :class:`~edge.errors.AddressInUse` when the address is taken."""
     loop = asyncio.get_running_loop()
@@ -234,6 +236,8 @@ async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, po
     server = runner.server
     assert server is not None, "runner.setup() first"
     factory = guard.factory(server) if guard is not None else server
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock, backlog=backlog)
     try:
         return await loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
     except OSError as exc:

@@ -91,7 +91,8 @@ def run_rate(rate: float, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xplatform-hot-") as data_dir:
         env = {**os.environ, "XPLATFORM_DATA_DIR": data_dir, "XPLATFORM_STORE": "sqlite", **SERVER_ENV,
                **dict(kv.split("=", 1) for kv in args.server_env)}
-        server = XplatformRun.start(("--port", "0"), cwd=ROOT, env=env, log_path=os.path.join(data_dir, "server.log"))
+        server = XplatformRun.start(("--port", "0", "--workers", str(args.workers)), cwd=ROOT, env=env,
+                                    log_path=os.path.join(data_dir, "server.log"))
         try:
             url = server.url.rstrip("/")
             print(f"[bench] rate {rate:.0f}/s: server pid {server.process.pid} at {url}", file=sys.stderr, flush=True)
@@ -157,7 +158,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps(result), flush=True)
         runs.append(result)
     summary: dict[str, Any] = {
-        "bench": "hot_entity_sweep", "server": "python -m ops.cli run (sqlite, defaults)",
+        "bench": "hot_entity_sweep", "server": f"python -m ops.cli run --workers {args.workers} (sqlite, defaults)",
         "server_env": {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.server_env)},
         "viewers": args.viewers, "bidders": args.bidders, "warmup_s": args.warmup, "window_s": args.window,
         "criterion": f"latency p99 <= {OK_P99_MS:.0f} ms and accepted >= {OK_ACCEPTED:.0%} of offered",
@@ -447,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer", choices=PEERS, default=None, help="also run this peer's harness")
     parser.add_argument("--peers-dir", default=None, help="folder holding the peer harnesses (default: shared/peers "
                         "beside or above this checkout)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="edge worker processes of the server (xplatform run --workers N; 0: one process)")
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--bidders", type=int, default=100)
     parser.add_argument("--sample", type=int, default=100, help="viewers whose freshness is recorded")

@@ -88,8 +88,16 @@ def _events_table(db: sqlite3.Connection) -> str:
 
 
 def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of ``process`` and its live children (``xplatform run --workers``: the edge
+    workers are the server too)."""
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _bid_frame(bidder: int, amount: int) -> bytes:

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dev-tokens-on-network", action="store_true",
                      help="serve dev tokens (any identity to whoever asks) on a non-loopback --host too; "
                           "refused otherwise. Only on a trusted lab network (XPLATFORM_EDGE_DEV_TOKENS_ON_NETWORK=1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="edge worker processes beside the state node (one machine, several cores: "
+                          "ops/wiring/workers.py); default XPLATFORM_EDGE_WORKERS, 0 = all in one process")
     demo = sub.add_parser("demo", help="drive the sample domain through the platform from the console")
     demo.add_argument("--lot", default="", help="lot ID to use (default: a new one per run)")
     state_node = sub.add_parser("state-node", help="run a clustered state node (needs XPLATFORM_ZOOKEEPER_HOSTS)")
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from ops.wiring.dev import run as run_dev
 
-            run_dev(settings, args.host, args.port, args.dev_tokens_on_network)
+            run_dev(settings, args.host, args.port, args.dev_tokens_on_network, args.workers)
         elif args.command == "demo":
             asyncio.run(_demo(settings, args.lot or f"demo-{uuid.uuid4().hex[:8]}"))
         elif args.command == "state-node" and args.supervised:

@@ -28,6 +28,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from ssl import SSLContext, SSLError
 
 from domain.effects import Reply
@@ -44,6 +45,23 @@ from infrastructure.transport.port import OutboundSink, ReplyCallback, callback_
 log = logging.getLogger(__name__)
 
 Route = Callable[[EntityRef], tuple[str, int] | None]
+
+SWEEP_S = 0.05
+"""How often fast-path asks are checked for their deadline and for their entity moving to
+another node: as often as :meth:`ClusterClient._await_reply` looks, so a failover is noticed
+as soon on either path; one walk over the few asks in flight, not a timer per message."""
+
+
+@dataclass(slots=True)
+class _Ask:
+    """A fast-path ask in flight (:meth:`ClusterClient.ask_callback`)."""
+
+    on_reply: ReplyCallback
+    to: EntityRef
+    message: Inbound
+    link: Link
+    node: str
+    deadline: float
 
 
 class ClusterClient:
@@ -67,6 +85,9 @@ class ClusterClient:
         self._pending: dict[int, tuple[asyncio.Future[ReplyEnvelope], Link]] = {}
         self._corr = itertools.count(1)
         self._sinks: list[OutboundSink] = []
+        self._asks: dict[int, _Ask] = {}
+        """Fast-path asks waiting for their reply, by correlation ID (see ask_callback)."""
+        self._sweeper: asyncio.TimerHandle | None = None
         self._held: Counter[EntityRef] = Counter()
         self._interest_at: dict[EntityRef, str] = {}
 
@@ -92,8 +113,58 @@ class ClusterClient:
 
     def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
                      timeout: float | None = None) -> None:
-        """:meth:`ask` with a callback (see the transport port), on top of its future."""
-        callback_when_done(self.ask_future(to, message, timeout), on_reply)
+        """:meth:`ask` with a callback (see the transport port). The steady state - the
+        owner known, its link up, our interest announced - is one DELIVER answered straight
+        from the link's reader: no task, future or timer per message (deadlines and owner
+        changes are checked every :data:`SWEEP_S` for all asks together). Everything else
+        (no link yet, a ``retry`` answer, a reply from a replaced owner, the owner changing
+        or the link breaking while we wait) continues in :meth:`ask` with the time left,
+        and its handoff resends (same message ID: safe)."""
+        owner = self.route(to)
+        link = None if owner is None else self._links.get((owner[0], self.lane_of(to)))
+        if link is None or link.closed.is_set() or owner is None or (
+                to in self._held and self._interest_at.get(to) != owner[0]):
+            callback_when_done(self.ask_future(to, message, timeout), on_reply)
+            return
+        loop = asyncio.get_running_loop()
+        corr = next(self._corr)
+        ask = _Ask(on_reply, to, message, link, owner[0], loop.time() + (timeout or self.ask_timeout_s))
+        self._asks[corr] = ask
+        if not link.send(Deliver(corr, to, message, True)):
+            del self._asks[corr]
+            callback_when_done(self.ask_future(to, message, timeout), on_reply)
+            return
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+
+    def _answered(self, ask: _Ask, envelope: ReplyEnvelope) -> None:
+        """A fast-path reply: handed over, unless it asks for the slow path (see ask_callback)."""
+        reply = envelope.reply
+        current = self.route(ask.to)
+        if (not reply.ok and reply.code == "retry") or (current is not None and envelope.epoch < current[1]):
+            self._continue(ask)
+        else:  # the envelope carries no message ID (the caller has it)
+            ask.on_reply(Reply(ask.message.message_id, reply.ok, reply.payload, reply.code, reply.reason,
+                               reply.retryable), None)
+
+    def _continue(self, ask: _Ask) -> None:
+        """Hand a fast-path ask over to :meth:`ask` with the time it has left."""
+        left = ask.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            ask.on_reply(_retry(ask.message.message_id, f"no reply for {ask.to} in time"), None)
+        else:
+            callback_when_done(self.ask_future(ask.to, ask.message, left), ask.on_reply)
+
+    def _sweep(self) -> None:
+        """Every SWEEP_S while fast-path asks wait: past their deadline -> ``retry``; their
+        entity moved to another node -> continued in :meth:`ask` (as ``_await_reply`` does)."""
+        now = asyncio.get_running_loop().time()
+        for corr, ask in list(self._asks.items()):
+            owner = self.route(ask.to)
+            if ask.deadline <= now or (owner is not None and owner[0] != ask.node):
+                del self._asks[corr]
+                self._continue(ask)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep) if self._asks else None
 
     async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float) -> tuple[Reply, bool]:
         """One attempt; the flag says whether the shard looked like it was moving."""
@@ -225,6 +296,9 @@ class ClusterClient:
 
     # ------------------------------------------------------------------ links
     async def close(self) -> None:
+        asks, self._asks = self._asks, {}
+        for ask in asks.values():
+            ask.on_reply(_retry(ask.message.message_id, "transport closed"), None)
         for link in list(self._links.values()):
             link.close()
         self._links.clear()
@@ -304,6 +378,10 @@ class ClusterClient:
 
     def _on_envelope(self, link: Link, envelope: Envelope) -> None:
         if isinstance(envelope, ReplyEnvelope):
+            ask = self._asks.pop(envelope.corr, None)
+            if ask is not None:
+                self._answered(ask, envelope)
+                return
             waiting = self._pending.get(envelope.corr)
             if waiting is not None and not waiting[0].done():
                 waiting[0].set_result(envelope)
@@ -318,6 +396,10 @@ class ClusterClient:
         for future, on_link in list(self._pending.values()):
             if on_link is link and not future.done():
                 future.set_exception(ConnectionError(f"link {link.name} closed"))
+        for corr, ask in list(self._asks.items()):
+            if ask.link is link:
+                del self._asks[corr]
+                self._continue(ask)
         for ref, node in list(self._interest_at.items()):
             if node == link.peer:
                 del self._interest_at[ref]

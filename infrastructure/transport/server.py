@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from ssl import SSLContext
 
-from domain.effects import Reply, Send, Terminate
+from domain.effects import Reply, Send, Terminate, ToAllConnections, ToConnection
 from domain.errors import NotAuthorised, RetryLater
 from domain.messages import ClientMessage, Connect, EntityMessage, Terminated
 from domain.refs import EntityRef
@@ -78,6 +78,8 @@ class NodeServer:
         self._interest: dict[EntityRef, set[Link]] = defaultdict(set)
         self._link_interest: dict[Link, set[EntityRef]] = defaultdict(set)
         self._log_limit = FailureLog()
+        self._latest: dict[tuple[EntityRef, ToAllConnections | ToConnection, str], Send] | None = None
+        """Latest-wins updates of this loop iteration (see :meth:`publish`); None: none yet."""
 
     @property
     def address(self) -> str:
@@ -197,9 +199,34 @@ class NodeServer:
         return totals
 
     def publish(self, source: EntityRef, effect: Send | Terminate) -> None:
-        """OutboundSink: once per interested edge."""
+        """OutboundSink: once per interested edge. A latest-wins state update (a Send with a
+        ``coalesce_key`` to one connection or to all) waits for the end of this loop
+        iteration, and only the newest per (entity, target, key) leaves: a group commit
+        releases a hot entity's updates of a whole batch together, and the edge keeps only
+        the newest per tick anyway, so sending each would cost an encoding here and a
+        decoding there per message for frames no client sees. Everything else leaves now."""
         links = self._interest.get(source)
-        if links:
-            data = frame(Outbound(source, effect))  # encoded once for every interested edge
-            for link in list(links):
-                link.send_frame(data)
+        if not links:
+            return
+        if isinstance(effect, Send) and effect.coalesce_key is not None and isinstance(
+                effect.target, (ToAllConnections, ToConnection)):
+            latest = self._latest
+            if latest is None:
+                latest = self._latest = {}
+                asyncio.get_running_loop().call_soon(self._publish_latest)
+            latest[(source, effect.target, effect.coalesce_key)] = effect
+            return
+        self._send_outbound(source, effect, links)
+
+    def _publish_latest(self) -> None:
+        latest, self._latest = self._latest, None
+        for (source, _target, _key), effect in (latest or {}).items():
+            links = self._interest.get(source)
+            if links:
+                self._send_outbound(source, effect, links)
+
+    @staticmethod
+    def _send_outbound(source: EntityRef, effect: Send | Terminate, links: set[Link]) -> None:
+        data = frame(Outbound(source, effect))  # encoded once for every interested edge
+        for link in list(links):
+            link.send_frame(data)

@@ -12,4 +12,5 @@ checked by the import-linter contracts in pyproject.toml).
 - :mod:`ops.wiring.state_node`: a clustered state node (``xplatform state-node``)
 - :mod:`ops.wiring.edge`: a clustered public edge (``xplatform edge``)
 - :mod:`ops.wiring.metrics`: ``/metrics``, served the same way by every process
+- :mod:`ops.wiring.workers`: ``xplatform run --workers N`` (a state node and N edge worker processes on one port)
 """

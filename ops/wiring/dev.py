@@ -114,14 +114,24 @@ async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event
     await serve_app(dev_app(platform, config), config, announce)
 
 
-def run(settings: Settings, host: str | None = None, port: int | None = None, dev_tokens_on_network: bool = False) -> None:
+def run(settings: Settings, host: str | None = None, port: int | None = None, dev_tokens_on_network: bool = False,
+        workers: int | None = None) -> None:
     """``xplatform run``: dev mode is the one-process platform plus its edge; dev tokens are
     on unless XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them). With dev
     tokens a non-loopback host is refused (EdgeConfigurationError) unless
-    ``dev_tokens_on_network``."""
+    ``dev_tokens_on_network``. ``workers`` (default: the ``edge_workers`` setting) edge
+    worker processes beside the state node instead of one process: :mod:`ops.wiring.workers`."""
     config = dev_edge_config(settings, host, port, dev_tokens_on_network)
-    platform = build_platform(settings)
+    workers = settings.edge_workers if workers is None else workers
     where = settings.sqlite_path if settings.store == "sqlite" else settings.store
+    if workers:
+        from ops.wiring.workers import serve_with_workers
+
+        print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
+              f"node={settings.node_id}", flush=True)
+        asyncio.run(serve_with_workers(settings, config, workers))
+        return
+    platform = build_platform(settings)
     print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
     asyncio.run(serve_dev(platform, config))
 
