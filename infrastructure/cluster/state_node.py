@@ -67,12 +67,13 @@ class ClusteredStateNode:
         types = entity_types_from(settings, entities)  # first: a wrong topic is named before anything else
         auth = link_auth_from(settings, "state")  # before anything starts: no secrets, no node
         zookeeper_auth = ZooKeeperAuth.from_settings(settings)
-        self.ownership = Ownership(settings.node_id, settings.shards_per_category)
+        self.ownership = Ownership(settings.node_id, settings.shards_per_category,
+                                   previous_owner_window_s=settings.transport_previous_owner_window_s)
         self.platform: Platform = build_platform(settings, entities=types, journal=journal, ownership=self.ownership)
         layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
         categories = {c: settings.shards_per_category for c in self.platform.node.types.categories}
         self.server = NodeServer(self.platform.node, settings.node_id, is_member=lambda n: self.coordinator.is_member(n),
-                                 auth=auth, owner_of=self._owner_of, host=settings.transport_host,
+                                 auth=auth, may_speak_for=self.ownership.may_speak_for, host=settings.transport_host,
                                  port=settings.transport_port, metrics=self.ownership.metrics,
                                  handshake_timeout_s=settings.transport_handshake_timeout_s,
                                  ssl=tls.server_context(settings))
@@ -93,10 +94,6 @@ class ClusteredStateNode:
             self.coordinator.on_session = self._tell_supervisor
         self._flushes: set[asyncio.Task[None]] = set()
         self.ownership.listeners.append(self._on_ownership)
-
-    def _owner_of(self, ref: EntityRef) -> str | None:
-        owner = self.ownership.owner_of(ref)
-        return None if owner is None else owner.node
 
     def _tell_supervisor(self, session_id: int, password: bytes) -> None:
         """Our supervisor ends this session if we die (infrastructure/cluster/supervisor.py)."""

@@ -29,7 +29,7 @@ EDGE_AUTH = LinkAuth({"edge": SECRETS["edge"]})
 
 
 def node_server(p: Any, is_member: Any) -> NodeServer:
-    return NodeServer(p.node, "node-a", is_member=is_member, auth=NODE_AUTH, owner_of=lambda ref: "node-a")
+    return NodeServer(p.node, "node-a", is_member=is_member, auth=NODE_AUTH, may_speak_for=lambda ref, node: node == "node-a")
 
 
 class Sink:

@@ -422,9 +422,21 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "sender-owner-unchecked", "transport-roles", "infrastructure/transport/server.py",
-        old="""        if self.owner_of(message.sender) != link.peer:""",
+        old="""        if not self.may_speak_for(message.sender, link.peer):""",
         new="""        if False:""",
         tests=(f"{TRANSPORT}::test_entity_messages_only_from_the_node_owning_the_sender",),
+    ),
+    Mutation(
+        "previous-owner-without-window", "transport-roles", "infrastructure/cluster/ownership.py",
+        old="""        return previous is not None and previous[0] == node and time.monotonic() < previous[1]""",
+        new="""        return previous is not None and previous[0] == node""",
+        tests=(f"{TRANSPORT}::test_the_previous_owner_of_a_moved_shard_is_refused_after_the_window",),
+    ),
+    Mutation(
+        "any-node-speaks-after-a-move", "transport-roles", "infrastructure/cluster/ownership.py",
+        old="""        return previous is not None and previous[0] == node and time.monotonic() < previous[1]""",
+        new="""        return previous is not None and time.monotonic() < previous[1]""",
+        tests=(f"{TRANSPORT}::test_the_previous_owner_of_a_moved_shard_speaks_for_it_within_the_window",),
     ),
     Mutation(
         "zookeeper-open-acl", "zookeeper-acl", "infrastructure/cluster/zookeeper.py",
