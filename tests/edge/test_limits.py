@@ -102,7 +102,7 @@ def test_a_burst_of_refusals_never_closes_a_client_that_reads(tmp_path: Path) ->
     """600 messages refused 'overloaded' in one burst (aiohttp hands buffered frames over
     without yielding, and refusals do not count against max_in_flight): all 600 answered."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client("ann", overload_retries=0)
+        client = await edge.client("ann", retries=0)
         with gated_journal(edge):  # the store stops answering: the Room falls behind, new messages are shed
             stuck = asyncio.create_task(client.request({"type": "set", "value": -1}))
             await eventually(lambda: edge.public.load.behind(ROOM), what="the entity behind")
