@@ -253,6 +253,12 @@ class Settings:
     transport_handshake_timeout_s: float = _setting(5.0, "A peer must finish the link handshake (one round "
                                                     "trip, two HMACs) within this, else it is closed: bounded "
                                                     "half-open sockets, generous for a loaded peer.")
+    transport_max_handshakes: int = _setting(256, "Link handshakes a state node runs at once; a socket over it is "
+                                             "closed at once (auth failure reason handshakes_full). Links are few "
+                                             "and persistent (one per peer process and lane), so even a whole "
+                                             "cluster reconnecting after a restart stays well below 256; an "
+                                             "unauthenticated peer opening sockets cannot hold more than 256 x "
+                                             "4 KiB (the largest handshake frame) for the handshake timeout.")
     transport_previous_owner_window_s: float = _setting(5.0, "After a shard moves, a state node still accepts "
                                                         "entity messages from the shard's previous owner for this long: "
                                                         "what its last writes as owner release (appends in flight when the "
@@ -292,7 +298,8 @@ class Settings:
             raise ConfigurationError("XPLATFORM_GC_RECLAIM_EVERY_S must be 0 (no freezing) or a positive number of seconds")
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
-        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
+        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port",
+                     "transport_max_handshakes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",

@@ -76,7 +76,7 @@ class ClusteredStateNode:
                                  auth=auth, may_speak_for=self.ownership.may_speak_for, host=settings.transport_host,
                                  port=settings.transport_port, metrics=self.ownership.metrics,
                                  handshake_timeout_s=settings.transport_handshake_timeout_s,
-                                 ssl=tls.server_context(settings))
+                                 ssl=tls.server_context(settings), max_handshakes=settings.transport_max_handshakes)
         self.coordinator = ZooKeeperCoordinator(
             settings.zookeeper_hosts, settings.cluster_name,
             MemberInfo(settings.node_id, role="state", group=settings.node_group), categories, layout,

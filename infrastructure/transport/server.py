@@ -4,7 +4,9 @@ Accepts links from edges and from other state nodes. Each link starts with the m
 handshake (``handshake.py``/``auth.py``): a peer that is not a known member (``is_member``),
 claims an unknown role or does not prove it holds that role's secret is refused (one
 rate-limited log line, ``xplatform_transport_auth_failures_total``, socket closed): nothing
-it sends is read past the handshake. Then each DELIVER is checked against the peer's
+it sends is read past the handshake. What an unauthenticated peer can hold is bounded: the
+handshake timeout, at most ``max_handshakes`` handshakes at once (a socket over it is closed
+at once, reason ``handshakes_full``) and handshake frames of at most 4 KiB. Then each DELIVER is checked against the peer's
 authenticated role (:data:`REFUSAL_REASONS`):
 
 - edges may send client traffic only (Connect, ClientMessage, Terminated) and INTEREST;
@@ -64,7 +66,7 @@ class NodeServer:
     def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool], auth: LinkAuth,
                  may_speak_for: Callable[[EntityRef, str], bool], host: str = "127.0.0.1", port: int = 0,
                  metrics: ClusterMetrics | None = None, handshake_timeout_s: float = 5.0,
-                 ssl: SSLContext | None = None) -> None:
+                 ssl: SSLContext | None = None, max_handshakes: int = 256) -> None:
         self.node = node
         self.node_id = node_id
         self.is_member = is_member
@@ -74,6 +76,8 @@ class NodeServer:
         self.host, self.port = host, port
         self.metrics = metrics or ClusterMetrics()
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_handshakes = max_handshakes
+        """Handshakes in progress at most; a socket over it is closed at once (module docstring)."""
         self.ssl = ssl
         """TLS around every link (infrastructure/transport/tls.py); None: plain TCP."""
         self._server: asyncio.Server | None = None
@@ -104,7 +108,12 @@ class NodeServer:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handshake first (bounded in time); only an authenticated peer gets a link."""
+        """Handshake first (bounded in time, in number and in frame size); only an
+        authenticated peer gets a link."""
+        if len(self._handshaking) >= self.max_handshakes:
+            self._refuse_link(writer, TransportAuthError(
+                "handshakes_full", f"{self.max_handshakes} handshakes already in progress"))
+            return
         self._handshaking.add(writer)
         try:
             peer = await asyncio.wait_for(

@@ -156,6 +156,35 @@ def test_a_forged_edge_is_refused_and_nothing_it_sends_is_stored(zookeeper: ZooK
     asyncio.run(scenario())
 
 
+def test_handshakes_in_progress_are_capped_and_their_frames_small(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
+    """Unauthenticated sockets cannot pile up: over ``transport_max_handshakes`` a socket is
+    closed at once, and a handshake frame longer than 4 KiB is refused from its length prefix
+    (never buffered). The handshake timeout is long here, so only the new bounds can close them."""
+    async def scenario() -> None:
+        async with running(zookeeper, tmp_path, transport_max_handshakes=2, transport_handshake_timeout_s=600.0) as c:
+            lot = c.owned_by(c.a, "Lot")[0]
+            host, port = c.a.server.address.rsplit(":", 1)
+            holders = [await asyncio.open_connection(host, int(port)) for _ in range(2)]  # connect, say nothing
+            await until(lambda: len(c.a.server._handshaking) == 2)
+            assert await send_and_read_all(c.a.server.address, b"") == b""  # the third: closed at once
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="handshakes_full") == 1
+            for _, writer in holders:
+                writer.close()
+            await until(lambda: not c.a.server._handshaking)  # each counted as reason protocol (no HELLO)
+            protocol = c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="protocol")
+            # a HELLO announced as 4 MiB: refused from its header, the body is never awaited
+            assert await send_and_read_all(c.a.server.address, struct.pack(">I", 4 * 1024 * 1024) + b"\x96") == b""
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="protocol") == protocol + 1
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="timeout") == 0
+            edge = c.client()  # the cap is free again for a real peer
+            try:
+                assert (await edge.ask(lot, Connect("c1", time.time(), "conn", {"sub": "ann", "role": "viewer"}))).ok
+            finally:
+                await edge.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_wrong_secret_is_refused_and_the_right_one_works(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running(zookeeper, tmp_path) as c:

@@ -415,6 +415,18 @@ MUTATIONS: list[Mutation] = [
                f"{TRANSPORT}::test_a_wrong_secret_is_refused_and_the_right_one_works"),
     ),
     Mutation(
+        "handshakes-uncapped", "transport-handshakes", "infrastructure/transport/server.py",
+        old="""        if len(self._handshaking) >= self.max_handshakes:""",
+        new="""        if False:""",
+        tests=(f"{TRANSPORT}::test_handshakes_in_progress_are_capped_and_their_frames_small",),
+    ),
+    Mutation(
+        "handshake-frame-unbounded", "transport-handshakes", "infrastructure/transport/handshake.py",
+        old="""        envelope = await read_envelope(reader, MAX_HANDSHAKE_FRAME_BYTES)""",
+        new="""        envelope = await read_envelope(reader)""",
+        tests=(f"{TRANSPORT}::test_handshakes_in_progress_are_capped_and_their_frames_small",),
+    ),
+    Mutation(
         "edge-sends-entity-messages", "transport-roles", "infrastructure/transport/server.py",
         old="""            return None if isinstance(message, CLIENT_TRAFFIC) else ("entity_message_from_edge", False)""",
         new="""            return None""",
