@@ -506,4 +506,10 @@ MUTATIONS: list[Mutation] = [
         new="""        claims = {"sub": device, "role": device_class,""",
         tests=(f"{TRUST}::test_a_device_named_like_a_user_does_not_act_as_that_user",),
     ),
+    Mutation(
+        "device-class-with-colon", "device-identity", "edge/config.py",
+        old="""            if not DEVICE_CLASS.match(device_class):""",
+        new="""            if False:""",
+        tests=("tests/edge/test_internal.py::test_a_device_class_that_could_blur_device_subjects_stops_the_edge_at_start[bidder:bob]",),
+    ),
 ]
