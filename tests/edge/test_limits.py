@@ -16,6 +16,7 @@ from edge import protocol
 from edge.config import EdgeConfig, open_file_limit
 from edge.connection import WsConnection
 from edge.errors import EdgeConfigurationError
+from edge.limits import ClientLimits
 from edge.sockets import AcceptErrorLog
 from tests.edge.harness import ROOM, Edge, RawSocket, eventually, gated_journal, new_cid, run_edge, token
 
@@ -210,6 +211,53 @@ def test_frames_are_budgeted_per_user_and_per_address_over_all_connections(
         await second.close()
 
     run_edge(tmp_path, scenario, **overrides)
+
+
+def test_reconnecting_does_not_refill_a_users_frame_budget(tmp_path: Path) -> None:
+    """A user who spent most of his budget, closed his last connection and came back gets
+    what was left, not a fresh budget (the refill is 1 frame per 1,000 s here)."""
+    async def scenario(edge: Edge) -> None:
+        first = await edge.client("ann")
+        for _ in range(7):
+            assert (await first.request({"type": "get"})).ok
+        await first.close()
+        await eventually(lambda: _conn_of(edge, "ann") is None, what="the first connection gone")
+        second = await edge.client("ann")
+        get = protocol.pack([protocol.MSG, "again", protocol.pack({"type": "get"})])
+        for _ in range(5):
+            await second.send_raw(get)
+        await eventually(lambda: second.close_code is not None, what="the close over the budget left")
+        assert second.close_code == protocol.POLICY and ("rate_limited", "too many frames from this user") in second.errors
+        assert edge.metric("xplatform_edge_rate_limited_total", {"scope": "user"}) == 1
+        await second.close()
+
+    run_edge(tmp_path, scenario, user_rate_per_s=0.001, user_rate_burst=10.0)
+
+
+def test_a_budget_is_kept_for_its_refill_period_after_the_last_connection_then_forgotten() -> None:
+    """Bounded memory: an idle user's entry lives as long as his budget could still be short."""
+    now = [0.0]
+    limits = ClientLimits(max_per_user=0, max_per_address=0, user_rate_per_s=1.0, user_rate_burst=10.0,
+                          address_rate_per_s=0, address_rate_burst=0, clock=lambda: now[0])
+    lease = limits.admit("ann", "10.0.0.1")
+    (_scope, bucket), = lease.buckets
+    assert all(bucket.take() for _ in range(10)) and not bucket.take()
+    limits.release(lease)
+    now[0] = 4.0  # back within the refill period (10 s): the same, still short, budget
+    again = limits.admit("ann", "10.0.0.1")
+    assert again.buckets[0][1] is bucket and sum(bucket.take() for _ in range(10)) == 4
+    limits.release(again)
+    now[0] = 13.9
+    limits.release(limits.admit("bob", "10.0.0.2"))
+    assert set(limits.users.holders) == {"ann", "bob"}
+    now[0] = 14.0  # ann idle for a whole refill period: full by now, forgotten
+    limits.release(limits.admit("cat", "10.0.0.3"))
+    assert set(limits.users.holders) == {"bob", "cat"}
+    now[0] = 100.0
+    limits.release(limits.admit("dan", "10.0.0.4"))
+    assert set(limits.users.holders) == {"dan"} and not limits.addresses.holders
+    fresh = limits.admit("ann", "10.0.0.1")
+    assert fresh.buckets[0][1] is not bucket and sum(fresh.buckets[0][1].take() for _ in range(11)) == 10
 
 
 # ---------------------------------------------------------------- (d) sockets: deadline, cap, accept errors

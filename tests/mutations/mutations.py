@@ -483,6 +483,18 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{LIMITS}::test_connections_per_user_are_capped_before_the_upgrade",),
     ),
     Mutation(
+        "budget-dropped-with-last-connection", "user-budget-kept", "edge/limits.py",
+        old="""                self._idle[key] = self.clock()""",
+        new="""                del self.holders[key]""",
+        tests=(f"{LIMITS}::test_reconnecting_does_not_refill_a_users_frame_budget",),
+    ),
+    Mutation(
+        "idle-budgets-never-forgotten", "user-budget-kept", "edge/limits.py",
+        old="""            if now - since < self.refill_s:""",
+        new="""            if True:""",
+        tests=(f"{LIMITS}::test_a_budget_is_kept_for_its_refill_period_after_the_last_connection_then_forgotten",),
+    ),
+    Mutation(
         "no-handshake-deadline", "handshake-deadline", "edge/sockets.py",
         old="""        proto.deadline = asyncio.get_running_loop().call_later(self.handshake_timeout_s, self._expire, proto)""",
         new="""        proto.deadline = None""",
