@@ -144,6 +144,71 @@ def test_a_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Pa
     run_edge(tmp_path, scenario, slow_consumer_s=30.0, rate_per_s=1e6, rate_burst=1e6, shed_after_ms=0)
 
 
+def test_a_raw_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Path) -> None:
+    """The same over a hand-made websocket that really stops reading (a small receive buffer,
+    nothing read), so replies meet a full queue: it asks for broadcasts of 1 MB until its
+    socket takes no more; then, while the store holds a write of its, for 10 x 8 broadcasts of
+    50 KB, whose replies wait for that write and so come after pushes have filled its queue.
+    Reading again and sending a last message, it gets every reply, in order, before the last
+    one's, while pushes were dropped."""
+    async def scenario(edge: Edge) -> None:
+        slow = await RawSocket.upgraded(edge.base_url, "slow", rcvbuf=4096)
+        conn = await eventually(lambda: _conn_of(edge, "slow"), what="the connection")
+        asked: list[str] = []
+
+        async def ask(frames: bytes, *ids: str) -> None:
+            asked.extend(ids)
+            await slow.send(frames)
+            await eventually(lambda: edge.metric("xplatform_edge_frames_in_total", {"kind": "msg"}) == len(asked),
+                             what="read by the edge")
+
+        while not conn._backed_up():  # 1 MB of broadcasts at a time until the socket takes no more
+            assert len(asked) < 64, "the socket never backed up"
+            await ask(_spam(f"fill{len(asked)}", 20), f"fill{len(asked)}")
+            await eventually(lambda: conn._asking == 0 and (not conn._queued_bytes or conn._backed_up()),
+                             what="answered and written")
+        assert edge.metric("xplatform_edge_pushes_dropped_total") == 0
+        with gated_journal(edge) as gate:
+            await ask(RawSocket.frame(0x2, protocol.pack([protocol.MSG, "set", protocol.pack({"type": "set", "value": 1})])),
+                      "set")
+            ids = [f"m{i}" for i in range(10)]
+            await ask(b"".join(_spam(mid, 8) for mid in ids), *ids)
+            gate.set()
+            await eventually(lambda: conn._asking == 0, what="every message answered")
+        assert edge.metric("xplatform_edge_pushes_dropped_total") > 0
+        reading = asyncio.create_task(_replies_until(slow, "last"))  # reads again: the queue drains
+        await slow.send(RawSocket.frame(0x2, protocol.pack([protocol.MSG, "last", protocol.pack({"type": "get"})])))
+        replies, pushes = await reading
+        assert replies == [*asked, "last"]
+        assert pushes < 20 * (len(asked) - 11) + 8 * 10
+        assert edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 0
+        slow.close()
+
+    run_edge(tmp_path, scenario, slow_consumer_s=30.0, send_queue_bytes=64 * 1024, shed_after_ms=0)
+
+
+def _spam(message_id: str, n: int) -> bytes:
+    """A MSG frame asking the room to broadcast ``n`` pushes of 50 KB."""
+    return RawSocket.frame(0x2, protocol.pack([protocol.MSG, message_id, protocol.pack(
+        {"type": "spam", "n": n, "size": 50_000})]))
+
+
+async def _replies_until(raw: RawSocket, last: str) -> tuple[list[str], int]:
+    """Message IDs of the REPLYs read up to and including ``last``'s, and how many PUSHes came."""
+    replies: list[str] = []
+    pushes = 0
+    while not replies or replies[-1] != last:
+        opcode, payload = await raw.next_frame()
+        if opcode != 0x2:
+            continue
+        frame = msgpack.unpackb(payload)
+        if frame[0] == protocol.REPLY:
+            replies.append(frame[1])
+        elif frame[0] == protocol.PUSH:
+            pushes += 1
+    return replies, pushes
+
+
 # ---------------------------------------------------------------- (c) per-user and per-address caps
 def test_connections_per_user_are_capped_before_the_upgrade(tmp_path: Path) -> None:
     async def scenario(edge: Edge) -> None:

@@ -347,6 +347,12 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{CONNECTIONS}::test_slow_consumer_is_closed_1013_while_another_keeps_receiving",),
     ),
     Mutation(
+        "replies-dropped-for-a-full-queue", "slow-consumer", "edge/connection.py",
+        old="""            if droppable and not force:""",
+        new="""            if not force:""",
+        tests=(f"{LIMITS}::test_a_raw_client_that_stops_reading_loses_pushes_never_its_replies",),
+    ),
+    Mutation(
         "shedding-off", "shedding", "edge/connection.py",
         old="""            if self.edge.load.behind(self.ref):  # its entity is behind: refused at once (edge/overload.py)""",
         new="""            if False:""",
