@@ -95,20 +95,26 @@ test('requests wait for WELCOME, travel as MSG with a bin payload, settle on REP
   conn.close();
 });
 
+/** An open connection whose request 'b-5' got ``refusal`` on each of its first three attempts. */
+async function refusedThrice(options, refusal) {
+  const { conn, socket } = setup(options);
+  await until(() => socket(0), 'socket');
+  const ws = socket(0);
+  ws.accept();
+  const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
+  for (let n = 1; n <= 3; n++) {
+    await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
+    ws.deliver([Kind.REPLY, 'b-5', false, refusal]);
+  }
+  return { conn, ws, bid };
+}
+
 for (const refusal of [
   { code: 'overloaded', reason: 'the entity is overloaded; retry shortly', retryable: true },
   { code: 'retry', reason: 'shard of Lot/vase is not on this node', retryable: true }, // a failover
 ]) {
   test(`a request refused '${refusal.code}' is resent with the same message ID after a backoff, then settles`, async () => {
-    const { conn, socket } = setup({ retryBackoffBaseMs: 2, retryBackoffMaxMs: 10 });
-    await until(() => socket(0), 'socket');
-    const ws = socket(0);
-    ws.accept();
-    const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
-    for (let n = 1; n <= 3; n++) {
-      await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
-      ws.deliver([Kind.REPLY, 'b-5', false, refusal]);
-    }
+    const { conn, ws, bid } = await refusedThrice({ retryBackoffBaseMs: 2, retryBackoffMaxMs: 10 }, refusal);
     await until(() => ws.frames(Kind.MSG).length === 4, 'attempt 4');
     assert.deepEqual(ws.frames(Kind.MSG).map((f) => f[1]), ['b-5', 'b-5', 'b-5', 'b-5'], 'same message ID: applied once');
     ws.deliver([Kind.REPLY, 'b-5', true, { status: 'accepted' }]);
@@ -117,15 +123,7 @@ for (const refusal of [
   });
 
   test(`'${refusal.code}' retries are bounded: after the last one the request rejects with it`, async () => {
-    const { conn, socket } = setup({ retries: 2, retryBackoffBaseMs: 1, retryBackoffMaxMs: 4 });
-    await until(() => socket(0), 'socket');
-    const ws = socket(0);
-    ws.accept();
-    const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
-    for (let n = 1; n <= 3; n++) {
-      await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
-      ws.deliver([Kind.REPLY, 'b-5', false, refusal]);
-    }
+    const { conn, ws, bid } = await refusedThrice({ retries: 2, retryBackoffBaseMs: 1, retryBackoffMaxMs: 4 }, refusal);
     await assert.rejects(bid, (err) => err instanceof XPlatformError && err.code === refusal.code && err.retryable);
     await sleep(20);
     assert.equal(ws.frames(Kind.MSG).length, 3, 'the first try and 2 retries, no more');
