@@ -8,6 +8,7 @@ through environment variables, and malformed values (a bad CIDR) fail at start.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,11 @@ class EdgeConfig:
             raise EdgeConfigurationError("shed_after_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
+        for _network, device_class in self.internal_networks:
+            if not DEVICE_CLASS.match(device_class):
+                raise EdgeConfigurationError(
+                    f"XPLATFORM_EDGE_INTERNAL_NETWORKS: device class {device_class[:80]!r} must be 1-64 of A-Z a-z 0-9 "
+                    "_ . - (a ':' would let one device's subject device:<class>:<id> be read as another's)")
         self._check_trust()
 
     def _check_trust(self) -> None:
@@ -176,6 +182,12 @@ def open_file_limit() -> int | None:
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+DEVICE_CLASS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""A device class: no ``:`` (it ends the class in a device's subject ``device:<class>:<id>``,
+so every subject names one class and one ID) and no ``/`` (it separates class and ID in
+what the device's connection ID is derived from); see edge/internal.py."""
 
 
 def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:

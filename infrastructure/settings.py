@@ -279,6 +279,19 @@ class Settings:
     transport_handshake_timeout_s: float = _setting(5.0, "A peer must finish the link handshake (one round "
                                                     "trip, two HMACs) within this, else it is closed: bounded "
                                                     "half-open sockets, generous for a loaded peer.")
+    transport_max_handshakes: int = _setting(256, "Link handshakes a state node runs at once; a socket over it is "
+                                             "closed at once (auth failure reason handshakes_full). Links are few "
+                                             "and persistent (one per peer process and lane), so even a whole "
+                                             "cluster reconnecting after a restart stays well below 256; an "
+                                             "unauthenticated peer opening sockets cannot hold more than 256 x "
+                                             "4 KiB (the largest handshake frame) for the handshake timeout.")
+    transport_previous_owner_window_s: float = _setting(5.0, "After a shard moves, a state node still accepts "
+                                                        "entity messages from the shard's previous owner for this long: "
+                                                        "what its last writes as owner release (appends in flight when the "
+                                                        "map moved finish within the store's latency, at worst the 5 s ask "
+                                                        "timeout; the sender resends for 0.5 s more). Short, so a node that "
+                                                        "lost a shard cannot speak for its entities for long. See "
+                                                        "infrastructure/cluster/ownership.py (may_speak_for).")
     transport_tls_ca_file: str = _setting("", "PEM of the CA that signed the state nodes' transport certificates; "
                                           "set (on every member) to run links over TLS, verifying the node's "
                                           "certificate and host name. Empty: plain TCP - the HMAC handshake "
@@ -311,11 +324,13 @@ class Settings:
             raise ConfigurationError("XPLATFORM_GC_RECLAIM_EVERY_S must be 0 (no freezing) or a positive number of seconds")
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
-        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
+        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port",
+                     "transport_max_handshakes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
-                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s"):
+                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s",
+                     "transport_previous_owner_window_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:

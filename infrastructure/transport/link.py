@@ -15,7 +15,15 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from infrastructure.transport.envelopes import HEADER_BYTES, Envelope, EnvelopeError, frame, header_length, parse
+from infrastructure.transport.envelopes import (
+    HEADER_BYTES,
+    MAX_FRAME_BYTES,
+    Envelope,
+    EnvelopeError,
+    frame,
+    header_length,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +33,11 @@ READ_CHUNK = 256 * 1024
 """Most bytes taken from the socket per read: a whole group commit's replies at once."""
 
 
-async def read_envelope(reader: asyncio.StreamReader) -> Envelope:
-    """The next framed envelope; EnvelopeError for a malformed one, IncompleteReadError at EOF."""
+async def read_envelope(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
+    """The next framed envelope; EnvelopeError for a malformed one or one longer than
+    ``max_bytes`` (refused from its header, before its body is read), IncompleteReadError at EOF."""
     header = await reader.readexactly(HEADER_BYTES)
-    return parse(await reader.readexactly(header_length(header)))
+    return parse(await reader.readexactly(header_length(header, max_bytes)))
 
 
 class Link:

@@ -32,7 +32,8 @@ from tests.support.entities import Counter
 async def _node(name: str, settings: Settings, ownership: StaticShards) -> AsyncIterator[NodeServer]:
     """A listening state node of Counters named ``name`` (as :func:`node_server`, another name)."""
     node = build_node(settings, entities=[Counter], ownership=ownership)
-    server = NodeServer(node, name, is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: name)
+    server = NodeServer(node, name, is_member=lambda _n: True, auth=NODE_AUTH,
+                        may_speak_for=lambda _r, node: node == name)
     node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
     await start_node(node)
     try:
