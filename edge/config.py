@@ -40,7 +40,8 @@ class EdgeConfig:
     ip_rate_burst: float = 0.0
     max_sockets: int = 0
     handshake_timeout_s: float = 10.0
-    max_in_flight: int = 64
+    max_in_flight: int = 256
+    max_in_flight_bytes: int = 1_048_576
     shed_after_ms: float = 250.0
     coalesce_hz: float = 20.0
     heartbeat_s: float = 20.0
@@ -92,6 +93,7 @@ class EdgeConfig:
             user_rate_burst=s.edge_user_rate_burst, ip_rate_per_s=s.edge_ip_rate_per_s,
             ip_rate_burst=s.edge_ip_rate_burst, max_sockets=s.edge_max_sockets,
             handshake_timeout_s=s.edge_handshake_timeout_s, max_in_flight=s.edge_max_in_flight,
+            max_in_flight_bytes=s.edge_max_in_flight_bytes,
             shed_after_ms=s.edge_shed_after_ms,
             coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
@@ -109,7 +111,7 @@ class EdgeConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight"):
+        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight", "max_in_flight_bytes"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
         for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s",
