@@ -239,8 +239,7 @@ class NodeServer:
             if links:
                 self._send_outbound(source, effect, links)
 
-    @staticmethod
-    def _send_outbound(source: EntityRef, effect: Send | Terminate, links: set[Link]) -> None:
+    def _send_outbound(self, source: EntityRef, effect: Send | Terminate, links: set[Link]) -> None:
         data = frame(Outbound(source, effect))  # encoded once for every interested edge
         for link in list(links):
             link.send_frame(data)

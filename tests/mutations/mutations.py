@@ -230,10 +230,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "outbound-to-every-edge", "outbound-interest", "infrastructure/transport/server.py",
-        old="""        links = self._interest.get(source)
-        if links:""",
-        new="""        links = self._links
-        if links:""",
+        old="""        for link in list(links):
+            link.send_frame(data)""",
+        new="""        for link in list(self._links):
+            link.send_frame(data)""",
         tests=("tests/integration/test_network_transport.py::test_ask_reply_outbound_interest_and_refusals",),
     ),
     # ------------------------------------------------------------ edge: tokens at the upgrade
@@ -538,7 +538,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "device-claims-a-user", "device-identity", "edge/internal.py",
-        old="""        claims = {"sub": f"{DEVICE_SUB_PREFIX}{device_class}:{device}", "role": device_class,""",
+        old="""        claims = {"sub": device_subject(device_class, device), "role": device_class,""",
         new="""        claims = {"sub": device, "role": device_class,""",
         tests=(f"{TRUST}::test_a_device_named_like_a_user_does_not_act_as_that_user",),
     ),
