@@ -23,4 +23,13 @@ class PatientStock(StockLevel):
     PULL_TIMEOUT_S = 120.0
 
 
-ENTITIES = (StockLevel, QuickStock, PatientStock, Order)
+class FailoverStock(StockLevel):
+    """A stock level whose lost results are found 0.5 s after the 5 s timeout: long enough
+    for a test to kill its node mid-call, short enough for the next owner to re-send soon."""
+
+    CATEGORY = "FailoverStock"
+    COMMAND_TIMEOUT_S = 5.0
+    RESULT_GRACE_S = 0.5
+
+
+ENTITIES = (StockLevel, QuickStock, PatientStock, FailoverStock, Order)
