@@ -121,3 +121,13 @@ def test_unknown_category_for_a_device_is_404(tmp_path: Path) -> None:
         assert edge.platform.node.resident(ROOM) is None
 
     run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+def test_device_connect_refused_for_a_transient_reason_is_503_retryable_not_403(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        status, body = await _post(edge, {"message_id": "dev-m1", "payload": {"type": "set", "value": 1}})
+        assert status == 503 and body["error"] == {"code": "retry", "reason": "come back in a moment",
+                                                   "retryable": True}
+        assert edge.event_types() == []
+
+    run_edge(tmp_path, scenario, internal_networks=parse_networks("127.0.0.0/8=later"))
