@@ -18,18 +18,22 @@ from domain.errors import (
     NotAuthorised,
     NotConnected,
     PayloadDecodeError,
+    ProxyBusy,
+    ProxyError,
     Rejected,
     RetryLater,
     UnknownCategory,
     UnknownMessageType,
 )
-from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, RemoteResult, Terminated, TimerFired
+from domain.proxy import ProxyAnswer, StateProxy, ask_command, ask_pull, ask_read
 from domain.refs import EntityRef
 
 __all__ = [
     "ClientMessage", "Connect", "Context", "DomainError", "Entity", "EntityMessage", "EntityRef",
     "HandlerFailed", "Inbound", "InvalidEntityId", "NotAuthorised", "NotConnected", "Outcome",
-    "PayloadDecodeError", "Rejected", "Reply", "RetryLater", "Send", "Tell", "Terminate",
-    "Terminated", "TimerFired", "ToAllConnections", "ToClaims", "ToConnection", "UnknownCategory",
-    "UnknownMessageType", "client_message", "entity_message", "event", "handle", "timer",
+    "PayloadDecodeError", "ProxyAnswer", "ProxyBusy", "ProxyError", "Rejected", "RemoteResult", "Reply",
+    "RetryLater", "Send", "StateProxy", "Tell", "Terminate", "Terminated", "TimerFired", "ToAllConnections",
+    "ToClaims", "ToConnection", "UnknownCategory", "UnknownMessageType", "ask_command", "ask_pull", "ask_read",
+    "client_message", "entity_message", "event", "handle", "timer",
 ]

@@ -29,7 +29,7 @@ from domain.context import Context
 from domain.effects import Effect, Reply
 from domain.entity import Entity
 from domain.errors import DomainError, HandlerFailed, NotConnected, UnknownMessageType
-from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, RemoteResult, Terminated, TimerFired
 from domain.platform_part import PlatformPart
 
 HANDLER_FAILED_REASON = "the entity could not process the message"
@@ -114,6 +114,11 @@ def _route(entity: Entity, platform: PlatformPart, ctx: Context, m: Inbound) -> 
     elif isinstance(m, TimerFired):
         if platform.fire_timer(entity, ctx, m):
             _call(handlers, ("timer", m.name), entity, ctx, dict(m.data))
+    elif isinstance(m, RemoteResult):  # only state proxies ask for remote calls (domain/proxy.py)
+        on_result = getattr(entity, "on_remote_result", None)
+        if on_result is None:
+            raise UnknownMessageType(f"{entity.CATEGORY} is not a state proxy: no remote results")
+        on_result(ctx, m)
     else:
         raise UnknownMessageType(f"unsupported message kind {type(m).__name__}")
 

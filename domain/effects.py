@@ -11,6 +11,10 @@ released. A target lookup tells the edges which local connections receive a clie
 Messages to another entity are :class:`Tell` effects (category + ID), delivered by the
 transport at most once; their message IDs derive from the causing message's ID, so a
 retried cause produces the same IDs and the receiver deduplicates them.
+
+A state proxy (:mod:`domain.proxy`) asks for remote I/O with a :class:`RemoteCall`: the
+runtime runs it beside the entity (never inside the handler) and hands the outcome back as
+a :class:`~domain.messages.RemoteResult` message.
 """
 
 from __future__ import annotations
@@ -106,4 +110,22 @@ class Reply:
         return cls(message_id, ok, payload, code, reason)
 
 
-Effect = Send | Tell | Terminate
+@dataclass(frozen=True, slots=True)
+class RemoteCall:
+    """Call the primary of the emitting state proxy (through its category's connector),
+    beside the entity; the outcome comes back to it as a ``RemoteResult`` naming ``op``.
+
+    ``kind``: ``"pull"`` (read the primary's state) or ``"command"`` (send ``command`` with
+    the idempotency key ``key``, then pull, as one job: nothing else of this proxy reaches
+    the primary in between). ``timeout_s`` bounds the whole job. ``attempt`` counts
+    re-issues of the same call (same ``op`` and ``key``) after a lost result."""
+
+    op: str
+    kind: str
+    key: str
+    timeout_s: float
+    command: Mapping[str, Any] | None = None
+    attempt: int = 1
+
+
+Effect = Send | Tell | Terminate | RemoteCall

@@ -98,3 +98,77 @@ class NotConnected(Rejected):
     """Raised when a client message arrives on a connection the entity has not accepted."""
 
     code = "not_connected"
+
+
+class ProxyError(DomainError):
+    """Raised (by :meth:`domain.proxy.ProxyAnswer.raise_for_error`) when a state proxy could
+    not reach its primary; root of the proxy's typed errors. ``last_known`` is the state
+    the proxy still holds (a map: ``state``, ``version``, ``etag``, ``at``, ``received_at``,
+    ``age``; ``state`` None when it never heard of any) and ``age`` its age in seconds."""
+
+    code = "proxy_error"
+
+    def __init__(self, reason: str = "", last_known: dict[str, object] | None = None) -> None:
+        super().__init__(reason)
+        self.last_known = dict(last_known or {})
+        age = self.last_known.get("age")
+        self.age: float | None = age if isinstance(age, (int, float)) else None
+
+
+class ProxyBusy(ProxyError):
+    """Raised when a command reaches a state proxy while a call to its primary (a command
+    and its pull, or a pull) is in flight: nothing else may reach the primary between a
+    command and its pull, so the command is refused (never queued); sending it again (same
+    message ID) later is safe."""
+
+    code = "proxy_busy"
+    retryable = True
+
+
+class PrimaryTimeout(ProxyError):
+    """Raised when the primary did not answer within the proxy's timeout."""
+
+    code = "primary_timeout"
+    retryable = True
+
+
+class PrimaryUnavailable(ProxyError):
+    """Raised when the primary could not be reached or failed (after the connector's retries)."""
+
+    code = "primary_unavailable"
+    retryable = True
+
+
+class CircuitOpen(PrimaryUnavailable):
+    """Raised when the connector's circuit breaker is open: the primary failed repeatedly
+    and is not called again until the breaker's pause is over."""
+
+    code = "circuit_open"
+
+
+class PrimaryRefused(ProxyError):
+    """Raised when the primary refused the call (a 4xx answer: e.g. an invalid command)."""
+
+    code = "primary_refused"
+
+
+class OutcomeUnknown(ProxyError):
+    """Raised when a command's result was lost (its node failed mid-call) and the primary
+    does not honour idempotency keys, so re-sending could apply it twice: the command may
+    or may not have been applied; pull to find out."""
+
+    code = "outcome_unknown"
+
+
+class NoConnector(ProxyError):
+    """Raised when the process has no connector for the proxy's category (see
+    ``XPLATFORM_PROXY_PRIMARIES``)."""
+
+    code = "no_connector"
+
+
+PROXY_ERRORS: dict[str, type[ProxyError]] = {
+    cls.code: cls for cls in (ProxyBusy, PrimaryTimeout, PrimaryUnavailable, CircuitOpen, PrimaryRefused, OutcomeUnknown,
+                              NoConnector)
+}
+"""A remote result's error code → its typed error."""

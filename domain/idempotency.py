@@ -39,6 +39,8 @@ from typing import Any
 TIMERS = "t0:"
 STANDARD = "s0:"
 LEGACY = "l0:"
+REMOTE = "r0:"
+"""Results of a state proxy's remote calls, handed back by the runtime (:mod:`domain.proxy`)."""
 NO_SENDER = "n0:"
 """Prefix of IDs derived from a message whose sender is not known (never remembered)."""
 

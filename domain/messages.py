@@ -12,6 +12,8 @@ Sender → receiver:
   entity decodes it (see :meth:`domain.entity.Entity.decode_payload`).
 - :class:`EntityMessage` — entity → entity (``ctx.tell``), with a ``type`` and ``data`` map.
 - :class:`TimerFired` — runtime → entity, when a timer the entity started is due.
+- :class:`RemoteResult` — runtime → state proxy, the outcome of a remote call its handler
+  asked for (:class:`domain.effects.RemoteCall`); never from a client or another entity.
 """
 
 from __future__ import annotations
@@ -66,6 +68,32 @@ class TimerFired(Inbound):
     name: str
     key: str
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteResult(Inbound):
+    """The outcome of a state proxy's :class:`~domain.effects.RemoteCall` ``op``.
+
+    ``ok``: the primary answered; ``state`` with the primary's ``version`` (an integer that
+    only grows), ``etag`` (opaque) and ``at`` (its timestamp, epoch seconds) when it has
+    them. Otherwise ``error`` is the code (``primary_timeout``, ``primary_unavailable``,
+    ``primary_refused``, ``circuit_open``, ``no_connector``) and ``reason`` says why."""
+
+    op: str
+    attempt: int
+    ok: bool
+    state: Any = None
+    version: int | None = None
+    etag: str | None = None
+    at: float | None = None
+    error: str = ""
+    reason: str = ""
+
+
+def remote_result_id(op: str, attempt: int) -> str:
+    """The message ID of the result of attempt ``attempt`` of remote call ``op`` (its own
+    namespace, like timers': one result per attempt is applied)."""
+    return f"remote:{op}:{attempt}"
 
 
 def timer_message_id(key: str, due: float) -> str:

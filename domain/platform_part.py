@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from domain.effects import Reply
 from domain.errors import BadClaims, EntityNotFound, NotAuthorised, TooManyConnections
-from domain.idempotency import OK_RECORD, STANDARD, TIMERS, ReplyWindow, client_sender, connection_sender, entity_sender
-from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired
+from domain.idempotency import OK_RECORD, REMOTE, STANDARD, TIMERS, ReplyWindow, client_sender, connection_sender, entity_sender
+from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, RemoteResult, Terminated, TimerFired
 
 if TYPE_CHECKING:
     from domain.context import Context
@@ -304,6 +304,8 @@ class PlatformPart:
             return entity_sender(message.sender)
         if isinstance(message, TimerFired):
             return TIMERS
+        if isinstance(message, RemoteResult):
+            return REMOTE
         return STANDARD  # Connect, Terminated: from the edge
 
     def outcome_of(self, sender: str, message_id: str) -> list[Any] | None:

@@ -217,7 +217,7 @@ class InternalEdge:
             message_id, payload = await self._body(request)
             conn = await self._device(ref, device, device_class)
         except BadRequest as exc:
-            return _error(exc.status, exc.error, exc.reason)
+            return _error(exc.status, exc.error, exc.reason, retryable=exc.status == 503)
         except DeviceRefused as exc:
             return _error(403, "refused", str(exc))
         conn.last_used = time.monotonic()
@@ -249,7 +249,7 @@ class InternalEdge:
             wait = min(_number(request.query.get("wait", "0"), float, "wait"), self.config.internal_max_wait_s)
             conn = await self._device(ref, device, device_class)
         except BadRequest as exc:
-            return _error(exc.status, exc.error, exc.reason)
+            return _error(exc.status, exc.error, exc.reason, retryable=exc.status == 503)
         except DeviceRefused as exc:
             return _error(403, "refused", str(exc))
         conn.last_used = time.monotonic()
@@ -336,6 +336,8 @@ class InternalEdge:
             raise BadRequest(503, "unavailable", str(exc)[:200]) from None
         if not reply.ok:
             self.registry.remove(conn)
+            if reply.retryable:  # no owner yet, a shard moving: the device retries (503), it was not refused
+                raise BadRequest(503, reply.code, reply.reason or reply.code)
             raise DeviceRefused(reply.reason or reply.code)
         conn.accepted = True
         self._devices.add(conn)

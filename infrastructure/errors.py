@@ -106,3 +106,29 @@ class WiringError(InfrastructureError):
 
 class TransportError(InfrastructureError):
     """Raised when a message cannot be routed to or answered by a state node."""
+
+
+class ConnectorError(InfrastructureError):
+    """Raised when a state proxy's connector cannot complete a call to the primary; ``code``
+    is what the proxy's callers see (:mod:`domain.errors` ``ProxyError`` subclasses)."""
+
+    code = "primary_unavailable"
+
+
+class PrimaryUnreachable(ConnectorError):
+    """Raised when the primary could not be reached or answered with a server error
+    (after the connector's retries of idempotent calls)."""
+
+    code = "primary_unavailable"
+
+
+class PrimaryRefusedCall(ConnectorError):
+    """Raised when the primary refused the call (HTTP 4xx, a malformed answer): never retried."""
+
+    code = "primary_refused"
+
+
+class CircuitOpenError(ConnectorError):
+    """Raised when the connector's circuit breaker is open: the call is not attempted."""
+
+    code = "circuit_open"

@@ -112,6 +112,35 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
+class ProxyMetrics:
+    """Metrics of state proxies' calls to their primaries (``xplatform_proxy_*``), on the
+    registry of the node that runs them. Bounded labels: category (registered classes),
+    kind (pull, command), outcome (ok or a connector error code)."""
+
+    CIRCUIT = {"closed": 0, "open": 1, "half_open": 2}
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.calls = Counter("xplatform_proxy_calls", "Calls of state proxies to their primaries, by outcome "
+                             "(ok, primary_timeout, primary_unavailable, primary_refused, circuit_open, no_connector).",
+                             ["category", "kind", "outcome"], registry=r)
+        self.call_duration = Histogram("xplatform_proxy_call_duration_seconds", "Duration of a proxy's call "
+                                       "(a pull, or a command and its pull), retries included.", ["kind"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("xplatform_proxy_calls_in_flight", "Calls to primaries running now.", registry=r)
+        self.circuit_state = Gauge("xplatform_proxy_circuit_state", "Circuit breaker of each category's primary: "
+                                   "0 closed, 1 open (calls refused), 2 half-open (one trial call).", ["category"],
+                                   registry=r)
+        self.circuit_opened = Counter("xplatform_proxy_circuit_opened", "Times a primary's circuit breaker opened.",
+                                      ["category"], registry=r)
+
+    def circuit(self, category: str, state: str) -> None:
+        self.circuit_state.labels(category).set(self.CIRCUIT[state])
+        if state == "open":
+            self.circuit_opened.labels(category).inc()
+
+
 class ClusterMetrics:
     """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned and in the map, handoffs,
     ZooKeeper/ownership state, routing misses, handoff durations, transport lane buffers

@@ -217,6 +217,22 @@ class Settings:
     edge_internal_buffer: int = _setting(1000, "Outbound messages kept per device for pulls; older ones are "
                                          "counted as missed (bounded memory per device).")
     edge_internal_max_wait_s: float = _setting(25.0, "Longest long-poll: under the common 30 s proxy timeout.")
+    proxy_primaries: str = _setting("", "Where each state proxy category's primary is, 'Category=http://host:port/"
+                                    "path,...': the HTTP connector calls GET <url>/<entity id> and POST <url>/<entity "
+                                    "id>/commands (infrastructure/proxies/http.py). Empty: no proxies (their calls "
+                                    "end with no_connector).")
+    proxy_request_timeout_s: float = _setting(2.0, "One HTTP request to a primary; the proxy's own timeout bounds "
+                                              "the whole call (retries included). 2 s: a healthy primary answers in "
+                                              "milliseconds, and a stuck one must leave room for a retry.")
+    proxy_retries: int = _setting(2, "Retries of an idempotent call (a pull) after a network or 5xx failure; "
+                                  "commands are never retried by the connector (the proxy re-sends them, same "
+                                  "key, only to primaries that honour idempotency keys).")
+    proxy_retry_backoff_s: float = _setting(0.1, "First retry after 0.1 s, doubling: a restarting primary gets "
+                                            "room, a caller does not wait long.")
+    proxy_breaker_failures: int = _setting(5, "Consecutive failed calls that open a primary's circuit breaker: "
+                                           "enough to ignore a blip, few enough to stop hammering a dead primary.")
+    proxy_breaker_open_s: float = _setting(10.0, "How long an open breaker refuses calls (circuit_open) before "
+                                           "one trial call may close it again.")
     jwt_algorithms: str = _setting("RS256,ES256", "Explicit allow-list (never the token's own choice): "
                                    "asymmetric only; HS256 is added only when a secret is set.")
     jwt_jwks_file: str = _setting("", "JWKS file with the identity provider's public keys (re-read on "
@@ -348,6 +364,13 @@ class Settings:
             raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
         if not self.zookeeper_user or ":" in self.zookeeper_user:
             raise ConfigurationError("XPLATFORM_ZOOKEEPER_USER must be a non-empty name without ':'")
+        if self.proxy_retries < 0 or self.proxy_breaker_failures < 1:
+            raise ConfigurationError("XPLATFORM_PROXY_RETRIES must be 0 or more, XPLATFORM_PROXY_BREAKER_FAILURES 1 or more")
+        for name in ("proxy_request_timeout_s", "proxy_breaker_open_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
+        if self.proxy_retry_backoff_s < 0:
+            raise ConfigurationError("XPLATFORM_PROXY_RETRY_BACKOFF_S must be 0 or positive")
         if self.eventstoredb_retries < 0:
             raise ConfigurationError("XPLATFORM_EVENTSTOREDB_RETRIES must be 0 or positive")
         if self.store == "eventstoredb":

@@ -17,7 +17,8 @@ original (a field that does not survive the codec fails the test at once, not in
 production). ``restart()`` drops every entity from memory and reloads from the journal
 (through a snapshot, also round-tripped), as passivation or a failover would. Time is
 virtual: ``advance(seconds)`` fires due timers in order. Messages that entities send each
-other are delivered at once, in order, and their results are in ``Result.chain``.
+other are delivered at once, in order, and their results are in ``Result.chain``. A state
+proxy's remote calls are in ``Result.calls``: the test plays the primary with ``answer()``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ from typing import Any
 import msgpack
 
 from domain.dispatch import Outcome, handle
-from domain.effects import Reply, Send, Tell, Terminate
+from domain.effects import RemoteCall, Reply, Send, Tell, Terminate
 from domain.entity import RESIDENT_ONLY, Entity
 from domain.errors import UnknownCategory
-from domain.messages import ClientMessage, Connect, EntityMessage, Inbound, Terminated, TimerFired, timer_message_id
+from domain.messages import (
+    ClientMessage,
+    Connect,
+    EntityMessage,
+    Inbound,
+    RemoteResult,
+    Terminated,
+    TimerFired,
+    remote_result_id,
+    timer_message_id,
+)
 from domain.refs import EntityRef
 from infrastructure.persistence import EventJournal, RecorderJournal, StreamWrite, new_mapper
 from infrastructure.persistence.rehydrate import rehydrate
@@ -56,6 +67,8 @@ class Result:
     sends: list[Send] = field(default_factory=list)
     tells: list[Tell] = field(default_factory=list)
     terminations: list[Terminate] = field(default_factory=list)
+    calls: list[RemoteCall] = field(default_factory=list)
+    """Remote calls a state proxy asked for (answer them with :meth:`Sandbox.answer`)."""
     duplicate: bool = False
     chain: list[Result] = field(default_factory=list)
     failure: BaseException | None = None
@@ -147,6 +160,15 @@ class Sandbox:
              **data: Any) -> Result:
         """A message from another entity (``sender``)."""
         return self.deliver(ref, EntityMessage(message_id or self._next_id(), self.now, sender, message_type, data))
+
+    def answer(self, ref: EntityRef, call: RemoteCall, state: Any = None, *, version: int | None = None,
+               etag: str | None = None, at: float | None = None, error: str = "", reason: str = "") -> Result:
+        """The runtime's answer to a state proxy's remote ``call`` (see ``Result.calls``): the
+        primary's ``state`` (with its ``version``/``etag``/``at``), or, with ``error``, a
+        failure code (``primary_timeout``, ``primary_unavailable``, ...). No connector runs
+        in the sandbox: the test plays the primary."""
+        return self.deliver(ref, RemoteResult(remote_result_id(call.op, call.attempt), self.now, call.op, call.attempt,
+                                              not error, state, version, etag, at, error, reason))
 
     def advance(self, seconds: float) -> list[Result]:
         """Move virtual time forward, firing due timers in due order."""
@@ -257,6 +279,8 @@ def _result(ref: EntityRef, message: Inbound, outcome: Outcome) -> Result:
             result.tells.append(effect)
         elif isinstance(effect, Terminate):
             result.terminations.append(effect)
+        elif isinstance(effect, RemoteCall):
+            result.calls.append(effect)
     return result
 
 

@@ -19,6 +19,11 @@ Life of a message (see :mod:`domain.dispatch` for the handler side):
 4. If a handler fails after triggering events, the entity is reloaded once its earlier
    writes settle, and the message is refused. Other entities are not affected.
 
+A state proxy's remote call (a ``RemoteCall`` effect, :mod:`domain.proxy`) is released like
+any effect, to the runner the wiring gave the node (:mod:`infrastructure.runtime.remote`),
+which runs it beside the entity; its result comes back through :meth:`StateNode.deliver`.
+Ordinary entities pay nothing for it but one type test per effect that is not a ``Tell``.
+
 Entity lifecycle per cell: absent → LOADING (snapshot + tail read on a reader thread;
 messages queue) → ACTIVE → (idle past ``passivate_after_s``, nothing pending, no timers)
 passivated. Snapshots are taken every ``snapshot_every`` events, at the state right after
@@ -40,10 +45,10 @@ from typing import Any, Protocol
 from eventsourcing.persistence import Mapper
 
 from domain.dispatch import Outcome, handle
-from domain.effects import Reply, Tell
+from domain.effects import RemoteCall, Reply, Tell
 from domain.entity import Entity
 from domain.errors import DomainError, HandlerFailed, RetryLater, UnknownCategory
-from domain.messages import EntityMessage, Inbound, TimerFired, timer_message_id
+from domain.messages import EntityMessage, Inbound, RemoteResult, TimerFired, remote_result_id, timer_message_id
 from domain.refs import EntityRef
 from infrastructure.errors import CodecError, PersistenceError, RuntimeStopped, WiringError
 from infrastructure.metrics import NodeMetrics
@@ -72,6 +77,16 @@ class Router(Protocol):
     """Where entity-to-entity messages go (the transport routes them by shard map)."""
 
     def tell(self, to: EntityRef, message: EntityMessage) -> None: ...
+
+
+class RemoteRunner(Protocol):
+    """Where state proxies' remote calls run (:mod:`infrastructure.runtime.remote`)."""
+
+    def attach(self, deliver: Callable[[EntityRef, Inbound], None]) -> None: ...
+
+    def start(self, ref: EntityRef, call: RemoteCall) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Cell:
@@ -117,6 +132,8 @@ class StateNode:
         """Where client-bound effects go (an edge-facing transport); set once by :meth:`connect`."""
         self.router: Router | None = None
         """Where entity-to-entity messages go; set once by :meth:`connect`."""
+        self.remote: RemoteRunner | None = None
+        """Where state proxies' remote calls run (None: they end with ``no_connector``)."""
         self.cells: OrderedDict[EntityRef, Cell] = OrderedDict()
         self._committer: GroupCommitter | None = None
         self._reader = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="xplatform-reader")
@@ -128,14 +145,17 @@ class StateNode:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def connect(self, router: Router, outbound: OutboundSink) -> None:
-        """Give the node its router and outbound sink: once, by the process's wiring
-        (``ops/wiring``), before :meth:`start`. Transports never set them themselves: which
-        transport carries a node's effects (in-process, the network server) is the wiring's
-        choice, made in one place. Raises WiringError when called twice."""
+    def connect(self, router: Router, outbound: OutboundSink, remote: RemoteRunner | None = None) -> None:
+        """Give the node its router and outbound sink (and, with state proxies, the runner of
+        their remote calls): once, by the process's wiring (``ops/wiring``), before
+        :meth:`start`. Transports never set them themselves: which transport carries a
+        node's effects (in-process, the network server) is the wiring's choice, made in one
+        place. Raises WiringError when called twice."""
         if self.router is not None or self.outbound is not None:
             raise WiringError("this state node is already connected to its router and outbound sink")
-        self.router, self.outbound = router, outbound
+        self.router, self.outbound, self.remote = router, outbound, remote
+        if remote is not None:
+            remote.attach(self.deliver)
 
     async def start(self) -> None:
         """Raises WiringError when :meth:`connect` was not called: a node that ran without
@@ -159,6 +179,8 @@ class StateNode:
             self._committer.close()
         for cell in self.cells.values():
             self._disarm_all(cell)
+        if self.remote is not None:
+            await self.remote.close()
         self._reader.shutdown(wait=True)
 
     # ------------------------------------------------------------------ delivery
@@ -269,12 +291,24 @@ class StateNode:
                 if isinstance(effect, Tell):
                     if self.router is not None:
                         self.router.tell(effect.to, EntityMessage(effect.message_id, self.now(), ref, effect.type, effect.data))
+                elif isinstance(effect, RemoteCall):  # a state proxy's I/O (domain/proxy.py)
+                    self._remote_call(ref, effect)
                 elif self.outbound is not None:
                     self.outbound.publish(ref, effect)
             if outcome.timers_armed or outcome.timers_disarmed:
                 self._rearm(ref, cell, outcome.timers_disarmed, outcome.timers_armed)
 
         return release
+
+    def _remote_call(self, ref: EntityRef, call: RemoteCall) -> None:
+        """Run a state proxy's call beside it; without a runner, answer ``no_connector``."""
+        if self.remote is not None:
+            self.remote.start(ref, call)
+            return
+        result = RemoteResult(remote_result_id(call.op, call.attempt), self.now(), call.op, call.attempt, False,
+                              error="no_connector", reason="this process runs no connectors (XPLATFORM_PROXY_PRIMARIES)")
+        assert self._loop is not None
+        self._loop.call_soon(self.deliver, ref, result)
 
     # ------------------------------------------------------------------ activation
     def _load(self, ref: EntityRef, cell: Cell) -> None:

@@ -32,6 +32,7 @@ from infrastructure.settings import Settings
 from infrastructure.transport import LocalTransport
 from ops.wiring.metrics import add_metrics
 from ops.wiring.node import build_node, start_node, stop_node
+from ops.wiring.proxies import build_remote_calls
 
 
 @dataclass
@@ -67,11 +68,11 @@ def build_platform(
     """Wire a platform from ``settings`` (default: from ``XPLATFORM_*`` environment).
     ``entities``: the classes to serve (default: the ``XPLATFORM_ENTITIES`` setting's,
     resolved before anything opens). The in-process transport is the node's router and
-    outbound sink."""
+    outbound sink; state proxies reach their primaries through ``XPLATFORM_PROXY_PRIMARIES``."""
     settings = settings or Settings.from_env()
     node = build_node(settings, entities, journal, ownership, metrics)
     transport = LocalTransport(node, settings.ask_timeout_s)
-    node.connect(router=transport, outbound=transport)
+    node.connect(router=transport, outbound=transport, remote=build_remote_calls(settings, node.metrics.registry))
     return Platform(settings, node.journal, node, transport)
 
 

@@ -1,5 +1,8 @@
-"""A clustered public edge process (``xplatform edge``): the same public edge as in dev
-mode, on the network transport routed by the shard map from ZooKeeper.
+"""A clustered edge process (``xplatform edge``): the same public edge as in dev mode, and
+the internal device edge when device networks are configured
+(``XPLATFORM_EDGE_INTERNAL_NETWORKS``; it then needs ``XPLATFORM_EDGE_DEVICE_SECRET_FILE``,
+the same file on every edge, so a device keeps its connection ID on any edge), on the
+network transport routed by the shard map from ZooKeeper.
 
 The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
 only from members that prove they hold the edge secret: infrastructure/transport/auth.py),
@@ -17,6 +20,7 @@ from aiohttp import web
 
 from edge.app import serve_app
 from edge.config import EdgeConfig
+from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier
 from edge.sockets import raise_open_file_limit
@@ -35,6 +39,7 @@ class ClusteredEdge:
 
     def __init__(self, settings: Settings, categories: Collection[str]) -> None:
         self.settings = settings
+        self.categories = categories
         # No /dev/token here, so dev mode's iss/aud defaults do not apply: both must be configured.
         self.config = EdgeConfig.from_settings(settings, dev_tokens=False)
         auth = link_auth_from(settings, "edge")  # the edge secret only: an edge cannot act as a state node
@@ -64,6 +69,9 @@ class ClusteredEdge:
 
         app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
         add_public_edge(app, self.public)
+        if self.config.internal_networks:  # devices: same routing, admitted by network (edge/internal.py)
+            add_internal_edge(app, InternalEdge(self.client, self.config, registry=self.public.registry,
+                                                metrics=self.metrics, categories=self.categories, load=self.public.load))
         # never on the public port
         self.metrics_listener = add_metrics(app, self._render_metrics, self.config.metrics_host, self.config.metrics_port)
         return app

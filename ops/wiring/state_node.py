@@ -32,6 +32,7 @@ from infrastructure.transport.server import NodeServer
 from ops.wiring.cluster import cluster_exposition, join, record_lanes
 from ops.wiring.metrics import MetricsListener
 from ops.wiring.node import build_node, start_node, stop_node
+from ops.wiring.proxies import build_remote_calls
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class ClusteredStateNode:
                                  port=settings.transport_port, metrics=self.ownership.metrics,
                                  handshake_timeout_s=settings.transport_handshake_timeout_s,
                                  ssl=tls.server_context(settings), max_handshakes=settings.transport_max_handshakes)
-        self.node.connect(router=LocalFirstRouter(self.node, self.ownership, self.client), outbound=self.server)
+        self.node.connect(router=LocalFirstRouter(self.node, self.ownership, self.client), outbound=self.server,
+                          remote=build_remote_calls(settings, self.node.metrics.registry))
         self._metrics: MetricsListener | None = None
         if settings.supervisor_session_file:
             self.coordinator.on_session = self._tell_supervisor

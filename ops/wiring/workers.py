@@ -59,6 +59,7 @@ from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.server import NodeServer
 from ops.wiring.metrics import MetricsListener, add_metrics
 from ops.wiring.node import build_node, start_node, stop_node
+from ops.wiring.proxies import build_remote_calls
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
                             handshake_timeout_s=settings.transport_handshake_timeout_s)
         # entity-to-entity messages stay in this process (it owns every shard); client-bound
         # effects go to the workers that announced interest
-        node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
+        node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server,
+                     remote=build_remote_calls(settings, node.metrics.registry))
         env = {**os.environ, "XPLATFORM_CLUSTER_SECRET_FILE": "",
                "XPLATFORM_CLUSTER_EDGE_SECRET_FILE": settings.cluster_edge_secret_file,
                "XPLATFORM_CLUSTER_INSECURE": "0", "XPLATFORM_EDGE_HOST": config.host,

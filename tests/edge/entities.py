@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from domain import Context, Entity, Rejected, client_message, event
+from domain import Context, Entity, Rejected, RetryLater, client_message, event
 
 
 class Room(Entity):
@@ -19,6 +19,8 @@ class Room(Entity):
     def on_connect(self, ctx: Context, claims: Mapping[str, Any], reconnect: bool) -> Any:
         if claims.get("role") == "banned":
             raise Rejected("banned users may not enter")
+        if claims.get("role") == "later":  # a transient refusal (as when the shard has no owner yet)
+            raise RetryLater("come back in a moment")
         return {"value": self.value, "reconnected": reconnect}
 
     @client_message("set")

@@ -146,3 +146,13 @@ def test_a_device_id_with_colons_keeps_one_subject(tmp_path: Path) -> None:
         assert claims["sub"].removeprefix("device:").partition(":") == ("member", ":", "aa:bb:cc")
 
     run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+def test_device_connect_refused_for_a_transient_reason_is_503_retryable_not_403(tmp_path: Path) -> None:
+    async def scenario(edge: Edge) -> None:
+        status, body = await _post(edge, {"message_id": "dev-m1", "payload": {"type": "set", "value": 1}})
+        assert status == 503 and body["error"] == {"code": "retry", "reason": "come back in a moment",
+                                                   "retryable": True}
+        assert edge.event_types() == []
+
+    run_edge(tmp_path, scenario, internal_networks=parse_networks("127.0.0.0/8=later"))

@@ -588,4 +588,28 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/projections/test_sdk.py::test_a_gap_is_refused_never_skipped",
                "tests/projections/test_mongo_model.py::test_a_gap_writes_nothing"),
     ),
+    # ------------------------------------------------------------ state proxies
+    Mutation(
+        "proxy-push-unordered", "proxy-push-order", "domain/proxy.py",
+        old="""        if order > 0:""",
+        new="""        if order >= -1:""",
+        tests=("tests/unit/test_state_proxy_sandbox.py::"
+               "test_push_applies_only_newer_states_out_of_order_and_duplicates_change_nothing",),
+    ),
+    Mutation(
+        "proxy-command-interleaves", "proxy-command-atomic", "domain/proxy.py",
+        old="""        busy = self.in_flight()""",
+        new="""        busy = None""",
+        tests=("tests/unit/test_state_proxy_sandbox.py::"
+               "test_pulls_join_the_call_in_flight_and_a_command_is_refused_while_one_is",),
+    ),
+    Mutation(
+        "proxy-key-not-derived", "proxy-command-key", "domain/proxy.py",
+        old="""        op = idempotency_key(self.id, ctx.sender_key, ctx.message_id)
+        self._start(ctx, op, "command", command, requester)""",
+        new="""        op = idempotency_key(self.id, ctx.sender_key, str(self.version))
+        self._start(ctx, op, "command", command, requester)""",
+        tests=("tests/unit/test_state_proxy_sandbox.py::"
+               "test_command_and_pull_is_one_call_with_a_key_derived_from_the_message",),
+    ),
 ]

@@ -1,0 +1,153 @@
+"""State proxies and the internal device edge on a real cluster (ops/local/cluster.py: state
+node and edge processes, ZooKeeper, PostgreSQL) with a real HTTP primary on a thread of the
+test (tests/support/primary.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from edge.client import connect
+from tests.support.cluster import Cluster, cluster_token
+from tests.support.primary import warehouse_thread
+
+ENTITIES = {"XPLATFORM_ENTITIES": "tests.support.proxies:ENTITIES"}
+
+
+def _device_env(tmp_path: Path, networks: str) -> dict[str, str]:
+    secret = tmp_path / "device.secret"
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(48))
+        secret.chmod(0o600)
+    return {**ENTITIES, "XPLATFORM_EDGE_INTERNAL_NETWORKS": networks, "XPLATFORM_EDGE_DEVICE_SECRET_FILE": str(secret)}
+
+
+def _post(base_url: str, path: str, body: dict[str, Any], device: str = "gw1") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{base_url}{path}?device={device}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:  # e.g. aiohttp's own 404 page: no such route on this edge
+            return exc.code, {"body": body.decode(errors="replace")}
+
+
+def _push_until_served(base_url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST until the shard map has an owner for the entity (503 retry while the node joins)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status, answer = _post(base_url, path, body)
+        if status != 503 or time.monotonic() > deadline:
+            return status, answer
+        time.sleep(0.1)
+
+
+async def _answered(client: Any, command: dict[str, Any]) -> Any:
+    """Send ``command`` as message ``cmd-1`` until it is answered other than ``retry`` (no owner
+    yet, or the owner was just lost), as a client does."""
+    deadline = time.monotonic() + 60
+    while True:
+        reply = await client.request(command, message_id="cmd-1", timeout=30)
+        if reply.ok or not reply.retryable or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.05)
+
+
+def _events(cluster: Cluster, stream: str) -> list[str]:
+    journal = cluster.journal()
+    try:
+        return [e.topic.rsplit(".", 1)[-1] for e in journal.read(stream)]
+    finally:
+        journal.close()
+
+
+def test_clustered_edge_serves_the_internal_device_edge_with_its_allow_list(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start("state-node", "node-a", **ENTITIES)
+    allowed = cluster.start("edge", "edge-in", **_device_env(tmp_path, "127.0.0.0/8=warehouse"))
+    elsewhere = cluster.start("edge", "edge-out", **_device_env(tmp_path, "10.0.0.0/8=warehouse"))
+    path = "/internal/StockLevel/sku-7/messages"
+    push = {"message_id": "p-1", "payload": {"type": "push", "state": {"on_hand": 7, "reserved": 0}, "version": 3}}
+    try:
+        refused_status, refused = _post(elsewhere.ready_line.split("ready on ")[1].rstrip("/"), path, push)
+        assert refused_status == 403 and refused["error"]["code"] == "network_not_allowed"
+        assert _events(cluster, "StockLevel-sku-7") == []  # nothing reached the entity
+
+        base_url = allowed.ready_line.split("ready on ")[1].rstrip("/")
+        status, answer = _push_until_served(base_url, path, push)
+        assert status == 200 and answer["ok"] and answer["payload"]["applied"] is True, answer
+        status, answer = _post(base_url, path, {**push, "message_id": "p-2"})  # a duplicate push: nothing changes
+        assert status == 200 and answer["payload"]["applied"] is False
+        assert [e for e in _events(cluster, "StockLevel-sku-7") if e != "OwnerChanged"] == [
+            "ConnectionAccepted", "RemoteStateReceived"]
+
+        async def read() -> dict[str, Any]:  # a user reads what the device pushed, through the same edge
+            async with await connect(base_url, "StockLevel", "sku-7", cluster_token("vic", "viewer")) as client:
+                reply = await client.request({"type": "read"}, timeout=10)
+                assert reply.ok, reply
+                return reply.payload  # type: ignore[no-any-return]
+
+        known = asyncio.run(read())["last_known"]
+        assert known["state"] == {"on_hand": 7, "reserved": 0} and known["version"] == 3
+    except AssertionError:
+        print(cluster.logs())
+        raise
+
+
+def test_command_retried_across_kill9_of_the_proxys_node_is_applied_once(cluster: Cluster, tmp_path: Path) -> None:
+    """The primary applies the command, its answer is held back, the proxy's node is killed
+    (kill -9); the other node takes the shard over, the client resends its message (same ID),
+    the proxy's deadline timer re-sends the command with the same key: the primary sees the
+    key twice and applies it once; the client gets the pulled state pushed."""
+    with warehouse_thread(honour_keys=True) as primary:
+        primary.level("sku-1", 10)
+        primary.hold_after_apply = asyncio.Event()  # never set here: the primary's stop releases it
+        env = {**ENTITIES, "XPLATFORM_PROXY_PRIMARIES": f"FailoverStock={primary.url}"}
+        nodes = {name: cluster.start("state-node", name, **env) for name in ("node-a", "node-b")}
+        edge = cluster.start("edge", "edge-1", **env)
+        base_url = edge.ready_line.split("ready on ")[1].rstrip("/")
+        probes = [f"p{i}" for i in range(16)]
+        deadline = time.monotonic() + 30
+        while set(cluster.owners("FailoverStock", probes).values()) != set(nodes):  # both nodes in the map
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.1)
+        token = cluster_token("carl", "clerk")
+        command = {"type": "command", "command": {"op": "reserve", "qty": 4}}
+
+        async def scenario() -> dict[str, Any]:
+            async with await connect(base_url, "FailoverStock", "sku-1", token) as client:
+                reply = await _answered(client, command)
+                assert reply.ok and reply.payload["status"] == "pending", reply
+                deadline = time.monotonic() + 30
+                while not primary.applied:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                owner = cluster.owners("FailoverStock", ["sku-1"])["sku-1"]
+                nodes[owner].kill9()  # mid-call: the primary applied the command, its answer is held
+                primary.hold_after_apply = None  # the re-sent command is answered
+                again = await _answered(client, command)  # the same message, until the new owner answers it
+                assert again.ok and again.payload["status"] == "pending", again
+                while True:
+                    pushed = await client.next_push(timeout=60)
+                    if isinstance(pushed, dict) and pushed.get("type") == "proxy_result":
+                        return pushed
+
+        try:
+            answer = asyncio.run(scenario())
+        except BaseException:
+            print(cluster.logs())
+            raise
+        assert answer["ok"], answer
+        assert answer["ok"] and answer["last_known"]["state"] == {"on_hand": 10, "reserved": 4}
+        posts = [key for method, _sku, key in primary.log if method == "POST"]
+        assert len(posts) == 2 and posts[0] == posts[1], primary.log
+        assert primary.applied == [posts[0]] and primary.levels["sku-1"]["reserved"] == 4
