@@ -540,4 +540,16 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/projections/test_sdk.py::test_a_gap_is_refused_never_skipped",
                "tests/projections/test_mongo_model.py::test_a_gap_writes_nothing"),
     ),
+    Mutation(
+        "request-any-incarnation", "operator-requests", "infrastructure/cluster/requests.py",
+        old="""            if mine is None or mine.czxid != request.incarnation:""",
+        new="""            if mine is None:""",
+        tests=("tests/integration/test_member_requests.py::test_a_request_is_taken_only_by_its_incarnation_from_credential_holders",),
+    ),
+    Mutation(
+        "kill-without-drills", "operator-requests", "infrastructure/cluster/requests.py",
+        old="""            if request.action == "kill" and not self.drills_enabled:""",
+        new="""            if False:""",
+        tests=("tests/integration/test_member_requests.py::test_a_request_is_taken_only_by_its_incarnation_from_credential_holders",),
+    ),
 ]
