@@ -4,16 +4,12 @@ clients keep chatting; refusals change nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from tests.support.chat_load import ChatLoad
 from tests.support.cluster import Cluster
-from tests.support.runbook import owned_by, report_of, shard_map, wait_for_map, xplatform
+from tests.support.runbook import owned_by, report_of, shard_map, under_chat_load, wait_for_map, xplatform
 
 
 def test_drain_moves_a_state_nodes_shards_and_an_edge_leaves(cluster: Cluster) -> None:
@@ -49,22 +45,7 @@ def test_drain_moves_a_state_nodes_shards_and_an_edge_leaves(cluster: Cluster) -
     assert {(m["from"], m["to"]) for m in plan["moves"]} == {("node-a", "node-b")}
     assert node_a.process.poll() is None and shard_map(cluster).version == before.version
 
-    lots = [f"drain-{uuid.uuid4().hex[:6]}-{i}" for i in range(4)]
-
-    async def under_load() -> tuple[ChatLoad, dict]:
-        load = ChatLoad([url], lots)
-        load.start()
-        await asyncio.sleep(0.5)
-        done = await asyncio.to_thread(xplatform, cluster, "drain", "node-a", "--json")
-        await asyncio.sleep(0.5)
-        await load.stop()
-        return load, report_of(done)
-
-    try:
-        load, report = asyncio.run(under_load())
-    except BaseException:
-        print(cluster.logs())
-        raise
+    load, report = under_chat_load(cluster, url, "drain", "node-a")
     assert node_a.process.wait(15) == 0, node_a.log()  # it drained and exited by itself
     assert report["role"] == "state" and report["left_s"] is not None and report["unowned"] == 0
     assert [(s["category"], s["shard"]) for s in report["shards"]] == of_a

@@ -5,12 +5,8 @@ a member nobody restarts stops the roll there, leaving the members after it unto
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
-from tests.support.chat_load import ChatLoad
 from tests.support.cluster import Cluster
-from tests.support.runbook import report_of, wait_for_map, xplatform
+from tests.support.runbook import report_of, under_chat_load, wait_for_map, xplatform
 
 
 def _incarnations(cluster: Cluster) -> dict[str, int]:
@@ -39,22 +35,7 @@ def test_rolling_restart_replaces_each_member_in_turn_and_stops_at_the_first_fai
     assert plan["order"] == ["node-a", "node-b", "edge-1"] and plan["steps"] == []
     assert _incarnations(cluster) == before and cluster.restarts == []
 
-    lots = [f"roll-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
-
-    async def under_load() -> tuple[ChatLoad, dict]:
-        load = ChatLoad([url], lots)
-        load.start()
-        await asyncio.sleep(0.5)
-        done = await asyncio.to_thread(xplatform, cluster, "rolling-restart", "--json", "--timeout", "60")
-        await asyncio.sleep(0.5)
-        await load.stop()
-        return load, report_of(done)
-
-    try:
-        load, report = asyncio.run(under_load())
-    except BaseException:
-        print(cluster.logs())
-        raise
+    load, report = under_chat_load(cluster, url, "rolling-restart", "--timeout", "60", lots=3)
     assert [s["node"] for s in report["steps"]] == ["node-a", "node-b", "edge-1"]
     assert cluster.restarts == ["node-a", "node-b", "edge-1"]  # one replacement each, in that order
     after = _incarnations(cluster)

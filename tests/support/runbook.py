@@ -3,12 +3,15 @@ operator would: a separate process with the cluster's settings and credentials."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
+import uuid
 
 from infrastructure.cluster.allocation import Assignment
+from tests.support.chat_load import ChatLoad
 from tests.support.cluster import Cluster
 
 
@@ -49,3 +52,25 @@ def wait_for_map(cluster: Cluster, nodes: set[str], timeout: float = 15.0) -> As
             return assignment
         assert time.monotonic() < deadline, f"map owners {owners}, expected {nodes}\n{cluster.logs()}"
         time.sleep(0.05)
+
+
+def under_chat_load(cluster: Cluster, url: str, *args: str, lots: int = 4) -> tuple[ChatLoad, dict]:
+    """``xplatform ARGS --json`` while a client per lot chats through the edge at ``url``
+    (from half a second before to half a second after); what the clients saw and the report.
+    The clients' lots are new (``chat-<random>-<n>``): check them with ``load.check_stored``."""
+    names = [f"chat-{uuid.uuid4().hex[:6]}-{i}" for i in range(lots)]
+
+    async def scenario() -> tuple[ChatLoad, dict]:
+        load = ChatLoad([url], names)
+        load.start()
+        await asyncio.sleep(0.5)
+        done = await asyncio.to_thread(xplatform, cluster, *args, "--json")
+        await asyncio.sleep(0.5)
+        await load.stop()
+        return load, report_of(done)
+
+    try:
+        return asyncio.run(scenario())
+    except BaseException:
+        print(cluster.logs())
+        raise
