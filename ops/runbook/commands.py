@@ -94,11 +94,15 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
         return _emit(args, rebalance(settings, dry_run=args.dry_run), print_rebalance)
     if args.command == "rolling-restart":
-        from ops.runbook.rolling import print_rolling, rolling_restart
+        from ops.runbook.rolling import RollingRestartStopped, print_rolling, rolling_restart
 
         nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] or None
-        report = rolling_restart(settings, nodes=nodes, dry_run=args.dry_run, timeout_s=args.timeout or DRAIN_TIMEOUT_S,
-                                 line=line)
+        try:
+            report = rolling_restart(settings, nodes=nodes, dry_run=args.dry_run,
+                                     timeout_s=args.timeout or DRAIN_TIMEOUT_S, line=line)
+        except RollingRestartStopped as stopped:
+            _emit(args, stopped.report, print_rolling)  # the steps done, then the one-line reason (exit 2)
+            raise
         return _emit(args, report, print_rolling)
     if args.command == "drill":
         from ops.runbook.drill import drill_failover, print_drill

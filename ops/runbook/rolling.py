@@ -25,6 +25,15 @@ from ops.runbook.view import POLL_S, ClusterView, Member, StatusLine
 from ops.wiring.cluster import layout_from
 
 
+class RollingRestartStopped(RunbookError):
+    """Raised when a step of a rolling restart failed; ``report`` holds the steps done and
+    where it stopped (``--json`` prints it before the one-line reason)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 def rolling_restart(settings: Settings, *, nodes: list[str] | None = None, dry_run: bool = False,
                     timeout_s: float = DRAIN_TIMEOUT_S, line: StatusLine | None = None) -> dict[str, Any]:
     line = line or StatusLine(enabled=False)
@@ -37,7 +46,7 @@ def rolling_restart(settings: Settings, *, nodes: list[str] | None = None, dry_r
         if unknown:
             raise RunbookError(f"not members of cluster {settings.cluster_name!r}: {', '.join(unknown)} "
                                "(see `xplatform status`)")
-        report: dict[str, Any] = {"order": order, "dry_run": dry_run, "steps": []}
+        report: dict[str, Any] = {"order": order, "dry_run": dry_run, "steps": [], "stopped_at": None, "reason": None}
         if dry_run:
             return report
         problem = _unhealthy(view, settings, set(members))
@@ -50,8 +59,9 @@ def rolling_restart(settings: Settings, *, nodes: list[str] | None = None, dry_r
                 report["steps"].append(_step(view, settings, layout, node_id, set(members), timeout_s, line))
             except RunbookError as exc:
                 line.done()
-                raise RunbookError(f"rolling restart stopped at {node_id} (step {k} of {len(order)}; done: {done}): "
-                                   f"{exc}") from None
+                report.update(stopped_at=node_id, reason=str(exc))
+                raise RollingRestartStopped(f"rolling restart stopped at {node_id} (step {k} of {len(order)}; done: "
+                                            f"{done}): {exc}", report) from None
         line.done()
         return report
 
@@ -117,4 +127,7 @@ def print_rolling(report: dict[str, Any]) -> None:
     for s in report["steps"]:
         print(f"  {s['role']:<5} {s['node']}: drained ({s['shards_moved_away']} shards moved), replaced and "
               f"healthy in {s['took_s']:.1f} s")
-    print(f"rolling restart done: {len(report['steps'])} members")
+    if report["stopped_at"]:
+        print(f"rolling restart STOPPED at {report['stopped_at']} after {len(report['steps'])} members")
+    else:
+        print(f"rolling restart done: {len(report['steps'])} members")

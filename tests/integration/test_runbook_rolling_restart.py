@@ -5,6 +5,8 @@ a member nobody restarts stops the roll there, leaving the members after it unto
 
 from __future__ import annotations
 
+import json
+
 from tests.support.cluster import Cluster
 from tests.support.runbook import report_of, under_chat_load, wait_for_map, xplatform
 
@@ -54,8 +56,10 @@ def test_rolling_restart_replaces_each_member_in_turn_and_stops_at_the_first_fai
     cluster.start("state-node", "node-c")
     wait_for_map(cluster, {"node-a", "node-b", "node-c"})
     before = _incarnations(cluster)
-    stopped = xplatform(cluster, "rolling-restart", "--nodes", "node-c,node-a", "--timeout", "5")
+    stopped = xplatform(cluster, "rolling-restart", "--nodes", "node-c,node-a", "--timeout", "5", "--json")
     assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    partial = json.loads(stopped.stdout)  # for scripts: where it stopped, and why
+    assert partial["steps"] == [] and partial["stopped_at"] == "node-c" and "no replacement" in partial["reason"]
     assert "rolling restart stopped at node-c (step 1 of 2; done: none)" in stopped.stderr
     assert "no replacement of node-c joined" in stopped.stderr
     assert _incarnations(cluster)["node-a"] == before["node-a"] and "node-c" not in _incarnations(cluster)
