@@ -331,6 +331,18 @@ class Settings:
                                             "the supervisor can end that session the moment the child dies, "
                                             "instead of everyone waiting out zk_session_timeout_s. Empty: not supervised.")
 
+    drills_enabled: int = _setting(0, "1 lets `xplatform drill failover --kill` end this process like kill -9 "
+                                   "through a ZooKeeper request (infrastructure/cluster/requests.py): a recovery "
+                                   "drill for test and staging clusters. Off, so a production member can only be "
+                                   "drained by operators, never killed from afar.")
+    doctor_max_clock_skew_s: float = _setting(0.5, "`xplatform doctor` reports members whose clocks differ by "
+                                              "more than this: edges check token exp/nbf with jwt_leeway_s (5 s) "
+                                              "and stored events carry their node's time, so NTP-synced hosts "
+                                              "(well under 0.1 s apart) pass and a host without NTP is named early.")
+    doctor_store_slow_ms: float = _setting(50.0, "`xplatform doctor` warns when a store read takes longer than "
+                                           "this (median of a few): a local or same-zone store answers in a few "
+                                           "ms; every durable reply waits on the store.")
+
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ConfigurationError(f"XPLATFORM_STORE must be one of {', '.join(STORES)}, not {self.store!r}")
@@ -360,6 +372,8 @@ class Settings:
             raise ConfigurationError("XPLATFORM_GIL_SWITCH_INTERVAL_MS must be between 0.05 and 100 ms")
         if self.edge_workers < 0:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
+        if self.drills_enabled not in (0, 1):
+            raise ConfigurationError("XPLATFORM_DRILLS_ENABLED must be 0 or 1")
         if self.cluster_insecure not in (0, 1):
             raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
         if not self.zookeeper_user or ":" in self.zookeeper_user:

@@ -15,6 +15,8 @@ Subcommands:
   inspect   print the stored events of one entity (``xplatform inspect Lot demo-1``)
   new       write a minimal entity package NAME/ (one entity, its sandbox test, the
             XPLATFORM_ENTITIES line) that ``xplatform run`` serves unchanged
+  drain, rolling-restart, rebalance, doctor, drill failover
+            runbook commands on a cluster, through ZooKeeper (ops/runbook/, ops/RUNBOOK.md)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from domain.entity import Entity
 from infrastructure.errors import InfrastructureError
 from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import SAMPLE_ENTITIES, Settings
+from ops.runbook import commands as runbook
 from ops.wiring.dev import Platform, build_platform
 
 
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     new = sub.add_parser("new", help="write a minimal entity package with its sandbox test")
     new.add_argument("name", help="the package's name (a Python identifier)")
     new.add_argument("--dir", default=".", help="directory to write NAME/ in (default: the current one)")
+    runbook.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             _inspect(settings, EntityRef(args.category, args.entity_id))
         elif args.command == "new":
             _new(args.name, Path(args.dir))
+        elif args.command in runbook.COMMANDS:
+            return runbook.run_command(args, settings)
     except InfrastructureError as exc:
         print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -8,16 +8,12 @@ ZooKeeper credentials (XPLATFORM_ZOOKEEPER_PASSWORD_FILE): nobody else may read 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
-from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
-
-from infrastructure.cluster.allocation import Assignment
-from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
-from infrastructure.errors import ConfigurationError, InfrastructureError
+from infrastructure.errors import InfrastructureError
 from infrastructure.settings import Settings
+from ops.runbook.view import ClusterView
 
 
 class StatusError(InfrastructureError):
@@ -26,31 +22,9 @@ class StatusError(InfrastructureError):
 
 def read_status(settings: Settings) -> dict[str, Any]:
     """Members and shard ownership of ``settings.cluster_name`` (see the module docstring)."""
-    if not settings.zookeeper_hosts:
-        raise ConfigurationError("status needs XPLATFORM_ZOOKEEPER_HOSTS")
-    root = f"/xplatform/{settings.cluster_name}"
-    zk = zookeeper_client(settings.zookeeper_hosts, ZooKeeperAuth.from_settings(settings),
-                          timeout=settings.zk_session_timeout_s)
-    try:
-        zk.start(10)
-        members = {}
-        for node in sorted(zk.get_children(f"{root}/members")):
-            try:
-                members[node] = json.loads(zk.get(f"{root}/members/{node}")[0])
-            except NoNodeError:
-                continue
-        data, _ = zk.get(f"{root}/assignment")
-    except NoAuthError:
-        raise StatusError(f"ZooKeeper refused to show cluster {settings.cluster_name!r}: set "
-                          "XPLATFORM_ZOOKEEPER_USER/_PASSWORD_FILE to the cluster's credentials") from None
-    except NoNodeError:
-        raise StatusError(f"no cluster named {settings.cluster_name!r} in ZooKeeper at {settings.zookeeper_hosts}") from None
-    except (KazooException, TimeoutError) as exc:
-        raise StatusError(f"cannot read ZooKeeper at {settings.zookeeper_hosts}: {exc}") from exc
-    finally:
-        zk.stop()
-        zk.close()
-    assignment = Assignment.from_json(json.loads(data)) if data else Assignment()
+    with ClusterView(settings, StatusError) as view:
+        members = {node: member.info for node, member in view.members().items()}
+        assignment, _stat = view.assignment()
     owned: dict[str, Counter[str]] = {}
     unowned: dict[str, int] = {}
     for category, owners in assignment.shards.items():

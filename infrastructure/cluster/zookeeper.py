@@ -2,11 +2,13 @@
 
 ZooKeeper layout under ``/xplatform/<cluster>/``:
 
-- ``members/<node_id>`` — ephemeral, JSON {address, version, role, group, lanes}: exists
+- ``members/<node_id>`` — ephemeral, JSON {address, version, role, group, lanes, clock}: exists
   exactly while the node's session lives (a ``kill -9`` is seen when the session expires).
 - ``assignment`` — JSON of :class:`~infrastructure.cluster.allocation.Assignment`, written
-  only by the allocator with a compare-and-set on the znode version (two allocators for a
-  moment can never interleave writes).
+  only by the allocator (and ``xplatform rebalance``, which computes it the same way) with a
+  compare-and-set on the znode version (two writers for a moment can never interleave writes).
+- ``requests/<node_id>`` — an operator's request to one member (drain; the failover drill's
+  kill), ephemeral, answered by the member: infrastructure/cluster/requests.py.
 - ``allocator`` — kazoo ``Election``: one node at a time recomputes the map when members
   change.
 
@@ -274,7 +276,9 @@ class ZooKeeperCoordinator:
             self._lock_down()
         _data, root_stat = self.client.get(self.root)
         self.ownership.generation = int(root_stat.ctime)
-        data = json.dumps(asdict(self.member)).encode()
+        # "clock": our wall clock as we register; against the entry's ctime (ZooKeeper's clock)
+        # it shows this host's clock offset (`xplatform doctor` compares members')
+        data = json.dumps({**asdict(self.member), "clock": time.time()}).encode()
         try:
             self.client.create(f"{self.root}/members/{self.member.node_id}", data, ephemeral=True)
         except NodeExistsError:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,12 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.secrets = ClusterSecrets.write(self.root)
+        self._started_as: dict[str, tuple[str, bool, dict[str, str]]] = {}
+        self._kept: set[str] = set()
+        self._keeper: threading.Thread | None = None
+        self._stop_keeping = threading.Event()
+        self.restarts: list[str] = []
+        """Node IDs restarted by :meth:`keep_running`, in order."""
 
     def security_env(self) -> dict[str, str]:
         """The variables that give a process the cluster's secrets (or insecure mode)."""
@@ -172,6 +179,7 @@ class Cluster:
         XPLATFORM_EDGE_PORT so a restarted edge comes back where its clients look).
         ``supervised``: ``state-node --supervised`` (the process is the supervisor; its child,
         the node, prints the ready line through the inherited stdout; ``kill9_child`` kills it)."""
+        self._started_as[node_id] = (kind, supervised, dict(env))
         log_path = self.root / f"{node_id}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process; appends across restarts
         args = [kind, "--supervised"] if supervised else [kind]
@@ -200,8 +208,33 @@ class Cluster:
         return "\n".join(f"----- {name}\n{p.log()}" for name, p in self.processes.items())
 
     def stop_all(self) -> None:
-        for p in self.processes.values():
+        self._stop_keeping.set()
+        if self._keeper is not None:
+            self._keeper.join(60)
+        for p in list(self.processes.values()):
             p.stop()
+
+    def keep_running(self, *node_ids: str) -> None:
+        """Start ``node_ids`` again, as they were started, whenever they exit (a drain
+        included): what systemd's ``Restart=always`` or a Kubernetes Deployment do, for the
+        runbook's rolling restart. Until :meth:`stop_all`."""
+        self._kept.update(node_ids)
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="cluster-keeper", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        while not self._stop_keeping.wait(0.05):
+            for node_id in sorted(self._kept):
+                process = self.processes.get(node_id)
+                if process is None or process.process.poll() is None:
+                    continue
+                kind, supervised, env = self._started_as[node_id]
+                try:
+                    self.start(kind, node_id, 30.0, supervised, **env)
+                    self.restarts.append(node_id)
+                except ServerStartError:
+                    continue  # e.g. its old member entry lingers: next round
 
     # ------------------------------------------------------------------ inspection
     def wait_member_gone(self, node_id: str, timeout: float = 15.0) -> None:

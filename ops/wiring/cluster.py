@@ -6,6 +6,9 @@ client (and of a state node's server) as a scrape sees them.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -27,6 +30,11 @@ def lanes_from(settings: Settings) -> dict[str, str]:
     return {category.strip(): lane.strip() for category, lane in pairs}
 
 
+def layout_from(settings: Settings) -> Layout:
+    """``XPLATFORM_CLUSTER_LAYOUT`` (empty: every state node hosts every category equally)."""
+    return Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
+
+
 @dataclass
 class Membership:
     """A process's place in the cluster: who owns what, and the links to the owners."""
@@ -39,7 +47,7 @@ class Membership:
 def join(settings: Settings, member: MemberInfo, categories: Collection[str], auth: LinkAuth) -> Membership:
     """The ownership view, coordinator and network client of a member (``member.role``:
     ``state`` or ``edge``) for ``categories``; nothing is started (``coordinator.start()``)."""
-    layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
+    layout = layout_from(settings)
     ownership = Ownership(settings.node_id, settings.shards_per_category,
                           previous_owner_window_s=settings.transport_previous_owner_window_s)
     coordinator = ZooKeeperCoordinator(
@@ -67,3 +75,12 @@ def cluster_exposition(membership: Membership, server: NodeServer | None = None)
     """The cluster registry (ZooKeeper state, routing misses, lanes), lanes recorded first."""
     record_lanes(membership, server)
     return generate_latest(membership.ownership.metrics.registry)
+
+
+def answer_request(action: str, leave: asyncio.Event) -> None:
+    """An operator's request through ZooKeeper (infrastructure/cluster/requests.py): ``drain``
+    sets ``leave`` (whoever runs the process then stops it as on SIGTERM); ``kill`` (the
+    failover drill, only where drills_enabled) ends the process as ``kill -9`` would."""
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    leave.set()

@@ -14,6 +14,7 @@ connection ID, to another edge.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Collection
 
 from aiohttp import web
@@ -24,13 +25,14 @@ from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier
 from edge.sockets import raise_open_file_limit
+from infrastructure.cluster.requests import RequestWatch
 from infrastructure.cluster.zookeeper import MemberInfo
 from infrastructure.errors import ConfigurationError
 from infrastructure.gc_pauses import GcPauses
 from infrastructure.gc_tuning import GcTuning
 from infrastructure.settings import Settings
 from infrastructure.transport.auth import link_auth_from
-from ops.wiring.cluster import cluster_exposition, join
+from ops.wiring.cluster import answer_request, cluster_exposition, join
 from ops.wiring.metrics import MetricsListener, add_metrics
 
 
@@ -53,6 +55,13 @@ class ClusteredEdge:
         self.public.registry.watch(self.client.hold, self.client.release)
         self.ownership.listeners.append(lambda _state, _map: self.client.reannounce())
         self.metrics_listener: MetricsListener | None = None
+        self.leave = asyncio.Event()
+        """Set on SIGTERM/SIGINT or when an operator asked this edge to drain
+        (``xplatform drain``): the server stops, saying GOING_AWAY to every client."""
+        self.requests = RequestWatch(self.coordinator.client, self.coordinator.root, settings.node_id,
+                                     self.coordinator.auth, lambda action: answer_request(action, self.leave),
+                                     drills_enabled=bool(settings.drills_enabled))
+
 
     def _render_metrics(self) -> bytes:
         # edge registry, then ZooKeeper state, routing misses, lane buffers and queues to nodes
@@ -63,6 +72,7 @@ class ClusteredEdge:
 
         async def coordination(app: web.Application) -> AsyncIterator[None]:
             await self.coordinator.start()
+            await self.requests.start()
             yield
             await self.client.close()
             await self.coordinator.stop()
@@ -92,4 +102,4 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
         print(f"edge {settings.node_id} (metrics: {listener.url if listener else ''}) "
               f"ready on http://{edge.config.host}:{port}/", flush=True)
 
-    await serve_app(app, edge.config, announce)
+    await serve_app(app, edge.config, announce, stop=edge.leave)

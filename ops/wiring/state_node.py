@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 
 from domain.entity import Entity
+from infrastructure.cluster.requests import RequestWatch
 from infrastructure.cluster.routing import LocalFirstRouter
 from infrastructure.cluster.supervisor import write_session
 from infrastructure.cluster.zookeeper import MemberInfo
@@ -29,7 +30,7 @@ from infrastructure.settings import Settings
 from infrastructure.transport import tls
 from infrastructure.transport.auth import link_auth_from
 from infrastructure.transport.server import NodeServer
-from ops.wiring.cluster import cluster_exposition, join, record_lanes
+from ops.wiring.cluster import answer_request, cluster_exposition, join, record_lanes
 from ops.wiring.metrics import MetricsListener
 from ops.wiring.node import build_node, start_node, stop_node
 from ops.wiring.proxies import build_remote_calls
@@ -65,6 +66,12 @@ class ClusteredStateNode:
             self.coordinator.on_session = self._tell_supervisor
         self._flushes: set[asyncio.Task[None]] = set()
         self.ownership.listeners.append(self._on_ownership)
+        self.leave = asyncio.Event()
+        """Set when an operator asked this node to drain (``xplatform drain``): whoever runs
+        the node stops it (``serve_state_node`` does, like on SIGTERM)."""
+        self.requests = RequestWatch(self.coordinator.client, self.coordinator.root, settings.node_id,
+                                     self.coordinator.auth, lambda action: answer_request(action, self.leave),
+                                     drills_enabled=bool(settings.drills_enabled))
 
     @property
     def journal(self) -> EventJournal:
@@ -108,8 +115,10 @@ class ClusteredStateNode:
         self.coordinator.member = MemberInfo(self.settings.node_id, address=self.advertised_address, role="state",
                                              group=self.settings.node_group)
         await self.coordinator.start()
+        await self.requests.start()
         log.info("state node %s serving on %s (published as %s)", self.settings.node_id, self.server.address,
                  self.advertised_address)
+
 
     @property
     def advertised_address(self) -> str:
@@ -160,4 +169,5 @@ async def serve_state_node(settings: Settings) -> None:
     async with ClusteredStateNode(settings) as node:
         metrics_url = await node.serve_metrics()
         print(f"state node {settings.node_id} ready on {node.server.address} (metrics: {metrics_url})", flush=True)
-        await stop.wait()
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.leave.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)

@@ -612,4 +612,16 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/unit/test_state_proxy_sandbox.py::"
                "test_command_and_pull_is_one_call_with_a_key_derived_from_the_message",),
     ),
+    Mutation(
+        "request-any-incarnation", "operator-requests", "infrastructure/cluster/requests.py",
+        old="""            if mine is None or mine.czxid != request.incarnation:""",
+        new="""            if mine is None:""",
+        tests=("tests/integration/test_member_requests.py::test_a_request_is_taken_only_by_its_incarnation_from_credential_holders",),
+    ),
+    Mutation(
+        "kill-without-drills", "operator-requests", "infrastructure/cluster/requests.py",
+        old="""            if request.action == "kill" and not self.drills_enabled:""",
+        new="""            if False:""",
+        tests=("tests/integration/test_member_requests.py::test_a_request_is_taken_only_by_its_incarnation_from_credential_holders",),
+    ),
 ]
