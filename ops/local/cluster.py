@@ -4,6 +4,7 @@ Each process is ended by the PID we started; logs are attached to failures."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from infrastructure.cluster.allocation import Assignment
 from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
@@ -251,6 +253,16 @@ class Cluster:
             assert owner is not None, f"{category}/{entity_id} has no owner"
             found[entity_id] = owner.node
         return found
+
+    def assignment(self) -> Assignment:
+        """The current shard map: owners and, for mirrored categories, standbys."""
+        zk = self._zk()
+        try:
+            data, _ = zk.get(f"/xplatform/{self.name}/assignment")
+        finally:
+            zk.stop()
+            zk.close()
+        return Assignment.from_json(json.loads(data))
 
     def journal(self) -> RecorderJournal:
         """The shared PostgreSQL store, for checking what the nodes wrote."""
