@@ -21,7 +21,7 @@ LAYOUT = '[{"group": "default", "categories": ["*"], "mirrors": 1}]'
 
 
 def scrape(cluster: Cluster, node: str) -> dict[str, float]:
-    with urllib.request.urlopen(cluster.processes[node].metrics_url(), timeout=5) as response:
+    with urllib.request.urlopen(cluster.processes[node].metrics_url, timeout=5) as response:
         text = response.read().decode()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
