@@ -65,12 +65,14 @@ async def bury(node: ClusteredStateNode) -> None:
 
 
 def settled(nodes: dict[str, ClusteredStateNode]) -> bool:
-    """Every node has the same map, every shard an owner and a standby (among them)."""
+    """Every node has the same map, every shard an owner and a standby (among them), every
+    node owns shards (the map already counts the last one that joined)."""
     maps = [node.ownership.assignment for node in nodes.values()]
     owners = maps[0].shards.get("Counter", [None])
     standbys = maps[0].standbys.get("Counter", [None])
     return (len({m.version for m in maps}) == 1 and all(len(n.coordinator.members) == len(nodes) for n in nodes.values())
             and all(o is not None and o.node in nodes for o in owners)
+            and {o.node for o in owners if o is not None} == set(nodes)
             and all(s is not None and s.node in nodes for s in standbys))
 
 
@@ -214,8 +216,13 @@ def test_a_killed_standby_is_replaced_and_an_owner_killed_with_its_standby_is_lo
             await until(lambda: settled(nodes))
 
             async def send(ref: EntityRef, message: ClientMessage | Connect) -> None:
-                owner = next(node for node in nodes.values() if node.ownership.is_mine(ref))
-                reply = await LocalTransport(owner.node, 10).ask(ref, message)
+                for _attempt in range(100):  # resent while the map moves, as a client's transport does
+                    owner = next((node for node in nodes.values() if node.ownership.is_mine(ref)), None)
+                    if owner is not None:
+                        reply = await LocalTransport(owner.node, 10).ask(ref, message)
+                        if reply.ok or not reply.retryable:
+                            break
+                    await asyncio.sleep(0.05)
                 assert reply.ok, reply
 
             for ref in refs:
