@@ -234,19 +234,10 @@ class Cluster:
 
     def owners(self, category: str, entity_ids: list[str], shards: int = 8) -> dict[str, str]:
         """entity ID → the state node the current shard map gives it."""
-        import json
-
         from domain.refs import EntityRef
-        from infrastructure.cluster.allocation import Assignment
         from infrastructure.runtime.sharding import shard_of
 
-        zk = self._zk()
-        try:
-            data, _ = zk.get(f"/xplatform/{self.name}/assignment")
-        finally:
-            zk.stop()
-            zk.close()
-        assignment = Assignment.from_json(json.loads(data))
+        assignment = self.assignment()
         found = {}
         for entity_id in entity_ids:
             owner = assignment.owner(category, shard_of(EntityRef(category, entity_id), shards))

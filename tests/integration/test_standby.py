@@ -14,7 +14,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from kazoo.client import KazooClient
 
 from domain import ClientMessage, Connect, EntityRef
 from infrastructure.persistence import RecorderJournal
@@ -25,7 +24,7 @@ from infrastructure.transport import LocalTransport
 from ops.status import print_status, read_status
 from ops.wiring.node import stop_node
 from ops.wiring.state_node import ClusteredStateNode
-from tests.support.cluster import ClusterSecrets
+from tests.support.cluster import ClusterSecrets, crash
 from tests.support.entities import Counter
 from tests.support.servers import ZooKeeperServer
 
@@ -44,18 +43,6 @@ async def until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untype
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
-
-
-async def kill(node: ClusteredStateNode, zookeeper: ZooKeeperServer) -> None:
-    """What kill -9 looks like to the others: its session expires without a goodbye, its
-    transport goes silent (the node object itself is stopped by the test at the end)."""
-    await node.server.stop()
-    session_id, password = node.coordinator.client.client_id
-    expirer = KazooClient(zookeeper.hosts, client_id=(session_id, password))
-    expirer.start(5)
-    expirer.stop()
-    expirer.close()
-    await node.coordinator.stop()
 
 
 async def bury(node: ClusteredStateNode) -> None:
@@ -140,7 +127,7 @@ def test_a_killed_owners_entities_are_taken_over_warm_by_their_standbys_and_equa
             victims = [ref for ref in refs if killed.ownership.is_mine(ref)]
             assert victims
             before = killed.ownership.assignment
-            await kill(killed, zookeeper)
+            await crash(killed, zookeeper.hosts)
             await until(lambda: all(any(n.ownership.is_mine(ref) for n in nodes.values()) for ref in victims))
             after = nodes["a"].ownership.assignment
             warm_expected = 0
@@ -236,7 +223,7 @@ def test_a_killed_standby_is_replaced_and_an_owner_killed_with_its_standby_is_lo
             standby = assignment.standby(*target)
             assert standby is not None
             dead.append(nodes.pop(standby.node))
-            await kill(dead[-1], zookeeper)
+            await crash(dead[-1], zookeeper.hosts)
             await until(lambda: settled(nodes))
             assignment = nodes["a"].ownership.assignment
             replacement = assignment.standby(*target)
@@ -251,7 +238,7 @@ def test_a_killed_standby_is_replaced_and_an_owner_killed_with_its_standby_is_lo
             pair = [nodes.pop(owner.node), nodes.pop(replacement.node)]
             dead += pair
             for node in pair:
-                await kill(node, zookeeper)
+                await crash(node, zookeeper.hosts)
             await until(lambda: settled(nodes) or len(nodes) == 1 and all(
                 any(n.ownership.is_mine(ref) for n in nodes.values()) for ref in refs))
             for ref in refs:
