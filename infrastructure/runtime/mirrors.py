@@ -398,6 +398,11 @@ class MirrorFeed:
         self._running.set()
 
     def rescan(self) -> None:
+        """Start over from the beginning; returns at once (ending a subscription may wait for
+        its threads, e.g. PostgreSQL's listener: never on the caller's event loop)."""
+        threading.Thread(target=self._restart, name=f"{self.name}-rescan", daemon=True).start()
+
+    def _restart(self) -> None:
         with self._sub_lock:
             self._rescan = True
             if self._subscription is not None:
