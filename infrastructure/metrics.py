@@ -97,6 +97,10 @@ class NodeMetrics:
                                 "Resident entities dropped without writing because their shard left this node "
                                 "(shard_moved) or came back at a newer epoch (stale_epoch: reloaded behind a new "
                                 "takeover marker).", ["reason"], registry=r)
+        self.takeovers = Counter("xplatform_node_takeovers", "Entities this node took over from another owner (a "
+                                 "takeover marker written), by where their state came from: warm (a hot mirror, "
+                                 "then the store's tail after it) or cold (the store: snapshot and events).",
+                                 ["kind"], registry=r)
         self._message_children: dict[tuple[str, str], LoopCount] = {}
         GcPauses.install().register(r)  # collector pauses are every latency's tail: shown beside them
 
@@ -141,6 +145,33 @@ class ProxyMetrics:
             self.circuit_opened.labels(category).inc()
 
 
+class MirrorMetrics:
+    """Metrics of a hot mirror (``xplatform_mirror_*``, see infrastructure/runtime/mirrors.py). Set from the
+    mirror's feed thread (prometheus_client's metrics are thread-safe); no labels: one mirror per process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.entities = Gauge("xplatform_mirror_entities", "Entities held in the mirror now.", registry=r)
+        self.bytes = Gauge("xplatform_mirror_bytes", "Estimated memory of the mirrored entities: the size of their "
+                           "encoded state (msgpack), re-estimated as they change; Python objects take a few times "
+                           "more.", registry=r)
+        self.lag = Gauge("xplatform_mirror_lag_events", "Events of the mirrored categories stored after the "
+                         "mirror's position, counted up to a cap (mirrors.LAG_CAP): how far the feed is behind.",
+                         registry=r)
+        self.applied = Counter("xplatform_mirror_events_applied", "Events applied to mirrored entities.", registry=r)
+        self.loaded = Counter("xplatform_mirror_entities_loaded", "Entities read from the store into the mirror "
+                              "(first seen, or back within the budget after an eviction).", registry=r)
+        self.evicted = Counter("xplatform_mirror_entities_evicted", "Entities the mirror let go: budget (least "
+                               "recently updated first), dropped (their shard is no longer stood by).",
+                               ["reason"], registry=r)
+        self.promoted = Counter("xplatform_mirror_promotions", "Entities handed from the mirror to this node's "
+                                "runtime on activation: warm (the store's tail applied after the mirror's version) "
+                                "or discarded (the mirror was ahead of the store, or its last event differs from "
+                                "the stored one: impossible unless something is wrong; logged as an error and "
+                                "loaded cold).", ["outcome"], registry=r)
+
+
 class ClusterMetrics:
     """Cluster metrics of a node or edge (``xplatform_cluster_*``): shards owned and in the map, handoffs,
     ZooKeeper/ownership state, routing misses, handoff durations, transport lane buffers
@@ -154,6 +185,8 @@ class ClusterMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.shards_owned = Gauge("xplatform_cluster_shards_owned", "Shards this node owns now.", ["category"], registry=r)
+        self.shards_standby = Gauge("xplatform_cluster_shards_standby", "Shards this node stands by for now (keeps "
+                                    "their entities mirrored for a warm takeover).", ["category"], registry=r)
         self.shards = Gauge("xplatform_cluster_shards", "Shards of each category in the shard map this process "
                             "holds (every node and edge reports the same count): the serving nodes' "
                             "xplatform_cluster_shards_owned sum to it when every shard is served.", ["category"],

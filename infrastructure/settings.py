@@ -261,8 +261,16 @@ class Settings:
                                            "--supervised ends a dead child's session at once), or 0.4-0.6 s "
                                            "sessions (which expire on pauses that long).")
     node_group: str = _setting("default", "Which layout rule this node falls under (cluster_layout).")
-    cluster_layout: str = _setting("", "JSON rules of which node groups host which categories, with weights; "
-                                   "empty: every node hosts every category equally. See cluster/layout.py.")
+    cluster_layout: str = _setting("", "JSON rules of which node groups host which categories, with weights "
+                                   "and hot standbys (\"mirrors\": 1: each shard also gets a standby node that "
+                                   "mirrors its entities, for warm takeover); empty: every node hosts every "
+                                   "category equally, no standbys (mirrors cost memory). See cluster/layout.py.")
+    mirror_budget_bytes: int = _setting(256 * 1024 * 1024, "Memory a state node may spend on hot mirrors of the "
+                                        "shards it stands by for (estimated from the entities' encoded state, see "
+                                        "infrastructure/runtime/mirrors.py); past it the least recently updated "
+                                        "mirrored entities leave and are loaded cold on takeover. 256 MiB: a "
+                                        "quarter of a small node's memory buys warm takeover of ~500k small "
+                                        "entities or a few dozen heavy ones; 0: no limit.")
     transport_host: str = _setting("127.0.0.1", "Where a state node listens for edges and peers; loopback "
                                    "until the deployment names its network.")
     transport_port: int = _setting(0, "0 picks a free port; the address is published in ZooKeeper, so "
@@ -385,6 +393,8 @@ class Settings:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.proxy_retry_backoff_s < 0:
             raise ConfigurationError("XPLATFORM_PROXY_RETRY_BACKOFF_S must be 0 or positive")
+        if self.mirror_budget_bytes < 0:
+            raise ConfigurationError("XPLATFORM_MIRROR_BUDGET_BYTES must be 0 (no limit) or a positive number of bytes")
         if self.eventstoredb_retries < 0:
             raise ConfigurationError("XPLATFORM_EVENTSTOREDB_RETRIES must be 0 or positive")
         if self.store == "eventstoredb":

@@ -9,6 +9,13 @@ ties break by node ID, so the same inputs give the same map on any allocator.
 Every owner change gets a new epoch (the map's new version), a fencing token that only
 grows: a node serves a shard only at the epoch it was given, and an older epoch's writes
 and replies are refused (see ownership.py).
+
+Standbys (hot mirrors, for categories whose layout rule says ``mirrors: 1``): each shard
+also gets a standby node, never its owner, spread and sticky like owners and recorded in
+the same map with the epoch of the map version that placed it. The standby keeps the
+shard's entities mirrored (infrastructure/runtime/mirrors.py); when an owner goes, its
+shards go to their standbys first (when eligible and within their share), so the new owner
+takes over warm; then each such shard gets a new standby.
 """
 
 from __future__ import annotations
@@ -32,21 +39,38 @@ class Assignment:
 
     version: int = 0
     shards: dict[str, list[ShardOwner | None]] = field(default_factory=dict)
+    standbys: dict[str, list[ShardOwner | None]] = field(default_factory=dict)
+    """category → shard number → standby node (and the epoch that placed it); only the
+    categories with mirrors. Absent from the JSON when empty: maps written before standbys
+    existed read the same, and older readers ignore the key."""
 
     def owner(self, category: str, shard: int) -> ShardOwner | None:
         owners = self.shards.get(category)
         return None if owners is None or shard >= len(owners) else owners[shard]
 
+    def standby(self, category: str, shard: int) -> ShardOwner | None:
+        standbys = self.standbys.get(category)
+        return None if standbys is None or shard >= len(standbys) else standbys[shard]
+
     def to_json(self) -> dict[str, object]:
-        return {"version": self.version,
-                "shards": {c: [None if o is None else [o.node, o.epoch] for o in owners]
-                           for c, owners in self.shards.items()}}
+        data: dict[str, object] = {"version": self.version, "shards": _owners_to_json(self.shards)}
+        if self.standbys:
+            data["standbys"] = _owners_to_json(self.standbys)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Assignment:
-        shards = {c: [None if o is None else ShardOwner(o[0], int(o[1])) for o in owners]
-                  for c, owners in dict(data.get("shards", {})).items()}  # type: ignore[call-overload]
-        return cls(int(data.get("version", 0)), shards)  # type: ignore[call-overload]
+        return cls(int(data.get("version", 0)), _owners_from_json(data.get("shards")),  # type: ignore[call-overload]
+                   _owners_from_json(data.get("standbys")))
+
+
+def _owners_to_json(owners: Mapping[str, list[ShardOwner | None]]) -> dict[str, list[list[object] | None]]:
+    return {c: [None if o is None else [o.node, o.epoch] for o in per_shard] for c, per_shard in owners.items()}
+
+
+def _owners_from_json(data: object) -> dict[str, list[ShardOwner | None]]:
+    return {c: [None if o is None else ShardOwner(o[0], int(o[1])) for o in per_shard]
+            for c, per_shard in dict(data or {}).items()}  # type: ignore[call-overload]
 
 
 def allocate(previous: Assignment, categories: Mapping[str, int], groups: Mapping[str, str], layout: Layout) -> Assignment:
@@ -54,18 +78,31 @@ def allocate(previous: Assignment, categories: Mapping[str, int], groups: Mappin
     version = previous.version + 1
     changed = False
     shards: dict[str, list[ShardOwner | None]] = {}
+    standbys: dict[str, list[ShardOwner | None]] = {}
     for category, count in sorted(categories.items()):
-        before = list(previous.shards.get(category, []))[:count]
-        before += [None] * (count - len(before))
+        before = _sized(previous.shards.get(category, []), count)
+        standbys_before = _sized(previous.standbys.get(category, []), count)
         nodes = eligible(layout, category, groups)
-        after = _spread(before, nodes, count, version)
+        after = _spread(before, nodes, count, version, standbys_before)
         changed |= after != before
         shards[category] = after
-    changed |= set(shards) != set(previous.shards)
-    return Assignment(version if changed else previous.version, shards if changed else previous.shards)
+        if layout.mirrors(category):
+            standbys[category] = _standbys(after, standbys_before, nodes, count, version)
+            changed |= standbys[category] != standbys_before
+    changed |= set(shards) != set(previous.shards) or set(standbys) != set(previous.standbys)
+    if not changed:
+        return previous
+    return Assignment(version, shards, standbys)
 
 
-def _spread(before: list[ShardOwner | None], weights: Mapping[str, int], count: int, epoch: int) -> list[ShardOwner | None]:
+def _sized(owners: list[ShardOwner | None], count: int) -> list[ShardOwner | None]:
+    return list(owners)[:count] + [None] * (count - len(owners))
+
+
+def _spread(before: list[ShardOwner | None], weights: Mapping[str, int], count: int, epoch: int,
+            standbys: list[ShardOwner | None] | None = None) -> list[ShardOwner | None]:
+    """Owners: keep what may stay; a shard to place goes to its standby when that node may
+    take one more (warm takeover), else to the least loaded node."""
     if not weights:
         return [None] * count
     targets = _targets(weights, count)
@@ -75,12 +112,60 @@ def _spread(before: list[ShardOwner | None], weights: Mapping[str, int], count: 
         if owner is not None and owner.node in load and load[owner.node] < targets[owner.node]:
             after[shard] = owner
             load[owner.node] += 1
-    for shard in range(count):  # place the rest on the least loaded (relative to target)
+    for shard in range(count):  # place the rest: on the standby, else on the least loaded (relative to target)
         if after[shard] is None:
-            node = min(load, key=lambda n: (load[n] - targets[n], load[n], n))
+            standby = standbys[shard] if standbys else None
+            if standby is not None and standby.node in load and load[standby.node] < targets[standby.node]:
+                node = standby.node
+            else:
+                node = min(load, key=lambda n: (load[n] - targets[n], load[n], n))
             after[shard] = ShardOwner(node, epoch)
             load[node] += 1
     return after
+
+
+def _standbys(owners: list[ShardOwner | None], before: list[ShardOwner | None], weights: Mapping[str, int],
+              count: int, epoch: int) -> list[ShardOwner | None]:
+    """One standby per shard, never its owner: a standby that may stay (alive, eligible, not
+    the owner now, within its share) stays with its epoch; the others go to the eligible
+    node with the fewest standbys relative to its share. None where no other node exists."""
+    targets = _targets(weights, count) if weights else {}
+    load = {node: 0 for node in weights}
+    after: list[ShardOwner | None] = [None] * count
+    for shard, standby in enumerate(before):
+        owner = owners[shard]
+        if (standby is not None and standby.node in load and (owner is None or owner.node != standby.node)
+                and load[standby.node] < targets[standby.node]):
+            after[shard] = standby
+            load[standby.node] += 1
+    for shard in range(count):
+        if after[shard] is None:
+            owner = owners[shard]
+            candidates = [n for n in load if owner is None or n != owner.node]
+            if candidates:
+                chosen = min(candidates, key=lambda n: (load[n] - targets[n], load[n], n))
+                after[shard] = ShardOwner(chosen, epoch)
+                load[chosen] += 1
+    _even_out(after, owners, load, targets, epoch)
+    return after
+
+
+def _even_out(standbys: list[ShardOwner | None], owners: list[ShardOwner | None], load: dict[str, int],
+              targets: Mapping[str, int], epoch: int) -> None:
+    """Move standbys from nodes over their share to nodes under it, one at a time, while a
+    move is possible: kept standbys can leave a joining node nothing it may take (it owns the
+    shards whose standbys were free), so balance costs a few moves, each at the new epoch."""
+    while True:
+        under = [n for n in sorted(load) if load[n] < targets[n]]
+        move = next(((shard, node) for node in under for shard, standby in enumerate(standbys)
+                     if standby is not None and load[standby.node] > targets[standby.node]
+                     and (owners[shard] is None or owners[shard].node != node)), None)  # type: ignore[union-attr]
+        if move is None:
+            return
+        shard, node = move
+        load[standbys[shard].node] -= 1  # type: ignore[union-attr]
+        load[node] += 1
+        standbys[shard] = ShardOwner(node, epoch)
 
 
 def _targets(weights: Mapping[str, int], count: int) -> dict[str, int]:

@@ -10,8 +10,12 @@ silently turn every message for it into an error.
 
 JSON form (setting ``XPLATFORM_CLUSTER_LAYOUT``)::
 
-    [{"group": "hot", "categories": ["Lot"], "weight": 2},
+    [{"group": "hot", "categories": ["Lot"], "weight": 2, "mirrors": 1},
      {"group": "default", "categories": ["*"]}]
+
+``mirrors`` (0 or 1, default 0): whether each shard of the rule's categories also gets a
+standby node (hot mirror, warm takeover; see allocation.py). A category takes it from the
+rules that name it, else from the ``*`` rules.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class LayoutRule:
     group: str
     categories: frozenset[str]
     weight: int = 1
+    mirrors: int = 0
 
     def serves(self, category: str) -> bool:
         return category in self.categories or "*" in self.categories
@@ -46,13 +51,26 @@ class Layout:
     def parse(cls, text: str) -> Layout:
         try:
             raw = json.loads(text)
-            rules = tuple(LayoutRule(str(r["group"]), frozenset(map(str, r["categories"])), int(r.get("weight", 1)))
+            rules = tuple(LayoutRule(str(r["group"]), frozenset(map(str, r["categories"])), int(r.get("weight", 1)),
+                                     int(r.get("mirrors", 0)))
                           for r in raw)
         except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigurationError(f"XPLATFORM_CLUSTER_LAYOUT is not a list of {{group, categories, weight}}: {exc}") from None
+            raise ConfigurationError(f"XPLATFORM_CLUSTER_LAYOUT is not a list of {{group, categories, weight, mirrors}}: "
+                                     f"{exc}") from None
         if not rules or any(r.weight < 1 or not r.categories for r in rules):
             raise ConfigurationError("XPLATFORM_CLUSTER_LAYOUT needs rules with categories and weights >= 1")
+        if any(r.mirrors not in (0, 1) for r in rules):
+            raise ConfigurationError("XPLATFORM_CLUSTER_LAYOUT: mirrors must be 0 or 1 (one standby per shard)")
         return cls(rules)
+
+    def mirrors(self, category: str) -> int:
+        """Standbys per shard of ``category``: from the rules naming it, else the ``*`` rules."""
+        explicit = [r.mirrors for r in self.rules if category in r.categories]
+        return max(explicit or [r.mirrors for r in self.rules if "*" in r.categories] or [0])
+
+    @property
+    def any_mirrors(self) -> bool:
+        return any(r.mirrors for r in self.rules)
 
     def check_covers(self, categories: Iterable[str]) -> None:
         """Refuse a layout that leaves a category without any group of nodes."""

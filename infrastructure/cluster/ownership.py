@@ -152,6 +152,11 @@ class Ownership:
         return {c: [i for i, o in enumerate(owners) if o is not None and o.node == self.node_id]
                 for c, owners in self.assignment.shards.items()}
 
+    def standby_shards(self) -> set[tuple[str, int]]:
+        """(category, shard) pairs the current map makes this node the standby of (hot mirror)."""
+        return {(c, i) for c, standbys in self.assignment.standbys.items()
+                for i, s in enumerate(standbys) if s is not None and s.node == self.node_id}
+
     # ---------------------------------------------------------------- transitions
     def connected(self) -> None:
         if self.state is not OwnershipState.DRAINING:
@@ -247,6 +252,11 @@ class Ownership:
         m.map_version.set(self.assignment.version)
         for category, shards in self.owned_shards().items():
             m.shards_owned.labels(category).set(len(shards))
+        standing: dict[str, int] = dict.fromkeys(self.assignment.standbys, 0)
+        for category, _shard in self.standby_shards():
+            standing[category] += 1
+        for category, count in standing.items():
+            m.shards_standby.labels(category).set(count)
         for category, owners in self.assignment.shards.items():
             m.shards.labels(category).set(len(owners))
 

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
@@ -66,6 +66,9 @@ class MemberInfo:
     role: str = "state"
     group: str = "default"
     lanes: list[str] = field(default_factory=list)
+    mirror_lag: int | None = None
+    """Events its standby mirror is behind the store (None: it stands by for nothing); for
+    ``xplatform status``, updated as it changes (:meth:`ZooKeeperCoordinator.update_member`)."""
 
 
 ROOT = "/xplatform"
@@ -297,6 +300,14 @@ class ZooKeeperCoordinator:
                                 sorted({a.id.scheme for a in acl}))
             except NoNodeError:
                 continue
+
+    def update_member(self, **changes: object) -> None:
+        """Change what this member announces in its ZooKeeper entry (any thread; written
+        asynchronously, best effort: the next change or a re-registration writes it again).
+        Only the entry's data changes: the members watch (children) does not fire."""
+        self.member = replace(self.member, **changes)  # type: ignore[arg-type]
+        if self._started and not self._stopping.is_set():
+            self.client.set_async(f"{self.root}/members/{self.member.node_id}", json.dumps(asdict(self.member)).encode())
 
     # ------------------------------------------------------------------ kazoo callbacks (kazoo threads)
     def _on_state(self, state: str) -> None:

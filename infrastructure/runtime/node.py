@@ -73,6 +73,14 @@ SNAPSHOT_SPREAD_FROM = 20
 shorter ones (tests, tiny entities) stay exact."""
 
 
+class WarmSource(Protocol):
+    """Where an activation may find an entity already in memory (a hot mirror,
+    :mod:`infrastructure.runtime.mirrors`): caught up with the store's tail and handed over,
+    with the version of the snapshot it was read from; None to load it from the store."""
+
+    def promote(self, ref: EntityRef) -> tuple[Entity, int] | None: ...
+
+
 class Router(Protocol):
     """Where entity-to-entity messages go (the transport routes them by shard map)."""
 
@@ -134,6 +142,9 @@ class StateNode:
         """Where entity-to-entity messages go; set once by :meth:`connect`."""
         self.remote: RemoteRunner | None = None
         """Where state proxies' remote calls run (None: they end with ``no_connector``)."""
+        self.warm: WarmSource | None = None
+        """Hot mirror to activate entities from (warm takeover), set by the wiring of a node
+        that stands by for shards; None: every activation reads the store."""
         self.cells: OrderedDict[EntityRef, Cell] = OrderedDict()
         self._committer: GroupCommitter | None = None
         self._reader = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="xplatform-reader")
@@ -332,14 +343,24 @@ class StateNode:
             future = self._loop.run_in_executor(self._reader, self._read_batch, batch)
             future.add_done_callback(functools.partial(self._batch_loaded, batch, started))
 
-    def _read_batch(self, batch: list[tuple[EntityRef, Cell]]) -> list[tuple[Entity, int] | Exception]:
-        results: list[tuple[Entity, int] | Exception] = []
+    def _read_batch(self, batch: list[tuple[EntityRef, Cell]]) -> list[tuple[Entity, int, bool] | Exception]:
+        results: list[tuple[Entity, int, bool] | Exception] = []
         for ref, _cell in batch:
             try:
-                results.append(rehydrate(self.journal, self.mapper, self.types[ref.category], ref))
+                results.append(self._read(ref))
             except Exception as exc:  # one unreadable entity must not fail its batch-mates
                 results.append(exc)
         return results
+
+    def _read(self, ref: EntityRef) -> tuple[Entity, int, bool]:
+        """(reader thread) The entity as stored, its snapshot version, and whether it came
+        warm from the mirror (then only the store's tail after the mirror's version was read)."""
+        if self.warm is not None:
+            promoted = self.warm.promote(ref)
+            if promoted is not None:
+                return promoted[0], promoted[1], True
+        entity, snapshot_version = rehydrate(self.journal, self.mapper, self.types[ref.category], ref)
+        return entity, snapshot_version, False
 
     def _batch_loaded(self, batch: list[tuple[EntityRef, Cell]], started: float, future: asyncio.Future[Any]) -> None:
         self._loads_in_flight -= 1
@@ -353,7 +374,7 @@ class StateNode:
         if self._to_load:
             self._start_load_batch()
 
-    def _loaded(self, ref: EntityRef, cell: Cell, result: tuple[Entity, int] | Exception, elapsed: float) -> None:
+    def _loaded(self, ref: EntityRef, cell: Cell, result: tuple[Entity, int, bool] | Exception, elapsed: float) -> None:
         cell.loading = False
         if self.cells.get(ref) is not cell:
             return  # released while loading (its shard moved away); its queue was answered then
@@ -365,7 +386,7 @@ class StateNode:
                 _answer(reply_to, _reply_for(message.message_id, error))
             self._forget(ref)
             return
-        entity, snapshot_version = result
+        entity, snapshot_version, warm = result
         self.metrics.activation_duration.observe(elapsed)
         epoch = self.ownership.epoch(ref)
         if entity.owner_epoch > epoch:
@@ -379,6 +400,7 @@ class StateNode:
         cell.entity = entity
         cell.snapshot_version = snapshot_version
         if entity.owner_epoch < epoch:
+            self.metrics.takeovers.labels("warm" if warm else "cold").inc()
             self._write_takeover_marker(ref, cell, entity, epoch)
         self._rearm(ref, cell, (), entity.timers())
         queue = cell.queue

@@ -4,6 +4,7 @@ Each process is ended by the PID we started; logs are attached to failures."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from infrastructure.cluster.allocation import Assignment
 from infrastructure.cluster.zookeeper import ZooKeeperAuth, zookeeper_client
 from infrastructure.persistence import RecorderJournal
 from infrastructure.settings import Settings
@@ -265,25 +267,26 @@ class Cluster:
 
     def owners(self, category: str, entity_ids: list[str], shards: int = 8) -> dict[str, str]:
         """entity ID → the state node the current shard map gives it."""
-        import json
-
         from domain.refs import EntityRef
-        from infrastructure.cluster.allocation import Assignment
         from infrastructure.runtime.sharding import shard_of
 
-        zk = self._zk()
-        try:
-            data, _ = zk.get(f"/xplatform/{self.name}/assignment")
-        finally:
-            zk.stop()
-            zk.close()
-        assignment = Assignment.from_json(json.loads(data))
+        assignment = self.assignment()
         found = {}
         for entity_id in entity_ids:
             owner = assignment.owner(category, shard_of(EntityRef(category, entity_id), shards))
             assert owner is not None, f"{category}/{entity_id} has no owner"
             found[entity_id] = owner.node
         return found
+
+    def assignment(self) -> Assignment:
+        """The current shard map: owners and, for mirrored categories, standbys."""
+        zk = self._zk()
+        try:
+            data, _ = zk.get(f"/xplatform/{self.name}/assignment")
+        finally:
+            zk.stop()
+            zk.close()
+        return Assignment.from_json(json.loads(data))
 
     def journal(self) -> RecorderJournal:
         """The shared PostgreSQL store, for checking what the nodes wrote."""

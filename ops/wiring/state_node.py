@@ -20,10 +20,11 @@ from collections.abc import Iterable
 from domain.entity import Entity
 from infrastructure.cluster.requests import RequestWatch
 from infrastructure.cluster.routing import LocalFirstRouter
+from infrastructure.cluster.standby import Standby
 from infrastructure.cluster.supervisor import write_session
 from infrastructure.cluster.zookeeper import MemberInfo
 from infrastructure.errors import ConfigurationError
-from infrastructure.persistence import EventJournal
+from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.runtime.entity_modules import entity_types_from
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
@@ -61,6 +62,13 @@ class ClusteredStateNode:
                                  ssl=tls.server_context(settings), max_handshakes=settings.transport_max_handshakes)
         self.node.connect(router=LocalFirstRouter(self.node, self.ownership, self.client), outbound=self.server,
                           remote=build_remote_calls(settings, self.node.metrics.registry))
+        self.standby: Standby | None = None
+        """Hot mirror of the shards this node stands by for: only when the layout gives some category mirrors."""
+        if self.coordinator.layout.any_mirrors:
+            mirrored = [c for c in types.categories if self.coordinator.layout.mirrors(c)]
+            self.standby = Standby(self.node, self.ownership, open_event_stream(settings, self.node.journal), mirrored,
+                                   budget_bytes=settings.mirror_budget_bytes)
+            self.standby.feed.on_lag = lambda lag: self.coordinator.update_member(mirror_lag=lag)
         self._metrics: MetricsListener | None = None
         if settings.supervisor_session_file:
             self.coordinator.on_session = self._tell_supervisor
@@ -133,6 +141,8 @@ class ClusteredStateNode:
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         await self.coordinator.stop()
+        if self.standby is not None:
+            await asyncio.to_thread(self.standby.stop)
         await self.client.close()
         await self.server.stop()
         if self._metrics is not None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from kazoo.client import KazooClient
 
 from domain import ClientMessage, Connect, EntityRef, Reply
 from domain.messages import Inbound
@@ -26,7 +25,7 @@ from infrastructure.transport import LocalTransport
 from infrastructure.transport.client import ClusterClient
 from ops.wiring.node import stop_node
 from ops.wiring.state_node import ClusteredStateNode
-from tests.support.cluster import ClusterSecrets
+from tests.support.cluster import ClusterSecrets, crash
 from tests.support.entities import Counter
 from tests.support.journals import BlockingJournal
 from tests.support.servers import ZooKeeperServer
@@ -104,13 +103,7 @@ async def run_cluster(a: ClusteredStateNode, b: ClusteredStateNode, edge_view: Z
     # Crash b: its session expires without a goodbye (what kill -9 looks like to ZooKeeper).
     b_lots = [lot for lot in lots if b.ownership.owns(lot)]
     assert b_lots
-    await b.server.stop()
-    session_id, password = b.coordinator.client.client_id
-    killer = KazooClient(zookeeper.hosts, client_id=(session_id, password))
-    killer.start(5)
-    killer.stop()
-    killer.close()
-    await b.coordinator.stop()
+    await crash(b, zookeeper.hosts)
     started = time.monotonic()
     await until(lambda: all(a.ownership.owns(lot) for lot in b_lots) and all(edge_view.route(ref)[0] == "a" for ref in b_lots))
     for lot in b_lots:  # served again by a, with the state b left behind

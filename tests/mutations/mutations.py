@@ -624,4 +624,18 @@ MUTATIONS: list[Mutation] = [
         new="""            if False:""",
         tests=("tests/integration/test_member_requests.py::test_a_request_is_taken_only_by_its_incarnation_from_credential_holders",),
     ),
+    # ------------------------------------------------------------ hot mirrors
+    Mutation(
+        "mirror-tail-skipped", "mirror-never-stale", "infrastructure/runtime/mirrors.py",
+        old="""        for stored in tail[1:]:""",
+        new="""        for stored in tail[:0]:""",
+        tests=("tests/integration/test_mirrors.py::test_a_lagging_standby_is_caught_up_from_the_store_before_it_serves",),
+    ),
+    Mutation(
+        "mirror-ahead-kept", "mirror-equals-replay", "infrastructure/runtime/mirrors.py",
+        old="""        if first is None or first.originator_version != version or (
+                held.last_crc is not None and zlib.crc32(first.state) != held.last_crc):""",
+        new="""        if False:""",
+        tests=("tests/integration/test_mirrors.py::test_a_mirror_ahead_of_the_store_is_discarded_and_the_entity_loaded_cold",),
+    ),
 ]

@@ -73,3 +73,58 @@ def test_layout_without_nodes_for_a_category_is_refused() -> None:
 def test_assignment_json_round_trip() -> None:
     a = allocate(Assignment(), CATS, {"n1": "g", "n2": "g"}, EVERYTHING)
     assert Assignment.from_json(a.to_json()) == a
+
+
+# ---------------------------------------------------------------- standbys (hot mirrors)
+MIRRORED = Layout.parse('[{"group": "g", "categories": ["Lot"], "mirrors": 1}, {"group": "g", "categories": ["*"]}]')
+
+
+def standbys(a: Assignment, category: str) -> Counter[str]:
+    return Counter(s.node for s in a.standbys[category] if s is not None)
+
+
+def test_every_shard_of_a_mirrored_category_gets_a_standby_that_is_not_its_owner() -> None:
+    a = allocate(Assignment(), CATS, {"n1": "g", "n2": "g", "n3": "g"}, MIRRORED)
+    assert set(a.standbys) == {"Lot"}  # Bidder has no mirrors
+    for owner, standby in zip(a.shards["Lot"], a.standbys["Lot"]):
+        assert standby is not None and owner is not None and standby.node != owner.node and standby.epoch == a.version
+    assert standbys(a, "Lot") == {"n1": 4, "n2": 4, "n3": 4}  # spread like owners
+    alone = allocate(Assignment(), CATS, {"n1": "g"}, MIRRORED)
+    assert alone.standbys["Lot"] == [None] * 12  # never the owner itself
+    assert allocate(a, CATS, {"n1": "g", "n2": "g", "n3": "g"}, MIRRORED) is a  # stable: no new version
+
+
+def test_a_dead_owners_shards_go_to_their_standbys_which_get_new_standbys() -> None:
+    a = allocate(Assignment(), CATS, {"n1": "g", "n2": "g", "n3": "g"}, MIRRORED)
+    b = allocate(a, CATS, {"n1": "g", "n3": "g"}, MIRRORED)
+    for i in range(12):
+        before_owner, before_standby = a.shards["Lot"][i], a.standbys["Lot"][i]
+        after_owner, after_standby = b.shards["Lot"][i], b.standbys["Lot"][i]
+        assert after_standby is not None and after_owner is not None and after_standby.node != after_owner.node
+        if before_owner.node == "n2" and before_standby.node != "n2":
+            assert after_owner == type(after_owner)(before_standby.node, b.version)  # warm takeover, new epoch
+        elif before_owner.node != "n2":
+            assert after_owner == before_owner  # stayed, same epoch
+        if before_standby.node != "n2" and before_standby.node != after_owner.node:
+            assert after_standby == before_standby  # a standby that may stay keeps its epoch
+        else:
+            assert after_standby.epoch == b.version  # moved with the map, at its new version
+    assert owners(b, "Lot") == {"n1": 6, "n3": 6}
+
+
+def test_standbys_move_with_a_join_and_survive_the_json_round_trip() -> None:
+    a = allocate(Assignment(), CATS, {"n1": "g", "n2": "g"}, MIRRORED)
+    b = allocate(a, CATS, {"n1": "g", "n2": "g", "n3": "g"}, MIRRORED)
+    assert standbys(b, "Lot") == {"n1": 4, "n2": 4, "n3": 4}
+    assert all(s.node != o.node for s, o in zip(b.standbys["Lot"], b.shards["Lot"]))
+    assert Assignment.from_json(b.to_json()) == b
+    plain = allocate(Assignment(), CATS, {"n1": "g"}, EVERYTHING)
+    assert "standbys" not in plain.to_json()  # maps without mirrors are written as before
+
+
+def test_layout_mirrors_are_zero_or_one() -> None:
+    assert MIRRORED.mirrors("Lot") == 1 and MIRRORED.mirrors("Bidder") == 0 and MIRRORED.any_mirrors
+    assert Layout.parse('[{"group": "g", "categories": ["*"], "mirrors": 1}]').mirrors("Bidder") == 1
+    assert not EVERYTHING.any_mirrors
+    with pytest.raises(ConfigurationError, match="mirrors must be 0 or 1"):
+        Layout.parse('[{"group": "g", "categories": ["*"], "mirrors": 2}]')

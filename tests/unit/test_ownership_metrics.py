@@ -22,3 +22,16 @@ def test_shards_in_the_map_and_owned_follow_each_map_change() -> None:
     a.map_changed(Assignment(2, {"Lot": [ShardOwner("a", 2)] * 4, "Bidder": [ShardOwner("b", 1)] * 4}))
     assert registry.get_sample_value("xplatform_cluster_shards", {"category": "Lot"}) == 4
     assert registry.get_sample_value("xplatform_cluster_shards_owned", {"category": "Lot"}) == 4
+
+
+def test_shards_stood_by_follow_each_map_change() -> None:
+    a = Ownership("a", shards_per_category=2)
+    registry = a.metrics.registry
+    a.map_changed(Assignment(1, {"Lot": [ShardOwner("b", 1), ShardOwner("a", 1)]},
+                             {"Lot": [ShardOwner("a", 1), ShardOwner("b", 1)]}))
+    assert a.standby_shards() == {("Lot", 0)}
+    assert registry.get_sample_value("xplatform_cluster_shards_standby", {"category": "Lot"}) == 1
+    a.map_changed(Assignment(2, {"Lot": [ShardOwner("a", 2), ShardOwner("a", 1)]},
+                             {"Lot": [ShardOwner("b", 2), ShardOwner("b", 1)]}))
+    assert a.standby_shards() == set()
+    assert registry.get_sample_value("xplatform_cluster_shards_standby", {"category": "Lot"}) == 0
