@@ -160,11 +160,11 @@ def _from_list(d: Any) -> Envelope:
     kind = d[0]
     if kind == DELIVER:
         _, corr, category, entity_id, message, want_reply = d
-        return Deliver(int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
+        return Deliver(_wire_int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
     if kind == REPLY:
         _, corr, epoch, ok, payload, code, reason, retryable = d[:8]
         hops = _hops(d[8]) if len(d) > 8 else None
-        return ReplyEnvelope(int(corr), int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)), hops)
+        return ReplyEnvelope(_wire_int(corr), _wire_int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)), hops)
     if kind == OUTBOUND:
         _, category, entity_id, effect = d
         return Outbound(EntityRef(category, entity_id), _effect_from_list(effect))
@@ -180,6 +180,15 @@ def _from_list(d: Any) -> Envelope:
         _, proof = d
         return Auth(_short_bytes(proof))
     raise EnvelopeError(f"unknown envelope kind {kind!r}")
+
+
+def _wire_int(value: Any) -> int:
+    """A correlation ID or epoch: an integer msgpack can carry (a float such as 1e19 would
+    parse and then fail to encode again)."""
+    number = int(value)
+    if not -(2**63) <= number < 2**64:
+        raise EnvelopeError(f"integer field out of range: {number}")
+    return number
 
 
 def _hops(value: Any) -> tuple[float, float, float]:
