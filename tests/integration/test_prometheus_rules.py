@@ -33,6 +33,8 @@ import pytest
 import yaml
 
 from edge.client import connect
+from infrastructure.runtime.entity_modules import resolve_entities
+from infrastructure.settings import SAMPLE_ENTITIES
 from ops.local.prometheus import PrometheusServer, QueryError
 from tests.support.chat_load import token
 from tests.support.cluster import Cluster
@@ -187,7 +189,8 @@ def _evaluate(prometheus: PrometheusServer) -> None:
     assert not problems, "\n".join(problems)
 
     unserved = prometheus.query("cluster_category:xplatform_cluster_shards_unserved:count")
-    assert {r["metric"]["category"] for r in unserved} == {"Lot", "Bidder"}  # node-a serves every shard
+    served_categories = set(resolve_entities(SAMPLE_ENTITIES).categories)  # the cluster's default entities
+    assert {r["metric"]["category"] for r in unserved} == served_categories  # node-a serves every shard
     assert all(float(r["value"][1]) == 0 for r in unserved), unserved
 
     groups = prometheus.api("rules")["groups"]
