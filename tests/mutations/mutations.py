@@ -230,10 +230,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "outbound-to-every-edge", "outbound-interest", "infrastructure/transport/server.py",
-        old="""        links = self._interest.get(source)
-        if links:""",
-        new="""        links = self._links
-        if links:""",
+        old="""            links = self._interest.get(source)
+            if links:""",
+        new="""            links = self._links
+            if links:""",
         tests=("tests/integration/test_network_transport.py::test_ask_reply_outbound_interest_and_refusals",),
     ),
     # ------------------------------------------------------------ edge: tokens at the upgrade
