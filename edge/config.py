@@ -44,6 +44,8 @@ class EdgeConfig:
     max_in_flight_bytes: int = 1_048_576
     shed_after_ms: float = 250.0
     coalesce_hz: float = 20.0
+    slow_message_ms: float = 100.0
+    slow_log_interval_s: float = 1.0
     heartbeat_s: float = 20.0
     close_timeout_s: float = 2.0
     connect_timeout_s: float = 5.0
@@ -95,7 +97,8 @@ class EdgeConfig:
             handshake_timeout_s=s.edge_handshake_timeout_s, max_in_flight=s.edge_max_in_flight,
             max_in_flight_bytes=s.edge_max_in_flight_bytes,
             shed_after_ms=s.edge_shed_after_ms,
-            coalesce_hz=s.edge_coalesce_hz,
+            coalesce_hz=s.edge_coalesce_hz, slow_message_ms=s.edge_slow_message_ms,
+            slow_log_interval_s=s.edge_slow_log_interval_s,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
             connect_timeout_s=s.ask_timeout_s, jwt_algorithms=_split(s.jwt_algorithms),
             jwt_jwks_file=s.jwt_jwks_file, jwt_jwks_url=s.jwt_jwks_url, jwt_hs256_secret=s.jwt_hs256_secret,
@@ -138,6 +141,9 @@ class EdgeConfig:
                 raise EdgeConfigurationError(
                     f"XPLATFORM_EDGE_INTERNAL_NETWORKS: device class {device_class[:80]!r} must be 1-64 of A-Z a-z 0-9 "
                     "_ . - (a ':' would let one device's subject device:<class>:<id> be read as another's)")
+        if self.slow_message_ms < 0 or self.slow_log_interval_s < 0:
+            raise EdgeConfigurationError("slow_message_ms and slow_log_interval_s must be positive, or 0 "
+                                         "(never log / log every slow message)")
         self._check_trust()
 
     def _check_trust(self) -> None:

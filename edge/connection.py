@@ -27,6 +27,10 @@ chats is 300 pushes at once to a viewer that reads everything):
 Every way the socket ends reaches the entity as one ``Terminated`` with a reason, except
 when a newer socket of the same user took this one's connection ID (``superseded``): then
 the entity must keep the connection live.
+
+Latency: each MSG's round trip is recorded hop by hop (:mod:`edge.hops`) at the cost of a
+few clock reads and one histogram update per message, plus one clock read per socket write
+that carries replies (client_write).
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ from domain.messages import ClientMessage, Terminated
 from domain.refs import EntityRef
 from edge import protocol
 from edge.errors import FrameError
+from edge.hops import SlowMessage
 from edge.ratelimit import TokenBucket
 from edge.wsframes import binary_frames
+from infrastructure.transport.port import NodeHops
 
 if TYPE_CHECKING:
     from edge.public import PublicEdge
@@ -102,6 +108,9 @@ class WsConnection:
             ("connection", TokenBucket(edge.config.rate_per_s, edge.config.rate_burst)),)
         self.last_seen = time.monotonic()
         self._ping_sent: bytes | None = None  # payload of the heartbeat ping awaiting its PONG
+        self._replies_unwritten = 0  # reply frames queued with their hops recorded, not yet written
+        self._reply_since = 0.0  # perf_counter when the oldest of them was queued (client_write)
+        self._slow: list[SlowMessage] | None = None  # sampled slow messages, logged once written
 
     # ------------------------------------------------------------------ Receiver (fan-out)
     def push(self, frame: bytes, payload: Any) -> None:
@@ -209,7 +218,8 @@ class WsConnection:
         drained = buffered + (self._written - written) - self.socket_buffer_bytes
         if self._drains == drains and drained <= 0:
             log.info("slow consumer %s on %s: its socket took nothing for %.1f s (%d bytes waiting), closing 1013",
-                     self.cid, self.ref, self.edge.config.slow_consumer_s, self._queued_bytes + buffered)
+                     self.cid, self.ref, self.edge.config.slow_consumer_s, self._queued_bytes + buffered,
+                     extra={"entity": str(self.ref), "connection_id": self.cid})
             self.entity_reason = "slow_consumer"
             self.request_close(protocol.TRY_AGAIN_LATER, "not reading", "slow_consumer", flush=False)
             return
@@ -244,6 +254,8 @@ class WsConnection:
         frames_out = self.edge.metrics.frames_out
         batch: list[bytes] = []
         if self._queue:
+            if self._replies_unwritten:
+                self._replies_written()
             batch.extend(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
@@ -260,6 +272,18 @@ class WsConnection:
             frames_out["push"].inc(len(kept))
             batch.extend(frame for _, frame in kept)
         return batch
+
+    def _replies_written(self) -> None:
+        """The queued replies go to the socket now: their client_write hop, and the log lines
+        of the slow messages among them (which now have every hop)."""
+        now = time.perf_counter()
+        hops = self.edge.hops
+        hops.written(now - self._reply_since, self._replies_unwritten)
+        self._replies_unwritten = 0
+        if self._slow is not None:
+            slow, self._slow = self._slow, None
+            for message in slow:
+                hops.log_slow(self.ref, self.cid, message, now - message.replied_at)
 
     def accept(self, initial_state: Any) -> None:
         """The entity accepted: WELCOME goes first, then whatever was pushed meanwhile."""
@@ -281,6 +305,7 @@ class WsConnection:
             if not flush:
                 self._queue.clear()
                 self._queued_bytes = 0
+                self._replies_unwritten = 0
                 self._coalesced.clear()
                 self._pong = None
             if self._writer is not None and not self._writer.done():
@@ -461,6 +486,7 @@ class WsConnection:
     def _ask(self, message_id: str, payload: bytes) -> None:
         arrived = time.perf_counter()
         message = ClientMessage(message_id, time.time(), self.cid, payload)
+        hops = NodeHops()
         in_flight = self.edge.load
         entry = in_flight.enter(self.ref)
         self._asking += 1
@@ -478,11 +504,19 @@ class WsConnection:
             if reply is None:
                 frame = protocol.reply(message_id, False, None, "unavailable", str(error)[:200], True)
             else:
-                self.edge.metrics.round_trip.observe(time.perf_counter() - arrived)
+                now = time.perf_counter()
+                self.edge.metrics.round_trip.observe(now - arrived)
                 frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable)
+                if hops.node and self._close_request is None:  # an entity answered, and the frame will be queued
+                    slow = self.edge.hops.replied(message_id, now - arrived, hops, now)
+                    if slow is not None:
+                        self._slow = [slow] if self._slow is None else [*self._slow, slow]
+                    if not self._replies_unwritten:
+                        self._reply_since = now
+                    self._replies_unwritten += 1
             self._enqueue(frame)
 
-        self.edge.transport.ask_callback(self.ref, message, replied, config.connect_timeout_s)
+        self.edge.transport.ask_callback(self.ref, message, replied, config.connect_timeout_s, hops)
 
     # ------------------------------------------------------------------ end
     async def finish(self) -> None:
@@ -502,6 +536,10 @@ class WsConnection:
                     task.cancel()
         if not self.ws.closed:
             await self._close(*(self._close_request or (protocol.NORMAL, "")))
+        if self._slow is not None:  # their replies were never written
+            slow, self._slow = self._slow, None
+            for message in slow:
+                self.edge.hops.log_slow(self.ref, self.cid, message, None)
         self.edge.forget(self)
         if not self.superseded:
             self.edge.transport.send(self.ref, Terminated(f"terminated-{uuid.uuid4().hex}", time.time(),

@@ -5,7 +5,8 @@ Labels are bounded: auth failure reasons (:data:`edge.errors.AUTH_REASONS`), fra
 close reasons from a fixed list. Latency is measured on three levels, as the seed asks:
 the heartbeat RTT the edge measures with websocket pings, the RTT clients measure and
 report in LATENCY frames, and the in-system round trip from the moment a MSG arrives at
-the edge to the moment its (durable) reply is back at the edge.
+the edge to the moment its (durable) reply is back at the edge - and that round trip hop
+by hop (``xplatform_edge_hop_seconds{hop}``, :data:`EDGE_HOPS`, see :mod:`edge.hops`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from prometheus_client import (
     generate_latest,
 )
 
-from infrastructure.metrics import LoopCounter
+from infrastructure.metrics import HOP_BUCKETS, NODE_HOPS, LoopCounter, LoopHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+EDGE_HOPS = ("transport", *NODE_HOPS, "client_write")
+"""Hops of a client message's round trip, in order (see :mod:`edge.hops`); a fixed list."""
 FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
 FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
 CLOSE_REASONS = ("client", "bye", "going_away", "protocol", "too_big", "text", "flood", "slow_consumer",
@@ -84,6 +87,14 @@ class EdgeMetrics:
         self.round_trip = Histogram("xplatform_edge_round_trip_seconds",
                                     "From a MSG's arrival at the edge to its durable reply back at the edge.",
                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.hops = LoopHistogram("xplatform_edge_hop_seconds", "A client MSG's round trip hop by hop, each hop on "
+                                  "one process's clock: transport (edge -> node and back: the round trip minus "
+                                  "the node's time), queue, handler, append (measured by the node), client_write "
+                                  "(reply at the edge -> its frame handed to the socket). edge/hops.py.", "hop",
+                                  EDGE_HOPS, HOP_BUCKETS, registry=r)
+        self.slow_messages = LoopCounter("xplatform_edge_slow_messages", "Client messages whose in-system round trip "
+                                         "exceeded the slow-message threshold (every one counted; their log lines "
+                                         "are sampled).", registry=r).labels()  # exposed at 0 from the start
 
     def exposition(self) -> bytes:
         """Text exposition format for ``/metrics``."""

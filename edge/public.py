@@ -35,6 +35,7 @@ from edge.config import EdgeConfig, is_loopback
 from edge.connection import WsConnection
 from edge.errors import AuthError, LimitError
 from edge.fanout import Fanout
+from edge.hops import HopRecorder
 from edge.limits import ClientLimits
 from edge.metrics import EdgeMetrics
 from edge.overload import InFlight
@@ -83,6 +84,7 @@ class PublicEdge:
         self._heartbeat: asyncio.Task[None] | None = None
         self._counted: set[int] = set()
         self.load = InFlight(config.shed_after_ms)
+        self.hops = HopRecorder(self.metrics, config.slow_message_ms, config.slow_log_interval_s)
         self._to_write: set[WsConnection] = set()
         self._write_scheduled = False
         self.metrics.oldest_in_flight.set_function(self.load.oldest_s)
@@ -255,7 +257,8 @@ class PublicEdge:
         try:
             reply = await self.transport.ask(conn.ref, message, self.config.connect_timeout_s)
         except Exception as exc:  # TransportError: the entity may come back; the client retries
-            log.warning("connect of %s to %s failed: %s", conn.cid, conn.ref, exc)
+            log.warning("connect of %s to %s failed: %s", conn.cid, conn.ref, exc,
+                        extra={"entity": str(conn.ref), "connection_id": conn.cid})
             conn.entity_reason = "unavailable"
             conn._enqueue(protocol.terminate("entity unavailable, retry", True), force=True)
             conn.request_close(protocol.TRY_AGAIN_LATER, "entity unavailable", "unavailable")

@@ -8,10 +8,11 @@ because ``.labels()`` costs more than the increment on the hot path.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from infrastructure.gc_pauses import GcPauses
@@ -19,6 +20,14 @@ from infrastructure.gc_pauses import GcPauses
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 HANDOFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+HOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Per-hop latencies: from 100 µs (a handler, an in-process hop) to the 5 s ask timeout."""
+NODE_HOPS = ("queue", "handler", "append")
+"""Hops a state node measures of each message it processes, on its own clock: ``queue`` -
+node receive until the entity's handler starts (waiting for an activation, or behind the
+entity's earlier messages); ``handler`` - the handler itself; ``append`` - handler end
+until its events (or, without events, the entity's earlier ones) are durable: waiting for
+the group commit in flight, then its own. The REPLY envelope carries them to the edge."""
 
 
 class LoopCount:
@@ -71,6 +80,66 @@ class LoopCounter(Collector):
         yield family
 
 
+class LoopHistogramChild:
+    """One child of :class:`LoopHistogram`: plain per-bucket counts (see there)."""
+
+    __slots__ = ("bounds", "counts", "count", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: over the largest bound (+Inf only)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """Record ``value`` (seconds) ``times`` times (a write batch's replies: once per reply)."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.count += times
+        self.sum += value * times
+
+
+class LoopHistogram(Collector):
+    """A Prometheus histogram for the hot path, observed by one thread (the event loop):
+    plain lists and a C bisect where ``Histogram.observe`` takes a lock and walks its
+    buckets in Python (several hops per message would cost more than the message's own
+    bookkeeping). Same exposition as a Histogram (``_bucket``/``_count``/``_sum``); children
+    are created up front for label values from a fixed list (a series exists from the first
+    scrape), loop thread only."""
+
+    def __init__(self, name: str, documentation: str, labelname: str, values: Sequence[str],
+                 buckets: Sequence[float], registry: CollectorRegistry | None = None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelname = labelname
+        self.buckets = tuple(float(b) for b in buckets)
+        self.children = {value: LoopHistogramChild(self.buckets) for value in values}
+        self._ordered = tuple(self.children.values())
+        if registry is not None:
+            registry.register(self)
+
+    def observe_each(self, values: Sequence[float]) -> None:
+        """One value per label value, in the order of ``values`` given at construction: a
+        message's hops in one call."""
+        for child, value in zip(self._ordered, values, strict=False):
+            child.counts[bisect_left(child.bounds, value)] += 1
+            child.count += 1
+            child.sum += value
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=[self.labelname])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.labelname])
+        for value, child in self.children.items():
+            cumulative, running = [], 0
+            for bound, count in zip(self.buckets, child.counts, strict=False):
+                running += count
+                cumulative.append((str(bound), float(running)))
+            cumulative.append(("+Inf", float(child.count)))
+            family.add_metric([value], cumulative, child.sum)
+        yield family
+
+
 class NodeMetrics:
     """Metrics of one state node. See the module docstring."""
 
@@ -101,6 +170,11 @@ class NodeMetrics:
                                  "takeover marker written), by where their state came from: warm (a hot mirror, "
                                  "then the store's tail after it) or cold (the store: snapshot and events).",
                                  ["kind"], registry=r)
+        hops = LoopHistogram("xplatform_node_hop_seconds", "Time a message spent in each hop inside this node, "
+                             "on the node's clock: queue (node receive -> handler start), handler, append "
+                             "(handler end -> durable). infrastructure/metrics.py NODE_HOPS.", "hop", NODE_HOPS,
+                             HOP_BUCKETS, registry=r)
+        self.hops = hops
         self._message_children: dict[tuple[str, str], LoopCount] = {}
         GcPauses.install().register(r)  # collector pauses are every latency's tail: shown beside them
 

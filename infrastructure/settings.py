@@ -16,6 +16,7 @@ from typing import Any
 from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
+LOG_FORMATS = ("text", "json")
 SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES"
 """The two sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
 UserStates and their Rooms): the default of ``entities``, so ``xplatform run`` serves both demo
@@ -110,6 +111,10 @@ class Settings:
                                         "memory. 0 = time only.")
     node_id: str = _setting("node-1", "Name of this state node in metrics and logs.")
     log_level: str = _setting("INFO", "Operators see starts, stops and errors, not every message.")
+    log_format: str = _setting("text", "'text': one readable line per record, for a terminal. 'json': one JSON "
+                               "object per line with the node, entity and message IDs as fields, for a log "
+                               "pipeline (Loki, Elasticsearch, CloudWatch) to index without parsing prose. "
+                               "Every process reads it; see infrastructure/logformat.py.")
     # ---- edges (public websocket edge, internal device edge, JWT); parsed by edge/config.py
     edge_host: str = _setting("127.0.0.1", "Dev mode listens on loopback only; set 0.0.0.0 behind a proxy "
                               "or load balancer in production.")
@@ -186,6 +191,17 @@ class Settings:
                                        "(Colyseus patches at 20 Hz): 1,000 updates/s x 1,000 viewers become "
                                        "20k frames/s, within one core's ~115k frames/s. 0 turns coalescing "
                                        "off (every update a frame: benchmarks).")
+    edge_slow_message_ms: float = _setting(100.0, "A client message whose in-system round trip (its arrival at "
+                                           "the edge until its durable reply is back there) takes longer is "
+                                           "counted and logged with its per-hop breakdown and IDs (edge/hops.py): "
+                                           "100 ms is the seed's reply budget and the p99 alert's line, so every "
+                                           "line is a message that broke it. 0 = never.")
+    edge_slow_log_interval_s: float = _setting(1.0, "At most one slow-message line per this many seconds per edge "
+                                               "process, each saying how many went unlogged since the previous one "
+                                               "(every one is counted in xplatform_edge_slow_messages_total): when "
+                                               "the platform is behind every message is slow, and a line each would "
+                                               "flood the logs and slow the edge further; one a second is still a "
+                                               "steady sample to read. 0 = a line for every slow message.")
     edge_workers: int = _setting(0, "Edge worker processes `xplatform run` starts beside its state node "
                                  "(ops/wiring/workers.py). 0: one process - the fewest moving parts, and "
                                  "the lowest round trip (no hop between edge and node). On a machine with "
@@ -378,6 +394,9 @@ class Settings:
                                      "state nodes also dial each other and verify the peer's certificate")
         if not 0.05 <= self.gil_switch_interval_ms <= 100:
             raise ConfigurationError("XPLATFORM_GIL_SWITCH_INTERVAL_MS must be between 0.05 and 100 ms")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigurationError(f"XPLATFORM_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+                                     f"not {self.log_format!r}")
         if self.edge_workers < 0:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
         if self.drills_enabled not in (0, 1):

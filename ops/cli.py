@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 import uuid
@@ -37,6 +36,7 @@ from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
 from domain.entity import Entity
 from infrastructure.errors import InfrastructureError
+from infrastructure.logformat import configure_logging
 from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import SAMPLE_ENTITIES, Settings
 from ops.runbook import commands as runbook
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings)
         if args.command == "run":
             from ops.wiring.dev import run as run_dev
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from infrastructure.errors import PersistenceError
+from infrastructure.logformat import configure_logging
 from infrastructure.persistence import open_event_stream
 from infrastructure.persistence.subscriptions import Checkpoint, EventFilter, EventStream, StreamEvent
 from infrastructure.settings import Settings
@@ -198,9 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--until-head", action="store_true", help="exit once the store's head at start is applied")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    configure_logging(settings, node=f"projector-{args.projection}")
     projection = load_projection(args.projection)
-    stream = open_event_stream(Settings.from_env())
+    stream = open_event_stream(settings)
     client = connect(args.mongo_uri)
     try:
         model = MongoReadModel(projection, client[args.database])

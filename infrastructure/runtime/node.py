@@ -28,6 +28,12 @@ Entity lifecycle per cell: absent → LOADING (snapshot + tail read on a reader 
 messages queue) → ACTIVE → (idle past ``passivate_after_s``, nothing pending, no timers)
 passivated. Snapshots are taken every ``snapshot_every`` events, at the state right after
 the message, and saved after that message's events are durable.
+
+Hops: every message processed is timed on this node's clock (four ``perf_counter`` reads
+and one histogram update): queue (received until its handler starts), handler, append
+(handler end until durable) - ``xplatform_node_hop_seconds{hop}`` - and the durations go
+back to the asker with the reply (:class:`~infrastructure.transport.port.NodeHops`), so an
+edge can tell its own transport time from the node's.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
-from infrastructure.transport.port import OutboundSink
+from infrastructure.transport.port import NodeHops, OutboundSink
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +110,7 @@ class Cell:
 
     def __init__(self) -> None:
         self.entity: Entity | None = None
-        self.queue: deque[tuple[Inbound, ReplyTo]] | None = None
+        self.queue: deque[tuple[Inbound, ReplyTo, NodeHops]] | None = None
         self.tail: PendingWrite | None = None
         self.loading = False
         self.snapshot_version = 0
@@ -195,9 +201,14 @@ class StateNode:
         self._reader.shutdown(wait=True)
 
     # ------------------------------------------------------------------ delivery
-    def deliver(self, to: EntityRef, message: Inbound, reply_to: ReplyTo = None) -> None:
+    def deliver(self, to: EntityRef, message: Inbound, reply_to: ReplyTo = None, hops: NodeHops | None = None) -> None:
         """Give ``message`` to entity ``to`` (event loop thread). ``reply_to`` receives the
-        reply once it may leave (after durability), or an error reply."""
+        reply once it may leave (after durability), or an error reply; ``hops`` (the
+        asker's, or a new one) is filled with this node's durations before that, unless
+        the message is refused before an entity sees it."""
+        if hops is None:
+            hops = NodeHops()
+        hops.received = time.perf_counter()
         if not self._running:
             _answer(reply_to, _error_reply(message.message_id, RuntimeStopped.__doc__ or "stopping", retryable=True))
             return
@@ -222,19 +233,23 @@ class StateNode:
         if cell.entity is None:
             if cell.queue is None:
                 cell.queue = deque()
-            cell.queue.append((message, reply_to))
+            cell.queue.append((message, reply_to, hops))
             if not cell.loading and cell.tail is None:
                 self._load(to, cell)
             return
-        self._process(to, cell, message, reply_to)
+        self._process(to, cell, message, reply_to, hops)
 
-    def _process(self, ref: EntityRef, cell: Cell, message: Inbound, reply_to: ReplyTo) -> None:
+    def _process(self, ref: EntityRef, cell: Cell, message: Inbound, reply_to: ReplyTo, hops: NodeHops) -> None:
         entity = cell.entity
         assert entity is not None
         version_before = entity.version
+        started = time.perf_counter()
         outcome = handle(entity, message)
+        hops.handled = time.perf_counter()
+        hops.queue, hops.handler = started - hops.received, hops.handled - started
         if outcome.failure is not None:  # a bug in the entity: the sender got a generic reason
-            log.error("handler of %s failed on message %s", ref, message.message_id, exc_info=outcome.failure)
+            log.error("handler of %s failed on message %s", ref, message.message_id, exc_info=outcome.failure,
+                      extra={"entity": str(ref), "message_id": message.message_id})
         if outcome.events and not outcome.restore:
             pending = self._pending_write(ref, cell, entity, version_before, outcome)
             if pending is None:  # events not encodable: refused, entity restored
@@ -245,7 +260,7 @@ class StateNode:
             cell.entity = None  # later messages queue until the entity is rebuilt
             if cell.tail is None:
                 self._load(ref, cell)
-        release = self._releaser(ref, cell, outcome, reply_to)
+        release = self._releaser(ref, cell, outcome, reply_to, hops)
         if outcome.events and not outcome.restore:
             assert cell.tail is not None
             cell.tail.waiters.append(release)
@@ -272,7 +287,8 @@ class StateNode:
                 snapshot = self.mapper.to_stored_event(type(entity).Snapshot.take(entity))
                 cell.snapshot_version = entity.version
         except CodecError:
-            log.exception("event of %s not encodable; message %s refused", ref, outcome.reply.message_id)
+            log.exception("event of %s not encodable; message %s refused", ref, outcome.reply.message_id,
+                          extra={"entity": str(ref), "message_id": outcome.reply.message_id})
             return None
         pending = PendingWrite(StreamWrite(ref.stream_id, version_before, stored), snapshot)
         pending.waiters.append(lambda error: self._settled(ref, cell, pending, error))
@@ -282,7 +298,8 @@ class StateNode:
     def _settled(self, ref: EntityRef, cell: Cell, pending: PendingWrite, error: PersistenceError | None) -> None:
         """First waiter of every write: keep the cell consistent with what is durable."""
         if error is not None:
-            log.warning("write of %s after version %s failed: %s", ref, pending.write.expected_version, error)
+            log.warning("write of %s after version %s failed: %s", ref, pending.write.expected_version, error,
+                        extra={"entity": str(ref)})
             assert self._committer is not None
             cell.entity = None
             cell.tail = None
@@ -292,8 +309,12 @@ class StateNode:
         if cell.entity is None and cell.tail is None and not cell.loading and self.cells.get(ref) is cell:
             self._load(ref, cell)  # (a released cell is not reloaded: its shard is elsewhere)
 
-    def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo) -> Callable[[PersistenceError | None], None]:
+    def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo,
+                  hops: NodeHops) -> Callable[[PersistenceError | None], None]:
         def release(error: PersistenceError | None) -> None:
+            hops.append = time.perf_counter() - hops.handled
+            hops.node = self.settings.node_id
+            self.metrics.hops.observe_each((hops.queue, hops.handler, hops.append))
             if error is not None:
                 _answer(reply_to, _error_reply(outcome.reply.message_id, f"not applied: {error}", retryable=True))
                 return
@@ -379,9 +400,9 @@ class StateNode:
         if self.cells.get(ref) is not cell:
             return  # released while loading (its shard moved away); its queue was answered then
         if isinstance(result, Exception):
-            log.error("activation of %s failed: %s", ref, result)
+            log.error("activation of %s failed: %s", ref, result, extra={"entity": str(ref)})
             error = RetryLater(f"entity {ref} could not be loaded: {result}")
-            for message, reply_to in cell.queue or ():
+            for message, reply_to, _hops in cell.queue or ():
                 self.metrics.message(ref.category, error.code)
                 _answer(reply_to, _reply_for(message.message_id, error))
             self._forget(ref)
@@ -392,7 +413,7 @@ class StateNode:
         if entity.owner_epoch > epoch:
             # A newer owner already took this entity over: we are the stale one.
             error = RetryLater(f"{ref} is served by a newer owner (epoch {entity.owner_epoch} > {epoch})")
-            for message, reply_to in cell.queue or ():
+            for message, reply_to, _hops in cell.queue or ():
                 self.metrics.message(ref.category, error.code)
                 _answer(reply_to, _reply_for(message.message_id, error))
             self._forget(ref)
@@ -405,8 +426,8 @@ class StateNode:
         self._rearm(ref, cell, (), entity.timers())
         queue = cell.queue
         while queue and cell.entity is not None:
-            message, reply_to = queue.popleft()
-            self._process(ref, cell, message, reply_to)
+            message, reply_to, hops = queue.popleft()
+            self._process(ref, cell, message, reply_to, hops)
         if not queue:
             cell.queue = None
 
@@ -491,7 +512,7 @@ class StateNode:
             self._disarm_all(cell)
             cell.entity = None
             error = RetryLater(f"shard of {ref} moved to another node")
-            for message, reply_to in cell.queue or ():
+            for message, reply_to, _hops in cell.queue or ():
                 self.metrics.message(ref.category, error.code)
                 _answer(reply_to, _reply_for(message.message_id, error))
             cell.queue = None

@@ -19,6 +19,8 @@ unchanged over the in-process transport (dev mode) or this one (cluster).
   dropped (an answer from a replaced owner) and the caller gets ``retry``.
 - Outbound: ``hold(ref)`` / ``release(ref)`` count the local connections of an entity and
   tell its owner (INTEREST), also again after a move or a reconnect.
+- Hops: an asker's :class:`~infrastructure.transport.port.NodeHops` is filled from the
+  REPLY's durations (and the name of the node that answered) before its callback runs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope
 from infrastructure.transport.link import Link
-from infrastructure.transport.port import OutboundSink, ReplyCallback, callback_when_done
+from infrastructure.transport.port import NodeHops, OutboundSink, ReplyCallback, callback_when_done
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class _Ask:
     link: Link
     node: str
     deadline: float
+    hops: NodeHops | None
 
 
 class ClusterClient:
@@ -92,27 +95,31 @@ class ClusterClient:
         self._interest_at: dict[EntityRef, str] = {}
 
     # ------------------------------------------------------------------ Transport port
-    async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> Reply:
+    async def ask(self, to: EntityRef, message: Inbound, timeout: float | None = None,
+                  hops: NodeHops | None = None) -> Reply:
         """Deliver and await the reply. A ``retry`` answer while the shard moves (the old
         owner fenced, drained or replaced) is resent, with the same message ID, to whoever
         owns the shard next, until ``handoff_wait_s`` has passed: a handoff is invisible to
-        callers unless it takes longer than that. Resending is safe: entities apply each ID once."""
+        callers unless it takes longer than that. Resending is safe: entities apply each ID once.
+        ``hops``: filled from the reply that is returned (see the module docstring)."""
         timeout = timeout or self.ask_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout
         give_up_moving = asyncio.get_running_loop().time() + self.handoff_wait_s
         while True:
-            reply, moving = await self._ask_once(to, message, max(0.01, deadline - asyncio.get_running_loop().time()))
+            reply, moving = await self._ask_once(to, message, max(0.01, deadline - asyncio.get_running_loop().time()),
+                                                 hops)
             now = asyncio.get_running_loop().time()
             if reply.ok or not moving or now >= min(deadline, give_up_moving):
                 return reply
             await asyncio.sleep(0.02)
 
-    def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None) -> asyncio.Future[Reply]:
+    def ask_future(self, to: EntityRef, message: Inbound, timeout: float | None = None,
+                   hops: NodeHops | None = None) -> asyncio.Future[Reply]:
         """:meth:`ask` as a future (a task here: resending across a handoff needs one)."""
-        return asyncio.ensure_future(self.ask(to, message, timeout))
+        return asyncio.ensure_future(self.ask(to, message, timeout, hops))
 
     def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
-                     timeout: float | None = None) -> None:
+                     timeout: float | None = None, hops: NodeHops | None = None) -> None:
         """:meth:`ask` with a callback (see the transport port). The steady state - the
         owner known, its link up, our interest announced - is one DELIVER answered straight
         from the link's reader: no task, future or timer per message (deadlines and owner
@@ -124,15 +131,15 @@ class ClusterClient:
         link = None if owner is None else self._links.get((owner[0], self.lane_of(to)))
         if link is None or link.closed.is_set() or owner is None or (
                 to in self._held and self._interest_at.get(to) != owner[0]):
-            callback_when_done(self.ask_future(to, message, timeout), on_reply)
+            callback_when_done(self.ask_future(to, message, timeout, hops), on_reply)
             return
         loop = asyncio.get_running_loop()
         corr = next(self._corr)
-        ask = _Ask(on_reply, to, message, link, owner[0], loop.time() + (timeout or self.ask_timeout_s))
+        ask = _Ask(on_reply, to, message, link, owner[0], loop.time() + (timeout or self.ask_timeout_s), hops)
         self._asks[corr] = ask
         if not link.send(Deliver(corr, to, message, True)):
             del self._asks[corr]
-            callback_when_done(self.ask_future(to, message, timeout), on_reply)
+            callback_when_done(self.ask_future(to, message, timeout, hops), on_reply)
             return
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_S, self._sweep)
@@ -144,6 +151,8 @@ class ClusterClient:
         if (not reply.ok and reply.code == "retry") or (current is not None and envelope.epoch < current[1]):
             self._continue(ask)
         else:  # the envelope carries no message ID (the caller has it)
+            if ask.hops is not None and envelope.hops is not None:
+                ask.hops.fill(ask.node, envelope.hops)
             ask.on_reply(Reply(ask.message.message_id, reply.ok, reply.payload, reply.code, reply.reason,
                                reply.retryable), None)
 
@@ -153,7 +162,7 @@ class ClusterClient:
         if left <= 0:
             ask.on_reply(_retry(ask.message.message_id, f"no reply for {ask.to} in time"), None)
         else:
-            callback_when_done(self.ask_future(ask.to, ask.message, left), ask.on_reply)
+            callback_when_done(self.ask_future(ask.to, ask.message, left, ask.hops), ask.on_reply)
 
     def _sweep(self) -> None:
         """Every SWEEP_S while fast-path asks wait: past their deadline -> ``retry``; their
@@ -166,7 +175,8 @@ class ClusterClient:
                 self._continue(ask)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep) if self._asks else None
 
-    async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float) -> tuple[Reply, bool]:
+    async def _ask_once(self, to: EntityRef, message: Inbound, timeout: float,
+                        hops: NodeHops | None = None) -> tuple[Reply, bool]:
         """One attempt; the flag says whether the shard looked like it was moving."""
         owner = await self._owner(to)
         if owner is None:
@@ -201,6 +211,8 @@ class ClusterClient:
         if current is not None and envelope.epoch < current[1]:
             return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})"), True
         r = envelope.reply
+        if hops is not None and envelope.hops is not None:
+            hops.fill(node, envelope.hops)
         # Every ``retry`` answer is resent while the handoff window lasts: the shard moving
         # (not owned, fenced, draining) or a write that lost to the new owner's takeover
         # marker look the same from here, and resending is always safe (message IDs).
@@ -237,7 +249,8 @@ class ClusterClient:
     async def _tell(self, to: EntityRef, message: Inbound) -> None:
         reply = await self.ask(to, message)
         if not reply.ok and reply.retryable:
-            log.warning("entity message %s to %s not delivered: %s", message.message_id, to, reply.reason)
+            log.warning("entity message %s to %s not delivered: %s", message.message_id, to, reply.reason,
+                        extra={"entity": str(to), "message_id": message.message_id})
 
     def subscribe(self, sink: OutboundSink) -> None:
         self._sinks.append(sink)
@@ -315,12 +328,14 @@ class ClusterClient:
     async def _send(self, to: EntityRef, message: Inbound) -> None:
         owner = await self._owner(to)
         if owner is None:
-            log.warning("dropping %s for %s: no owner (at most once; the sender may retry)", message.message_id, to)
+            log.warning("dropping %s for %s: no owner (at most once; the sender may retry)", message.message_id, to,
+                        extra={"entity": str(to), "message_id": message.message_id})
             return
         try:
             link = await self._link(owner[0], self.lane_of(to))
         except OSError as exc:
-            log.warning("dropping %s for %s: %s", message.message_id, to, exc)
+            log.warning("dropping %s for %s: %s", message.message_id, to, exc,
+                        extra={"entity": str(to), "message_id": message.message_id})
             return
         link.send(Deliver(0, to, message, False))
 

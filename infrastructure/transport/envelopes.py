@@ -9,7 +9,7 @@ Sender → receiver:
 - ``AUTH``     [6, proof]                           connecting side's second frame (handshake:
                                                       infrastructure/transport/auth.py)
 - ``DELIVER``  [2, corr, category, entity_id, message, want_reply]   edge/node → owning node
-- ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable] node → asker
+- ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable, hops?] node → asker
 - ``OUTBOUND`` [4, category, entity_id, effect]     node → each edge interested in the entity
 - ``INTEREST`` [5, add[[category, id]...], remove[...]]  edge → node: entities it holds
                                                       connections for (outbound goes only there)
@@ -19,6 +19,17 @@ Sender → receiver:
 [2 Terminate, connection_id, reason, reconnect]; ``target`` is [1, connection_id] |
 [2] (all) | [3, match]. A malformed envelope raises :class:`EnvelopeError` - and nothing
 else, whatever the bytes (a property-based test feeds it arbitrary input).
+
+Optional trailing fields: a field added to an envelope goes at its end and may be left
+out, so an envelope of an earlier version still parses; a REPLY's fields after the last
+one this version knows are ignored (a later version's additions reach an edge of this one
+harmlessly). REPLY's ``hops``: [queue, handler, append], the seconds the message spent in
+each hop inside the node (infrastructure/metrics.py NODE_HOPS), each measured on the
+node's own clock; absent when no entity processed the message (a refusal). The edge
+subtracts their sum from its own round trip to get the transport's share - durations
+travel, never timestamps, because two processes' clocks are never subtracted from each
+other. (The edge's timestamp travels in every message, ``timestamp`` above, for logs and
+entities - not for latency arithmetic.)
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_HANDSHAKE_FRAME_BYTES = 4096
 """Largest HELLO or AUTH frame read: a node id, a role, the lane names and two 32-byte values
 take a few hundred bytes; an unauthenticated peer never gets MAX_FRAME_BYTES buffered."""
+MAX_HOP_S = 86_400.0
+"""Longest hop duration a REPLY may claim: anything else is not a duration (malformed)."""
 
 
 class EnvelopeError(TransportError):
@@ -80,6 +93,8 @@ class ReplyEnvelope:
     corr: int
     epoch: int
     reply: Reply
+    hops: tuple[float, float, float] | None = None
+    """The node's (queue, handler, append) seconds; optional (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +144,10 @@ def _to_list(e: Envelope) -> list[Any]:
         return [DELIVER, e.corr, e.to.category, e.to.entity_id, _message_to_list(e.message), e.want_reply]
     if isinstance(e, ReplyEnvelope):
         r = e.reply
-        return [REPLY, e.corr, e.epoch, r.ok, r.payload, r.code, r.reason, r.retryable]
+        fields = [REPLY, e.corr, e.epoch, r.ok, r.payload, r.code, r.reason, r.retryable]
+        if e.hops is not None:
+            fields.append(list(e.hops))
+        return fields
     if isinstance(e, Outbound):
         return [OUTBOUND, e.source.category, e.source.entity_id, _effect_to_list(e.effect)]
     if isinstance(e, Interest):
@@ -145,10 +163,11 @@ def _from_list(d: Any) -> Envelope:
     kind = d[0]
     if kind == DELIVER:
         _, corr, category, entity_id, message, want_reply = d
-        return Deliver(int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
+        return Deliver(_wire_int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
     if kind == REPLY:
-        _, corr, epoch, ok, payload, code, reason, retryable = d
-        return ReplyEnvelope(int(corr), int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)))
+        _, corr, epoch, ok, payload, code, reason, retryable = d[:8]
+        hops = _hops(d[8]) if len(d) > 8 else None
+        return ReplyEnvelope(_wire_int(corr), _wire_int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)), hops)
     if kind == OUTBOUND:
         _, category, entity_id, effect = d
         return Outbound(EntityRef(category, entity_id), _effect_from_list(effect))
@@ -164,6 +183,23 @@ def _from_list(d: Any) -> Envelope:
         _, proof = d
         return Auth(_short_bytes(proof))
     raise EnvelopeError(f"unknown envelope kind {kind!r}")
+
+
+def _wire_int(value: Any) -> int:
+    """A correlation ID or epoch: an integer msgpack can carry (a float such as 1e19 would
+    parse and then fail to encode again)."""
+    number = int(value)
+    if not -(2**63) <= number < 2**64:
+        raise EnvelopeError(f"integer field out of range: {number}")
+    return number
+
+
+def _hops(value: Any) -> tuple[float, float, float]:
+    """A REPLY's hop durations: three numbers of seconds, none negative or absurd."""
+    if not isinstance(value, list) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= MAX_HOP_S for v in value):
+        raise EnvelopeError(f"reply hops must be [queue, handler, append] seconds in 0..{MAX_HOP_S:.0f}")
+    return float(value[0]), float(value[1]), float(value[2])
 
 
 def _short_bytes(value: Any) -> bytes:

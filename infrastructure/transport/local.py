@@ -20,7 +20,7 @@ from infrastructure.errors import TransportError
 
 if TYPE_CHECKING:
     from infrastructure.runtime.node import StateNode
-    from infrastructure.transport.port import OutboundSink, ReplyCallback
+    from infrastructure.transport.port import NodeHops, OutboundSink, ReplyCallback
 
 EXPIRY_SWEEP_S = 0.25
 """How often unanswered asks are checked against their deadline: a timer per message cost
@@ -59,10 +59,11 @@ class LocalTransport:
         return future
 
     def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
-                     timeout: float | None = None) -> None:
+                     timeout: float | None = None, hops: NodeHops | None = None) -> None:
         """Deliver ``message``; ``on_reply`` gets the reply once it may leave (after
         durability), or a TransportError once ``timeout`` passed (checked every
-        ``EXPIRY_SWEEP_S``). No future, no task, no timer per message: see the port."""
+        ``EXPIRY_SWEEP_S``). No future, no task, no timer per message: see the port.
+        ``hops`` goes to the node, which fills it in."""
         entry: list[Any] = [on_reply, 0.0]
 
         def answer(reply: Reply) -> None:
@@ -80,7 +81,7 @@ class LocalTransport:
         queue.append((entry, to, message.message_id))
         if self._sweeper is None or self._sweeper_loop is not loop:
             self._sweeper, self._sweeper_loop = loop.call_later(EXPIRY_SWEEP_S, self._expire), loop
-        self.node.deliver(to, message, answer)
+        self.node.deliver(to, message, answer, hops)
 
     def _expire(self) -> None:
         """Answer the asks whose deadline passed with a TransportError. One queue per

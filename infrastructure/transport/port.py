@@ -17,6 +17,35 @@ ReplyCallback = Callable[[Reply | None, BaseException | None], None]
 """Receives ``(reply, None)`` or ``(None, error)`` exactly once (see ``Transport.ask_callback``)."""
 
 
+class NodeHops:
+    """How long one message spent in each hop inside the state node that processed it
+    (seconds, each measured on that node's own clock: infrastructure/metrics.py NODE_HOPS),
+    and which node that was. An asker that wants them passes one to ``ask_callback``; the
+    transport fills it before the callback runs: the in-process transport by handing it to
+    the node, the network transport from the REPLY envelope (the node measures, the
+    envelope carries the durations - never a timestamp another process would subtract from
+    its own clock). ``node`` stays empty when the reply carried none (a refusal before any
+    entity saw the message, a timeout, an older node): then nothing is known of the hops.
+
+    ``received`` and ``handled`` are the node's own working marks (its ``perf_counter``)."""
+
+    __slots__ = ("received", "handled", "queue", "handler", "append", "node")
+
+    def __init__(self) -> None:
+        self.received = self.handled = 0.0
+        self.queue = self.handler = self.append = 0.0
+        self.node = ""
+
+    def durations(self) -> tuple[float, float, float] | None:
+        """(queue, handler, append), or None when no node filled them in."""
+        return (self.queue, self.handler, self.append) if self.node else None
+
+    def fill(self, node: str, durations: tuple[float, float, float]) -> None:
+        """Take what a node measured (a REPLY envelope's durations)."""
+        self.queue, self.handler, self.append = durations
+        self.node = node
+
+
 class OutboundSink(Protocol):
     """Receives client-bound effects after the causing events are durable (an edge)."""
 
@@ -37,11 +66,13 @@ class Transport(Protocol):
         ...
 
     def ask_callback(self, to: EntityRef, message: Inbound, on_reply: ReplyCallback,
-                     timeout: float | None = None) -> None:
+                     timeout: float | None = None, hops: NodeHops | None = None) -> None:
         """:meth:`ask` with a callback, called once with ``(reply, None)`` or ``(None, error)``
         (a TransportError on timeout), possibly before this returns: the edge's per-frame
         path, where a future and a timer per message were a measurable share of a hot
-        entity's CPU and every future callback one more loop iteration of wait."""
+        entity's CPU and every future callback one more loop iteration of wait. ``hops``,
+        if given, is filled with the node's durations before ``on_reply`` runs (see
+        :class:`NodeHops`)."""
         ...
 
     def send(self, to: EntityRef, message: Inbound) -> None:

@@ -27,7 +27,9 @@ A refusal is counted (``xplatform_transport_refused_messages_total{reason}``), l
 
 DELIVER goes to the node (which checks shard ownership and answers
 ``retry`` for shards it does not own); REPLY carries the shard's epoch so edges can drop
-answers from an owner that has since been replaced.
+answers from an owner that has since been replaced, and the node's own durations of the
+message's hops (queue, handler, append: :class:`~infrastructure.transport.port.NodeHops`),
+so the asker can tell the transport's share of its round trip from the node's.
 
 Outbound effects: edges send INTEREST for the entities they hold connections of; an effect
 of an entity goes once to each interested edge (never to every edge, never once per client);
@@ -52,6 +54,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope, frame
 from infrastructure.transport.link import Link
+from infrastructure.transport.port import NodeHops
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +168,11 @@ class NodeServer:
                 link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
             return
         reply_to = None
+        hops = NodeHops()
         if d.want_reply:
             def reply_to(reply: Reply, link: Link = link, d: Deliver = d) -> None:
-                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
-        self.node.deliver(d.to, d.message, reply_to)
+                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply, hops.durations()))
+        self.node.deliver(d.to, d.message, reply_to, hops)
 
     def _refusal(self, link: Link, d: Deliver) -> tuple[str, bool] | None:
         """(reason, retryable) when ``link``'s peer may not deliver ``d``; None when it may."""

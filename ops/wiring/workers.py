@@ -51,6 +51,7 @@ from typing import Any
 from edge.config import EdgeConfig
 from edge.errors import AddressInUse
 from infrastructure.errors import ConfigurationError
+from infrastructure.logformat import configure_logging
 from infrastructure.metrics import ClusterMetrics
 from infrastructure.runtime import StateNode
 from infrastructure.settings import Settings
@@ -291,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-kid", default="")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s %(levelname)s {args.worker_id} %(name)s: "
-                        "%(message)s")
+    configure_logging(settings, node=args.worker_id,
+                      text_format=f"%(asctime)s %(levelname)s {args.worker_id} %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_worker(args))
     return 0

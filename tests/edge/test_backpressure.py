@@ -33,8 +33,9 @@ class GatedTransport:
     def ask_future(self, to: Any, message: Any, timeout: float | None = None) -> Any:
         return asyncio.ensure_future(self.ask(to, message, timeout))
 
-    def ask_callback(self, to: Any, message: Any, on_reply: Any, timeout: float | None = None) -> None:
-        callback_when_done(self.ask_future(to, message, timeout), on_reply)
+    def ask_callback(self, to: Any, message: Any, on_reply: Any, timeout: float | None = None,
+                     hops: Any = None) -> None:
+        callback_when_done(self.ask_future(to, message, timeout), on_reply)  # no node hops through this gate
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

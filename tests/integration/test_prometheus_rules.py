@@ -33,7 +33,8 @@ import pytest
 import yaml
 
 from edge.client import connect
-from infrastructure.settings import Settings
+from infrastructure.runtime.entity_modules import resolve_entities
+from infrastructure.settings import SAMPLE_ENTITIES
 from ops.local.prometheus import PrometheusServer, QueryError
 from tests.support.chat_load import token
 from tests.support.cluster import Cluster
@@ -188,9 +189,7 @@ def _evaluate(prometheus: PrometheusServer) -> None:
     assert not problems, "\n".join(problems)
 
     unserved = prometheus.query("cluster_category:xplatform_cluster_shards_unserved:count")
-    from infrastructure.runtime.entity_modules import entity_types_from
-
-    served_categories = set(entity_types_from(Settings()).categories)  # the default XPLATFORM_ENTITIES
+    served_categories = set(resolve_entities(SAMPLE_ENTITIES).categories)  # the cluster's default entities
     assert {r["metric"]["category"] for r in unserved} == served_categories  # node-a serves every shard
     assert all(float(r["value"][1]) == 0 for r in unserved), unserved
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from domain import Context, Entity, Rejected, client_message, entity_message, event, timer
 
 
@@ -20,6 +22,13 @@ class Counter(Entity):
             raise Rejected("n must be a positive integer")
         self._added(n=n)
         ctx.broadcast({"total": self.total}, coalesce_key="total")
+        return self.total
+
+    @client_message("slow_add")
+    def slow_add(self, ctx: Context, n: int, seconds: float) -> int:
+        """Holds the node's event loop for ``seconds``: a slow handler, for the latency tests."""
+        time.sleep(seconds)
+        self._added(n=n)
         return self.total
 
     @client_message("peek")

@@ -46,6 +46,9 @@ outlines = st.one_of(
               st.binary(max_size=80), st.binary(max_size=80)).map(list),
     st.tuples(st.just(2), values, names, names, messages | values, values).map(list),  # DELIVER
     st.tuples(st.just(3), values, values, values, values, values, values, values).map(list),  # REPLY
+    st.tuples(st.just(3), values, values, values, values, values, values, values,  # REPLY with hop durations
+              st.lists(st.floats() | st.integers(min_value=0, max_value=2**64 - 1) | values, max_size=4)
+              | values).map(list),
     st.tuples(st.just(4), names, names, effects).map(list),  # OUTBOUND
     st.tuples(st.just(5), st.lists(st.lists(names, max_size=3) | values, max_size=3),
               st.lists(st.lists(names, max_size=3) | values, max_size=3)).map(list),  # INTEREST
@@ -75,6 +78,8 @@ def test_arbitrary_bytes_parse_or_raise_envelope_error(body: bytes) -> None:
 
 @FUZZ
 @given(outlines)
+@example([3, False, 1.8446744073709552e19, None, None, None, None, None])  # an epoch msgpack cannot carry
+@example([3, 1, 2, True, None, "", "", False, [0.001, 2, 0.5], "a later field"])  # hops, then a field of a later version
 def test_well_formed_msgpack_with_wrong_values_parses_or_raises_envelope_error(outline: object) -> None:
     check(msgpack.packb(outline, use_bin_type=True))
 
