@@ -75,7 +75,7 @@ async def cluster_edge(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Pub
     settings = Settings(store="sqlite", data_dir=str(tmp_path / "data"), node_id="node-a")
     node = build_node(settings, entities=[Counter], ownership=StaticShards(64, {"Counter": set(range(64))}, epoch=1))
     server = NodeServer(node, "node-a", is_member=lambda peer: peer == "edge-1", auth=LinkAuth(SECRETS),
-                        owner_of=lambda ref: "node-a")
+                        may_speak_for=lambda ref, node: node == "node-a")
     node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
     await start_node(node)
     await server.start()
