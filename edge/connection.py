@@ -49,6 +49,8 @@ from edge import protocol
 from edge.errors import FrameError
 from edge.ratelimit import TokenBucket
 from edge.wsframes import binary_frames
+from infrastructure.read_port import Position
+from infrastructure.transport.port import version_of
 
 if TYPE_CHECKING:
     from edge.public import PublicEdge
@@ -473,7 +475,9 @@ class WsConnection:
                 frame = protocol.reply(message_id, False, None, "unavailable", str(error)[:200], True)
             else:
                 self.edge.metrics.round_trip.observe(time.perf_counter() - arrived)
-                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable)
+                version = version_of(reply)
+                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable,
+                                       Position(self.ref.stream_id, version).token() if version else None)
             self._enqueue(frame)
 
         self.edge.transport.ask_callback(self.ref, message, replied, self.edge.config.connect_timeout_s)

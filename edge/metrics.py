@@ -23,6 +23,8 @@ from infrastructure.metrics import LoopCounter
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
 FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
+READ_OUTCOMES = ("ok", "bad_request", "unauthorized", "forbidden", "not_found", "unknown_projection",
+                 "consistency_timeout", "busy", "read_models_unavailable", "read_failed")
 CLOSE_REASONS = ("client", "bye", "going_away", "protocol", "too_big", "text", "flood", "slow_consumer",
                  "token_expired", "refused", "terminated", "heartbeat_timeout", "superseded", "unavailable")
 
@@ -84,6 +86,13 @@ class EdgeMetrics:
         self.round_trip = Histogram("xplatform_edge_round_trip_seconds",
                                     "From a MSG's arrival at the edge to its durable reply back at the edge.",
                                     buckets=LATENCY_BUCKETS, registry=r)
+        reads = Counter("xplatform_edge_reads", "Queries of the read API (GET /read/...), by outcome.", ["outcome"],
+                        registry=r)
+        self.reads = {k: reads.labels(k) for k in READ_OUTCOMES}
+        self.read_duration = Histogram("xplatform_edge_read_duration_seconds", "From a read's arrival to its "
+                                       "answer, waits for consistency included.", buckets=LATENCY_BUCKETS, registry=r)
+        self.reads_waiting = Gauge("xplatform_edge_reads_waiting", "Reads waiting for their consistency "
+                                   "(a position token or max_lag_ms) now.", registry=r)
 
     def exposition(self) -> bytes:
         """Text exposition format for ``/metrics``."""

@@ -53,7 +53,7 @@ from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
-from infrastructure.transport.port import OutboundSink
+from infrastructure.transport.port import OutboundSink, with_version
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,9 @@ class StateNode:
             cell.entity = None  # later messages queue until the entity is rebuilt
             if cell.tail is None:
                 self._load(ref, cell)
-        release = self._releaser(ref, cell, outcome, reply_to)
+        # the reply's position token: the stream's version once this message's events (or,
+        # without events, the earlier writes it waits for) are durable; none if nothing stands
+        release = self._releaser(ref, cell, outcome, reply_to, 0 if outcome.restore else entity.version)
         if outcome.events and not outcome.restore:
             assert cell.tail is not None
             cell.tail.waiters.append(release)
@@ -259,12 +261,14 @@ class StateNode:
         if cell.entity is None and cell.tail is None and not cell.loading and self.cells.get(ref) is cell:
             self._load(ref, cell)  # (a released cell is not reloaded: its shard is elsewhere)
 
-    def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo) -> Callable[[PersistenceError | None], None]:
+    def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo,
+                  version: int = 0) -> Callable[[PersistenceError | None], None]:
         def release(error: PersistenceError | None) -> None:
             if error is not None:
                 _answer(reply_to, _error_reply(outcome.reply.message_id, f"not applied: {error}", retryable=True))
                 return
-            _answer(reply_to, outcome.reply)
+            if reply_to is not None:
+                reply_to(with_version(outcome.reply, version))
             for effect in outcome.effects:
                 if isinstance(effect, Tell):
                     if self.router is not None:

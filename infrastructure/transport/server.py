@@ -45,6 +45,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope, frame
 from infrastructure.transport.link import Link
+from infrastructure.transport.port import version_of
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ class NodeServer:
         reply_to = None
         if d.want_reply:
             def reply_to(reply: Reply, link: Link = link, d: Deliver = d) -> None:
-                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
+                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply,
+                                        version_of(reply) if d.want_version else 0))
         self.node.deliver(d.to, d.message, reply_to)
 
     def _refusal(self, link: Link, d: Deliver) -> tuple[str, bool] | None:

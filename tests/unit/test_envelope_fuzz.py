@@ -46,6 +46,7 @@ outlines = st.one_of(
               st.binary(max_size=80), st.binary(max_size=80)).map(list),
     st.tuples(st.just(2), values, names, names, messages | values, values).map(list),  # DELIVER
     st.tuples(st.just(3), values, values, values, values, values, values, values).map(list),  # REPLY
+    st.tuples(st.just(3), values, values, values, values, values, values, values, values).map(list),  # + version
     st.tuples(st.just(4), names, names, effects).map(list),  # OUTBOUND
     st.tuples(st.just(5), st.lists(st.lists(names, max_size=3) | values, max_size=3),
               st.lists(st.lists(names, max_size=3) | values, max_size=3)).map(list),  # INTEREST
