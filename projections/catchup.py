@@ -23,7 +23,6 @@ command comes with the projector runner).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import queue
 import sys
@@ -37,6 +36,7 @@ from infrastructure.persistence.subscriptions import Checkpoint, EventFilter, Ev
 from infrastructure.settings import Settings
 from projections.engine import BatchPlan
 from projections.errors import ProjectionError, SourceFailed
+from projections.loading import load_projection
 from projections.mongo import MongoReadModel, connect
 from projections.projection import Projection
 
@@ -176,35 +176,6 @@ class CatchUpProjector:
             reached = checkpoint
         self.batches += 1
         return reached
-
-
-def load_projection(topic: str) -> Projection:
-    """``module:Class`` → an instance of that Projection subclass."""
-    found = load_projections(topic)
-    if len(found) != 1:
-        raise ProjectionError(f"{topic!r} names {len(found)} projections, not one class")
-    return found[0]
-
-
-def load_projections(topics: str) -> list[Projection]:
-    """Comma-separated ``module:ATTRIBUTE`` topics (the ``projections`` setting), each a
-    Projection class or a list/tuple of them → one instance of each, in order (a class named
-    twice once). Raises ProjectionError naming the topic, or two projections with one NAME."""
-    found: dict[str, Projection] = {}
-    for topic in (t.strip() for t in topics.split(",") if t.strip()):
-        module_name, _, attribute = topic.partition(":")
-        try:
-            value = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ProjectionError(f"projections topic {topic!r} does not resolve: {exc}") from None
-        for member in value if isinstance(value, (list, tuple)) else (value,):
-            if not (isinstance(member, type) and issubclass(member, Projection)):
-                raise ProjectionError(f"projections topic {topic!r}: {member!r} is not a Projection class")
-            earlier = found.get(member.NAME)
-            if earlier is not None and type(earlier) is not member:
-                raise ProjectionError(f"projections topic {topic!r}: two projections named {member.NAME!r}")
-            found.setdefault(member.NAME, member())
-    return list(found.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,8 +85,8 @@ def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Pa
     tokens when on, the demo page from ``static_dir``, the query API of ``read_models``, or of
     the read port ``reads``, when given) with ``/metrics`` (edge and node registries: on the
     app's port while it listens on loopback, else on the internal listener). The platform
-    starts before the edge and stops after it; the read models start after the platform and
-    stop before it."""
+    starts before the edge and stops after it; the read models stop before it (they are
+    started by :func:`serve_dev` once the edge listens: serving first, read models after)."""
     config = config or EdgeConfig.from_settings(platform.settings)
     metrics = EdgeMetrics()
     if read_models is not None:
@@ -96,8 +96,6 @@ def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Pa
 
     async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await platform.start()
-        if read_models is not None:
-            read_models.start()
         yield
         if read_models is not None:
             await asyncio.to_thread(read_models.stop)
@@ -122,6 +120,8 @@ async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
               f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
               flush=True)
+        if read_models is not None:
+            read_models.start()  # in the background: the database and the projectors come up after this line
         if ready is not None:
             ready.set()
 

@@ -27,15 +27,17 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infrastructure.errors import ReadModelUnavailable
 from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.read_port import EVENTUAL, Consistency, Document, ReadPort
 from infrastructure.settings import Settings
-from projections.catchup import CatchUpProjector, load_projections
-from projections.mongo import MongoReadModel, connect
-from projections.query import MongoQueries
+from projections.loading import load_projections
+
+if TYPE_CHECKING:  # imported on the starting thread (pymongo alone takes ~150 ms): run serves before
+    from projections.catchup import CatchUpProjector
+    from projections.query import MongoQueries
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,10 @@ class DevReadModels:
 
     def _bring_up(self) -> None:
         try:
+            from projections.catchup import CatchUpProjector
+            from projections.mongo import MongoReadModel, connect
+            from projections.query import MongoQueries
+
             if self.server is not None:
                 self.server.wait_listening(stopped=self._stopped)
             uri = self.server.uri if self.server is not None else self.settings.mongo_uri

@@ -1,5 +1,5 @@
 """The read port's position tokens (infrastructure/read_port.py) and the projections setting
-(projections/catchup.py ``load_projections``): what parses, what is refused and why."""
+(projections/loading.py ``load_projections``): what parses, what is refused and why."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from infrastructure.errors import BadReadQuery
 from infrastructure.read_port import Consistency, Position
 from projections.auction import AuctionBoard, BidderSummary
-from projections.catchup import load_projection, load_projections
 from projections.errors import ProjectionError
+from projections.loading import load_projection, load_projections
 
 
 def test_a_token_is_stream_at_version_and_round_trips() -> None:
