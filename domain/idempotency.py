@@ -33,6 +33,7 @@ entries, so new traffic evicts them first.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 TIMERS = "t0:"
@@ -71,18 +72,20 @@ class ReplyWindow:
     """Recent message IDs per sender with their reply records. See the module docstring.
 
     One flat insertion-ordered dict ``entries`` (key: sender prefix + message ID), so a
-    small entity's window costs what a window without senders cost. The number of IDs per
-    sender (``counts``) is kept only once the window holds more than ``per_sender`` IDs
-    (before that no sender can be over its share): small entities never pay for it. A
-    sender over ``per_sender`` loses its oldest IDs, an eighth of ``per_sender`` at once (one
-    walk from the oldest entry per eighth, not per message), so it keeps between ~7/8 of
-    ``per_sender`` and ``per_sender``. Over ``total``, the oldest ID of all goes."""
+    small entity's window costs what a window without senders cost. The keys of each
+    sender, oldest first (``order``), are kept only once the window holds more than
+    ``per_sender`` IDs (before that no sender can be over its share): small entities never
+    pay for it. A sender over ``per_sender`` loses its oldest IDs, an eighth of
+    ``per_sender`` at once, so it keeps between ~7/8 of ``per_sender`` and ``per_sender``.
+    Over ``total``, the oldest ID of all goes (which is also its sender's oldest). Each
+    eviction takes its keys from the front of the sender's own queue: a hot entity with a
+    hundred busy senders no longer walks the whole window to find one sender's oldest."""
 
-    __slots__ = ("entries", "counts", "legacy")
+    __slots__ = ("entries", "order", "legacy")
 
     def __init__(self) -> None:
         self.entries: dict[str, list[Any]] = {}
-        self.counts: dict[str, int] | None = None
+        self.order: dict[str, deque[str]] | None = None
         self.legacy = False
         """Holds legacy entries (loaded from before senders were kept)."""
 
@@ -109,43 +112,39 @@ class ReplyWindow:
             return
         if sender == LEGACY:
             self.legacy = True
-        counts = self.counts
-        if counts is None:
+        order = self.order
+        if order is None:
             if len(entries) <= per_sender:
                 return
-            counts = self.counts = {}
+            order = self.order = {}
             for k in entries:
-                prefix = _prefix_of(k)
-                counts[prefix] = counts.get(prefix, 0) + 1
-            n = counts[sender]
+                order.setdefault(_prefix_of(k), deque()).append(k)
+            mine = order[sender]
         else:
-            n = counts[sender] = counts.get(sender, 0) + 1
+            found = order.get(sender)
+            mine = order[sender] = deque() if found is None else found
+            mine.append(key)
+        n = len(mine)
         if n > per_sender:
             self._evict_oldest_of(sender, n - per_sender + per_sender // 8)
         while len(entries) > total:
             oldest = next(iter(entries))
             del entries[oldest]
-            self._uncount(_prefix_of(oldest), 1)
+            prefix = _prefix_of(oldest)
+            keys = order[prefix]
+            keys.popleft()  # the oldest of all is its sender's oldest too
+            if not keys:
+                del order[prefix]
 
     def _evict_oldest_of(self, sender: str, how_many: int) -> None:
-        doomed = []
-        for key in self.entries:
-            if key.startswith(sender):  # prefixes are self-delimiting: only this sender's keys
-                doomed.append(key)
-                if len(doomed) == how_many:
-                    break
-        for key in doomed:
-            del self.entries[key]
-        self._uncount(sender, len(doomed))
-
-    def _uncount(self, sender: str, n: int) -> None:
-        counts = self.counts
-        assert counts is not None
-        left = counts[sender] - n
-        if left:
-            counts[sender] = left
-        else:
-            del counts[sender]
+        order = self.order
+        assert order is not None
+        keys = order[sender]
+        entries = self.entries
+        for _ in range(min(how_many, len(keys))):
+            del entries[keys.popleft()]
+        if not keys:
+            del order[sender]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ReplyWindow) and list(self.entries.items()) == list(other.entries.items())

@@ -67,8 +67,8 @@ class Client:
                  session: aiohttp.ClientSession | None = None, token_in_protocol: bool = False,
                  heartbeat_s: float = 5.0, reconnect: bool = True, backoff_initial_s: float = 0.05,
                  backoff_max_s: float = 5.0, request_timeout_s: float = 10.0, origin: str | None = None,
-                 overload_retries: int = 5, overload_backoff_initial_s: float = 0.05,
-                 overload_backoff_max_s: float = 2.0) -> None:
+                 retries: int = 5, retry_backoff_initial_s: float = 0.05,
+                 retry_backoff_max_s: float = 2.0) -> None:
         bases = [base_url] if isinstance(base_url, str) else list(base_url)
         # Several edges: an edge going away (1001) or unreachable sends us to the next one,
         # with the same connection ID (the entity resumes us).
@@ -82,9 +82,10 @@ class Client:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.request_timeout_s = request_timeout_s
-        self.overload_retries = overload_retries
-        self.overload_backoff_initial_s = overload_backoff_initial_s
-        self.overload_backoff_max_s = overload_backoff_max_s
+        self.retries = retries
+        """Resends of a request answered with a retryable refusal (0: none); see :meth:`request`."""
+        self.retry_backoff_initial_s = retry_backoff_initial_s
+        self.retry_backoff_max_s = retry_backoff_max_s
         self.origin = origin
         self.welcome: Any = None
         self.terminated: tuple[str, bool] | None = None
@@ -164,10 +165,12 @@ class Client:
     # ------------------------------------------------------------------ API
     async def request(self, payload: Any, message_id: str | None = None, timeout: float | None = None) -> ClientReply:
         """Send a MSG (``payload``: bytes as is, anything else msgpack-encoded) and wait for
-        its REPLY. Unanswered messages are resent after a reconnect with the same ID. An
-        ``overloaded`` refusal (the entity is behind; nothing changed) is retried with the
-        same ID after a full-jitter exponential backoff, at most ``overload_retries`` times
-        and within ``timeout``; then that refusal is the answer (``PROTOCOL.md`` "Overload")."""
+        its REPLY. Unanswered messages are resent after a reconnect with the same ID. A
+        retryable refusal (``retryable`` true: ``overloaded`` while the entity is behind,
+        ``retry`` while its shard moves or its node fails over, ``unavailable``; nothing was
+        applied, or a resend is answered from the entity's memory) is resent with the same ID
+        after a full-jitter exponential backoff, at most ``retries`` times and within
+        ``timeout``; then that refusal is the answer (``PROTOCOL.md`` "Retryable refusals")."""
         if self._done:
             raise RequestFailed("client is closed")
         mid = message_id or uuid.uuid4().hex
@@ -185,10 +188,10 @@ class Client:
                     reply = await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
                 except TimeoutError:
                     raise RequestFailed(f"no reply to {mid} within the timeout (resend with the same ID)") from None
-                if reply.ok or reply.code != "overloaded" or attempt >= self.overload_retries:
+                if reply.ok or not reply.retryable or attempt >= self.retries:
                     return reply
-                delay = random.uniform(0, min(self.overload_backoff_max_s,
-                                              self.overload_backoff_initial_s * 2 ** attempt))  # full jitter
+                delay = random.uniform(0, min(self.retry_backoff_max_s,
+                                              self.retry_backoff_initial_s * 2 ** attempt))  # full jitter
                 attempt += 1
                 if loop.time() + delay >= deadline:
                     return reply

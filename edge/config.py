@@ -8,6 +8,7 @@ through environment variables, and malformed values (a bad CIDR) fail at start.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,8 @@ class EdgeConfig:
     ip_rate_burst: float = 0.0
     max_sockets: int = 0
     handshake_timeout_s: float = 10.0
-    max_in_flight: int = 64
+    max_in_flight: int = 256
+    max_in_flight_bytes: int = 1_048_576
     shed_after_ms: float = 250.0
     coalesce_hz: float = 20.0
     heartbeat_s: float = 20.0
@@ -94,6 +96,7 @@ class EdgeConfig:
             user_rate_burst=s.edge_user_rate_burst, ip_rate_per_s=s.edge_ip_rate_per_s,
             ip_rate_burst=s.edge_ip_rate_burst, max_sockets=s.edge_max_sockets,
             handshake_timeout_s=s.edge_handshake_timeout_s, max_in_flight=s.edge_max_in_flight,
+            max_in_flight_bytes=s.edge_max_in_flight_bytes,
             shed_after_ms=s.edge_shed_after_ms,
             coalesce_hz=s.edge_coalesce_hz,
             heartbeat_s=s.edge_heartbeat_s, close_timeout_s=s.edge_close_timeout_s,
@@ -112,8 +115,8 @@ class EdgeConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight", "read_max_limit",
-                     "read_max_waiting"):
+        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight", "max_in_flight_bytes",
+                     "read_max_limit", "read_max_waiting"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
         for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s",
@@ -137,6 +140,11 @@ class EdgeConfig:
             raise EdgeConfigurationError("shed_after_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:
             raise EdgeConfigurationError("coalesce_hz must be positive, or 0 to turn coalescing off")
+        for _network, device_class in self.internal_networks:
+            if not DEVICE_CLASS.match(device_class):
+                raise EdgeConfigurationError(
+                    f"XPLATFORM_EDGE_INTERNAL_NETWORKS: device class {device_class[:80]!r} must be 1-64 of A-Z a-z 0-9 "
+                    "_ . - (a ':' would let one device's subject device:<class>:<id> be read as another's)")
         self._check_trust()
 
     def _check_trust(self) -> None:
@@ -181,6 +189,12 @@ def open_file_limit() -> int | None:
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+DEVICE_CLASS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""A device class: no ``:`` (it ends the class in a device's subject ``device:<class>:<id>``,
+so every subject names one class and one ID) and no ``/`` (it separates class and ID in
+what the device's connection ID is derived from); see edge/internal.py."""
 
 
 def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:

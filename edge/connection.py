@@ -96,6 +96,7 @@ class WsConnection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._asking = 0  # messages sent to the entity awaiting their replies
+        self._asking_bytes = 0  # and their payload bytes
         self._room = asyncio.Event()  # set while the reader may read on (see _update_room)
         self._room.set()
         self._expiry: asyncio.TimerHandle | None = None
@@ -177,10 +178,11 @@ class WsConnection:
         return writer is not None and writer.protocol._paused
 
     def _update_room(self) -> None:
-        """The reader may go on while fewer than max_in_flight messages await replies and
-        the queue is under its bound."""
-        if self._asking < self.edge.config.max_in_flight and (
-                self._queued_bytes < self.edge.config.send_queue_bytes or not self._backed_up()):
+        """The reader may go on while fewer than max_in_flight messages (and max_in_flight_bytes
+        of their payloads) await replies and the queue is under its bound."""
+        config = self.edge.config
+        if self._asking < config.max_in_flight and self._asking_bytes < config.max_in_flight_bytes and (
+                self._queued_bytes < config.send_queue_bytes or not self._backed_up()):
             self._room.set()
         else:
             self._room.clear()
@@ -464,12 +466,16 @@ class WsConnection:
         in_flight = self.edge.load
         entry = in_flight.enter(self.ref)
         self._asking += 1
-        if self._asking >= self.edge.config.max_in_flight:
+        size = len(payload)
+        self._asking_bytes += size
+        config = self.edge.config
+        if self._asking >= config.max_in_flight or self._asking_bytes >= config.max_in_flight_bytes:
             self._room.clear()
 
         def replied(reply: Reply | None, error: BaseException | None) -> None:
             in_flight.leave(self.ref, entry)
             self._asking -= 1
+            self._asking_bytes -= size
             self._update_room()
             if reply is None:
                 frame = protocol.reply(message_id, False, None, "unavailable", str(error)[:200], True)
@@ -480,7 +486,7 @@ class WsConnection:
                                        Position(self.ref.stream_id, version).token() if version else None)
             self._enqueue(frame)
 
-        self.edge.transport.ask_callback(self.ref, message, replied, self.edge.config.connect_timeout_s)
+        self.edge.transport.ask_callback(self.ref, message, replied, config.connect_timeout_s)
 
     # ------------------------------------------------------------------ end
     async def finish(self) -> None:

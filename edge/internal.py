@@ -17,7 +17,9 @@ device class; a request from elsewhere gets 403 and nothing else happens.
 A device is a connection like any other: the first request sends ``Connect`` with claims
 ``{"sub": "device:<class>:<id>", "role": device_class, "device_class": device_class,
 "auth": "network"}`` - its own namespace, so a device named ``bob`` is not the user ``bob``
-(tokens with a ``device:`` subject are refused at the public edge). Its connection ID is an
+(tokens with a ``device:`` subject are refused at the public edge). A device class holds no
+``:`` (an edge configured with one does not start), so no two (class, ID) pairs share a
+subject, though IDs may hold ``:``. Its connection ID is an
 HMAC of class and device ID under the device secret (``XPLATFORM_EDGE_DEVICE_SECRET_FILE``,
 the same file on every edge: stable across requests and edges, and nobody without the
 secret can compute another device's ID). A device idle for ``internal_idle_s`` is
@@ -318,7 +320,7 @@ class InternalEdge:
             del self._connecting[(ref, cid)]
 
     async def _connect(self, ref: EntityRef, cid: str, device: str, device_class: str) -> DeviceConnection:
-        claims = {"sub": f"{DEVICE_SUB_PREFIX}{device_class}:{device}", "role": device_class,
+        claims = {"sub": device_subject(device_class, device), "role": device_class,
                   "device_class": device_class, "auth": "network"}
         conn = DeviceConnection(ref, cid, claims, self.config.internal_buffer)
         if isinstance(self.registry.get(ref, cid), DeviceConnection):
@@ -399,6 +401,13 @@ def _respond(request: web.Request, status: int, body: dict[str, Any]) -> web.Res
         return web.Response(status=status, body=msgpack.packb(body, default=_json_default, use_bin_type=True),
                             content_type=MSGPACK)
     return web.Response(status=status, text=json.dumps(body, default=_json_default), content_type="application/json")
+
+
+def device_subject(device_class: str, device: str) -> str:
+    """``device:<class>:<id>``. One subject per (class, ID) pair: a class never holds ``:``
+    (``edge.config.DEVICE_CLASS``, checked at start), so the class is what comes before the
+    first ``:`` and the ID (which may hold ``:``, e.g. a MAC address) all after it."""
+    return f"{DEVICE_SUB_PREFIX}{device_class}:{device}"
 
 
 def _error(status: int, error: str, reason: str, retryable: bool = False) -> web.Response:

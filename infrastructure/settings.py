@@ -81,6 +81,13 @@ class Settings:
                                         "enough that 1M+ users do not all stay resident.")
     passivate_sweep_s: float = _setting(5.0, "How often idle entities are looked for; the sweep "
                                         "stops at the first recently used entity, so it is cheap.")
+    gil_switch_interval_ms: float = _setting(1.0, "Interpreter switch interval of a process hosting a state "
+                                             "node (sys.setswitchinterval). The group-commit writer thread "
+                                             "releases the GIL around each SQLite/PostgreSQL call and must win it "
+                                             "back from the busy event loop, which keeps it up to this long: at "
+                                             "Python's 5 ms default, appends of a hot node took 25 ms on average "
+                                             "(up to 250 ms) and every reply waited on them; at 1 ms, p99 20 ms "
+                                             "(measured on a 10k bids/s hot lot). Lower costs more switching.")
     max_batch_events: int = _setting(5000, "Upper bound of one group commit: keeps one transaction "
                                      "(and the latency of the messages in it) bounded under overload.")
     ask_timeout_s: float = _setting(5.0, "How long a caller of the in-process transport waits for a "
@@ -154,9 +161,19 @@ class Settings:
                                                "upgrade) within 10 s of connecting, or its next one within 10 s of "
                                                "an answer, is closed: a real client sends it at once; half-open "
                                                "sockets would otherwise hold descriptors forever.")
-    edge_max_in_flight: int = _setting(64, "Messages of one connection awaiting their replies before the edge "
+    edge_max_in_flight: int = _setting(256, "Messages of one connection awaiting their replies before the edge "
                                        "stops reading that socket: a client that far ahead of its entity is "
-                                       "held back by TCP instead of filling the server's memory (backpressure).")
+                                       "held back by TCP instead of filling the server's memory (backpressure). "
+                                       "Why 256: a durable reply takes one to two group commits (an fsync each, "
+                                       "2-10 ms here), and a client streaming 10k messages/s (the hot-lot "
+                                       "benchmark's bidders) has ~100 unanswered; at 64 the edge paused it mid-"
+                                       "stream and other clients' later messages overtook its tail (35% of a hot "
+                                       "lot's bids refused as outbid). Memory stays bounded by "
+                                       "edge_max_in_flight_bytes.")
+    edge_max_in_flight_bytes: int = _setting(1_048_576, "Payload bytes of one connection awaiting replies before "
+                                             "the edge stops reading it (with edge_max_in_flight, whichever "
+                                             "comes first): 1 MiB per connection at most, however large its "
+                                             "frames (256 frames of 64 KiB would be 16 MiB).")
     edge_shed_after_ms: float = _setting(250.0, "A client message is refused with a retryable 'overloaded' reply "
                                          "while the oldest message this edge sent to the same entity has waited "
                                          "longer than this for its reply: the platform is behind for that entity "
@@ -285,6 +302,19 @@ class Settings:
     transport_handshake_timeout_s: float = _setting(5.0, "A peer must finish the link handshake (one round "
                                                     "trip, two HMACs) within this, else it is closed: bounded "
                                                     "half-open sockets, generous for a loaded peer.")
+    transport_max_handshakes: int = _setting(256, "Link handshakes a state node runs at once; a socket over it is "
+                                             "closed at once (auth failure reason handshakes_full). Links are few "
+                                             "and persistent (one per peer process and lane), so even a whole "
+                                             "cluster reconnecting after a restart stays well below 256; an "
+                                             "unauthenticated peer opening sockets cannot hold more than 256 x "
+                                             "4 KiB (the largest handshake frame) for the handshake timeout.")
+    transport_previous_owner_window_s: float = _setting(5.0, "After a shard moves, a state node still accepts "
+                                                        "entity messages from the shard's previous owner for this long: "
+                                                        "what its last writes as owner release (appends in flight when the "
+                                                        "map moved finish within the store's latency, at worst the 5 s ask "
+                                                        "timeout; the sender resends for 0.5 s more). Short, so a node that "
+                                                        "lost a shard cannot speak for its entities for long. See "
+                                                        "infrastructure/cluster/ownership.py (may_speak_for).")
     transport_tls_ca_file: str = _setting("", "PEM of the CA that signed the state nodes' transport certificates; "
                                           "set (on every member) to run links over TLS, verifying the node's "
                                           "certificate and host name. Empty: plain TCP - the HMAC handshake "
@@ -317,11 +347,13 @@ class Settings:
             raise ConfigurationError("XPLATFORM_GC_RECLAIM_EVERY_S must be 0 (no freezing) or a positive number of seconds")
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
-        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
+        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port",
+                     "transport_max_handshakes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
-                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s"):
+                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s",
+                     "transport_previous_owner_window_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:
@@ -331,6 +363,8 @@ class Settings:
         if self.transport_tls_cert_file and not self.transport_tls_ca_file:
             raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE needs XPLATFORM_TRANSPORT_TLS_CA_FILE too: "
                                      "state nodes also dial each other and verify the peer's certificate")
+        if not 0.05 <= self.gil_switch_interval_ms <= 100:
+            raise ConfigurationError("XPLATFORM_GIL_SWITCH_INTERVAL_MS must be between 0.05 and 100 ms")
         if self.edge_workers < 0:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
         if self.run_read_models not in (0, 1):
@@ -411,7 +445,8 @@ class Settings:
         if self.store == "sqlite":
             Path(self.data_dir).mkdir(parents=True, exist_ok=True)
             return {**common, "PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(self.sqlite_path),
-                    "SQLITE_LOCK_TIMEOUT": "10"}
+                    "SQLITE_LOCK_TIMEOUT": "10",  # one INSERT per batch of rows: infrastructure/persistence/sqlite_recorder.py
+                    "APPLICATION_RECORDER_TOPIC": "infrastructure.persistence.sqlite_recorder:BatchedSQLiteApplicationRecorder"}
         if self.store == "postgres":
             return {**common, "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": self.postgres_host,
                     "POSTGRES_PORT": str(self.postgres_port), "POSTGRES_USER": self.postgres_user,

@@ -116,7 +116,8 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
     lag = LoopLag().start()
 
     async def chatter(i: int, lot: str) -> None:
-        client = await connect(edges[i % len(edges)], "Lot", lot, token(f"u{i}"), request_timeout_s=10)
+        # retries=0: this loop resends every refusal itself (after RETRY_PAUSE_S) and counts it
+        client = await connect(edges[i % len(edges)], "Lot", lot, token(f"u{i}"), request_timeout_s=10, retries=0)
         record = records[lot]
         n = 0
         try:

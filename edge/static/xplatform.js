@@ -34,9 +34,10 @@
 // - Requests made while not open wait for the next WELCOME. A request sent but not answered
 //   when the socket drops is sent again after the reconnect with the SAME message ID: the
 //   entity applies a message ID once, so a retry never doubles a bid.
-// - A request refused `overloaded` (its entity is behind; nothing changed) is sent again with
-//   the same message ID after a full-jitter exponential backoff (base 50 ms, cap 2 s), at most
-//   `overloadRetries` (5) times and within its timeout; then it rejects with that refusal.
+// - A request refused with a retryable error (`overloaded`: its entity is behind; `retry`: its
+//   shard is moving or its node failing over; `unavailable`; nothing was applied) is sent again
+//   with the same message ID after a full-jitter exponential backoff (base 50 ms, cap 2 s), at
+//   most `retries` (5) times and within its timeout; then it rejects with that refusal.
 // - Heartbeat: PING every `pingIntervalMs` (first one right after WELCOME); each PONG gives a
 //   round trip (`latency`), which is reported to the edge in a LATENCY frame. A socket that
 //   answers nothing to a PING for `deadAfterMs` is considered dead and replaced.
@@ -148,9 +149,9 @@ function defaultBaseUrl() {
  * @param {number} [options.requestTimeoutMs=15000]
  * @param {number} [options.backoffBaseMs=250]
  * @param {number} [options.backoffMaxMs=10000]
- * @param {number} [options.overloadRetries=5] resends of a request refused 'overloaded' (0: none)
- * @param {number} [options.overloadBackoffBaseMs=50]
- * @param {number} [options.overloadBackoffMaxMs=2000]
+ * @param {number} [options.retries=5] resends of a request refused with a retryable error (0: none)
+ * @param {number} [options.retryBackoffBaseMs=50]
+ * @param {number} [options.retryBackoffMaxMs=2000]
  * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (tests, node)
  */
 export function connect(options) {
@@ -162,7 +163,7 @@ export class Connection {
     url, category, entityId, getToken = () => null, cid,
     pingIntervalMs = 5000, deadAfterMs, requestTimeoutMs = 15000,
     backoffBaseMs = 250, backoffMaxMs = 10000, WebSocket: WS = globalThis.WebSocket,
-    overloadRetries = 5, overloadBackoffBaseMs = 50, overloadBackoffMaxMs = 2000,
+    retries = 5, retryBackoffBaseMs = 50, retryBackoffMaxMs = 2000,
   }) {
     if (!category || !entityId) throw new Error('connect: category and entityId are required');
     const base = (url ?? defaultBaseUrl()).replace(/^http/, 'ws').replace(/\/+$/, '');
@@ -184,9 +185,9 @@ export class Connection {
     this._requestTimeoutMs = requestTimeoutMs;
     this._backoffBaseMs = backoffBaseMs;
     this._backoffMaxMs = backoffMaxMs;
-    this._overloadRetries = overloadRetries;
-    this._overloadBackoffBaseMs = overloadBackoffBaseMs;
-    this._overloadBackoffMaxMs = overloadBackoffMaxMs;
+    this._retries = retries;
+    this._retryBackoffBaseMs = retryBackoffBaseMs;
+    this._retryBackoffMaxMs = retryBackoffMaxMs;
     this._listeners = { push: new Set(), state: new Set(), welcome: new Set(), latency: new Set(), error: new Set() };
     this._pending = new Map();     // message_id -> {frame, resolve, reject, timer, sent}
     this._pings = new Map();       // client_time_ms sent -> performance.now() at sending
@@ -264,9 +265,9 @@ export class Connection {
     if (position && positionVersion(position) > positionVersion(this.position)) this.position = position;
     const entry = this._pending.get(messageId);
     if (!entry) return;
-    if (!ok && payload?.code === 'overloaded' && entry.retries < this._overloadRetries) {
-      // the entity is behind and nothing changed: same message ID again after a jittered backoff
-      const capMs = Math.min(this._overloadBackoffMaxMs, this._overloadBackoffBaseMs * 2 ** entry.retries);
+    if (!ok && payload?.retryable === true && entry.retries < this._retries) {
+      // nothing was applied (entity behind, shard moving): same message ID again after a jittered backoff
+      const capMs = Math.min(this._retryBackoffMaxMs, this._retryBackoffBaseMs * 2 ** entry.retries);
       entry.retries += 1;
       entry.sent = false;
       entry.retryTimer = setTimeout(() => { if (this.state === 'open') this._sendPending(entry); },

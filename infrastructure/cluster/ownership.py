@@ -18,6 +18,16 @@
 
 ``owns(ref)`` is the only question the runtime asks (``ShardOwnership``); ``epoch(ref)``
 is the fencing token of the shard, written into takeover markers and carried on replies.
+
+``may_speak_for(ref, node)`` is the transport's question about an entity message *from*
+``ref`` arriving from ``node`` (infrastructure/transport/server.py): yes for the node our
+map gives ``ref``'s shard, and for the shard's previous owner in our map history (the owner
+before the current one) for ``previous_owner_window_s`` after we applied the move. A node
+that loses a shard stops taking messages for it at once, but the writes it had in flight
+finish and release what they caused (e.g. a Lot's ``credit_held`` to a Bidder); those are
+its legitimate last words as owner and must not be dropped because the receiver's map
+moved first. Any other node, and the previous owner after the window, is refused: the
+window is one per shard move, kept per shard (bounded by the shard count).
 Transitions arrive from kazoo's threads and are handed to the event loop thread
 (``call_soon_threadsafe``): kazoo callbacks must not block, and the runtime reads this state
 only on the loop thread.
@@ -43,6 +53,10 @@ EPOCH_BITS = 20
 2109) epochs stay below 2**62: signed 64-bit everywhere (msgpack, SQL, EventStoreDB)."""
 
 
+PREVIOUS_OWNER_WINDOW_S = 5.0
+"""Default of ``previous_owner_window_s`` (the setting ``transport_previous_owner_window_s``)."""
+
+
 RELEASING_KEPT = 4096
 """Most shard handoffs kept waiting for their flush to be timed (more than a node owns)."""
 
@@ -58,7 +72,8 @@ class OwnershipState(enum.Enum):
 class Ownership:
     """This node's view of what it owns. Mutated only on the event loop thread."""
 
-    def __init__(self, node_id: str, shards_per_category: int, metrics: ClusterMetrics | None = None) -> None:
+    def __init__(self, node_id: str, shards_per_category: int, metrics: ClusterMetrics | None = None,
+                 previous_owner_window_s: float = PREVIOUS_OWNER_WINDOW_S) -> None:
         self.node_id = node_id
         self.shards_per_category = shards_per_category
         self.state = OwnershipState.CONNECTING
@@ -77,6 +92,10 @@ class Ownership:
         self._releasing: list[float] = []
         """One start time per shard given up (map change or drain) whose writes may still be
         pending; ``take_releasing`` hands them to whoever waits for the flush (the state node)."""
+        self.previous_owner_window_s = previous_owner_window_s
+        self._previous: dict[tuple[str, int], tuple[str, float]] = {}
+        """Per shard that moved: its previous owner and until when (monotonic) that owner's
+        entity messages are still accepted (``may_speak_for``). One entry per shard at most."""
         self._taken: set[tuple[str, int]] = set()
         """Shards a map change took from us, until ``take_moved_away`` hands them to the state
         node, which drops their resident entities (a copy kept would be stale if they came back)."""
@@ -114,6 +133,16 @@ class Ownership:
                 return True
         self.metrics.routing_misses.inc()
         return False
+
+    def may_speak_for(self, ref: EntityRef, node: str) -> bool:
+        """May ``node`` send entity messages from ``ref``? Its shard's owner in our current
+        map may; so may its previous owner within the window after the move (module docstring)."""
+        key = self.shard_key(ref)
+        owner = self.assignment.owner(*key)
+        if owner is not None and owner.node == node:
+            return True
+        previous = self._previous.get(key)
+        return previous is not None and previous[0] == node and time.monotonic() < previous[1]
 
     def epoch(self, ref: EntityRef) -> int:
         owner = self.owner_of(ref)
@@ -154,6 +183,7 @@ class Ownership:
             return
         received = time.monotonic() if received_at is None else received_at
         before = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
+        self._remember_previous_owners(assignment, received)
         self.assignment = assignment
         after = {(c, i) for c, shards in self.owned_shards().items() for i in shards}
         self.metrics.handoffs.labels("gained").inc(len(after - before))
@@ -169,6 +199,16 @@ class Ownership:
             self._observe_gained()
         self._record()
         self._notify()
+
+    def _remember_previous_owners(self, assignment: Assignment, received: float) -> None:
+        """For every shard whose owner changes, its owner until now and its window's end. A
+        shard left without an owner keeps the record of its last owner (a -> none -> b: a)."""
+        until = received + self.previous_owner_window_s
+        for category, owners in self.assignment.shards.items():
+            for shard, old in enumerate(owners):
+                new = assignment.owner(category, shard)
+                if old is not None and (new is None or new.node != old.node):
+                    self._previous[(category, shard)] = (old.node, until)
 
     def take_releasing(self) -> list[float]:
         """Start times of shard handoffs away from us still waiting for their writes to be

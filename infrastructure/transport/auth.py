@@ -51,9 +51,11 @@ NONCE_BYTES = 32
 ROLES = ("edge", "state")
 _CLIENT, _SERVER = b"xplatform-transport-v2 client", b"xplatform-transport-v2 server"
 
-AUTH_FAILURE_REASONS = ("protocol", "unknown_role", "not_member", "bad_proof", "wrong_peer", "timeout", "tls")
+AUTH_FAILURE_REASONS = ("protocol", "unknown_role", "not_member", "bad_proof", "wrong_peer", "timeout", "tls",
+                        "handshakes_full")
 """Bounded label values of ``xplatform_transport_auth_failures_total``:
-protocol (no or malformed handshake), unknown_role (a role we hold no secret for), not_member
+protocol (no, malformed or oversized handshake frame), handshakes_full (closed at once: the
+server already had its ``transport_max_handshakes`` handshakes in progress), unknown_role (a role we hold no secret for), not_member
 (node id not registered in ZooKeeper), bad_proof (wrong secret), wrong_peer (the server is
 not the node we dialled), timeout (handshake not finished in time), tls (the node's certificate
 did not verify: client side only, see tls.py)."""

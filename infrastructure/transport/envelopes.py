@@ -50,6 +50,9 @@ MAX_HANDSHAKE_BYTES = 64
 """Longest nonce or proof accepted (ours are 32 bytes): nothing big is kept from an unauthenticated peer."""
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_HANDSHAKE_FRAME_BYTES = 4096
+"""Largest HELLO or AUTH frame read: a node id, a role, the lane names and two 32-byte values
+take a few hundred bytes; an unauthenticated peer never gets MAX_FRAME_BYTES buffered."""
 
 
 class EnvelopeError(TransportError):
@@ -124,10 +127,10 @@ def parse(body: bytes) -> Envelope:
         raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}") from None
 
 
-def header_length(header: bytes) -> int:
+def header_length(header: bytes, max_bytes: int = MAX_FRAME_BYTES) -> int:
     (length,) = _HEADER.unpack(header)
-    if length > MAX_FRAME_BYTES:
-        raise EnvelopeError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    if length > max_bytes:
+        raise EnvelopeError(f"frame of {length} bytes exceeds {max_bytes}")
     return length
 
 

@@ -3,7 +3,9 @@
 Runs on the raw stream before a :class:`~infrastructure.transport.link.Link` starts reading:
 nothing a peer sends is handed to the node until the peer has proven its role, and a
 connecting side sends nothing but its HELLO and its proof until the server has proven it
-holds the same secret. Every failure raises :class:`TransportAuthError` with a bounded reason.
+holds the same secret. A handshake frame longer than ``MAX_HANDSHAKE_FRAME_BYTES`` (4 KiB) is
+refused from its length prefix, so an unauthenticated peer holds at most that much of our
+memory. Every failure raises :class:`TransportAuthError` with a bounded reason.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from infrastructure.transport.auth import NONCE_BYTES, ROLES, LinkAuth, TransportAuthError, new_nonce
-from infrastructure.transport.envelopes import Auth, EnvelopeError, Hello, frame
+from infrastructure.transport.envelopes import MAX_HANDSHAKE_FRAME_BYTES, Auth, EnvelopeError, Hello, frame
 from infrastructure.transport.link import read_envelope
 
 
@@ -65,7 +67,7 @@ _E = TypeVar("_E", Hello, Auth)
 
 async def _read(reader: asyncio.StreamReader, kind: type[_E], name: str) -> _E:
     try:
-        envelope = await read_envelope(reader)
+        envelope = await read_envelope(reader, MAX_HANDSHAKE_FRAME_BYTES)
     except EnvelopeError as exc:
         raise TransportAuthError("protocol", f"malformed handshake frame: {exc}") from None
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -15,20 +15,31 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from infrastructure.transport.envelopes import HEADER_BYTES, Envelope, EnvelopeError, frame, header_length, parse
+from infrastructure.transport.envelopes import (
+    HEADER_BYTES,
+    MAX_FRAME_BYTES,
+    Envelope,
+    EnvelopeError,
+    frame,
+    header_length,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[["Link", Envelope], None]
 
-READ_CHUNK = 256 * 1024
-"""Most bytes taken from the socket per read: a whole group commit's replies at once."""
+READ_CHUNK = 64 * 1024
+"""Most bytes handed over per read (~400 envelopes of a hot entity): after each chunk the
+reader yields to the loop, so that a node that fell behind still runs its group commit's
+completions, replies and other links between chunks instead of after a whole backlog."""
 
 
-async def read_envelope(reader: asyncio.StreamReader) -> Envelope:
-    """The next framed envelope; EnvelopeError for a malformed one, IncompleteReadError at EOF."""
+async def read_envelope(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
+    """The next framed envelope; EnvelopeError for a malformed one or one longer than
+    ``max_bytes`` (refused from its header, before its body is read), IncompleteReadError at EOF."""
     header = await reader.readexactly(HEADER_BYTES)
-    return parse(await reader.readexactly(header_length(header)))
+    return parse(await reader.readexactly(header_length(header, max_bytes)))
 
 
 class Link:
@@ -136,6 +147,7 @@ class Link:
                     if self.closed.is_set():
                         return  # the handler closed us: nothing more from this peer is read
                 del buffer[:start]
+                await asyncio.sleep(0)  # the rest of the loop's work goes between chunks (READ_CHUNK)
         except ConnectionError:
             pass  # peer went away
         except EnvelopeError as exc:

@@ -4,16 +4,23 @@ Accepts links from edges and from other state nodes. Each link starts with the m
 handshake (``handshake.py``/``auth.py``): a peer that is not a known member (``is_member``),
 claims an unknown role or does not prove it holds that role's secret is refused (one
 rate-limited log line, ``xplatform_transport_auth_failures_total``, socket closed): nothing
-it sends is read past the handshake. Then each DELIVER is checked against the peer's
+it sends is read past the handshake. What an unauthenticated peer can hold is bounded: the
+handshake timeout, at most ``max_handshakes`` handshakes at once (a socket over it is closed
+at once, reason ``handshakes_full``) and handshake frames of at most 4 KiB. Then each DELIVER is checked against the peer's
 authenticated role (:data:`REFUSAL_REASONS`):
 
 - edges may send client traffic only (Connect, ClientMessage, Terminated) and INTEREST;
 - state nodes may send entity messages only, and only for a sending entity whose shard the
-  *receiver's* current map gives to that peer. Across a handoff the two maps may disagree
-  for a moment: the message is then refused with ``retry`` (the sender's transport resends
-  it to the target's owner while its handoff window lasts, by when our map has usually
-  caught up), else it is dropped - entity messages are at most once, and entities recover
-  lost ones (e.g. the Bidder's ``hold_status`` check for a lost ``credit_held``).
+  *receiver's* current map gives to that peer, or gave to it until the move before the
+  current one, for ``transport_previous_owner_window_s`` after the receiver applied that
+  move (``Ownership.may_speak_for``): an old owner's last writes release messages after its
+  shard moved (a rebalance), and they are its legitimate last words as owner. No other node
+  speaks for the entity, and the old owner not after the window.
+  When the sender's map is ahead of ours (we have not seen the move yet), the message is
+  refused with ``retry``: the sender's transport resends it to the target's owner while its
+  handoff window lasts, by when our map has usually caught up, else it is dropped - entity
+  messages are at most once, and entities recover lost ones (e.g. the Bidder's
+  ``hold_status`` check for a lost ``credit_held``).
 
 A refusal is counted (``xplatform_transport_refused_messages_total{reason}``), logged
 (rate-limited), answered with an error reply if one is wanted, and delivers nothing.
@@ -59,18 +66,20 @@ class NodeServer:
     (``StateNode.connect``). See the module docstring."""
 
     def __init__(self, node: StateNode, node_id: str, is_member: Callable[[str], bool], auth: LinkAuth,
-                 owner_of: Callable[[EntityRef], str | None], host: str = "127.0.0.1", port: int = 0,
+                 may_speak_for: Callable[[EntityRef, str], bool], host: str = "127.0.0.1", port: int = 0,
                  metrics: ClusterMetrics | None = None, handshake_timeout_s: float = 5.0,
-                 ssl: SSLContext | None = None) -> None:
+                 ssl: SSLContext | None = None, max_handshakes: int = 256) -> None:
         self.node = node
         self.node_id = node_id
         self.is_member = is_member
         self.auth = auth
-        self.owner_of = owner_of
-        """Node that owns an entity's shard in this node's current map (sender checks)."""
+        self.may_speak_for = may_speak_for
+        """May this node send entity messages from this entity (sender checks; ``Ownership.may_speak_for``)?"""
         self.host, self.port = host, port
         self.metrics = metrics or ClusterMetrics()
         self.handshake_timeout_s = handshake_timeout_s
+        self.max_handshakes = max_handshakes
+        """Handshakes in progress at most; a socket over it is closed at once (module docstring)."""
         self.ssl = ssl
         """TLS around every link (infrastructure/transport/tls.py); None: plain TCP."""
         self._server: asyncio.Server | None = None
@@ -102,7 +111,12 @@ class NodeServer:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handshake first (bounded in time); only an authenticated peer gets a link."""
+        """Handshake first (bounded in time, in number and in frame size); only an
+        authenticated peer gets a link."""
+        if len(self._handshaking) >= self.max_handshakes:
+            self._refuse_link(writer, TransportAuthError(
+                "handshakes_full", f"{self.max_handshakes} handshakes already in progress"))
+            return
         self._handshaking.add(writer)
         try:
             peer = await asyncio.wait_for(
@@ -165,7 +179,7 @@ class NodeServer:
             return None if isinstance(message, CLIENT_TRAFFIC) else ("entity_message_from_edge", False)
         if not isinstance(message, EntityMessage):
             return "client_message_from_state", False
-        if self.owner_of(message.sender) != link.peer:
+        if not self.may_speak_for(message.sender, link.peer):
             return "sender_not_owner", True  # maybe a handoff our map has not seen yet: see the module docstring
         return None
 
@@ -227,8 +241,7 @@ class NodeServer:
             if links:
                 self._send_outbound(source, effect, links)
 
-    @staticmethod
-    def _send_outbound(source: EntityRef, effect: Send | Terminate, links: set[Link]) -> None:
+    def _send_outbound(self, source: EntityRef, effect: Send | Terminate, links: set[Link]) -> None:
         data = frame(Outbound(source, effect))  # encoded once for every interested edge
         for link in list(links):
             link.send_frame(data)

@@ -40,7 +40,8 @@ def join(settings: Settings, member: MemberInfo, categories: Collection[str], au
     """The ownership view, coordinator and network client of a member (``member.role``:
     ``state`` or ``edge``) for ``categories``; nothing is started (``coordinator.start()``)."""
     layout = Layout.parse(settings.cluster_layout) if settings.cluster_layout else Layout.everything()
-    ownership = Ownership(settings.node_id, settings.shards_per_category)
+    ownership = Ownership(settings.node_id, settings.shards_per_category,
+                          previous_owner_window_s=settings.transport_previous_owner_window_s)
     coordinator = ZooKeeperCoordinator(
         settings.zookeeper_hosts, settings.cluster_name, member, {c: settings.shards_per_category for c in categories},
         layout, ownership, session_timeout_s=settings.zk_session_timeout_s, auth=ZooKeeperAuth.from_settings(settings))

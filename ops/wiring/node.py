@@ -7,6 +7,7 @@ local-first router in a cluster.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from domain.entity import Entity
@@ -33,6 +34,7 @@ def build_node(settings: Settings, entities: Iterable[type[Entity]] | None = Non
 async def start_node(node: StateNode) -> None:
     """Start ``node`` with the process's collector tuning (released by :func:`stop_node`)."""
     settings = node.settings
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # the writer thread's GIL waits: see the setting
     GcTuning.acquire(settings.gc_gen0_threshold, settings.gc_reclaim_every_s, settings.gc_reclaim_growth)
     try:
         await node.start()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable
 
 from domain.entity import Entity
-from domain.refs import EntityRef
 from infrastructure.cluster.routing import LocalFirstRouter
 from infrastructure.cluster.supervisor import write_session
 from infrastructure.cluster.zookeeper import MemberInfo
@@ -54,10 +53,10 @@ class ClusteredStateNode:
                                                          self.membership.client)
         self.node: StateNode = build_node(settings, entities=types, journal=journal, ownership=self.ownership)
         self.server = NodeServer(self.node, settings.node_id, is_member=self.coordinator.is_member,
-                                 auth=auth, owner_of=self._owner_of, host=settings.transport_host,
+                                 auth=auth, may_speak_for=self.ownership.may_speak_for, host=settings.transport_host,
                                  port=settings.transport_port, metrics=self.ownership.metrics,
                                  handshake_timeout_s=settings.transport_handshake_timeout_s,
-                                 ssl=tls.server_context(settings))
+                                 ssl=tls.server_context(settings), max_handshakes=settings.transport_max_handshakes)
         self.node.connect(router=LocalFirstRouter(self.node, self.ownership, self.client), outbound=self.server)
         self._metrics: MetricsListener | None = None
         if settings.supervisor_session_file:
@@ -68,10 +67,6 @@ class ClusteredStateNode:
     @property
     def journal(self) -> EventJournal:
         return self.node.journal
-
-    def _owner_of(self, ref: EntityRef) -> str | None:
-        owner = self.ownership.owner_of(ref)
-        return None if owner is None else owner.node
 
     def _tell_supervisor(self, session_id: int, password: bytes) -> None:
         """Our supervisor ends this session if we die (infrastructure/cluster/supervisor.py)."""

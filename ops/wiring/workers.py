@@ -182,7 +182,8 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
         port = sock.getsockname()[1]
         members: set[str] = set()
         server = NodeServer(node, settings.node_id, is_member=members.__contains__,
-                            auth=link_auth_from(settings, "state"), owner_of=lambda _ref: settings.node_id,
+                            auth=link_auth_from(settings, "state"),
+                            may_speak_for=lambda _ref, node: node == settings.node_id,  # no state peers here
                             host="127.0.0.1", port=0, metrics=ClusterMetrics(),
                             handshake_timeout_s=settings.transport_handshake_timeout_s)
         # entity-to-entity messages stay in this process (it owns every shard); client-bound

@@ -95,37 +95,53 @@ test('requests wait for WELCOME, travel as MSG with a bin payload, settle on REP
   conn.close();
 });
 
-test("a request refused 'overloaded' is resent with the same message ID after a backoff, then settles", async () => {
-  const { conn, socket } = setup({ overloadBackoffBaseMs: 2, overloadBackoffMaxMs: 10 });
+/** An open connection whose request 'b-5' got ``refusal`` on each of its first three attempts. */
+async function refusedThrice(options, refusal) {
+  const { conn, socket } = setup(options);
   await until(() => socket(0), 'socket');
   const ws = socket(0);
   ws.accept();
   const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
-  const overloaded = { code: 'overloaded', reason: 'the entity is overloaded; retry shortly', retryable: true };
   for (let n = 1; n <= 3; n++) {
     await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
-    ws.deliver([Kind.REPLY, 'b-5', false, overloaded]);
+    ws.deliver([Kind.REPLY, 'b-5', false, refusal]);
   }
-  await until(() => ws.frames(Kind.MSG).length === 4, 'attempt 4');
-  assert.deepEqual(ws.frames(Kind.MSG).map((f) => f[1]), ['b-5', 'b-5', 'b-5', 'b-5'], 'same message ID: applied once');
-  ws.deliver([Kind.REPLY, 'b-5', true, { status: 'accepted' }]);
-  assert.deepEqual(await bid, { status: 'accepted' });
-  conn.close();
-});
+  return { conn, ws, bid };
+}
 
-test("'overloaded' retries are bounded: after the last one the request rejects with it", async () => {
-  const { conn, socket } = setup({ overloadRetries: 2, overloadBackoffBaseMs: 1, overloadBackoffMaxMs: 4 });
+for (const refusal of [
+  { code: 'overloaded', reason: 'the entity is overloaded; retry shortly', retryable: true },
+  { code: 'retry', reason: 'shard of Lot/vase is not on this node', retryable: true }, // a failover
+]) {
+  test(`a request refused '${refusal.code}' is resent with the same message ID after a backoff, then settles`, async () => {
+    const { conn, ws, bid } = await refusedThrice({ retryBackoffBaseMs: 2, retryBackoffMaxMs: 10 }, refusal);
+    await until(() => ws.frames(Kind.MSG).length === 4, 'attempt 4');
+    assert.deepEqual(ws.frames(Kind.MSG).map((f) => f[1]), ['b-5', 'b-5', 'b-5', 'b-5'], 'same message ID: applied once');
+    ws.deliver([Kind.REPLY, 'b-5', true, { status: 'accepted' }]);
+    assert.deepEqual(await bid, { status: 'accepted' });
+    conn.close();
+  });
+
+  test(`'${refusal.code}' retries are bounded: after the last one the request rejects with it`, async () => {
+    const { conn, ws, bid } = await refusedThrice({ retries: 2, retryBackoffBaseMs: 1, retryBackoffMaxMs: 4 }, refusal);
+    await assert.rejects(bid, (err) => err instanceof XPlatformError && err.code === refusal.code && err.retryable);
+    await sleep(20);
+    assert.equal(ws.frames(Kind.MSG).length, 3, 'the first try and 2 retries, no more');
+    conn.close();
+  });
+}
+
+test('a refusal that is not retryable is the answer at once, never resent', async () => {
+  const { conn, socket } = setup({ retryBackoffBaseMs: 1, retryBackoffMaxMs: 2 });
   await until(() => socket(0), 'socket');
   const ws = socket(0);
   ws.accept();
   const bid = conn.request({ type: 'bid', amount: 5 }, { messageId: 'b-5' });
-  for (let n = 1; n <= 3; n++) {
-    await until(() => ws.frames(Kind.MSG).length === n, `attempt ${n}`);
-    ws.deliver([Kind.REPLY, 'b-5', false, { code: 'overloaded', reason: 'behind', retryable: true }]);
-  }
-  await assert.rejects(bid, (err) => err instanceof XPlatformError && err.code === 'overloaded' && err.retryable);
+  await until(() => ws.frames(Kind.MSG).length === 1, 'attempt 1');
+  ws.deliver([Kind.REPLY, 'b-5', false, { code: 'rejected', reason: 'bid too low', retryable: false }]);
+  await assert.rejects(bid, (err) => err instanceof XPlatformError && err.code === 'rejected' && !err.retryable);
   await sleep(20);
-  assert.equal(ws.frames(Kind.MSG).length, 3, 'the first try and 2 retries, no more');
+  assert.equal(ws.frames(Kind.MSG).length, 1);
   conn.close();
 });
 

@@ -253,19 +253,24 @@ class RawSocket:
         self.writer.write(data)
         await self.writer.drain()
 
+    async def next_frame(self) -> tuple[int, bytes]:
+        """The next frame the edge sent (server frames are unmasked): ``(opcode, payload)``;
+        IncompleteReadError or ConnectionError once the socket is closed."""
+        head = await self.reader.readexactly(2)
+        n = head[1] & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return head[0] & 0x0F, await self.reader.readexactly(n)
+
     async def frames_until_closed(self) -> list[tuple[int, bytes]]:
-        """Read every frame the edge sends (server frames are unmasked) until it closes the
-        socket: ``(opcode, payload)`` in order; a reset ends the list too."""
+        """Read every frame the edge sends until it closes the socket: ``(opcode, payload)``
+        in order; a reset ends the list too."""
         frames: list[tuple[int, bytes]] = []
         try:
             while True:
-                head = await self.reader.readexactly(2)
-                n = head[1] & 0x7F
-                if n == 126:
-                    n = struct.unpack("!H", await self.reader.readexactly(2))[0]
-                elif n == 127:
-                    n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-                frames.append((head[0] & 0x0F, await self.reader.readexactly(n)))
+                frames.append(await self.next_frame())
         except (asyncio.IncompleteReadError, ConnectionError):
             return frames
 

@@ -92,7 +92,7 @@ def test_a_backed_up_entity_sheds_with_a_retryable_overloaded_reply_that_changes
     entity on the same (backed-up) node, with nothing old in flight, is not shed; once the
     store answers again the same message ID goes through."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(overload_retries=0)  # the edge's answer itself (client retries: below)
+        client = await edge.client(retries=0)  # the edge's answer itself (client retries: below)
         other = await edge.client("bob", ref=EntityRef("Room", "elsewhere"))
         assert (await client.request({"type": "set", "value": 1})).ok
         with gated_journal(edge) as gate:
@@ -137,7 +137,7 @@ def test_the_python_client_retries_overloaded_with_the_same_message_id(tmp_path:
     """Refused 'overloaded' while the entity is behind, the client resends the same message ID
     after a jittered backoff until it goes through: applied once, answered ok."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(overload_retries=100, overload_backoff_initial_s=0.01, overload_backoff_max_s=0.05)
+        client = await edge.client(retries=100, retry_backoff_initial_s=0.01, retry_backoff_max_s=0.05)
         with gated_journal(edge) as gate:
             stuck = asyncio.create_task(client.request({"type": "set", "value": 1}))
             await eventually(lambda: edge.public.load.behind(ROOM), what="the entity behind")
@@ -155,7 +155,7 @@ def test_the_python_client_retries_overloaded_with_the_same_message_id(tmp_path:
 
 def test_the_python_client_gives_up_after_its_bounded_retries(tmp_path: Path) -> None:
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(overload_retries=2, overload_backoff_initial_s=0.01, overload_backoff_max_s=0.02)
+        client = await edge.client(retries=2, retry_backoff_initial_s=0.01, retry_backoff_max_s=0.02)
         with gated_journal(edge):
             stuck = asyncio.create_task(client.request({"type": "set", "value": 1}))
             await eventually(lambda: edge.public.load.behind(ROOM), what="the entity behind")
@@ -168,12 +168,66 @@ def test_the_python_client_gives_up_after_its_bounded_retries(tmp_path: Path) ->
     run_edge(tmp_path, scenario, shed_after_ms=50)
 
 
+class ShardMovingFor:
+    """The node's ownership while the entity's shard moves (a failover): the next ``refusals``
+    messages find the shard not on this node, so the real node answers ``retry``; then it is."""
+
+    def __init__(self, refusals: int) -> None:
+        self.left = refusals
+
+    def owns(self, ref: EntityRef) -> bool:
+        if self.left:
+            self.left -= 1
+            return False
+        return True
+
+    def epoch(self, ref: EntityRef) -> int:
+        return 0
+
+
+class RecordingTransport(GatedTransport):
+    """The real transport, noting the message ID of every ask (the gate is open)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gate.set()
+        self.ids: list[str] = []
+
+    async def ask(self, to: Any, message: Any, timeout: float | None = None) -> Any:
+        self.ids.append(message.message_id)
+        return await super().ask(to, message, timeout)
+
+
+def test_the_python_client_resends_retry_answers_with_the_same_message_id(tmp_path: Path) -> None:
+    """During a failover the node answers ``retry`` (nothing applied): the client resends the
+    same message ID after a jittered backoff until it goes through, applied once."""
+    async def scenario(edge: Edge) -> None:
+        client = await edge.client(retries=5, retry_backoff_initial_s=0.01, retry_backoff_max_s=0.05)
+        bounded = await edge.client("bob", retries=2, retry_backoff_initial_s=0.01, retry_backoff_max_s=0.02)
+        recording = RecordingTransport(edge.public.transport)
+        edge.public.transport = recording
+        edge.platform.node.ownership = ShardMovingFor(3)
+        reply = await client.request({"type": "set", "value": 2}, message_id="bid-2")
+        assert reply.ok and reply.message_id == "bid-2" and edge.entity().value == 2
+        assert recording.ids == ["bid-2"] * 4  # three refused attempts, then the one applied
+        assert edge.event_types().count("Set") == 1
+        edge.platform.node.ownership = ShardMovingFor(10)
+        refused = await bounded.request({"type": "set", "value": 3})
+        assert not refused.ok and refused.code == "retry" and refused.retryable
+        assert edge.platform.node.ownership.left == 10 - 3  # the first try and 2 retries, no more
+        assert edge.entity().value == 2
+        await client.close()
+        await bounded.close()
+
+    run_edge(tmp_path, scenario)
+
+
 def test_an_ask_that_outlives_its_timeout_is_answered_unavailable(tmp_path: Path) -> None:
     """The store hangs past the edge's ask timeout: the client gets a retryable 'unavailable'
     (the asks' shared expiry, not a timer per message), and the write lands once the store
     answers (a resend with the same ID would then be answered from the entity's memory)."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client(overload_retries=0)
+        client = await edge.client(retries=0)
         with gated_journal(edge) as gate:
             reply = await client.request({"type": "set", "value": 7}, message_id="late")
             assert not reply.ok and reply.code == "unavailable" and reply.retryable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import aiohttp
 import msgpack
 import pytest
 
-from edge.config import parse_networks
+from edge.config import EdgeConfig, parse_networks
+from edge.errors import EdgeConfigurationError
 from tests.edge.harness import ROOM, Edge, eventually, run_edge
 
 URL = "/internal/Room/r1/messages"
@@ -119,5 +121,28 @@ def test_unknown_category_for_a_device_is_404(tmp_path: Path) -> None:
                 f"{edge.base_url}/internal/Nope/x/messages?device=d1", json={"message_id": "m", "payload": {}}) as resp:
             assert resp.status == 404
         assert edge.platform.node.resident(ROOM) is None
+
+    run_edge(tmp_path, scenario, internal_networks=LOOPBACK)
+
+
+@pytest.mark.parametrize("device_class", ["bidder:bob", "a/b", "a b", "x" * 65])
+def test_a_device_class_that_could_blur_device_subjects_stops_the_edge_at_start(device_class: str) -> None:
+    """With a class ``bidder:bob``, device ``x`` would be ``device:bidder:bob:x`` - the subject
+    of device ``bob:x`` of class ``bidder``. Such a class is refused when the edge is configured."""
+    with pytest.raises(EdgeConfigurationError, match="XPLATFORM_EDGE_INTERNAL_NETWORKS"):
+        EdgeConfig(dev_tokens=True, internal_networks=((ipaddress.ip_network("10.0.0.0/8"), device_class),))
+    with pytest.raises(EdgeConfigurationError, match="XPLATFORM_EDGE_INTERNAL_NETWORKS"):
+        EdgeConfig(dev_tokens=True, internal_networks=parse_networks(f"10.0.0.0/8={device_class}"))
+
+
+def test_a_device_id_with_colons_keeps_one_subject(tmp_path: Path) -> None:
+    """Classes hold no ':', so the class is what precedes the first one: the subject of device
+    ``aa:bb:cc`` of class ``member`` is that device's only."""
+    async def scenario(edge: Edge) -> None:
+        status, _ = await _post(edge, {"message_id": "mac-1", "payload": {"type": "set", "value": 1}}, device="aa:bb:cc")
+        assert status == 200
+        (claims,) = edge.entity().live_connections().values()
+        assert claims["sub"] == "device:member:aa:bb:cc"
+        assert claims["sub"].removeprefix("device:").partition(":") == ("member", ":", "aa:bb:cc")
 
     run_edge(tmp_path, scenario, internal_networks=LOOPBACK)

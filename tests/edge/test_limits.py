@@ -16,6 +16,7 @@ from edge import protocol
 from edge.config import EdgeConfig, open_file_limit
 from edge.connection import WsConnection
 from edge.errors import EdgeConfigurationError
+from edge.limits import ClientLimits
 from edge.sockets import AcceptErrorLog
 from tests.edge.harness import ROOM, Edge, RawSocket, eventually, gated_journal, new_cid, run_edge, token
 
@@ -102,7 +103,7 @@ def test_a_burst_of_refusals_never_closes_a_client_that_reads(tmp_path: Path) ->
     """600 messages refused 'overloaded' in one burst (aiohttp hands buffered frames over
     without yielding, and refusals do not count against max_in_flight): all 600 answered."""
     async def scenario(edge: Edge) -> None:
-        client = await edge.client("ann", overload_retries=0)
+        client = await edge.client("ann", retries=0)
         with gated_journal(edge):  # the store stops answering: the Room falls behind, new messages are shed
             stuck = asyncio.create_task(client.request({"type": "set", "value": -1}))
             await eventually(lambda: edge.public.load.behind(ROOM), what="the entity behind")
@@ -141,6 +142,71 @@ def test_a_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Pa
             await ws.close()
 
     run_edge(tmp_path, scenario, slow_consumer_s=30.0, rate_per_s=1e6, rate_burst=1e6, shed_after_ms=0)
+
+
+def test_a_raw_client_that_stops_reading_loses_pushes_never_its_replies(tmp_path: Path) -> None:
+    """The same over a hand-made websocket that really stops reading (a small receive buffer,
+    nothing read), so replies meet a full queue: it asks for broadcasts of 1 MB until its
+    socket takes no more; then, while the store holds a write of its, for 10 x 8 broadcasts of
+    50 KB, whose replies wait for that write and so come after pushes have filled its queue.
+    Reading again and sending a last message, it gets every reply, in order, before the last
+    one's, while pushes were dropped."""
+    async def scenario(edge: Edge) -> None:
+        slow = await RawSocket.upgraded(edge.base_url, "slow", rcvbuf=4096)
+        conn = await eventually(lambda: _conn_of(edge, "slow"), what="the connection")
+        asked: list[str] = []
+
+        async def ask(frames: bytes, *ids: str) -> None:
+            asked.extend(ids)
+            await slow.send(frames)
+            await eventually(lambda: edge.metric("xplatform_edge_frames_in_total", {"kind": "msg"}) == len(asked),
+                             what="read by the edge")
+
+        while not conn._backed_up():  # 1 MB of broadcasts at a time until the socket takes no more
+            assert len(asked) < 64, "the socket never backed up"
+            await ask(_spam(f"fill{len(asked)}", 20), f"fill{len(asked)}")
+            await eventually(lambda: conn._asking == 0 and (not conn._queued_bytes or conn._backed_up()),
+                             what="answered and written")
+        assert edge.metric("xplatform_edge_pushes_dropped_total") == 0
+        with gated_journal(edge) as gate:
+            await ask(RawSocket.frame(0x2, protocol.pack([protocol.MSG, "set", protocol.pack({"type": "set", "value": 1})])),
+                      "set")
+            ids = [f"m{i}" for i in range(10)]
+            await ask(b"".join(_spam(mid, 8) for mid in ids), *ids)
+            gate.set()
+            await eventually(lambda: conn._asking == 0, what="every message answered")
+        assert edge.metric("xplatform_edge_pushes_dropped_total") > 0
+        reading = asyncio.create_task(_replies_until(slow, "last"))  # reads again: the queue drains
+        await slow.send(RawSocket.frame(0x2, protocol.pack([protocol.MSG, "last", protocol.pack({"type": "get"})])))
+        replies, pushes = await reading
+        assert replies == [*asked, "last"]
+        assert pushes < 20 * (len(asked) - 11) + 8 * 10
+        assert edge.metric("xplatform_edge_closes_total", {"reason": "slow_consumer"}) == 0
+        slow.close()
+
+    run_edge(tmp_path, scenario, slow_consumer_s=30.0, send_queue_bytes=64 * 1024, shed_after_ms=0)
+
+
+def _spam(message_id: str, n: int) -> bytes:
+    """A MSG frame asking the room to broadcast ``n`` pushes of 50 KB."""
+    return RawSocket.frame(0x2, protocol.pack([protocol.MSG, message_id, protocol.pack(
+        {"type": "spam", "n": n, "size": 50_000})]))
+
+
+async def _replies_until(raw: RawSocket, last: str) -> tuple[list[str], int]:
+    """Message IDs of the REPLYs read up to and including ``last``'s, and how many PUSHes came."""
+    replies: list[str] = []
+    pushes = 0
+    while not replies or replies[-1] != last:
+        opcode, payload = await raw.next_frame()
+        if opcode != 0x2:
+            continue
+        frame = msgpack.unpackb(payload)
+        if frame[0] == protocol.REPLY:
+            replies.append(frame[1])
+        elif frame[0] == protocol.PUSH:
+            pushes += 1
+    return replies, pushes
 
 
 # ---------------------------------------------------------------- (c) per-user and per-address caps
@@ -210,6 +276,53 @@ def test_frames_are_budgeted_per_user_and_per_address_over_all_connections(
         await second.close()
 
     run_edge(tmp_path, scenario, **overrides)
+
+
+def test_reconnecting_does_not_refill_a_users_frame_budget(tmp_path: Path) -> None:
+    """A user who spent most of his budget, closed his last connection and came back gets
+    what was left, not a fresh budget (the refill is 1 frame per 1,000 s here)."""
+    async def scenario(edge: Edge) -> None:
+        first = await edge.client("ann")
+        for _ in range(7):
+            assert (await first.request({"type": "get"})).ok
+        await first.close()
+        await eventually(lambda: _conn_of(edge, "ann") is None, what="the first connection gone")
+        second = await edge.client("ann")
+        get = protocol.pack([protocol.MSG, "again", protocol.pack({"type": "get"})])
+        for _ in range(5):
+            await second.send_raw(get)
+        await eventually(lambda: second.close_code is not None, what="the close over the budget left")
+        assert second.close_code == protocol.POLICY and ("rate_limited", "too many frames from this user") in second.errors
+        assert edge.metric("xplatform_edge_rate_limited_total", {"scope": "user"}) == 1
+        await second.close()
+
+    run_edge(tmp_path, scenario, user_rate_per_s=0.001, user_rate_burst=10.0)
+
+
+def test_a_budget_is_kept_for_its_refill_period_after_the_last_connection_then_forgotten() -> None:
+    """Bounded memory: an idle user's entry lives as long as his budget could still be short."""
+    now = [0.0]
+    limits = ClientLimits(max_per_user=0, max_per_address=0, user_rate_per_s=1.0, user_rate_burst=10.0,
+                          address_rate_per_s=0, address_rate_burst=0, clock=lambda: now[0])
+    lease = limits.admit("ann", "10.0.0.1")
+    (_scope, bucket), = lease.buckets
+    assert all(bucket.take() for _ in range(10)) and not bucket.take()
+    limits.release(lease)
+    now[0] = 4.0  # back within the refill period (10 s): the same, still short, budget
+    again = limits.admit("ann", "10.0.0.1")
+    assert again.buckets[0][1] is bucket and sum(bucket.take() for _ in range(10)) == 4
+    limits.release(again)
+    now[0] = 13.9
+    limits.release(limits.admit("bob", "10.0.0.2"))
+    assert set(limits.users.holders) == {"ann", "bob"}
+    now[0] = 14.0  # ann idle for a whole refill period: full by now, forgotten
+    limits.release(limits.admit("cat", "10.0.0.3"))
+    assert set(limits.users.holders) == {"bob", "cat"}
+    now[0] = 100.0
+    limits.release(limits.admit("dan", "10.0.0.4"))
+    assert set(limits.users.holders) == {"dan"} and not limits.addresses.holders
+    fresh = limits.admit("ann", "10.0.0.1")
+    assert fresh.buckets[0][1] is not bucket and sum(fresh.buckets[0][1].take() for _ in range(11)) == 10
 
 
 # ---------------------------------------------------------------- (d) sockets: deadline, cap, accept errors

@@ -32,11 +32,13 @@ EDGE_AUTH = LinkAuth({"edge": SECRETS["edge"]})
 
 
 @asynccontextmanager
-async def node_server(settings: Settings, ownership: StaticShards, is_member: Any) -> AsyncIterator[NodeServer]:
-    """A state node of Counters whose outbound sink is its network server (as the wiring
-    connects a clustered node), listening."""
+async def node_server(settings: Settings, ownership: StaticShards, is_member: Any,
+                      name: str = "node-a") -> AsyncIterator[NodeServer]:
+    """A state node ``name`` of Counters whose outbound sink is its network server (as the
+    wiring connects a clustered node), listening."""
     node = build_node(settings, entities=[Counter], ownership=ownership)
-    server = NodeServer(node, "node-a", is_member=is_member, auth=NODE_AUTH, owner_of=lambda ref: "node-a")
+    server = NodeServer(node, name, is_member=is_member, auth=NODE_AUTH,
+                        may_speak_for=lambda ref, node: node == name)
     node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
     await start_node(node)
     try:

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from edge.client import connect
+from infrastructure.settings import Settings
 from ops.local.prometheus import PrometheusServer, QueryError
 from tests.support.chat_load import token
 from tests.support.cluster import Cluster
@@ -187,7 +188,10 @@ def _evaluate(prometheus: PrometheusServer) -> None:
     assert not problems, "\n".join(problems)
 
     unserved = prometheus.query("cluster_category:xplatform_cluster_shards_unserved:count")
-    assert {r["metric"]["category"] for r in unserved} == {"Lot", "Bidder"}  # node-a serves every shard
+    from infrastructure.runtime.entity_modules import entity_types_from
+
+    served_categories = set(entity_types_from(Settings()).categories)  # the default XPLATFORM_ENTITIES
+    assert {r["metric"]["category"] for r in unserved} == served_categories  # node-a serves every shard
     assert all(float(r["value"][1]) == 0 for r in unserved), unserved
 
     groups = prometheus.api("rules")["groups"]

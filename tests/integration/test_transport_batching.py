@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +16,19 @@ from domain import ClientMessage, Connect, EntityRef
 from domain.effects import Reply, Send, Terminate, ToAllConnections
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
-from infrastructure.transport import LocalTransport
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.envelopes import Interest, frame
 from infrastructure.transport.link import Link
 from infrastructure.transport.server import NodeServer
-from ops.wiring.node import build_node, start_node, stop_node
-from tests.integration.test_network_transport import EDGE_AUTH, NODE_AUTH, OWNED, Sink, node_server, owned_ref
-from tests.support.entities import Counter
+from tests.integration.test_network_transport import EDGE_AUTH, OWNED, Sink, node_server, owned_ref
 
 
-@asynccontextmanager
-async def _node(name: str, settings: Settings, ownership: StaticShards) -> AsyncIterator[NodeServer]:
-    """A listening state node of Counters named ``name`` (as :func:`node_server`, another name)."""
-    node = build_node(settings, entities=[Counter], ownership=ownership)
-    server = NodeServer(node, name, is_member=lambda _n: True, auth=NODE_AUTH, owner_of=lambda _r: name)
-    node.connect(router=LocalTransport(node, settings.ask_timeout_s), outbound=server)
-    await start_node(node)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        await stop_node(node)
+async def _edge_asking(server: NodeServer, ref: EntityRef) -> ClusterClient:
+    """An edge client of ``server`` whose link is up (one Connect of ``ref`` answered)."""
+    edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
+                         auth=EDGE_AUTH)
+    assert (await edge.ask(ref, Connect("c", time.time(), "conn", {"sub": "u"}))).ok
+    return edge
 
 
 def _add(mid: str, n: int = 1) -> ClientMessage:
@@ -52,9 +40,7 @@ def test_asks_on_a_live_link_take_no_task_and_leave_in_one_write(tmp_path: Path)
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
         async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
-            edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
-                                 auth=EDGE_AUTH)
-            assert (await edge.ask(ref, Connect("c", time.time(), "conn", {"sub": "u"}))).ok  # opens the link
+            edge = await _edge_asking(server, ref)  # opens the link
             [link] = edge._links.values()  # noqa: SLF001
             writes: list[int] = []
             real_write = link.writer.write
@@ -89,8 +75,9 @@ def test_a_retry_answer_on_the_fast_path_is_resent_to_the_next_owner(tmp_path: P
         ref = owned_ref(False)  # shards 32..63: B's
         settings_a = Settings(store="sqlite", data_dir=str(tmp_path / "a"))
         settings_b = Settings(store="sqlite", data_dir=str(tmp_path / "b"))
-        async with _node("node-a", settings_a, StaticShards(64, OWNED, epoch=1)) as server_a, \
-                _node("node-b", settings_b, StaticShards(64, {"Counter": set(range(32, 64))}, epoch=2)) as server_b:
+        async with node_server(settings_a, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server_a, \
+                node_server(settings_b, StaticShards(64, {"Counter": set(range(32, 64))}, epoch=2), lambda _n: True,
+                            name="node-b") as server_b:
             owner = {"now": ("node-a", 1)}
             addresses = {"node-a": server_a.address, "node-b": server_b.address}
             edge = ClusterClient("edge-1", "edge", route=lambda _r: owner["now"], address_of=addresses.get,
@@ -114,9 +101,7 @@ def test_a_lost_link_hands_waiting_asks_to_the_slow_path(tmp_path: Path) -> None
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
         async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
-            edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
-                                 auth=EDGE_AUTH)
-            assert (await edge.ask(ref, Connect("c", time.time(), "conn", {"sub": "u"}))).ok
+            edge = await _edge_asking(server, ref)
             futures = [edge.ask_future(ref, _add("warm"))]
             await futures[0]
             replies: list[Reply] = []
@@ -145,12 +130,11 @@ def test_latest_wins_updates_leave_once_per_loop_iteration_and_the_rest_at_once(
         settings = Settings(store="sqlite", data_dir=str(tmp_path))
         async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda _n: True) as server:
             ref = owned_ref(True)
-            edge = ClusterClient("edge-1", "edge", route=lambda _r: ("node-a", 1), address_of=lambda _n: server.address,
-                                 auth=EDGE_AUTH)
             sink = Sink()
+            edge = await _edge_asking(server, ref)
             edge.subscribe(sink)
             edge.hold(ref)
-            assert (await edge.ask(ref, Connect("c", time.time(), "conn", {"sub": "u"}))).ok  # interest is in
+            await edge.ask(ref, ClientMessage("p", time.time(), "conn", msgpack.packb({"type": "peek"})))  # interest is in
             for n in range(10):  # one loop iteration, as a group commit releases them
                 server.publish(ref, Send(ToAllConnections(), {"n": n}, "state"))
                 server.publish(ref, Send(ToAllConnections(), {"chat": n}))  # no key: never merged

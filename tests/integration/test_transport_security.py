@@ -81,7 +81,7 @@ class Running:
 
 @asynccontextmanager
 async def running(zookeeper: ZooKeeperServer, tmp_path: Path, node_ids: tuple[str, ...] = ("node-a",),
-                  **settings: str) -> AsyncIterator[Running]:
+                  **settings: object) -> AsyncIterator[Running]:
     """State nodes with the cluster's secrets, and a registered edge ``edge-1`` (as a real edge
     registers: its member entry is what an attacker reads the name from)."""
     cluster = f"s{uuid.uuid4().hex[:6]}"
@@ -152,6 +152,35 @@ def test_a_forged_edge_is_refused_and_nothing_it_sends_is_stored(zookeeper: ZooK
             assert c.stored(lot) == [] and c.stored(EntityRef("Bidder", "bob")) == []
             assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="protocol") == 1
             assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="bad_proof") == 1
+
+    asyncio.run(scenario())
+
+
+def test_handshakes_in_progress_are_capped_and_their_frames_small(zookeeper: ZooKeeperServer, tmp_path: Path) -> None:
+    """Unauthenticated sockets cannot pile up: over ``transport_max_handshakes`` a socket is
+    closed at once, and a handshake frame longer than 4 KiB is refused from its length prefix
+    (never buffered). The handshake timeout is long here, so only the new bounds can close them."""
+    async def scenario() -> None:
+        async with running(zookeeper, tmp_path, transport_max_handshakes=2, transport_handshake_timeout_s=600.0) as c:
+            lot = c.owned_by(c.a, "Lot")[0]
+            host, port = c.a.server.address.rsplit(":", 1)
+            holders = [await asyncio.open_connection(host, int(port)) for _ in range(2)]  # connect, say nothing
+            await until(lambda: len(c.a.server._handshaking) == 2)
+            assert await send_and_read_all(c.a.server.address, b"") == b""  # the third: closed at once
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="handshakes_full") == 1
+            for _, writer in holders:
+                writer.close()
+            await until(lambda: not c.a.server._handshaking)  # each counted as reason protocol (no HELLO)
+            protocol = c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="protocol")
+            # a HELLO announced as 4 MiB: refused from its header, the body is never awaited
+            assert await send_and_read_all(c.a.server.address, struct.pack(">I", 4 * 1024 * 1024) + b"\x96") == b""
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="protocol") == protocol + 1
+            assert c.counted(c.a, "xplatform_transport_auth_failures_total", side="server", reason="timeout") == 0
+            edge = c.client()  # the cap is free again for a real peer
+            try:
+                assert (await edge.ask(lot, Connect("c1", time.time(), "conn", {"sub": "ann", "role": "viewer"}))).ok
+            finally:
+                await edge.close()
 
     asyncio.run(scenario())
 
@@ -241,6 +270,95 @@ def test_entity_messages_only_from_the_node_owning_the_sender(zookeeper: ZooKeep
                 assert c.stored(lot) == [*before, "LimitRaised"]
             finally:
                 await edge.close()
+
+    asyncio.run(scenario())
+
+
+@dataclass
+class Rebalanced:
+    cluster: Running
+    owner_before: dict[EntityRef, str]
+    """Owner of each Lot/Bidder of ``refs`` before node-b joined."""
+
+    def moved_to_b(self, category: str) -> list[EntityRef]:
+        return [r for r, o in self.owner_before.items()
+                if r.category == category and self.cluster.edge_view.route(r)[0] == "node-b"]  # type: ignore[index]
+
+
+@asynccontextmanager
+async def rebalanced(zookeeper: ZooKeeperServer, tmp_path: Path, window_s: float) -> AsyncIterator[Rebalanced]:
+    """node-a and node-c own every shard; then node-b joins and the allocator moves some of
+    each to it (a rebalance, not a drain: the old owners stay up)."""
+    async with running(zookeeper, tmp_path, ("node-a", "node-c"), transport_previous_owner_window_s=window_s) as c:
+        refs = [EntityRef(category, f"{category.lower()}-{i}") for category in ("Lot", "Bidder") for i in range(200)]
+        before = {r: c.edge_view.route(r)[0] for r in refs}  # type: ignore[index]
+        b = ClusteredStateNode(c.a.settings.with_(node_id="node-b"))
+        c.nodes.insert(1, b)  # stopped by running(); nodes are a, b, c
+        await b.start()
+        await until(lambda: len({n.ownership.assignment.version for n in c.nodes}) == 1
+                    and c.a.ownership.assignment.version == c.edge_view.ownership.assignment.version
+                    and bool(b.ownership.owned_shards()["Bidder"]) and bool(b.ownership.owned_shards()["Lot"]))
+        yield Rebalanced(c, before)
+
+
+async def open_lot(c: Running, lot: EntityRef) -> list[str]:
+    """An auctioneer connects and opens ``lot``; what is stored for it then."""
+    edge = c.client()
+    try:
+        assert (await edge.ask(lot, Connect("c0", time.time(), "auct", {"sub": "ann", "role": "auctioneer"}))).ok
+        assert (await edge.ask(lot, ClientMessage("open", time.time(), "auct",
+                                                  msgpack.packb({"type": "open", "title": "x"})))).ok
+    finally:
+        await edge.close()
+    return c.stored(lot)
+
+
+def hold_status(message_id: str, bidder: EntityRef) -> EntityMessage:
+    return EntityMessage(message_id, time.time(), bidder, "hold_status", {"bidder": bidder.entity_id, "held": 70})
+
+
+def test_the_previous_owner_of_a_moved_shard_speaks_for_it_within_the_window(zookeeper: ZooKeeperServer,
+                                                                             tmp_path: Path) -> None:
+    """What an old owner's last writes release after its shard moved is delivered; a node that
+    was not the shard's owner right before the move still cannot speak for its entities."""
+    async def scenario() -> None:
+        async with rebalanced(zookeeper, tmp_path, window_s=600.0) as r:
+            c = r.cluster
+            nodes = {n.settings.node_id: n for n in c.nodes}
+            b = nodes["node-b"]
+            lot = r.moved_to_b("Lot")[0]  # b receives
+            moved = r.moved_to_b("Bidder")[0]
+            previous = nodes[r.owner_before[moved]]
+            other = nodes[({"node-a", "node-c"} - {previous.settings.node_id}).pop()]
+            stayed = next(x for x, o in r.owner_before.items() if x.category == "Bidder" and c.edge_view.route(x)[0] == o
+                          and o != "node-b")  # b never owned its shard
+            before = await open_lot(c, lot)
+            assert (await previous.client.ask(lot, hold_status("from-previous-owner", moved))).ok
+            assert c.stored(lot) == [*before, "LimitRaised"]
+            for sender, claimed in ((other, moved), (b, stayed)):
+                reply = await sender.client.ask(lot, hold_status(f"from-{sender.settings.node_id}", claimed))
+                assert not reply.ok and reply.code == "retry" and "sender_not_owner" in reply.reason
+            assert c.stored(lot) == [*before, "LimitRaised"]
+            assert c.counted(b, "xplatform_transport_refused_messages_total", reason="sender_not_owner") >= 2
+
+    asyncio.run(scenario())
+
+
+def test_the_previous_owner_of_a_moved_shard_is_refused_after_the_window(zookeeper: ZooKeeperServer,
+                                                                         tmp_path: Path) -> None:
+    window_s = 0.2
+
+    async def scenario() -> None:
+        async with rebalanced(zookeeper, tmp_path, window_s=window_s) as r:
+            c = r.cluster
+            nodes = {n.settings.node_id: n for n in c.nodes}
+            lot, moved = r.moved_to_b("Lot")[0], r.moved_to_b("Bidder")[0]
+            before = await open_lot(c, lot)
+            await asyncio.sleep(window_s)  # the window counts from b applying the map, before until() saw it
+            reply = await nodes[r.owner_before[moved]].client.ask(lot, hold_status("from-previous-owner-late", moved))
+            assert not reply.ok and reply.code == "retry" and "sender_not_owner" in reply.reason
+            assert c.stored(lot) == before
+            assert c.counted(nodes["node-b"], "xplatform_transport_refused_messages_total", reason="sender_not_owner") >= 1
 
     asyncio.run(scenario())
 

@@ -230,10 +230,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "outbound-to-every-edge", "outbound-interest", "infrastructure/transport/server.py",
-        old="""        links = self._interest.get(source)
-        if links:""",
-        new="""        links = self._links
-        if links:""",
+        old="""        for link in list(links):
+            link.send_frame(data)""",
+        new="""        for link in list(self._links):
+            link.send_frame(data)""",
         tests=("tests/integration/test_network_transport.py::test_ask_reply_outbound_interest_and_refusals",),
     ),
     # ------------------------------------------------------------ edge: tokens at the upgrade
@@ -365,6 +365,12 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{CONNECTIONS}::test_slow_consumer_is_closed_1013_while_another_keeps_receiving",),
     ),
     Mutation(
+        "replies-dropped-for-a-full-queue", "slow-consumer", "edge/connection.py",
+        old="""            if droppable and not force:""",
+        new="""            if not force:""",
+        tests=(f"{LIMITS}::test_a_raw_client_that_stops_reading_loses_pushes_never_its_replies",),
+    ),
+    Mutation(
         "shedding-off", "shedding", "edge/connection.py",
         old="""            if self.edge.load.behind(self.ref):  # its entity is behind: refused at once (edge/overload.py)""",
         new="""            if False:""",
@@ -433,6 +439,18 @@ MUTATIONS: list[Mutation] = [
                f"{TRANSPORT}::test_a_wrong_secret_is_refused_and_the_right_one_works"),
     ),
     Mutation(
+        "handshakes-uncapped", "transport-handshakes", "infrastructure/transport/server.py",
+        old="""        if len(self._handshaking) >= self.max_handshakes:""",
+        new="""        if False:""",
+        tests=(f"{TRANSPORT}::test_handshakes_in_progress_are_capped_and_their_frames_small",),
+    ),
+    Mutation(
+        "handshake-frame-unbounded", "transport-handshakes", "infrastructure/transport/handshake.py",
+        old="""        envelope = await read_envelope(reader, MAX_HANDSHAKE_FRAME_BYTES)""",
+        new="""        envelope = await read_envelope(reader)""",
+        tests=(f"{TRANSPORT}::test_handshakes_in_progress_are_capped_and_their_frames_small",),
+    ),
+    Mutation(
         "edge-sends-entity-messages", "transport-roles", "infrastructure/transport/server.py",
         old="""            return None if isinstance(message, CLIENT_TRAFFIC) else ("entity_message_from_edge", False)""",
         new="""            return None""",
@@ -440,9 +458,21 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "sender-owner-unchecked", "transport-roles", "infrastructure/transport/server.py",
-        old="""        if self.owner_of(message.sender) != link.peer:""",
+        old="""        if not self.may_speak_for(message.sender, link.peer):""",
         new="""        if False:""",
         tests=(f"{TRANSPORT}::test_entity_messages_only_from_the_node_owning_the_sender",),
+    ),
+    Mutation(
+        "previous-owner-without-window", "transport-roles", "infrastructure/cluster/ownership.py",
+        old="""        return previous is not None and previous[0] == node and time.monotonic() < previous[1]""",
+        new="""        return previous is not None and previous[0] == node""",
+        tests=(f"{TRANSPORT}::test_the_previous_owner_of_a_moved_shard_is_refused_after_the_window",),
+    ),
+    Mutation(
+        "any-node-speaks-after-a-move", "transport-roles", "infrastructure/cluster/ownership.py",
+        old="""        return previous is not None and previous[0] == node and time.monotonic() < previous[1]""",
+        new="""        return previous is not None and time.monotonic() < previous[1]""",
+        tests=(f"{TRANSPORT}::test_the_previous_owner_of_a_moved_shard_speaks_for_it_within_the_window",),
     ),
     Mutation(
         "zookeeper-open-acl", "zookeeper-acl", "infrastructure/cluster/zookeeper.py",
@@ -477,6 +507,18 @@ MUTATIONS: list[Mutation] = [
         tests=(f"{LIMITS}::test_connections_per_user_are_capped_before_the_upgrade",),
     ),
     Mutation(
+        "budget-dropped-with-last-connection", "user-budget-kept", "edge/limits.py",
+        old="""                self._idle[key] = self.clock()""",
+        new="""                del self.holders[key]""",
+        tests=(f"{LIMITS}::test_reconnecting_does_not_refill_a_users_frame_budget",),
+    ),
+    Mutation(
+        "idle-budgets-never-forgotten", "user-budget-kept", "edge/limits.py",
+        old="""            if now - since < self.refill_s:""",
+        new="""            if True:""",
+        tests=(f"{LIMITS}::test_a_budget_is_kept_for_its_refill_period_after_the_last_connection_then_forgotten",),
+    ),
+    Mutation(
         "no-handshake-deadline", "handshake-deadline", "edge/sockets.py",
         old="""        proto.deadline = asyncio.get_running_loop().call_later(self.handshake_timeout_s, self._expire, proto)""",
         new="""        proto.deadline = None""",
@@ -496,9 +538,15 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "device-claims-a-user", "device-identity", "edge/internal.py",
-        old="""        claims = {"sub": f"{DEVICE_SUB_PREFIX}{device_class}:{device}", "role": device_class,""",
+        old="""        claims = {"sub": device_subject(device_class, device), "role": device_class,""",
         new="""        claims = {"sub": device, "role": device_class,""",
         tests=(f"{TRUST}::test_a_device_named_like_a_user_does_not_act_as_that_user",),
+    ),
+    Mutation(
+        "device-class-with-colon", "device-identity", "edge/config.py",
+        old="""            if not DEVICE_CLASS.match(device_class):""",
+        new="""            if False:""",
+        tests=("tests/edge/test_internal.py::test_a_device_class_that_could_blur_device_subjects_stops_the_edge_at_start[bidder:bob]",),
     ),
     # ------------------------------------------------------------ projections
     Mutation(

@@ -67,8 +67,9 @@ class ChatLoad:
     async def _chatter(self, i: int, lot: str) -> None:
         order = list(self.urls) if i % 2 == 0 else list(self.urls)[::-1]
         # An auctioneer: the first connect to a lot creates it, and only an auctioneer's may.
+        # retries=0: this loop resends retryable answers itself, and counts them (``retryable``)
         client = await connect(order, "Lot", lot, token(f"u{i}", "auctioneer"), request_timeout_s=self.request_timeout_s,
-                               heartbeat_s=0)
+                               heartbeat_s=0, retries=0)
         n = 0
         try:
             while not self._stop.is_set():

@@ -39,7 +39,7 @@ def test_a_transport_server_does_not_take_the_nodes_outbound(tmp_path: Path) -> 
     async def scenario() -> None:
         async with build_platform(Settings(store="sqlite", data_dir=str(tmp_path)), entities=[Counter]) as platform:
             server = NodeServer(platform.node, "n", is_member=lambda peer: True, auth=LinkAuth({"edge": b"x" * 32}),
-                                owner_of=lambda ref: "n")
+                                may_speak_for=lambda ref, node: node == "n")
             await server.start()
             try:
                 assert platform.node.outbound is platform.transport
