@@ -11,12 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from ops.wiring.readmodels import secantus_command
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -217,7 +216,11 @@ class MongoWireServer(ServerDirectory):
         root = Path(tempfile.mkdtemp(prefix="xplatform-mongo-"))
         port = free_port()
         log = open(root / "server.log", "wb")  # noqa: SIM115 - owned by the process lifetime
-        process = subprocess.Popen(secantus_command(port, root / "data"), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", str(root / "data"), "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
         server = cls(root=root, process=process, port=port)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
