@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from domain.effects import Reply, Send, Terminate
@@ -21,9 +21,10 @@ class StoredReply(Reply):
     (everything up to it durable, this message's events included). The edge turns it into
     the reply's position token (``<stream>@<version>``, :mod:`infrastructure.read_port`), which
     a read presents to see its own writes. A plain :class:`Reply` has none (the platform's own
-    refusals: not owned, stopping, unavailable)."""
+    refusals: not owned, stopping, unavailable). The version is not part of the answer: a
+    duplicate message gets the original reply (equal to it) with the stream's version now."""
 
-    version: int = 0
+    version: int = field(default=0, compare=False)
 
 
 def with_version(reply: Reply, version: int) -> Reply:

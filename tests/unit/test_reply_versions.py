@@ -53,3 +53,4 @@ def test_stored_replies_are_replies_with_a_version() -> None:
     stored = with_version(reply, 5)
     assert isinstance(stored, StoredReply) and stored.version == 5 and version_of(stored) == 5
     assert (stored.message_id, stored.ok, stored.payload) == (reply.message_id, reply.ok, reply.payload)
+    assert with_version(reply, 6) == stored  # the same answer (a duplicate's), whatever the stream's version now
