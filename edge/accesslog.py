@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-SAFE_QUERY = frozenset({"cid", "cursor", "wait", "device", "sub", "role"})
+SAFE_QUERY = frozenset({"cid", "cursor", "wait", "device", "sub", "role", "after", "limit", "max_lag_ms", "wait_ms"})
 """Query parameters of the edges' own routes; they name things, never prove anything."""
 
 

@@ -3,7 +3,8 @@ on whatever transport it is handed (the port, :mod:`infrastructure.transport.por
 server loop that runs such an app. Which transport, platform and ``/metrics`` go with it is
 the composition floor's choice (``ops/wiring``): this module never sees a state node.
 
-One application serves: the public edge (``/ws/...``), the internal edge (``/internal/...``,
+One application serves: the public edge (``/ws/...``), the query API of read models
+(``/read/...``, when the floor hands it a read port), the internal edge (``/internal/...``,
 only when device networks are configured), the dev token issuer (``/dev/token``, only when
 ``edge_dev_tokens`` is on) and the demo page (``/`` → ``edge/static/demo.html``,
 ``/static/`` → ``edge/static/``).
@@ -37,7 +38,9 @@ from edge.config import EdgeConfig, is_ip_literal, is_loopback
 from edge.internal import InternalEdge, add_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
+from edge.reads import ReadApi, add_read_api
 from edge.sockets import listen
+from infrastructure.read_port import ReadPort
 from infrastructure.transport.port import Transport
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,12 @@ CONFIG_KEY = web.AppKey("xplatform_edge_config", EdgeConfig)
 
 def build_edge_app(transport: Transport, categories: Collection[str], config: EdgeConfig, *,
                    metrics: EdgeMetrics | None = None, static_dir: Path | None = STATIC_DIR,
-                   dev_issuer: DevTokenIssuer | None = None) -> web.Application:
+                   dev_issuer: DevTokenIssuer | None = None, reads: ReadPort | None = None) -> web.Application:
     """The edge application on ``transport`` for entities of ``categories`` (see the module
     docstring). ``static_dir``: the demo page's files (None: none served). ``dev_issuer``:
     the dev token issuer when ``config.dev_tokens`` (one shared key, e.g. by the edge workers
-    of one ``xplatform run --workers``); default: a key made here."""
+    of one ``xplatform run --workers``); default: a key made here. ``reads``: the read models'
+    port, served as the query API (``/read/...``, :mod:`edge.reads`); None: no query API."""
     metrics = metrics or EdgeMetrics()
     verifier = build_verifier(config)
     app = web.Application(client_max_size=max(config.max_frame_bytes, 1024))
@@ -69,6 +73,8 @@ def build_edge_app(transport: Transport, categories: Collection[str], config: Ed
         app.router.add_get("/dev/token", _dev_token)
     public = PublicEdge(transport, config, categories=categories, verifier=verifier, metrics=metrics)
     add_public_edge(app, public)
+    if reads is not None:
+        add_read_api(app, ReadApi(reads, verifier, config, metrics))
     if config.internal_networks:
         add_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
                                             categories=categories, load=public.load))

@@ -7,6 +7,9 @@ and Python apps.
         ...
     await client.close()                                          # BYE
 
+    board = await read("http://127.0.0.1:8080", "auction_board", token, key="vase",
+                       after=reply.position)                      # sees the bid (read-your-writes)
+
 Why these behaviours: a client that reconnects must keep its connection ID (the entity
 resumes it within its grace period), back off with jitter (a dropped edge must not be hit
 by every client at the same millisecond), and resend unanswered messages with their
@@ -23,9 +26,10 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -42,7 +46,9 @@ _END = object()
 
 @dataclass(frozen=True)
 class ClientReply:
-    """A REPLY: ``ok`` with ``payload``, or an entity's error (code, reason, retryable)."""
+    """A REPLY: ``ok`` with ``payload``, or an entity's error (code, reason, retryable).
+    ``position``: the entity's position token (``<stream>@<version>``, PROTOCOL.md "Position
+    tokens") when the entity answered; give it to :func:`read` (``after=``) to read your writes."""
 
     message_id: str
     ok: bool
@@ -50,6 +56,7 @@ class ClientReply:
     code: str = ""
     reason: str = ""
     retryable: bool = False
+    position: str | None = None
 
 
 class Client:
@@ -322,12 +329,13 @@ class Client:
             elif kind == protocol.REPLY:
                 held = self._pending.get(frame[1])
                 if held is not None and not held[1].done():
+                    position = frame[4] if len(frame) > 4 and isinstance(frame[4], str) else None
                     if frame[2]:
-                        held[1].set_result(ClientReply(frame[1], True, frame[3]))
+                        held[1].set_result(ClientReply(frame[1], True, frame[3], position=position))
                     else:
                         e = frame[3] or {}
                         held[1].set_result(ClientReply(frame[1], False, None, e.get("code", ""), e.get("reason", ""),
-                                                       bool(e.get("retryable"))))
+                                                       bool(e.get("retryable")), position))
             elif kind == protocol.PONG:
                 rtt = time.monotonic() * 1000 - float(frame[1])
                 self.rtts_ms.append(rtt)
@@ -364,6 +372,39 @@ def _decode(msg: aiohttp.WSMessage) -> list[Any] | None:
     except Exception:
         return None
     return frame if isinstance(frame, list) and frame else None
+
+
+async def read(base_url: str, projection: str, token: str, *, key: str | None = None,
+               filters: Mapping[str, str | int] | None = None, limit: int | None = None,
+               after: str | Sequence[str] | None = None, max_lag_ms: int | None = None, wait_ms: int | None = None,
+               session: aiohttp.ClientSession | None = None) -> Any:
+    """Read a read model through the edge's query API (PROTOCOL.md "Reading read models"):
+    document ``key`` of ``projection`` (its JSON object), or without ``key`` the documents
+    matching ``filters`` (``{"documents": [...], "more": bool}``). ``after``: position tokens
+    of replies to wait for (read-your-writes); ``max_lag_ms``: bounded staleness. Raises
+    :class:`ClientError` (status, error code, reason) for a refusal, e.g. 504 ``consistency_timeout``."""
+    params: list[tuple[str, str]] = [(name, str(value)) for name, value in (filters or {}).items()]
+    tokens = [after] if isinstance(after, str) else list(after or ())
+    params += [("after", t) for t in tokens]
+    params += [(name, str(value)) for name, value in (("limit", limit), ("max_lag_ms", max_lag_ms),
+                                                       ("wait_ms", wait_ms)) if value is not None]
+    url = f"{base_url.rstrip('/')}/read/{quote(projection, safe='')}"
+    if key is not None:
+        url += f"/{quote(key, safe='')}"
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        async with session.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as response:
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = {}
+            if response.status != 200:
+                raise ClientError(response.status, str(body.get("error", "")), str(body.get("reason", "")))
+            return body["document"] if key is not None else body
+    finally:
+        if own:
+            await session.close()
 
 
 async def connect(base_url: str | Sequence[str], category: str, entity_id: str, token: TokenSource, cid: str | None = None,

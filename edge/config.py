@@ -67,6 +67,9 @@ class EdgeConfig:
     internal_idle_s: float = 60.0
     internal_buffer: int = 1000
     internal_max_wait_s: float = 25.0
+    read_wait_ms: float = 5000.0
+    read_max_limit: int = 200
+    read_max_waiting: int = 1000
 
     @property
     def coalesce_tick_s(self) -> float:
@@ -108,13 +111,15 @@ class EdgeConfig:
             device_secret_file=s.edge_device_secret_file, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
             internal_networks=parse_networks(s.edge_internal_networks),
             internal_idle_s=s.edge_internal_idle_s, internal_buffer=s.edge_internal_buffer,
-            internal_max_wait_s=s.edge_internal_max_wait_s,
+            internal_max_wait_s=s.edge_internal_max_wait_s, read_wait_ms=s.edge_read_wait_ms,
+            read_max_limit=s.edge_read_max_limit, read_max_waiting=s.edge_read_max_waiting,
         )
         values.update(overrides)
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight", "max_in_flight_bytes"):
+        for name in ("max_frame_bytes", "send_queue_bytes", "internal_buffer", "max_in_flight", "max_in_flight_bytes",
+                     "read_max_limit", "read_max_waiting"):
             if getattr(self, name) < 1:
                 raise EdgeConfigurationError(f"{name} must be positive")
         for name in ("rate_per_s", "rate_burst", "heartbeat_s", "close_timeout_s", "connect_timeout_s",
@@ -132,6 +137,8 @@ class EdgeConfig:
         if nofile is not None and self.max_sockets >= nofile:
             raise EdgeConfigurationError(f"max_sockets {self.max_sockets} must be below the open-file limit "
                                          f"(nofile {nofile}): raise `ulimit -n` (see ops/RUNBOOK.md)")
+        if self.read_wait_ms < 0:
+            raise EdgeConfigurationError("read_wait_ms must be 0 (reads never wait) or positive")
         if self.shed_after_ms < 0:
             raise EdgeConfigurationError("shed_after_ms must be positive, or 0 to never shed load")
         if self.coalesce_hz < 0:

@@ -54,7 +54,8 @@ from edge.errors import FrameError
 from edge.hops import SlowMessage
 from edge.ratelimit import TokenBucket
 from edge.wsframes import binary_frames
-from infrastructure.transport.port import NodeHops
+from infrastructure.read_port import Position
+from infrastructure.transport.port import NodeHops, version_of
 
 if TYPE_CHECKING:
     from edge.public import PublicEdge
@@ -506,7 +507,9 @@ class WsConnection:
             else:
                 now = time.perf_counter()
                 self.edge.metrics.round_trip.observe(now - arrived)
-                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable)
+                version = version_of(reply)
+                frame = protocol.reply(message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable,
+                                       Position(self.ref.stream_id, version).token() if version else None)
                 if hops.node and self._close_request is None:  # an entity answered, and the frame will be queued
                     slow = self.edge.hops.replied(message_id, now - arrived, hops, now)
                     if slow is not None:

@@ -64,7 +64,8 @@ class LimitError(EdgeError):
 
 class ClientError(EdgeError):
     """Raised by the Python client (:mod:`edge.client`) when the edge refuses or ends a connection
-    for good; ``status`` is the HTTP status of a refused upgrade or the close code."""
+    for good, or refuses a read; ``status`` is the HTTP status of a refused upgrade or read, or the
+    close code."""
 
     def __init__(self, status: int, error: str, reason: str = "") -> None:
         super().__init__(f"{status} {error}: {reason}" if reason else f"{status} {error}")

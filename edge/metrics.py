@@ -26,6 +26,8 @@ EDGE_HOPS = ("transport", *NODE_HOPS, "client_write")
 """Hops of a client message's round trip, in order (see :mod:`edge.hops`); a fixed list."""
 FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
 FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
+READ_OUTCOMES = ("ok", "bad_request", "unauthorized", "forbidden", "not_found", "unknown_projection",
+                 "consistency_timeout", "busy", "read_models_unavailable", "read_failed")
 CLOSE_REASONS = ("client", "bye", "going_away", "protocol", "too_big", "text", "flood", "slow_consumer",
                  "token_expired", "refused", "terminated", "heartbeat_timeout", "superseded", "unavailable")
 
@@ -95,6 +97,13 @@ class EdgeMetrics:
         self.slow_messages = LoopCounter("xplatform_edge_slow_messages", "Client messages whose in-system round trip "
                                          "exceeded the slow-message threshold (every one counted; their log lines "
                                          "are sampled).", registry=r).labels()  # exposed at 0 from the start
+        reads = Counter("xplatform_edge_reads", "Queries of the read API (GET /read/...), by outcome.", ["outcome"],
+                        registry=r)
+        self.reads = {k: reads.labels(k) for k in READ_OUTCOMES}
+        self.read_duration = Histogram("xplatform_edge_read_duration_seconds", "From a read's arrival to its "
+                                       "answer, waits for consistency included.", buckets=LATENCY_BUCKETS, registry=r)
+        self.reads_waiting = Gauge("xplatform_edge_reads_waiting", "Reads waiting for their consistency "
+                                   "(a position token or max_lag_ms) now.", registry=r)
 
     def exposition(self) -> bytes:
         """Text exposition format for ``/metrics``."""

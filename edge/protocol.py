@@ -71,10 +71,14 @@ def welcome(cid: str, state: Any) -> bytes:
     return pack([WELCOME, cid, state])
 
 
-def reply(message_id: str, ok: bool, payload: Any, code: str = "", reason: str = "", retryable: bool = False) -> bytes:
-    if ok:
-        return pack([REPLY, message_id, True, payload])
-    return pack([REPLY, message_id, False, {"code": code, "reason": reason, "retryable": retryable}])
+def reply(message_id: str, ok: bool, payload: Any, code: str = "", reason: str = "", retryable: bool = False,
+          position: str | None = None) -> bytes:
+    """A REPLY; ``position``: the entity's position token, appended as a 5th element when
+    there is one (PROTOCOL.md "Position tokens": older clients read the first four)."""
+    body = payload if ok else {"code": code, "reason": reason, "retryable": retryable}
+    if position:
+        return pack([REPLY, message_id, ok, body, position])
+    return pack([REPLY, message_id, ok, body])
 
 
 def push(payload: Any) -> bytes:

@@ -132,3 +132,51 @@ class CircuitOpenError(ConnectorError):
     """Raised when the connector's circuit breaker is open: the call is not attempted."""
 
     code = "circuit_open"
+
+
+class ReadModelError(InfrastructureError):
+    """Raised when a query of a read model cannot be answered as asked (the read port,
+    :mod:`infrastructure.read_port`); ``code`` is the error the query API answers with."""
+
+    code = "read_failed"
+
+
+class UnknownReadModel(ReadModelError):
+    """Raised when a query names a read model (projection) this process does not serve."""
+
+    code = "unknown_projection"
+
+
+class ReadNotAllowed(ReadModelError):
+    """Raised when the caller's claims do not let it read the document (or any document of
+    the read model): the projection decides (``Projection.read_filter`` / ``may_read``)."""
+
+    code = "forbidden"
+
+
+class DocumentNotFound(ReadModelError):
+    """Raised when the read model has no (live) document under the key asked for."""
+
+    code = "not_found"
+
+
+class BadReadQuery(ReadModelError):
+    """Raised when a query is malformed: a position token that is not ``<stream>@<version>``,
+    a filter on a reserved field, a limit or a wait out of range."""
+
+    code = "bad_request"
+
+
+class ReadModelBehind(ReadModelError):
+    """Raised when the read model did not reach the consistency a query asked for (the
+    position of its read-your-writes token, or ``max_lag_ms``) within the query's wait:
+    nothing is wrong with the query; retry later or read eventually consistent."""
+
+    code = "consistency_timeout"
+
+
+class ReadModelUnavailable(ReadModelError):
+    """Raised when the read models cannot be reached: their database is down, still
+    starting, or read models are off in this process (the reason says which)."""
+
+    code = "read_models_unavailable"

@@ -208,6 +208,29 @@ class Settings:
                                  "several cores a hot entity's fan-out and its handlers compete for one "
                                  "core in one process; 1 worker per spare core gives each its own (about "
                                  "twice the bids/s of a hot lot on 2 cores, README 'Performance').")
+    edge_read_wait_ms: float = _setting(5000.0, "The longest a read of the query API (GET /read/...) waits for the "
+                                        "consistency it asked for (a position token, max_lag_ms) before 504 "
+                                        "consistency_timeout; a request may ask for less (wait_ms). A live projector "
+                                        "is tens of ms behind; one seconds behind is catching up or stopped, and a "
+                                        "person waits about this long before giving up anyway.")
+    edge_read_max_limit: int = _setting(200, "Most documents one list read returns (limit=N; more: 400). Bounds "
+                                        "the edge's memory and the database's work per request; page by filters.")
+    edge_read_max_waiting: int = _setting(1000, "Reads waiting for their consistency at once, per edge; over it a "
+                                          "read that must wait gets 503 busy (retryable). Each waiter polls the "
+                                          "database every few ms, so this bounds that load while a projector is "
+                                          "stopped.")
+    mongo_uri: str = _setting("", "MongoDB of the read models (a replica set URI in production: write concern "
+                              "majority, see projections/mongo.py). Also read from MONGO_URI. Empty: `xplatform run` "
+                              "starts an embedded secantusdb server (a separate process; pip extra 'readmodels').")
+    mongo_database: str = _setting("xplatform", "One database per platform installation; each projection's "
+                                   "collections are named after it inside.")
+    projections: str = _setting("projections.auction:PROJECTIONS", "Comma-separated module:ATTRIBUTE topics of "
+                                "the projection classes (a Projection subclass or a list/tuple of them), like "
+                                "entities: the auction samples by default, so `xplatform run` shows their board.")
+    run_read_models: int = _setting(1, "1: `xplatform run` runs the read models too (MongoDB or an embedded "
+                                    "secantusdb, the projections caught up in-process, the query API on its edge), "
+                                    "so the demo shows them with no set-up. 0: off (benchmarks of the write path, "
+                                    "where projecting every event would share the CPU).")
     edge_heartbeat_s: float = _setting(20.0, "Websocket ping every 20 s (under common 30-60 s proxy idle "
                                        "timeouts); no frame for 2.5 intervals closes a dead peer.")
     edge_close_timeout_s: float = _setting(2.0, "How long a close waits for the client's close frame (and a "
@@ -401,6 +424,8 @@ class Settings:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
         if self.drills_enabled not in (0, 1):
             raise ConfigurationError("XPLATFORM_DRILLS_ENABLED must be 0 or 1")
+        if self.run_read_models not in (0, 1):
+            raise ConfigurationError("XPLATFORM_RUN_READ_MODELS must be 0 or 1")
         if self.cluster_insecure not in (0, 1):
             raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
         if not self.zookeeper_user or ":" in self.zookeeper_user:
@@ -466,6 +491,8 @@ class Settings:
                 values[f.name] = kind(raw)
             except ValueError:
                 raise ConfigurationError(f"XPLATFORM_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        if "mongo_uri" not in values and environ.get("MONGO_URI"):
+            values["mongo_uri"] = environ["MONGO_URI"]
         if "eventstoredb_uri" not in values and environ.get("EVENTSTOREDB_URI"):
             values["eventstoredb_uri"] = environ["EVENTSTOREDB_URI"]
         values.update(overrides)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's two set-up commands, and what CI runs.
 #
-#   bash ops/dev.sh run    install (if needed) and run the one-process platform (SQLite, demo)
+#   bash ops/dev.sh run    install (if needed) and run the one-process platform (SQLite, demo, read models)
 #   bash ops/dev.sh test   install everything the test suite needs, then run the whole suite
 #   bash ops/dev.sh mutations  install the same, then the guarantee mutation check
 #                          (tests/mutations/run.py; map: tests/GUARANTEES.md)
@@ -73,7 +73,7 @@ case "${1:-}" in
     echo "$PYTHON"
     ;;
   run)
-    install_python ""
+    install_python readmodels  # secantusdb: the read models' embedded MongoDB-wire server (a child process)
     shift
     exec "$PYTHON" -m ops.cli run "$@"
     ;;

@@ -7,10 +7,16 @@
   is held or spent. Reads ``Lot`` (bids, wins) and ``Bidder`` (the account): downstream
   aggregation over two categories.
 
+Readers (the query API): the board is public to anyone signed in; a bidder's summary only
+to that bidder (the token's ``sub``).
+
 ``PROJECTIONS`` lists both (the value a projector's setting names, like ``ENTITIES``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from projections.changes import Change, Increment, Push, Set, Unset, path
 from projections.events import EventEnvelope
@@ -25,6 +31,9 @@ class AuctionBoard(Projection):
 
     NAME = "auction_board"
     CATEGORIES = ("Lot",)
+
+    def read_filter(self, claims: Mapping[str, Any]) -> dict[str, Any] | None:
+        return {} if claims.get("sub") else None  # every lot, for anyone signed in
 
     @handles("Lot", "Opened")
     def opened(self, event: EventEnvelope, doc: Document | None) -> list[Change]:
@@ -59,6 +68,10 @@ class BidderSummary(Projection):
 
     NAME = "bidder_summary"
     CATEGORIES = ("Lot", "Bidder")
+
+    def read_filter(self, claims: Mapping[str, Any]) -> dict[str, Any] | None:
+        sub = claims.get("sub")
+        return {"_id": sub} if isinstance(sub, str) and sub else None  # a bidder's own summary only
 
     @handles("Lot", "BidAccepted", key=_bidder)
     def bid(self, event: EventEnvelope, doc: Document | None) -> list[Change]:

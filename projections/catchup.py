@@ -23,7 +23,6 @@ command comes with the projector runner).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import queue
 import sys
@@ -38,6 +37,7 @@ from infrastructure.persistence.subscriptions import Checkpoint, EventFilter, Ev
 from infrastructure.settings import Settings
 from projections.engine import BatchPlan
 from projections.errors import ProjectionError, SourceFailed
+from projections.loading import load_projection
 from projections.mongo import MongoReadModel, connect
 from projections.projection import Projection
 
@@ -177,18 +177,6 @@ class CatchUpProjector:
             reached = checkpoint
         self.batches += 1
         return reached
-
-
-def load_projection(topic: str) -> Projection:
-    """``module:Class`` → an instance of that Projection subclass."""
-    module_name, _, attribute = topic.partition(":")
-    try:
-        value = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ProjectionError(f"projection {topic!r} does not resolve: {exc}") from None
-    if not (isinstance(value, type) and issubclass(value, Projection)):
-        raise ProjectionError(f"{topic!r} is not a Projection class")
-    return value()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,12 @@ Policies (class attributes; ``projections/EVENTS.md`` "Failures"):
 - ``PLATFORM_EVENTS``: also deliver the platform's own events (connections, timers,
   takeovers; claims removed). Default False.
 
+Who may read it (the query API, ``GET /read/<NAME>[/<key>]`` on the edge, ``edge/PROTOCOL.md``
+"Reading read models"): :meth:`Projection.read_filter` (the documents a caller's verified token
+claims may see, as field equalities; the default ``None``: nobody - a read model is private
+until its projection says who reads it) and :meth:`Projection.may_read` (per document; by
+default, the same equalities).
+
 Every event of the categories read is still tracked (its stream's version), handled or not,
 so the read model knows exactly how far each stream is applied.
 """
@@ -35,7 +41,7 @@ so the read model knows exactly how far each stream is applied.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -121,6 +127,20 @@ class Projection:
                             f"{name}: {category}.{event_type} has two handlers ({existing.func.__name__}, {attribute})")
                     handlers[(category, event_type)] = Handler(value, key)
         cls._handlers = handlers
+
+    def read_filter(self, claims: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The documents a caller may read through the query API, as equalities their fields
+        must meet (``{}``: every document; ``{"_id": claims["sub"]}``: the caller's own), from
+        the caller's verified token ``claims``; ``None`` (the default): none at all. Lists
+        are narrowed by it in the database; single documents are checked with :meth:`may_read`."""
+        return None
+
+    def may_read(self, claims: Mapping[str, Any], document: Document) -> bool:
+        """Whether the caller may read ``document`` (as readers see it, ``_id`` included).
+        Default: :meth:`read_filter`'s equalities hold. Override both together: a list only
+        returns documents both allow."""
+        scope = self.read_filter(claims)
+        return scope is not None and all(document.get(name) == value for name, value in scope.items())
 
     def handler(self, event: EventEnvelope) -> Handler | None:
         """The handler of ``event``'s category and type, if any."""

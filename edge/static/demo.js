@@ -1,8 +1,9 @@
 // The demo page of the sample auction domain (domain/auction/lot.py), on the browser client.
 // Everything shown is what the Lot entity pushes; the page keeps no state of its own beyond
-// the latest `state` it received.
+// the latest `state` it received. The board below it is read from read models (board.js).
 
 import { $, formatMs, log, notice, request } from './page.js';
+import { watchReadModels } from './board.js';
 import { connect, uuid4 } from './xplatform.js';
 
 const STATE_LABELS = { connecting: 'connecting…', open: 'live', reconnecting: 'reconnecting…', closed: 'closed' };
@@ -11,6 +12,7 @@ let conn = null;
 let me = null;         // {name, role, lot}
 let lot = null;        // latest Lot view
 let offs = [];
+let token = null;      // {value, until} of the current user, for reads
 
 // ------------------------------------------------------------------ setup
 function lotFromHash() {
@@ -45,7 +47,13 @@ async function fetchToken(name, role) {
     try { reason = (await response.json()).reason || reason; } catch { /* not JSON */ }
     throw new Error(`no token: ${reason}`);
   }
-  return (await response.json()).token;
+  const body = await response.json();
+  token = { value: body.token, until: Date.now() + (body.expires_in - 60) * 1000 };
+  return body.token;
+}
+
+async function readToken(name, role) {
+  return token && Date.now() < token.until ? token.value : fetchToken(name, role);
 }
 
 function connectionId(lotId, name) {
@@ -81,6 +89,7 @@ function join() {
     conn.onPush(onPush),
     conn.onLatency((ms) => { $('latency').textContent = `${formatMs(ms)}`; }),
     conn.onError((err) => log(`edge: ${err.message}`, 'error')),
+    watchReadModels({ me, getToken: () => readToken(name, role), getPosition: () => conn?.position ?? null }),
   ];
   render();
 }
@@ -89,6 +98,7 @@ function leave() {
   if (!conn) return;
   for (const off of offs) off();
   offs = [];
+  token = null;
   conn.close();
   conn = null;
   me = null;

@@ -14,7 +14,13 @@
 //   conn.onState((state, detail) => ...);     // 'connecting' | 'open' | 'reconnecting' | 'closed'
 //   const reply = await conn.request({ type: 'bid', amount: 110 });   // rejects with XPlatformError
 //   conn.latency                              // last heartbeat round trip in ms (or null)
+//   conn.position                             // position token of the entity's latest reply (or null)
 //   conn.close();                             // BYE: leave for good
+//
+//   // read models (the edge's query API): read your own writes with the reply's position token
+//   const { payload, position } = await conn.request({ type: 'bid', amount: 120 }, { withPosition: true });
+//   const lot = await read({ projection: 'auction_board', key: 'demo', token, after: position });
+//   const { documents, more } = await read({ projection: 'auction_board', filters: { status: 'open' }, token });
 //
 // Connection lifecycle
 //   connecting ──WELCOME──▶ open ──socket lost──▶ reconnecting ──WELCOME──▶ open ...
@@ -65,6 +71,53 @@ export class XPlatformError extends Error {
     this.reason = reason;
     this.retryable = retryable;
   }
+}
+
+/**
+ * Read a read model through the edge's query API (edge/PROTOCOL.md "Reading read models").
+ * Resolves with the document (`key` given) or `{documents, more}`; rejects with an
+ * XPlatformError whose `code` is the edge's error (e.g. 'consistency_timeout', 'forbidden')
+ * and `status` the HTTP status.
+ * @param {object} options
+ * @param {string} options.projection the read model, e.g. 'auction_board'
+ * @param {string} [options.key] one document's key; without it, a list
+ * @param {Object<string, string|number>} [options.filters] field equalities of a list
+ * @param {number} [options.limit] most documents of a list
+ * @param {string|string[]} [options.after] position tokens to wait for (read-your-writes)
+ * @param {number} [options.maxLagMs] bounded staleness
+ * @param {number} [options.waitMs] how long the edge may wait for either
+ * @param {string} [options.token] the bearer token
+ * @param {string} [options.url] base URL of the edge (default: this page's origin)
+ * @param {typeof fetch} [options.fetch] a fetch implementation (tests, node)
+ */
+export async function read({
+  projection, key, filters = {}, limit, after, maxLagMs, waitMs, token, url, fetch: doFetch = globalThis.fetch,
+}) {
+  const base = (url ?? globalThis.location?.origin ?? '').replace(/^ws/, 'http').replace(/\/+$/, '');
+  const params = new URLSearchParams();
+  for (const [name, value] of Object.entries(filters)) params.append(name, String(value));
+  for (const token_ of (Array.isArray(after) ? after : [after]).filter(Boolean)) params.append('after', token_);
+  if (limit !== undefined) params.append('limit', String(limit));
+  if (maxLagMs !== undefined) params.append('max_lag_ms', String(maxLagMs));
+  if (waitMs !== undefined) params.append('wait_ms', String(waitMs));
+  const path = `/read/${encodeURIComponent(projection)}${key === undefined ? '' : `/${encodeURIComponent(key)}`}`;
+  const query = params.toString();
+  const response = await doFetch(`${base}${path}${query ? `?${query}` : ''}`,
+    { headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: 'no-store' });
+  let body = null;
+  try { body = await response.json(); } catch { /* not JSON */ }
+  if (!response.ok) {
+    const err = new XPlatformError(body?.error ?? `http_${response.status}`, body?.reason ?? '', Boolean(body?.retryable));
+    err.status = response.status;
+    throw err;
+  }
+  return key === undefined ? body : body.document;
+}
+
+/** The version of a position token `<stream>@<version>` (0 when it is none). */
+export function positionVersion(token) {
+  const at = typeof token === 'string' ? token.lastIndexOf('@') : -1;
+  return at < 0 ? 0 : Number(token.slice(at + 1)) || 0;
 }
 
 /** A UUID (v4): crypto.randomUUID where the page is a secure context, else getRandomValues. */
@@ -124,6 +177,7 @@ export class Connection {
     this.welcome = null;           // initial state from the latest WELCOME
     this.lastClose = null;         // {code, reason} of the latest socket close
     this.terminated = null;        // {reason, reconnect} of the latest TERMINATE
+    this.position = null;          // position token of the entity's newest reply ('<stream>@<version>')
     this._getToken = getToken;
     this._WS = WS;
     this._pingIntervalMs = pingIntervalMs;
@@ -179,15 +233,17 @@ export class Connection {
   /**
    * Send a message to the entity; resolves with the entity's reply payload once its events
    * are durable, rejects with XPlatformError (code, reason, retryable) if the entity or the
-   * edge refuses it, or with code 'timeout' / 'closed'.
+   * edge refuses it, or with code 'timeout' / 'closed'. With `withPosition` it resolves with
+   * `{payload, position}`: the reply's position token (null if none), for `read({after})`.
+   * An XPlatformError from the entity carries the `position` too.
    * @param {*} payload encoded as msgpack and sent as the MSG's bin payload
-   * @param {{messageId?: string, timeoutMs?: number}} [opts]
+   * @param {{messageId?: string, timeoutMs?: number, withPosition?: boolean}} [opts]
    */
-  request(payload, { messageId = uuid4(), timeoutMs = this._requestTimeoutMs } = {}) {
+  request(payload, { messageId = uuid4(), timeoutMs = this._requestTimeoutMs, withPosition = false } = {}) {
     if (this._closedForGood) return Promise.reject(new XPlatformError('closed', 'the connection is closed'));
     return new Promise((resolve, reject) => {
       const entry = { frame: encode([Kind.MSG, messageId, encode(payload)]), resolve, reject, sent: false,
-        retries: 0, retryTimer: null };
+        retries: 0, retryTimer: null, withPosition };
       entry.timer = setTimeout(() => {
         clearTimeout(entry.retryTimer);
         this._pending.delete(messageId);
@@ -204,7 +260,9 @@ export class Connection {
     entry.sent = this._send(entry.frame);
   }
 
-  _settle(messageId, ok, payload) {
+  _settle(messageId, ok, payload, position) {
+    position = typeof position === 'string' ? position : null;
+    if (position && positionVersion(position) > positionVersion(this.position)) this.position = position;
     const entry = this._pending.get(messageId);
     if (!entry) return;
     if (!ok && payload?.retryable === true && entry.retries < this._retries) {
@@ -218,10 +276,12 @@ export class Connection {
     }
     this._pending.delete(messageId);
     clearTimeout(entry.timer);
-    if (ok) entry.resolve(payload);
+    if (ok) entry.resolve(entry.withPosition ? { payload, position } : payload);
     else {
       const e = payload && typeof payload === 'object' ? payload : { code: 'error', reason: String(payload) };
-      entry.reject(new XPlatformError(e.code ?? 'error', e.reason ?? '', Boolean(e.retryable)));
+      const err = new XPlatformError(e.code ?? 'error', e.reason ?? '', Boolean(e.retryable));
+      err.position = position;
+      entry.reject(err);
     }
   }
 
@@ -307,7 +367,7 @@ export class Connection {
     }
     switch (frame[0]) {
       case Kind.WELCOME: this._onWelcome(frame[2]); break;
-      case Kind.REPLY: this._settle(frame[1], frame[2] === true, frame[3]); break;
+      case Kind.REPLY: this._settle(frame[1], frame[2] === true, frame[3], frame[4]); break;
       case Kind.PUSH: this._emit('push', frame[1]); break;
       case Kind.PONG: this._onPong(frame[1]); break;
       case Kind.TERMINATE: this.terminated = { reason: frame[1], reconnect: frame[2] === true }; break;

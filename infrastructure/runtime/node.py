@@ -64,7 +64,7 @@ from infrastructure.runtime.group_commit import GroupCommitter, PendingWrite
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
-from infrastructure.transport.port import NodeHops, OutboundSink
+from infrastructure.transport.port import NodeHops, OutboundSink, with_version
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,9 @@ class StateNode:
             cell.entity = None  # later messages queue until the entity is rebuilt
             if cell.tail is None:
                 self._load(ref, cell)
-        release = self._releaser(ref, cell, outcome, reply_to, hops)
+        # the reply's position token: the stream's version once this message's events (or,
+        # without events, the earlier writes it waits for) are durable; none if nothing stands
+        release = self._releaser(ref, cell, outcome, reply_to, hops, 0 if outcome.restore else entity.version)
         if outcome.events and not outcome.restore:
             assert cell.tail is not None
             cell.tail.waiters.append(release)
@@ -310,7 +312,7 @@ class StateNode:
             self._load(ref, cell)  # (a released cell is not reloaded: its shard is elsewhere)
 
     def _releaser(self, ref: EntityRef, cell: Cell, outcome: Outcome, reply_to: ReplyTo,
-                  hops: NodeHops) -> Callable[[PersistenceError | None], None]:
+                  hops: NodeHops, version: int = 0) -> Callable[[PersistenceError | None], None]:
         def release(error: PersistenceError | None) -> None:
             hops.append = time.perf_counter() - hops.handled
             hops.node = self.settings.node_id
@@ -318,7 +320,8 @@ class StateNode:
             if error is not None:
                 _answer(reply_to, _error_reply(outcome.reply.message_id, f"not applied: {error}", retryable=True))
                 return
-            _answer(reply_to, outcome.reply)
+            if reply_to is not None:
+                reply_to(with_version(outcome.reply, version))
             for effect in outcome.effects:
                 if isinstance(effect, Tell):
                     if self.router is not None:

@@ -42,7 +42,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope
 from infrastructure.transport.link import Link
-from infrastructure.transport.port import NodeHops, OutboundSink, ReplyCallback, callback_when_done
+from infrastructure.transport.port import NodeHops, OutboundSink, ReplyCallback, StoredReply, callback_when_done
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ClusterClient:
         corr = next(self._corr)
         ask = _Ask(on_reply, to, message, link, owner[0], loop.time() + (timeout or self.ask_timeout_s), hops)
         self._asks[corr] = ask
-        if not link.send(Deliver(corr, to, message, True)):
+        if not link.send(Deliver(corr, to, message, True, True)):
             del self._asks[corr]
             callback_when_done(self.ask_future(to, message, timeout, hops), on_reply)
             return
@@ -153,8 +153,7 @@ class ClusterClient:
         else:  # the envelope carries no message ID (the caller has it)
             if ask.hops is not None and envelope.hops is not None:
                 ask.hops.fill(ask.node, envelope.hops)
-            ask.on_reply(Reply(ask.message.message_id, reply.ok, reply.payload, reply.code, reply.reason,
-                               reply.retryable), None)
+            ask.on_reply(_reply(ask.message.message_id, reply, envelope.version), None)
 
     def _continue(self, ask: _Ask) -> None:
         """Hand a fast-path ask over to :meth:`ask` with the time it has left."""
@@ -194,7 +193,7 @@ class ClusterClient:
         corr = next(self._corr)
         future: asyncio.Future[ReplyEnvelope] = asyncio.get_running_loop().create_future()
         self._pending[corr] = (future, link)
-        if not link.send(Deliver(corr, to, message, True)):
+        if not link.send(Deliver(corr, to, message, True, True)):
             self._pending.pop(corr, None)
             return _retry(message.message_id, f"link to {node} closed"), True
         try:
@@ -217,7 +216,7 @@ class ClusterClient:
         # (not owned, fenced, draining) or a write that lost to the new owner's takeover
         # marker look the same from here, and resending is always safe (message IDs).
         moving = not r.ok and r.code == "retry"
-        return Reply(message.message_id, r.ok, r.payload, r.code, r.reason, r.retryable), moving
+        return _reply(message.message_id, r, envelope.version), moving
 
     async def _await_reply(self, future: asyncio.Future[ReplyEnvelope], to: EntityRef, node: str,
                            timeout: float) -> ReplyEnvelope:
@@ -424,6 +423,14 @@ class ClusterClient:
 
 class _OwnerChanged(Exception):
     """The shard map moved the entity while a reply was awaited."""
+
+
+def _reply(message_id: str, r: Reply, version: int) -> Reply:
+    """The reply of a REPLY envelope (which carries no message ID: the asker has it), with
+    its stored version when the node sent one."""
+    if version:
+        return StoredReply(message_id, r.ok, r.payload, r.code, r.reason, r.retryable, version)
+    return Reply(message_id, r.ok, r.payload, r.code, r.reason, r.retryable)
 
 
 def _retry(message_id: str, reason: str) -> Reply:

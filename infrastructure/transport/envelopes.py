@@ -9,7 +9,7 @@ Sender → receiver:
 - ``AUTH``     [6, proof]                           connecting side's second frame (handshake:
                                                       infrastructure/transport/auth.py)
 - ``DELIVER``  [2, corr, category, entity_id, message, want_reply]   edge/node → owning node
-- ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable, hops?] node → asker
+- ``REPLY``    [3, corr, epoch, ok, payload, code, reason, retryable(, hops(, version))] node → asker
 - ``OUTBOUND`` [4, category, entity_id, effect]     node → each edge interested in the entity
 - ``INTEREST`` [5, add[[category, id]...], remove[...]]  edge → node: entities it holds
                                                       connections for (outbound goes only there)
@@ -17,7 +17,16 @@ Sender → receiver:
 ``message`` is [kind, message_id, timestamp, ...fields] with kinds 1 Connect, 2 Terminated,
 3 ClientMessage, 4 EntityMessage. ``effect`` is [1 Send, target, payload, coalesce_key] or
 [2 Terminate, connection_id, reason, reconnect]; ``target`` is [1, connection_id] |
-[2] (all) | [3, match]. A malformed envelope raises :class:`EnvelopeError` - and nothing
+[2] (all) | [3, match].
+
+Compatible additions (no new protocol version: both sides of a rolling upgrade understand
+each other): ``want_reply`` 2 (instead of true) asks for the reply's stored ``version`` (the
+read-your-writes position, :class:`~infrastructure.transport.port.StoredReply`); only then
+does the node append it to the ``REPLY``, so a node never sends a 9-element ``REPLY`` to an
+asker that did not ask (older parsers take exactly 8), and an older node answers a 2 like
+true (``bool(2)``), without the version. Parsers ignore elements beyond those they know.
+
+A malformed envelope raises :class:`EnvelopeError` - and nothing
 else, whatever the bytes (a property-based test feeds it arbitrary input).
 
 Optional trailing fields: a field added to an envelope goes at its end and may be left
@@ -46,6 +55,8 @@ from domain.refs import EntityRef
 from infrastructure.errors import TransportError
 
 HELLO, DELIVER, REPLY, OUTBOUND, INTEREST, AUTH = 1, 2, 3, 4, 5, 6
+WANT_REPLY_AND_VERSION = 2
+"""``want_reply`` asking for the reply's stored version too (see the module docstring)."""
 MAX_HANDSHAKE_BYTES = 64
 """Longest nonce or proof accepted (ours are 32 bytes): nothing big is kept from an unauthenticated peer."""
 _HEADER = struct.Struct(">I")
@@ -86,6 +97,7 @@ class Deliver:
     to: EntityRef
     message: Inbound
     want_reply: bool
+    want_version: bool = False  # the asker wants the reply's stored version (REPLY's 9th element)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,7 @@ class ReplyEnvelope:
     reply: Reply
     hops: tuple[float, float, float] | None = None
     """The node's (queue, handler, append) seconds; optional (see the module docstring)."""
+    version: int = 0  # the stored version (0: none, or not asked for); sent only when non-zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +154,15 @@ HEADER_BYTES = _HEADER.size
 
 def _to_list(e: Envelope) -> list[Any]:
     if isinstance(e, Deliver):
-        return [DELIVER, e.corr, e.to.category, e.to.entity_id, _message_to_list(e.message), e.want_reply]
+        want = WANT_REPLY_AND_VERSION if e.want_reply and e.want_version else e.want_reply
+        return [DELIVER, e.corr, e.to.category, e.to.entity_id, _message_to_list(e.message), want]
     if isinstance(e, ReplyEnvelope):
         r = e.reply
         fields = [REPLY, e.corr, e.epoch, r.ok, r.payload, r.code, r.reason, r.retryable]
-        if e.hops is not None:
-            fields.append(list(e.hops))
+        if e.hops is not None or e.version:
+            fields.append(None if e.hops is None else list(e.hops))  # index 8: hops (None: not measured)
+        if e.version:
+            fields.append(e.version)  # index 9: only when the asker asked for it
         return fields
     if isinstance(e, Outbound):
         return [OUTBOUND, e.source.category, e.source.entity_id, _effect_to_list(e.effect)]
@@ -162,12 +178,18 @@ def _from_list(d: Any) -> Envelope:
         raise EnvelopeError("envelope must be a non-empty array")
     kind = d[0]
     if kind == DELIVER:
-        _, corr, category, entity_id, message, want_reply = d
-        return Deliver(_wire_int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply))
+        _, corr, category, entity_id, message, want_reply = d[:6]
+        want_version = want_reply == WANT_REPLY_AND_VERSION and not isinstance(want_reply, bool)
+        return Deliver(_wire_int(corr), EntityRef(category, entity_id), _message_from_list(message), bool(want_reply),
+                       want_version)
     if kind == REPLY:
         _, corr, epoch, ok, payload, code, reason, retryable = d[:8]
-        hops = _hops(d[8]) if len(d) > 8 else None
-        return ReplyEnvelope(_wire_int(corr), _wire_int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)), hops)
+        hops = _hops(d[8]) if len(d) > 8 and d[8] is not None else None
+        version = d[9] if len(d) > 9 else 0
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise EnvelopeError("a reply's stored version must be a non-negative integer")
+        return ReplyEnvelope(_wire_int(corr), _wire_int(epoch), Reply("", bool(ok), payload, code, reason, bool(retryable)),
+                             hops, version)
     if kind == OUTBOUND:
         _, category, entity_id, effect = d
         return Outbound(EntityRef(category, entity_id), _effect_from_list(effect))

@@ -7,11 +7,37 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from domain.effects import Reply, Send, Terminate
 from domain.messages import Inbound
 from domain.refs import EntityRef
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply(Reply):
+    """A reply with ``version``: how far its entity's stream was stored when the reply left
+    (everything up to it durable, this message's events included). The edge turns it into
+    the reply's position token (``<stream>@<version>``, :mod:`infrastructure.read_port`), which
+    a read presents to see its own writes. A plain :class:`Reply` has none (the platform's own
+    refusals: not owned, stopping, unavailable). The version is not part of the answer: a
+    duplicate message gets the original reply (equal to it) with the stream's version now."""
+
+    version: int = field(default=0, compare=False)
+
+
+def with_version(reply: Reply, version: int) -> Reply:
+    """``reply`` carrying ``version`` (unchanged when ``version`` is 0: nothing stored yet)."""
+    if not version:
+        return reply
+    return StoredReply(reply.message_id, reply.ok, reply.payload, reply.code, reply.reason, reply.retryable, version)
+
+
+def version_of(reply: Reply) -> int:
+    """The stored version a reply carries (0: none)."""
+    return reply.version if isinstance(reply, StoredReply) else 0
+
 
 ReplyCallback = Callable[[Reply | None, BaseException | None], None]
 """Receives ``(reply, None)`` or ``(None, error)`` exactly once (see ``Transport.ask_callback``)."""

@@ -54,7 +54,7 @@ from infrastructure.transport import handshake
 from infrastructure.transport.auth import FailureLog, LinkAuth, TransportAuthError
 from infrastructure.transport.envelopes import Deliver, Envelope, Interest, Outbound, ReplyEnvelope, frame
 from infrastructure.transport.link import Link
-from infrastructure.transport.port import NodeHops
+from infrastructure.transport.port import NodeHops, version_of
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,8 @@ class NodeServer:
         hops = NodeHops()
         if d.want_reply:
             def reply_to(reply: Reply, link: Link = link, d: Deliver = d) -> None:
-                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply, hops.durations()))
+                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply, hops.durations(),
+                                        version_of(reply) if d.want_version else 0))
         self.node.deliver(d.to, d.message, reply_to, hops)
 
     def _refusal(self, link: Link, d: Deliver) -> tuple[str, bool] | None:

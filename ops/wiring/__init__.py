@@ -8,6 +8,7 @@ checked by the import-linter contracts in pyproject.toml).
 
 - :mod:`ops.wiring.node`: a state node's parts and lifecycle (shared by every process with one)
 - :mod:`ops.wiring.dev`: the one-process platform and its edge (``xplatform run``)
+- :mod:`ops.wiring.readmodels`: the read side of ``xplatform run`` (secantusdb child, projectors, query API port)
 - :mod:`ops.wiring.cluster`: cluster membership and routing (ZooKeeper + network client)
 - :mod:`ops.wiring.state_node`: a clustered state node (``xplatform state-node``)
 - :mod:`ops.wiring.edge`: a clustered public edge (``xplatform edge``)

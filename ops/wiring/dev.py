@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,6 +26,7 @@ from edge.metrics import EdgeMetrics
 from edge.sockets import raise_open_file_limit
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence import EventJournal
+from infrastructure.read_port import ReadPort
 from infrastructure.runtime import StateNode
 from infrastructure.runtime.sharding import ShardOwnership
 from infrastructure.settings import Settings
@@ -33,6 +34,9 @@ from infrastructure.transport import LocalTransport
 from ops.wiring.metrics import add_metrics
 from ops.wiring.node import build_node, start_node, stop_node
 from ops.wiring.proxies import build_remote_calls
+
+if TYPE_CHECKING:  # imported by run() only: other commands need no database driver
+    from ops.wiring.readmodels import DevReadModels
 
 
 @dataclass
@@ -76,19 +80,26 @@ def build_platform(
     return Platform(settings, node.journal, node, transport)
 
 
-def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Path | None = STATIC_DIR) -> web.Application:
+def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Path | None = STATIC_DIR,
+            read_models: DevReadModels | None = None, reads: ReadPort | None = None) -> web.Application:
     """The edge application of ``platform`` (public edge, internal edge when configured, dev
-    tokens when on, the demo page from ``static_dir``) with ``/metrics`` (edge and node
-    registries: on the app's port while it listens on loopback, else on the internal
-    listener). The platform starts before the edge and stops after it."""
+    tokens when on, the demo page from ``static_dir``, the query API of ``read_models``, or of
+    the read port ``reads``, when given) with ``/metrics`` (edge and node registries: on the
+    app's port while it listens on loopback, else on the internal listener). The platform
+    starts before the edge and stops after it; the read models stop before it (they are
+    started by :func:`serve_dev` once the edge listens: serving first, read models after)."""
     config = config or EdgeConfig.from_settings(platform.settings)
     metrics = EdgeMetrics()
+    if read_models is not None:
+        reads = read_models.port
     app = build_edge_app(platform.transport, platform.node.types.categories, config, metrics=metrics,
-                         static_dir=static_dir)
+                         static_dir=static_dir, reads=reads)
 
     async def platform_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await platform.start()
         yield
+        if read_models is not None:
+            await asyncio.to_thread(read_models.stop)
         await platform.stop()
 
     app.cleanup_ctx.insert(0, platform_lifecycle)  # first: started before the edge, stopped after it
@@ -100,7 +111,8 @@ def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Pa
     return app
 
 
-async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None) -> None:
+async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event | None = None,
+                    read_models: DevReadModels | None = None) -> None:
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
     raise_open_file_limit()
 
@@ -109,10 +121,12 @@ async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
               f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
               flush=True)
+        if read_models is not None:
+            read_models.start()  # in the background: the database and the projectors come up after this line
         if ready is not None:
             ready.set()
 
-    await serve_app(dev_app(platform, config), config, announce)
+    await serve_app(dev_app(platform, config, read_models=read_models), config, announce)
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None, dev_tokens_on_network: bool = False,
@@ -130,11 +144,18 @@ def run(settings: Settings, host: str | None = None, port: int | None = None, de
 
         print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
               f"node={settings.node_id}", flush=True)
+        if settings.run_read_models:
+            print("read models off: not served with --workers yet (run without it to see them)", flush=True)
         asyncio.run(serve_with_workers(settings, config, workers))
         return
     platform = build_platform(settings)
+    read_models = None
+    if settings.run_read_models:
+        from ops.wiring.readmodels import DevReadModels
+
+        read_models = DevReadModels(settings, platform.journal)
     print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
-    asyncio.run(serve_dev(platform, config))
+    asyncio.run(serve_dev(platform, config, read_models=read_models))
 
 
 def dev_edge_config(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool) -> EdgeConfig:

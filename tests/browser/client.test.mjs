@@ -5,7 +5,7 @@ import { webcrypto } from 'node:crypto';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from './msgpack.js';
-import { connect, Kind, uuid4, XPlatformError } from './xplatform.js';
+import { connect, Kind, positionVersion, read, uuid4, XPlatformError } from './xplatform.js';
 
 globalThis.crypto ??= webcrypto; // node 18 (Debian's nodejs) has no global crypto; browsers and node 20 do
 
@@ -295,4 +295,53 @@ test('pushes reach onPush; close() says BYE and closes 1000', async () => {
   assert.equal(states.at(-1)[1].reason, 'client_left');
   await sleep(30);
   assert.equal(FakeWebSocket.instances.length, 1);
+});
+
+test("a REPLY's position token (5th element) is exposed; older 4-element REPLYs still settle", async () => {
+  const { conn, socket } = setup();
+  await until(() => socket(0), 'socket');
+  const ws = socket(0);
+  ws.accept();
+  assert.equal(conn.position, null);
+  const plain = conn.request({ type: 'chat', text: 'hi' }, { messageId: 'p-1' });
+  ws.deliver([Kind.REPLY, 'p-1', true, { posted: 'p-1' }]); // an edge without tokens
+  assert.deepEqual(await plain, { posted: 'p-1' });
+  assert.equal(conn.position, null);
+  const bid = conn.request({ type: 'bid', amount: 10 }, { messageId: 'p-2', withPosition: true });
+  ws.deliver([Kind.REPLY, 'p-2', true, { status: 'accepted' }, 'Lot-lot 1@7']);
+  assert.deepEqual(await bid, { payload: { status: 'accepted' }, position: 'Lot-lot 1@7' });
+  assert.equal(conn.position, 'Lot-lot 1@7');
+  const refused = conn.request({ type: 'bid', amount: 1 }, { messageId: 'p-3' });
+  ws.deliver([Kind.REPLY, 'p-3', false, { code: 'rejected', reason: 'too low' }, 'Lot-lot 1@7']);
+  await assert.rejects(refused, (err) => err.code === 'rejected' && err.position === 'Lot-lot 1@7');
+  ws.deliver([Kind.REPLY, 'late', true, null, 'Lot-lot 1@5']); // an older position never replaces a newer one
+  assert.equal(conn.position, 'Lot-lot 1@7');
+  assert.equal(positionVersion('Lot-a@b@12'), 12);
+  assert.equal(positionVersion(null), 0);
+  conn.close();
+});
+
+test('read() asks the query API with the token, filters and consistency, and maps refusals', async () => {
+  const calls = [];
+  const answers = [
+    { status: 200, body: { document: { _id: 'vase', high_amount: 10 } } },
+    { status: 200, body: { documents: [], more: false } },
+    { status: 504, body: { error: 'consistency_timeout', reason: 'behind', retryable: true } },
+  ];
+  const fakeFetch = async (url, init) => {
+    calls.push([url, init]);
+    const { status, body } = answers.shift();
+    return { ok: status === 200, status, json: async () => body };
+  };
+  const doc = await read({ url: 'http://edge.test:8080/', projection: 'auction_board', key: 'a vase', token: 'T',
+    after: 'Lot-a vase@3', waitMs: 100, fetch: fakeFetch });
+  assert.deepEqual(doc, { _id: 'vase', high_amount: 10 });
+  assert.equal(calls[0][0], 'http://edge.test:8080/read/auction_board/a%20vase?after=Lot-a+vase%403&wait_ms=100');
+  assert.deepEqual(calls[0][1].headers, { Authorization: 'Bearer T' });
+  const list = await read({ url: 'ws://edge.test:8080', projection: 'auction_board', filters: { status: 'open' },
+    limit: 5, maxLagMs: 0, token: 'T', fetch: fakeFetch });
+  assert.deepEqual(list, { documents: [], more: false });
+  assert.equal(calls[1][0], 'http://edge.test:8080/read/auction_board?status=open&limit=5&max_lag_ms=0');
+  await assert.rejects(read({ url: 'http://edge.test:8080', projection: 'auction_board', key: 'x', token: 'T', fetch: fakeFetch }),
+    (err) => err instanceof XPlatformError && err.code === 'consistency_timeout' && err.status === 504 && err.retryable);
 });

@@ -3,7 +3,8 @@
 Two browser pages share one lot: the auctioneer opens it in page 1 and page 2 sees it open;
 the bidder bids in page 2 and page 1 shows the new high bid; a too-low bid is rejected
 visibly; the bidder's socket drops and the page reconnects with the same connection ID;
-both pages show a measured round trip. The server is the README's run command,
+both pages show a measured round trip; both pages' read-model board shows the lot's high bid and
+bid count, and the bidder's summary his bids. The server is the README's run command,
 started here as a subprocess on a free port with a temp data dir.
 
 Chromium and its driver come from Debian (``chromium``, ``chromium-driver``; ``ops/dev.sh``
@@ -114,6 +115,21 @@ class Browser:
             raise AssertionError(f"{self.name}: #{element_id} is {self.text(element_id)!r}, expected "
                                  f"{what or expected!r} within {WAIT_S:.0f} s") from None
 
+    def board_row(self, lot: str) -> list[str] | None:
+        """The cells of ``lot``'s row on the read-model board (lot, title, status, high bid, bidder, bids)."""
+        row: list[str] | None = self.driver.execute_script(
+            "const r = [...document.querySelectorAll('#board-rows tr')].find((t) => t.dataset.lot === arguments[0]);"
+            "return r ? Array.from(r.cells, (c) => c.textContent) : null;", lot)
+        return row
+
+    def wait_board_row(self, lot: str, check: Callable[[list[str]], bool], what: str, timeout_s: float = WAIT_S) -> None:
+        try:
+            WebDriverWait(self.driver, timeout_s, poll_frequency=0.1).until(
+                lambda d: (row := self.board_row(lot)) is not None and check(row))
+        except TimeoutException:
+            raise AssertionError(f"{self.name}: board row of {lot} is {self.board_row(lot)!r}, expected {what} "
+                                 f"(board status: {self.text('board-status')!r})") from None
+
     def fill(self, element_id: str, value: str) -> None:
         field = self.driver.find_element(By.ID, element_id)
         field.clear()
@@ -213,6 +229,15 @@ def test_two_pages_share_a_live_lot(server: XplatformRun, browsers: Callable[[st
         seen_after = time.monotonic() - started
         bidder.wait_text("high-amount", "10")
 
+        # the read-model view follows: the auction house board (every lot, high bid, bid count) on
+        # both pages and the bidder's own summary across lots, read from the query API (the first
+        # read waits for the run's secantusdb to come up)
+        for page in (auctioneer, bidder):
+            page.wait_board_row(lot, lambda row: row[2:] == ["open", "10", "bob", "1"], "open, 10 by bob, 1 bid",
+                                timeout_s=WAIT_S * 4)
+        bidder.wait_text("sum-bids", "1")
+        bidder.wait_text("sum-best", "10")
+
         # a bid below the minimum is refused, visibly, and changes nothing
         bidder.fill("bid-amount", "15")
         bidder.click("bid-btn")
@@ -230,6 +255,8 @@ def test_two_pages_share_a_live_lot(server: XplatformRun, browsers: Callable[[st
         assert bidder.driver.execute_script("return window.xplatformDemo.conn.cid") == cid
         bidder.click("bid-next")
         auctioneer.wait_text("high-amount", "20")
+        auctioneer.wait_board_row(lot, lambda row: row[3:] == ["20", "bob", "2"], "20 by bob, 2 bids")
+        bidder.wait_text("sum-bids", "2")
 
         # the auctioneer closes; both see the winner
         auctioneer.click("close-btn")

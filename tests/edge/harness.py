@@ -37,6 +37,7 @@ from edge.client import Client, connect
 from edge.config import EdgeConfig
 from edge.public import EDGE_KEY, PublicEdge
 from infrastructure.persistence import new_mapper
+from infrastructure.read_port import ReadPort
 from infrastructure.settings import Settings
 from ops.wiring.dev import Platform, build_platform, dev_app
 from tests.edge.entities import Room
@@ -121,12 +122,13 @@ class Edge:
 
 
 @asynccontextmanager
-async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
+async def running_edge(tmp_path: Path, *, reads: ReadPort | None = None, platform: Platform | None = None,
+                       **overrides: Any) -> AsyncIterator[Edge]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps(jwks_of(RSA_KEY, KID)))
     settings = Settings(store="sqlite", data_dir=str(tmp_path / "data"), ask_timeout_s=5.0)
-    platform = build_platform(settings, entities=(Room, Lot, Bidder))
+    platform = platform or build_platform(settings, entities=(Room, Lot, Bidder))
     device_secret = tmp_path / "device.secret"
     device_secret.write_bytes(os.urandom(32).hex().encode())
     values: dict[str, Any] = dict(port=0, jwt_jwks_file=str(jwks_file), jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
@@ -134,7 +136,7 @@ async def running_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
                                   device_secret_file=str(device_secret))
     values.update(overrides)
     config = EdgeConfig(**values)
-    app = dev_app(platform, config, static_dir=None)
+    app = dev_app(platform, config, static_dir=None, reads=reads)
     runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
     await runner.setup()
     server = await listen_public(runner, app, "127.0.0.1", 0)

@@ -20,6 +20,7 @@ from infrastructure.transport import LocalTransport, handshake
 from infrastructure.transport.auth import LinkAuth
 from infrastructure.transport.client import ClusterClient
 from infrastructure.transport.envelopes import Deliver, Hello, frame
+from infrastructure.transport.port import version_of
 from infrastructure.transport.server import NodeServer
 from ops.wiring.node import build_node, start_node, stop_node
 from tests.support.entities import Counter
@@ -151,5 +152,41 @@ def test_cut_connection_reconnects_and_outbound_resumes(tmp_path: Path) -> None:
             assert sink.got and sink.got[-1][1].payload == {"total": acknowledged}  # pushes flow again
             await edge.close()
             await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_replies_carry_the_stored_version_only_to_askers_that_ask(tmp_path: Path) -> None:
+    """The read-your-writes position crosses the network: the edge-side client asks for it and
+    gets the stored version; a peer that does not ask (an edge of the previous version) gets the
+    eight-element REPLY it can parse."""
+    async def scenario() -> None:
+        settings = Settings(store="sqlite", data_dir=str(tmp_path))
+        async with node_server(settings, StaticShards(64, OWNED, epoch=1), lambda peer: True) as server:
+            ref = owned_ref(True)
+            edge = ClusterClient("edge-1", "edge", route=lambda r: ("node-a", 1), address_of=lambda n: server.address,
+                                 auth=EDGE_AUTH)
+            assert (await edge.ask(ref, Connect("c", time.time(), "conn", {"sub": "u"}))).ok
+            reply = await edge.ask(ref, ClientMessage("m1", time.time(), "conn", msgpack.packb({"type": "add", "n": 2})))
+            stored = len(server.node.journal.read(ref.stream_id))
+            assert reply.ok and version_of(reply) == stored > 0
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            await handshake.connect(reader, writer, EDGE_AUTH, "edge-old", "edge", (), "node-a")
+
+            async def ask_raw(corr: int, message_id: str, want: bool, want_version: bool) -> list[Any]:
+                message = ClientMessage(message_id, time.time(), "conn", msgpack.packb({"type": "add", "n": 1}))
+                writer.write(frame(Deliver(corr, ref, message, want, want_version)))
+                await writer.drain()
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                body: list[Any] = msgpack.unpackb(await reader.readexactly(length), raw=False)
+                return body
+
+            old = await ask_raw(1, "m2", True, False)
+            assert old[0] == 3 and len(old) == 8 and old[3] is True  # what an older edge parses
+            new = await ask_raw(2, "m3", True, True)
+            assert len(new) == 9 and new[8] == len(server.node.journal.read(ref.stream_id)) == stored + 2
+            writer.close()
+            await edge.close()
 
     asyncio.run(scenario())

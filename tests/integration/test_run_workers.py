@@ -66,7 +66,9 @@ async def _auction(url: str, lot_id: str) -> None:
     viewers = [await connect(url, "Lot", lot_id, tokens["vic"]) for _ in range(4)]
     bidder = await connect(url, "Lot", lot_id, tokens["bob"])
     try:
-        assert (await auctioneer.request({"type": "open", "title": "Vase", "increment": 5})).ok
+        opened = await auctioneer.request({"type": "open", "title": "Vase", "increment": 5})
+        # the reply's position token crossed the network transport (worker <-> node) with it
+        assert opened.ok and opened.position is not None and opened.position.startswith(f"Lot-{lot_id}@"), opened
         assert (await bidder.request({"type": "register", "limit": 1000})).ok
         for viewer in viewers:
             while True:  # pushes until the lot shows open

@@ -49,6 +49,8 @@ outlines = st.one_of(
     st.tuples(st.just(3), values, values, values, values, values, values, values,  # REPLY with hop durations
               st.lists(st.floats() | st.integers(min_value=0, max_value=2**64 - 1) | values, max_size=4)
               | values).map(list),
+    st.tuples(st.just(3), values, values, values, values, values, values, values,  # REPLY with hops and a version
+              st.none() | st.lists(st.floats(), max_size=4) | values, values).map(list),
     st.tuples(st.just(4), names, names, effects).map(list),  # OUTBOUND
     st.tuples(st.just(5), st.lists(st.lists(names, max_size=3) | values, max_size=3),
               st.lists(st.lists(names, max_size=3) | values, max_size=3)).map(list),  # INTEREST

@@ -92,6 +92,8 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         ("loadtests.bench_connections", ["--connections", "200"], {"connections"}),
         ("loadtests.bench_hot_entity", ["--viewers", "20", "--fanout", "--fanout-rate", "50", "--fanout-seconds", "0.5"],
          {"fanout_frames_per_s", "raw_broadcast_frames_per_s", "fanout_ratio"}),
+        ("loadtests.bench_read_your_writes", ["--bids", "8", "--lots", "2"],
+         {"read_your_writes_p50_ms", "read_your_writes_p99_ms", "samples"}),
     ]:
         done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
