@@ -20,11 +20,12 @@ Sender → receiver:
 [2] (all) | [3, match].
 
 Compatible additions (no new protocol version: both sides of a rolling upgrade understand
-each other): ``want_reply`` 2 (instead of true) asks for the reply's stored ``version`` (the
-read-your-writes position, :class:`~infrastructure.transport.port.StoredReply`); only then
-does the node append it to the ``REPLY``, so a node never sends a 9-element ``REPLY`` to an
-asker that did not ask (older parsers take exactly 8), and an older node answers a 2 like
-true (``bool(2)``), without the version. Parsers ignore elements beyond those they know.
+each other): ``want_reply`` 2 (instead of true) marks an asker of this version, which wants
+the reply's ``hops`` (index 8) and stored ``version`` (index 9: the read-your-writes position,
+:class:`~infrastructure.transport.port.StoredReply`); only then does the node append them to
+the ``REPLY``, so a node never sends more than 8 elements to an asker that did not ask (older
+parsers take exactly 8), and an older node answers a 2 like true (``bool(2)``), with 8.
+Parsers ignore elements beyond those they know.
 
 A malformed envelope raises :class:`EnvelopeError` - and nothing
 else, whatever the bytes (a property-based test feeds it arbitrary input).
@@ -97,7 +98,7 @@ class Deliver:
     to: EntityRef
     message: Inbound
     want_reply: bool
-    want_version: bool = False  # the asker wants the reply's stored version (REPLY's 9th element)
+    want_version: bool = False  # the asker wants the reply's hops and stored version (REPLY's 9th, 10th)
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,8 +171,11 @@ class NodeServer:
         hops = NodeHops()
         if d.want_reply:
             def reply_to(reply: Reply, link: Link = link, d: Deliver = d) -> None:
-                link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply, hops.durations(),
-                                        version_of(reply) if d.want_version else 0))
+                if d.want_version:  # an asker of this version: the node's hop durations and the stored version
+                    link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply, hops.durations(),
+                                            version_of(reply)))
+                else:  # an older edge parses exactly 8 fields
+                    link.send(ReplyEnvelope(d.corr, self.node.ownership.epoch(d.to), reply))
         self.node.deliver(d.to, d.message, reply_to, hops)
 
     def _refusal(self, link: Link, d: Deliver) -> tuple[str, bool] | None:

@@ -185,7 +185,8 @@ def test_replies_carry_the_stored_version_only_to_askers_that_ask(tmp_path: Path
             old = await ask_raw(1, "m2", True, False)
             assert old[0] == 3 and len(old) == 8 and old[3] is True  # what an older edge parses
             new = await ask_raw(2, "m3", True, True)
-            assert len(new) == 9 and new[8] == len(server.node.journal.read(ref.stream_id)) == stored + 2
+            assert len(new) == 10 and new[9] == len(server.node.journal.read(ref.stream_id)) == stored + 2
+            assert isinstance(new[8], list) and len(new[8]) == 3  # the node's hop durations
             writer.close()
             await edge.close()
 
