@@ -17,6 +17,9 @@ from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
 SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES"
+SAMPLE_PROJECTIONS = "projections.auction:PROJECTIONS"
+"""The auction's sample read models (a board of every lot, a per-bidder summary): the default
+of ``projections``, what ``xplatform projector`` runs unless told otherwise."""
 """The two sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
 UserStates and their Rooms): the default of ``entities``, so ``xplatform run`` serves both demo
 pages, and what ``xplatform demo`` serves (it drives the auction)."""
@@ -71,6 +74,32 @@ class Settings:
     eventstoredb_stream_prefix: str = _setting("", "Prepended to every stream name, so several installations "
                                                "(staging, test runs) can share one cluster without seeing "
                                                "each other's streams. Empty in production.")
+    # ---- projections (`xplatform projector`, `xplatform projection ...`)
+    projections: str = _setting(SAMPLE_PROJECTIONS, "Comma-separated module:ATTRIBUTE topics of the projections "
+                                "`xplatform projector` runs (an attribute: a Projection subclass or a list/tuple "
+                                "of them), like entities. The auction samples by default, so the README's commands "
+                                "show read models as written; a wrong topic stops the process at start.")
+    mongo_uri: str = _setting("mongodb://127.0.0.1:27017/", "Where read models live: MongoDB's standard local "
+                              "port for development; production names its replica set "
+                              "(mongodb://a,b,c/?replicaSet=rs0), written with write concern majority "
+                              "(projections/mongo.py says why). Also read from MONGO_URI.")
+    mongo_database: str = _setting("xplatform", "One database per platform installation, like the event store's.")
+    projector_batch_size: int = _setting(500, "Events per MongoDB write round trip at most: 500 small updates "
+                                         "are one ~100 KB bulk write, far under MongoDB's limits, and a live "
+                                         "projector rarely has more waiting (projections/catchup.py).")
+    projector_max_in_flight: int = _setting(2000, "Events read (or delivered by a persistent subscription) and "
+                                            "not yet applied, per projection: bounds memory while MongoDB is "
+                                            "slower than the store (four batches of read-ahead).")
+    projector_message_timeout_s: float = _setting(30.0, "Persistent subscriptions: an event not acked in this "
+                                                  "time is delivered again (the server's default): long enough "
+                                                  "for a slow MongoDB write, short enough that a hung "
+                                                  "projector's events move on.")
+    projector_max_retry_count: int = _setting(10, "Persistent subscriptions: deliveries of an event (nacked or "
+                                              "timed out) before the server parks it, so one poison event cannot "
+                                              "stall its group (the server's default).")
+    projector_lag_interval_s: float = _setting(5.0, "How often a projector samples each read model's lag for "
+                                               "its gauges: one read of the pending events (up to 10k) per "
+                                               "projection per interval, cheap, and finer than a 15 s scrape.")
     shards_per_category: int = _setting(64, "Fixed per category for the life of the data (the shard "
                                         "function must never move an entity); 64 spreads over up to "
                                         "~16 nodes with room to rebalance.")
@@ -294,11 +323,13 @@ class Settings:
             raise ConfigurationError("XPLATFORM_GC_RECLAIM_EVERY_S must be 0 (no freezing) or a positive number of seconds")
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
-        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port"):
+        for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port",
+                     "projector_batch_size", "projector_max_retry_count"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
-                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s"):
+                     "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s",
+                     "projector_message_timeout_s", "projector_lag_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:
@@ -308,6 +339,11 @@ class Settings:
         if self.transport_tls_cert_file and not self.transport_tls_ca_file:
             raise ConfigurationError("XPLATFORM_TRANSPORT_TLS_CERT_FILE needs XPLATFORM_TRANSPORT_TLS_CA_FILE too: "
                                      "state nodes also dial each other and verify the peer's certificate")
+        if self.projector_max_in_flight < self.projector_batch_size:
+            raise ConfigurationError("XPLATFORM_PROJECTOR_MAX_IN_FLIGHT must be at least XPLATFORM_PROJECTOR_BATCH_SIZE")
+        if not self.mongo_database or set(self.mongo_database) & set('/\\. "$'):
+            raise ConfigurationError(f"XPLATFORM_MONGO_DATABASE={self.mongo_database!r} must be a MongoDB database "
+                                     "name (non-empty, none of / \\ . space \" $)")
         if self.edge_workers < 0:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
         if self.cluster_insecure not in (0, 1):
@@ -368,6 +404,8 @@ class Settings:
                 raise ConfigurationError(f"XPLATFORM_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         if "eventstoredb_uri" not in values and environ.get("EVENTSTOREDB_URI"):
             values["eventstoredb_uri"] = environ["EVENTSTOREDB_URI"]
+        if "mongo_uri" not in values and environ.get("MONGO_URI"):
+            values["mongo_uri"] = environ["MONGO_URI"]
         values.update(overrides)
         return cls(**values)
 
