@@ -202,18 +202,17 @@ class PersistentProjector:
     def _settle(self, consumer: GroupConsumer, arrived: Sequence[Delivery]) -> None:
         """Apply what is ready among the held and the arrived deliveries, ack it, hold the rest."""
         now = time.monotonic()
-        extra_acks: list[Delivery] = []  # older copies of a redelivered event: acked with it
         for delivery in arrived:
+            # a redelivery (the server's message timeout) replaces the copy held: never ack the
+            # old one as well - the server acks by event ID, so that would settle the new one
             key = (delivery.event.stream_id, delivery.event.version)
             earlier = self._held.get(key)
-            if earlier is not None:
-                extra_acks.append(earlier.delivery)
             self._held[key] = _Held(delivery, earlier.since if earlier is not None else now)
         self.model.refresh()
         while self._held and not self._stopped.is_set():
             ready = self._ready()
             if not ready:
-                return
+                break
             events = [held.delivery.event for held in ready]
             try:
                 self._write(events)
@@ -225,11 +224,9 @@ class PersistentProjector:
                 continue
             for held in ready:
                 del self._held[(held.delivery.event.stream_id, held.delivery.event.version)]
-            self._ack(consumer, [held.delivery for held in ready] + extra_acks)
-            extra_acks = []
+            self._ack(consumer, [held.delivery for held in ready])
             self.batches += 1
             return
-        self._ack(consumer, extra_acks)
 
     def _ready(self) -> list[_Held]:
         """The held deliveries that can be applied now, in the store's order: per stream,

@@ -9,8 +9,7 @@ here it is one line naming the topic, and the process does not start.
 
 from __future__ import annotations
 
-import importlib
-
+from infrastructure.topics import topic_members
 from projections.errors import ProjectionTopicError
 from projections.projection import Projection
 
@@ -43,31 +42,12 @@ def select(projections: list[Projection], name: str) -> Projection:
 
 
 def _classes_of(topic: str, setting: str) -> list[type[Projection]]:
-    module_name, colon, attribute = topic.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ProjectionTopicError(f"{setting} topic {topic!r} must be module:ATTRIBUTE "
-                                   "(e.g. projections.auction:PROJECTIONS)")
-    try:
-        value: object = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ProjectionTopicError(f"{setting} topic {topic!r}: no module {module_name!r} "
-                                       "(is its directory on PYTHONPATH, or its package installed?)") from None
-        raise ProjectionTopicError(f"{setting} topic {topic!r}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:  # the module's own code failed (a ProjectionDefinitionError among others)
-        raise ProjectionTopicError(f"{setting} topic {topic!r}: importing {module_name!r} failed: "
-                                   f"{type(exc).__name__}: {exc}") from exc
-    for part in attribute.split("."):
-        if not hasattr(value, part):
-            raise ProjectionTopicError(f"{setting} topic {topic!r}: module {module_name!r} has no attribute {attribute!r}")
-        value = getattr(value, part)
-    members = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not members:
-        raise ProjectionTopicError(f"{setting} topic {topic!r} is an empty list")
-    for member in members:
+    classes: list[type[Projection]] = []
+    for member in topic_members(topic, setting, "projections.auction:PROJECTIONS", ProjectionTopicError):
         if not (isinstance(member, type) and issubclass(member, Projection) and member is not Projection):
             raise ProjectionTopicError(f"{setting} topic {topic!r}: {member!r} is not a Projection class")
-    return members
+        classes.append(member)
+    return classes
 
 
 __all__ = ["resolve_projections", "select"]

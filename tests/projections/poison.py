@@ -30,4 +30,12 @@ class FlakyBoard(AuctionBoard):
         return super().bid(event, doc)
 
 
+class StubbornBoard(FlakyBoard):
+    """The same poison with the "stop" policy: the persistent projector nacks it, the server
+    retries and then parks it in the group."""
+
+    NAME = "stubborn_board"
+    ON_ERROR = "stop"
+
+
 PROJECTIONS = (FlakyBoard,)

@@ -38,7 +38,7 @@ from projections.mongo import MongoReadModel, live_collection
 from projections.persistent import group_name, group_settings, group_source
 from projections.projection import Projection
 from tests.conftest import eventstoredb_settings, sqlite_settings
-from tests.projections.poison import POISON_AMOUNT, FlakyBoard
+from tests.projections.poison import POISON_AMOUNT, FlakyBoard, StubbornBoard
 from tests.projections.test_catchup import LOTS, replay, run_auctions
 from tests.support.servers import MongoWireServer
 
@@ -65,7 +65,7 @@ class ProjectorProcess:
 
     def count(self, projection: str, outcome: str) -> float:
         page = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
-        line = re.search(rf'^xplatform_projection_events_total\{{projection="{projection}",outcome="{outcome}"\}} (\S+)$',
+        line = re.search(rf'^xplatform_projection_events_total\{{outcome="{outcome}",projection="{projection}"\}} (\S+)$',
                          page, re.MULTILINE)
         return float(line.group(1)) if line else 0.0
 
@@ -154,6 +154,17 @@ def sqlite_journal(sqlite: Settings) -> Iterator[EventJournal]:
     journal = open_journal(sqlite)
     yield journal
     journal.close()
+
+
+def server_parked(settings: Settings, projection: Projection) -> int:
+    groups = open_subscriptions(settings)
+    try:
+        return groups.group_info(group_name(projection, settings.eventstoredb_stream_prefix),
+                                 group_source(projection)).parked
+    except SubscriptionGroupNotFound:
+        return 0
+    finally:
+        groups.close()
 
 
 def group_consumers(settings: Settings, projection: Projection) -> int:
@@ -311,6 +322,32 @@ def test_a_poison_event_holds_its_stream_back_and_replay_parked_applies_it_after
         # and the stream is free again: live events apply
         assert kit.client(EntityRef("Lot", "lot-3"), "c-cat", {"type": "bid", "amount": 2000}).ok
         wait_for("live events of the freed stream", equals_replay(model, projection, esdb), projector)
+    finally:
+        projector.stop()
+
+
+def test_with_policy_stop_a_poison_event_is_nacked_retried_then_parked_by_the_server_and_replayed_after_the_fix(
+        esdb: Settings, esdb_journal: EventJournal, mongo_db: Db, mongo_server: MongoWireServer,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "fixed"
+    monkeypatch.setenv("XPLATFORM_TEST_POISON_FIXED", str(marker))
+    projection = StubbornBoard()
+    run_auctions(Sandbox(Lot, Bidder, journal=esdb_journal), range(LOTS))
+    held_back = len(parked_in_replay(FlakyBoard(), esdb))  # the poison and the lot's later events
+    env = env_of(esdb, mongo_server, mongo_db.name, "tests.projections.poison:StubbornBoard")
+    env.update({"XPLATFORM_PROJECTOR_MAX_RETRY_COUNT": "1", "XPLATFORM_PROJECTOR_MESSAGE_TIMEOUT_S": "1"})
+    model = MongoReadModel(projection, mongo_db)
+    projector = ProjectorProcess(env)
+    try:
+        wait_for("the server to park the poison event and its lot's later events",
+                 lambda: server_parked(esdb, projection) == held_back, projector)
+        assert model.parked() == []  # parked by the server, not in the read model
+        assert model.raw_documents() == replay(FlakyBoard(), esdb).raw  # lot-3 before the poison, the rest complete
+        marker.write_text("fixed")
+        done = xplatform(env, "projection", "replay-parked", "stubborn_board")
+        assert done.returncode == 0 and "delivers the group's parked events again" in done.stdout, done.stdout + done.stderr
+        wait_for("the replayed events applied", equals_replay(model, projection, esdb), projector)
+        assert server_parked(esdb, projection) == 0
     finally:
         projector.stop()
 
