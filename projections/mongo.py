@@ -271,7 +271,7 @@ def live_collection(database: Database[Any], name: str) -> str:
     return str(pointer["collection"]) if pointer is not None else name
 
 
-def switch_live(database: Database[Any], name: str, collection: str) -> str | None:
+def switch_live(database: Database[Any], name: str, collection: str) -> str:
     """Point readers of projection ``name`` at ``collection`` (one atomic document write);
     returns the collection that was live before."""
     before = database[POINTERS].find_one_and_update(
