@@ -29,7 +29,7 @@ from domain import EntityRef
 from domain.auction import Bidder, Lot
 from infrastructure.errors import SubscriptionGroupNotFound
 from infrastructure.persistence import EventJournal, open_event_stream, open_journal, open_subscriptions
-from infrastructure.persistence.subscriptions import EventFilter
+from infrastructure.persistence.subscriptions import EventFilter, GroupInfo
 from infrastructure.settings import Settings
 from infrastructure.testkit import Sandbox
 from projections.auction import AuctionBoard, BidderSummary
@@ -156,26 +156,25 @@ def sqlite_journal(sqlite: Settings) -> Iterator[EventJournal]:
     journal.close()
 
 
-def server_parked(settings: Settings, projection: Projection) -> int:
+def group_info(settings: Settings, projection: Projection) -> GroupInfo | None:
+    """The projection's consumer group as the server reports it (None before a projector made it)."""
     groups = open_subscriptions(settings)
     try:
-        return groups.group_info(group_name(projection, settings.eventstoredb_stream_prefix),
-                                 group_source(projection)).parked
+        return groups.group_info(group_name(projection, settings.eventstoredb_stream_prefix), group_source(projection))
     except SubscriptionGroupNotFound:
-        return 0
+        return None
     finally:
         groups.close()
+
+
+def server_parked(settings: Settings, projection: Projection) -> int:
+    info = group_info(settings, projection)
+    return 0 if info is None else info.parked
 
 
 def group_consumers(settings: Settings, projection: Projection) -> int:
-    groups = open_subscriptions(settings)
-    try:
-        return groups.group_info(group_name(projection, settings.eventstoredb_stream_prefix),
-                                 group_source(projection)).consumers
-    except SubscriptionGroupNotFound:
-        return 0
-    finally:
-        groups.close()
+    info = group_info(settings, projection)
+    return 0 if info is None else info.consumers
 
 
 # ---------------------------------------------------------------------- persistent subscriptions
