@@ -69,6 +69,11 @@ class ProjectorProcess:
                          page, re.MULTILINE)
         return float(line.group(1)) if line else 0.0
 
+    def gauge(self, name: str, projection: str) -> float | None:
+        page = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
+        line = re.search(rf'^{name}\{{projection="{projection}"\}} (\S+)$', page, re.MULTILINE)
+        return float(line.group(1)) if line else None
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -363,6 +368,13 @@ def test_on_sqlite_the_projector_runs_catch_up_and_stops_gracefully(
         for projection in (AuctionBoard(), BidderSummary()):
             model = MongoReadModel(projection, mongo_db)
             wait_for(f"{projection.NAME} to equal a replay", equals_replay(model, projection, sqlite), projector)
+            # the lag gauges, sampled by the process: caught up, nothing parked, at the model's position
+            wait_for("the lag gauges", lambda: projector.gauge("xplatform_projection_lag_events", projection.NAME) == 0,
+                     projector)
+            assert projector.gauge("xplatform_projection_position", projection.NAME) == model.position()
+            assert projector.gauge("xplatform_projection_lag_seconds", projection.NAME) == 0
+            assert projector.gauge("xplatform_projection_parked_events", projection.NAME) == 0
+            assert (projector.gauge("xplatform_projection_batch_duration_seconds_count", projection.NAME) or 0) > 0
     finally:
         out = projector.stop()
     assert "catch-up subscriptions" in projector.first_line and "projector stopped" in out
