@@ -18,6 +18,11 @@ from infrastructure.errors import ConfigurationError
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
 LOG_FORMATS = ("text", "json")
 SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES"
+SAMPLE_PROJECTIONS = "projections.auction:PROJECTIONS"
+"""The auction's sample read models (a board of every lot, a per-bidder summary): the default
+of ``projections``, what ``xplatform projector`` runs unless told otherwise."""
+LOCAL_MONGO_URI = "mongodb://127.0.0.1:27017/"
+"""MongoDB's standard local port: what the projector uses when no XPLATFORM_MONGO_URI is set."""
 """The two sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
 UserStates and their Rooms): the default of ``entities``, so ``xplatform run`` serves both demo
 pages, and what ``xplatform demo`` serves (it drives the auction)."""
@@ -72,6 +77,23 @@ class Settings:
     eventstoredb_stream_prefix: str = _setting("", "Prepended to every stream name, so several installations "
                                                "(staging, test runs) can share one cluster without seeing "
                                                "each other's streams. Empty in production.")
+    # ---- projections (`xplatform projector`, `xplatform projection ...`; the read models: see mongo_uri)
+    projector_batch_size: int = _setting(500, "Events per MongoDB write round trip at most: 500 small updates "
+                                         "are one ~100 KB bulk write, far under MongoDB's limits, and a live "
+                                         "projector rarely has more waiting (projections/catchup.py).")
+    projector_max_in_flight: int = _setting(2000, "Events read (or delivered by a persistent subscription) and "
+                                            "not yet applied, per projection: bounds memory while MongoDB is "
+                                            "slower than the store (four batches of read-ahead).")
+    projector_message_timeout_s: float = _setting(30.0, "Persistent subscriptions: an event not acked in this "
+                                                  "time is delivered again (the server's default): long enough "
+                                                  "for a slow MongoDB write, short enough that a hung "
+                                                  "projector's events move on.")
+    projector_max_retry_count: int = _setting(10, "Persistent subscriptions: deliveries of an event (nacked or "
+                                              "timed out) before the server parks it, so one poison event cannot "
+                                              "stall its group (the server's default).")
+    projector_lag_interval_s: float = _setting(5.0, "How often a projector samples each read model's lag for "
+                                               "its gauges: one read of the pending events (up to 10k) per "
+                                               "projection per interval, cheap, and finer than a 15 s scrape.")
     shards_per_category: int = _setting(64, "Fixed per category for the life of the data (the shard "
                                         "function must never move an entity); 64 spreads over up to "
                                         "~16 nodes with room to rebalance.")
@@ -221,12 +243,15 @@ class Settings:
                                           "stopped.")
     mongo_uri: str = _setting("", "MongoDB of the read models (a replica set URI in production: write concern "
                               "majority, see projections/mongo.py). Also read from MONGO_URI. Empty: `xplatform run` "
-                              "starts an embedded secantusdb server (a separate process; pip extra 'readmodels').")
+                              "starts an embedded secantusdb server (a separate process; pip extra 'readmodels'), "
+                              "and `xplatform projector`/`projection` use MongoDB's local default port "
+                              "(LOCAL_MONGO_URI: development).")
     mongo_database: str = _setting("xplatform", "One database per platform installation; each projection's "
                                    "collections are named after it inside.")
-    projections: str = _setting("projections.auction:PROJECTIONS", "Comma-separated module:ATTRIBUTE topics of "
-                                "the projection classes (a Projection subclass or a list/tuple of them), like "
-                                "entities: the auction samples by default, so `xplatform run` shows their board.")
+    projections: str = _setting(SAMPLE_PROJECTIONS, "Comma-separated module:ATTRIBUTE topics of the projection "
+                                "classes (a Projection subclass or a list/tuple of them) that `xplatform run` and "
+                                "`xplatform projector` run, like entities: the auction samples by default, so the "
+                                "README's commands show their board; a wrong topic stops the process at start.")
     run_read_models: int = _setting(1, "1: `xplatform run` runs the read models too (MongoDB or an embedded "
                                     "secantusdb, the projections caught up in-process, the query API on its edge), "
                                     "so the demo shows them with no set-up. 0: off (benchmarks of the write path, "
@@ -400,12 +425,12 @@ class Settings:
         if self.gc_gen0_threshold < 0:
             raise ConfigurationError("XPLATFORM_GC_GEN0_THRESHOLD must be 0 (keep default) or positive")
         for name in ("shards_per_category", "snapshot_every", "max_batch_events", "postgres_port",
-                     "transport_max_handshakes"):
+                     "transport_max_handshakes", "projector_batch_size", "projector_max_retry_count"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive integer")
         for name in ("passivate_after_s", "passivate_sweep_s", "ask_timeout_s", "eventstoredb_deadline_s",
                      "zk_session_timeout_s", "supervisor_restart_max_s", "transport_handshake_timeout_s",
-                     "transport_previous_owner_window_s"):
+                     "transport_previous_owner_window_s", "projector_message_timeout_s", "projector_lag_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"XPLATFORM_{name.upper()} must be a positive number")
         if self.transport_advertise:
@@ -420,6 +445,11 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise ConfigurationError(f"XPLATFORM_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
                                      f"not {self.log_format!r}")
+        if self.projector_max_in_flight < self.projector_batch_size:
+            raise ConfigurationError("XPLATFORM_PROJECTOR_MAX_IN_FLIGHT must be at least XPLATFORM_PROJECTOR_BATCH_SIZE")
+        if not self.mongo_database or set(self.mongo_database) & set('/\\. "$'):
+            raise ConfigurationError(f"XPLATFORM_MONGO_DATABASE={self.mongo_database!r} must be a MongoDB database "
+                                     "name (non-empty, none of / \\ . space \" $)")
         if self.edge_workers < 0:
             raise ConfigurationError(f"XPLATFORM_EDGE_WORKERS must be 0 or more (got {self.edge_workers})")
         if self.drills_enabled not in (0, 1):
@@ -495,6 +525,8 @@ class Settings:
             values["mongo_uri"] = environ["MONGO_URI"]
         if "eventstoredb_uri" not in values and environ.get("EVENTSTOREDB_URI"):
             values["eventstoredb_uri"] = environ["EVENTSTOREDB_URI"]
+        if "mongo_uri" not in values and environ.get("MONGO_URI"):
+            values["mongo_uri"] = environ["MONGO_URI"]
         values.update(overrides)
         return cls(**values)
 
@@ -504,6 +536,10 @@ class Settings:
     @property
     def sqlite_path(self) -> Path:
         return Path(self.data_dir) / "events.sqlite3"
+
+    def read_model_uri(self) -> str:
+        """The MongoDB the projector and the projection commands use (``mongo_uri``, else the local default)."""
+        return self.mongo_uri or LOCAL_MONGO_URI
 
     def journal_env(self) -> dict[str, str]:
         """Environment for the eventsourcing infrastructure factory of ``store``."""

@@ -17,6 +17,11 @@ Subcommands:
             XPLATFORM_ENTITIES line) that ``xplatform run`` serves unchanged
   drain, rolling-restart, rebalance, doctor, drill failover
             runbook commands on a cluster, through ZooKeeper (ops/runbook/, ops/RUNBOOK.md)
+  projector run the projections XPLATFORM_PROJECTIONS names into MongoDB (XPLATFORM_MONGO_URI):
+            persistent subscriptions on EventStoreDB, catch-up on SQLite/PostgreSQL; until SIGTERM
+  projection status [--json] | rebuild NAME [--dry-run] | replay-parked NAME
+            read models' position, lag and parked events; rebuild one from scratch and switch
+            readers over; apply parked events again after a fix (ops/RUNBOOK.md "Read models")
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from pymongo.errors import PyMongoError
 
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
@@ -41,6 +47,7 @@ from infrastructure.persistence import new_mapper, open_journal
 from infrastructure.settings import SAMPLE_ENTITIES, Settings
 from ops.runbook import commands as runbook
 from ops.wiring.dev import Platform, build_platform
+from projections.errors import ProjectionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("name", help="the package's name (a Python identifier)")
     new.add_argument("--dir", default=".", help="directory to write NAME/ in (default: the current one)")
     runbook.add_commands(sub)
+    sub.add_parser("projector", help="run the projections of XPLATFORM_PROJECTIONS into MongoDB until SIGTERM")
+    projection = sub.add_parser("projection", help="read model operations: status, rebuild, replay-parked")
+    projection_sub = projection.add_subparsers(dest="operation", required=True)
+    projection_status = projection_sub.add_parser("status", help="position, lag and parked events per read model")
+    projection_status.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    projection_rebuild = projection_sub.add_parser("rebuild", help="replay into fresh collections, then switch readers")
+    projection_rebuild.add_argument("name", help="the projection's NAME")
+    projection_rebuild.add_argument("--dry-run", action="store_true",
+                                    help="rebuild, compare with the live read model, drop it again; switch nothing")
+    projection_replay = projection_sub.add_parser("replay-parked", help="apply parked events again (after a fix)")
+    projection_replay.add_argument("name", help="the projection's NAME")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -111,10 +129,27 @@ def main(argv: list[str] | None = None) -> int:
             _new(args.name, Path(args.dir))
         elif args.command in runbook.COMMANDS:
             return runbook.run_command(args, settings)
-    except InfrastructureError as exc:
+        elif args.command == "projector":
+            from ops.wiring.projector import serve_projector
+
+            asyncio.run(serve_projector(settings))
+        elif args.command == "projection":
+            return _projection(settings, args)
+    except (InfrastructureError, ProjectionError, PyMongoError) as exc:
         print(f"xplatform: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _projection(settings: Settings, args: argparse.Namespace) -> int:
+    from ops import projection_ops
+
+    if args.operation == "status":
+        projection_ops.status(settings, as_json=args.json)
+        return 0
+    if args.operation == "rebuild":
+        return projection_ops.rebuild_command(settings, args.name, dry_run=args.dry_run)
+    return projection_ops.replay_parked_command(settings, args.name)
 
 
 def _new(name: str, directory: Path) -> None:

@@ -17,7 +17,7 @@ model equals a replay of its streams (guarantee 5), exactly once.
 
 ``python -m projections.catchup --projection projections.auction:AuctionBoard --mongo-uri URI
 --database NAME`` runs one on the store ``XPLATFORM_*`` configure (the ``xplatform projector``
-command comes with the projector runner).
+command runs every projection of ``XPLATFORM_PROJECTIONS`` this way on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import queue
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from infrastructure.errors import PersistenceError
@@ -60,7 +60,10 @@ class CatchUpProjector:
     position reaches ``until`` (catching up to a known head, e.g. in a rebuild or a test)."""
 
     def __init__(self, projection: Projection, stream: EventStream, model: MongoReadModel, *,
-                 batch_size: int = BATCH_SIZE, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 batch_size: int = BATCH_SIZE, max_in_flight: int = MAX_IN_FLIGHT,
+                 progress: Callable[[int, int | None], None] | None = None) -> None:
+        """``progress(events, position)``: called after each batch of a catch-up to ``until``
+        (events applied so far by this runner, the position reached), e.g. a progress line."""
         if batch_size < 1 or max_in_flight < batch_size:
             raise ProjectionError(f"batch_size {batch_size} must be >= 1 and <= max_in_flight {max_in_flight}")
         self.projection = projection
@@ -70,42 +73,58 @@ class CatchUpProjector:
         self._queue: queue.Queue[Any] = queue.Queue(max_in_flight)
         self._stopped = threading.Event()
         self.batches = 0
+        self.events = 0
+        self.progress = progress
 
     def stop(self) -> None:
         self._stopped.set()
 
     def run(self, until: int | None = None) -> None:
         """Follow the store and apply, until stopped or past ``until``. Raises the
-        projection's typed errors (a gap, a handler under policy "stop") and SourceFailed."""
+        projection's typed errors (a gap, a handler under policy "stop") and SourceFailed.
+        When a rebuild switches the live collections (``MongoReadModel.refresh``, checked
+        once per batch) it follows again from the new collections' position."""
         if until is not None:
             self._catch_up(until)
             return
+        while not self._stopped.is_set():
+            if not self._follow():
+                return
+
+    def _follow(self) -> bool:
+        """Subscribe after the model's position and apply; True when the live collections
+        switched (follow again), False when stopped or the subscription ended."""
         position = self.model.position()
         try:
             subscription = self.stream.subscribe_all(after=position, filter=EventFilter(categories=self.projection.CATEGORIES),
                                                      include_checkpoints=True)
         except PersistenceError as exc:
             raise SourceFailed(f"{self.projection.NAME}: cannot subscribe after {position}: {exc}") from exc
-        reader = threading.Thread(target=self._read, args=(subscription,), name=f"projector-{self.projection.NAME}",
-                                  daemon=True)
+        ended_reading = threading.Event()
+        self._queue = queue.Queue(self._queue.maxsize)
+        reader = threading.Thread(target=self._read, args=(subscription, ended_reading),
+                                  name=f"projector-{self.projection.NAME}", daemon=True)
         reader.start()
         try:
             while not self._stopped.is_set():
                 try:
                     first = self._queue.get(timeout=0.1)
                 except queue.Empty:
+                    if self.model.refresh():
+                        return True
                     continue
                 batch, checkpoint, ended = self._take(first)
-                reached = self._apply(batch, checkpoint)
+                self._apply(batch, checkpoint)
                 if ended is not None:
                     if isinstance(ended, BaseException):
                         raise SourceFailed(f"{self.projection.NAME}: the subscription failed: {ended}") from ended
-                    return
-                if until is not None and reached is not None and reached >= until:
-                    return
+                    return False
+                if self.model.refresh():
+                    return True
+            return False
         finally:
+            ended_reading.set()
             subscription.stop()
-            self._stopped.set()
             reader.join(timeout=5)
 
     def _catch_up(self, until: int) -> None:
@@ -123,22 +142,24 @@ class CatchUpProjector:
             short = len(events) < self.batch_size
             reached = self._apply(events, until if short else None)
             position = reached if reached is not None else position
+            if self.progress is not None:
+                self.progress(self.events, position)
             if short:
                 return
 
-    def _read(self, subscription: Any) -> None:
+    def _read(self, subscription: Any, ended: threading.Event) -> None:
         try:
             for item in subscription:
-                if not self._put(item):
+                if not self._put(item, ended):
                     return
         except Exception as exc:  # noqa: BLE001 - handed to the applying thread, which raises it typed
-            self._put(exc)
+            self._put(exc, ended)
             return
-        self._put(_END)
+        self._put(_END, ended)
 
-    def _put(self, item: object) -> bool:
+    def _put(self, item: object, ended: threading.Event) -> bool:
         """Queue ``item``, waiting while the queue is full (the in-flight bound); False when stopped."""
-        while not self._stopped.is_set():
+        while not self._stopped.is_set() and not ended.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
                 return True
@@ -168,6 +189,7 @@ class CatchUpProjector:
 
     def _apply(self, batch: Sequence[StreamEvent], checkpoint: int | None) -> int | None:
         plan = self.model.apply(batch) if batch else BatchPlan()
+        self.events += len(batch)
         reached = plan.position
         if checkpoint is not None and (reached is None or checkpoint > reached):
             moved = BatchPlan(position=checkpoint)

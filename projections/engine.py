@@ -17,6 +17,18 @@ every rule below; only the writing differs.
   so a batch cut short by a crash (documents written, tracking not) is delivered again
   and completes exactly once.
 
+**A parked event holds its stream back.** When an event is parked (``ON_ERROR = "park"``),
+the later events of its stream are parked behind it (error ``held behind <stream>@<version>``)
+instead of applied, and the stream's tracking stays just before it; other streams go on.
+So the read model stays the replay of each stream up to its tracked version (guarantee 5),
+and once the projection is fixed, replaying the parked events (in stream order,
+:meth:`projections.mongo.MongoReadModel.replay_parked`) applies them exactly as a replay
+would have: had the later events been applied, every document they touched would record
+them in ``_applied`` and the parked event, older, would be skipped there as a duplicate.
+A stream is held while the store lists any parked event of it
+(:meth:`DocumentSource.parked_streams`). A parked event keeps the delivered event itself
+(``Parked.event``), so replaying needs nothing from the event store.
+
 Within a batch, handlers see the documents as the earlier events of the batch left them.
 """
 
@@ -35,6 +47,8 @@ from projections.events import EventEnvelope, decode_event, event_type as event_
 from projections.projection import Document, Projection
 
 log = logging.getLogger(__name__)
+
+Delivered = StreamEvent | EventEnvelope
 
 APPLIED = "_applied"  # per document: escaped stream ID -> last version applied to it
 DELETED = "_deleted"  # a deleted document's tombstone keeps its _applied, so a redelivery cannot revive it
@@ -62,15 +76,21 @@ def applied_version(raw: Mapping[str, Any] | None, stream_id: str) -> int:
     return int((raw.get(APPLIED) or {}).get(escape_segment(stream_id), 0))
 
 
+HELD_BEHIND = "held behind "  # the error of an event parked behind an earlier parked one of its stream
+
+
 @dataclass(frozen=True, slots=True)
 class Parked:
-    """An event a projection could not apply, kept with the reason (ON_ERROR "park")."""
+    """An event a projection could not apply, kept with the reason (ON_ERROR "park"), or
+    held behind such an event of its stream (error ``held behind <stream>@<version>``).
+    ``event``: what was delivered, for replaying it (not compared)."""
 
     stream_id: str
     version: int
     position: int
     event_type: str
     error: str
+    event: Delivered | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -112,8 +132,8 @@ class DocumentSource(Protocol):
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
         """The tracked version of each of ``streams`` that has one."""
 
-
-Delivered = StreamEvent | EventEnvelope
+    def parked_streams(self, streams: Collection[str]) -> set[str]:
+        """Those of ``streams`` with a parked event (held back: see the module docstring)."""
 
 
 def _identity(item: Delivered) -> tuple[str, int, int]:
@@ -122,16 +142,21 @@ def _identity(item: Delivered) -> tuple[str, int, int]:
     return item.stream_id, item.version, item.position
 
 
-def plan_batch(projection: Projection, events: Sequence[Delivered], source: DocumentSource) -> BatchPlan:
+def plan_batch(projection: Projection, events: Sequence[Delivered], source: DocumentSource, *,
+               release: Collection[str] = ()) -> BatchPlan:
     """The plan of ``events`` (delivered in order) for ``projection``; see the module
-    docstring. Raises VersionGap, HandlerFailed or UnhandledEvent (policy "stop"): then
-    nothing of the batch may be written."""
+    docstring. ``release``: streams whose parked events are being replayed (not held back by
+    what the source has parked). Raises VersionGap, HandlerFailed or UnhandledEvent (policy
+    "stop"): then nothing of the batch may be written."""
     plan = BatchPlan()
     categories = projection.CATEGORIES
     ours = [item for item in events if _identity(item)[0].partition("-")[0] in categories]
     if len(ours) < len(events):
         plan.outcomes[OUTCOME_IGNORED] = len(events) - len(ours)
-    tracked = dict(source.stream_versions({_identity(item)[0] for item in ours}))
+    streams = {_identity(item)[0] for item in ours}
+    tracked = dict(source.stream_versions(streams))
+    parked = source.parked_streams(streams) - set(release) if streams else set()
+    held = {s: f"an earlier parked event of {s}" for s in parked}
     fresh: list[tuple[Delivered, str, int, int]] = []
     for item in ours:
         stream_id, version, position = _identity(item)
@@ -140,37 +165,46 @@ def plan_batch(projection: Projection, events: Sequence[Delivered], source: Docu
         last = tracked.get(stream_id, 0)
         if version <= last:
             plan.count(OUTCOME_DUPLICATE)
+        elif stream_id in held:
+            fresh.append((item, stream_id, version, position))  # parked behind: no gap to check
         elif version == last + 1:
             tracked[stream_id] = version
-            plan.streams[stream_id] = version
             fresh.append((item, stream_id, version, position))
         else:
             raise VersionGap(stream_id, last, version)
 
-    decoded: list[tuple[EventEnvelope | None, Exception | None, str, int, int]] = []
-    topics = {(s, v): item.topic for item, s, v, _ in fresh if isinstance(item, StreamEvent)}
+    decoded: list[tuple[EventEnvelope | None, Exception | None, Delivered, str, int, int]] = []
     for item, stream_id, version, position in fresh:
         try:
             envelope = item if isinstance(item, EventEnvelope) else decode_event(item, platform_events=projection.PLATFORM_EVENTS)
-            decoded.append((envelope, None, stream_id, version, position))
+            decoded.append((envelope, None, item, stream_id, version, position))
         except EventDecodeError as exc:
-            decoded.append((None, exc, stream_id, version, position))
+            decoded.append((None, exc, item, stream_id, version, position))
 
     cache = _Cache(source)
-    cache.prefetch(_keys(projection, (e for e, _, _, _, _ in decoded if e is not None)))
-    for envelope, error, stream_id, version, position in decoded:
-        event_type = envelope.type if envelope is not None else event_type_of(topics[(stream_id, version)])
+    cache.prefetch(_keys(projection, (d[0] for d in decoded if d[0] is not None and d[3] not in held)))
+    for envelope, error, item, stream_id, version, position in decoded:
+        event_type = (envelope.type if envelope is not None
+                      else event_type_of(item.topic) if isinstance(item, StreamEvent) else "?")
+        if stream_id in held:
+            plan.parked.append(Parked(stream_id, version, position, event_type, HELD_BEHIND + held[stream_id], item))
+            plan.count(OUTCOME_PARKED)
+            continue
         if error is None and envelope is None:
             plan.count(OUTCOME_IGNORED)  # a platform event the projection did not ask for
+            plan.streams[stream_id] = version
             continue
         if envelope is not None and envelope.platform and not projection.PLATFORM_EVENTS:
             plan.count(OUTCOME_IGNORED)  # an envelope fed by hand: the same rule
+            plan.streams[stream_id] = version
             continue
         handler = projection.handler(envelope) if envelope is not None else None
         if error is None and handler is None:
             if projection.ON_UNHANDLED == "stop":
-                raise UnhandledEvent(f"{projection.NAME}: no handler for {stream_id}@{version} ({event_type})")
+                raise UnhandledEvent(f"{projection.NAME}: no handler for {stream_id}@{version} ({event_type})",
+                                     stream_id, version)
             plan.count(OUTCOME_IGNORED)
+            plan.streams[stream_id] = version
             continue
         try:
             if error is not None:
@@ -185,16 +219,19 @@ def plan_batch(projection: Projection, events: Sequence[Delivered], source: Docu
                 raise HandlerFailed(f"{projection.NAME}: {stream_id}@{version} ({event_type}) failed: {reason}",
                                     stream_id, version) from exc
             if projection.ON_ERROR == "park":
-                plan.parked.append(Parked(stream_id, version, position, event_type, reason))
+                plan.parked.append(Parked(stream_id, version, position, event_type, reason, item))
+                held[stream_id] = f"{stream_id}@{version}"
                 plan.count(OUTCOME_PARKED)
             else:
                 plan.count(OUTCOME_SKIPPED)
+                plan.streams[stream_id] = version
             log.warning("projection %s: %s@%s (%s) %s: %s", projection.NAME, stream_id, version, event_type,
                         "parked" if projection.ON_ERROR == "park" else "skipped", reason)
             continue
         for write in writes:
             cache.put(write.key, write.after)
         plan.writes.extend(writes)
+        plan.streams[stream_id] = version
         plan.count(OUTCOME_APPLIED)
     plan.documents = cache.changed()
     return plan
@@ -260,5 +297,5 @@ class _Cache:
         return {key: copy.deepcopy(self._docs[key]) for key in self._changed}
 
 
-__all__ = ["APPLIED", "DELETED", "OUTCOMES", "BatchPlan", "DocumentSource", "DocumentWrite", "Parked", "plan_batch",
+__all__ = ["APPLIED", "DELETED", "HELD_BEHIND", "OUTCOMES", "BatchPlan", "DocumentSource", "DocumentWrite", "Parked", "plan_batch",
            "public"]

@@ -42,7 +42,21 @@ class HandlerFailed(ProjectionError):
 
 class UnhandledEvent(ProjectionError):
     """Raised when an event of a category the projection reads has a type no handler takes
-    and the projection's ``ON_UNHANDLED`` policy is ``stop``."""
+    and the projection's ``ON_UNHANDLED`` policy is ``stop``. ``stream_id``/``version`` name
+    the event."""
+
+    def __init__(self, message: str, stream_id: str = "", version: int = 0) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+        self.version = version
+
+
+class ProjectionTopicError(ProjectionError):
+    """Raised at start when ``XPLATFORM_PROJECTIONS`` (or a ``--projection``) cannot be
+    resolved: a malformed topic, a module or attribute that does not exist, a value that is
+    not a Projection class (or a list/tuple of them), two projections with one NAME, or a
+    NAME the command was asked about that the setting does not list. One line naming the
+    topic; the process does not start."""
 
 
 class VersionGap(ProjectionError):

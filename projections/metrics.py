@@ -18,7 +18,13 @@ class ProjectionMetrics:
     became of them (applied, ignored, duplicate, parked, skipped);
     ``xplatform_projection_batch_duration_seconds{projection}``: one batch from plan to its
     position written (a runner's round trips to the read model's database);
-    ``xplatform_projection_position{projection}``: the store position the read model reached."""
+    ``xplatform_projection_position{projection}``: the store position the read model reached;
+    ``xplatform_projection_lag_events{projection}``: events of its categories stored after that
+    position (counted up to :data:`projections.lag.COUNT_CAP`);
+    ``xplatform_projection_lag_seconds{projection}``: how long ago the oldest of them was
+    recorded (0 when caught up); ``xplatform_projection_parked_events{projection}``: events
+    parked (or held behind a parked one) awaiting ``replay-parked``. The last three are
+    sampled by the projector process (``XPLATFORM_PROJECTOR_LAG_INTERVAL_S``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -29,6 +35,13 @@ class ProjectionMetrics:
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.position = Gauge("xplatform_projection_position", "Store position a read model has reached.",
                               ["projection"], registry=self.registry)
+        self.lag_events = Gauge("xplatform_projection_lag_events", "Events of a projection's categories stored "
+                                "after the position its read model reached (capped).", ["projection"],
+                                registry=self.registry)
+        self.lag_seconds = Gauge("xplatform_projection_lag_seconds", "Age of the oldest event a read model has not "
+                                 "applied yet (0 when caught up).", ["projection"], registry=self.registry)
+        self.parked = Gauge("xplatform_projection_parked_events", "Events a read model parked (or holds behind a "
+                            "parked one), awaiting replay-parked.", ["projection"], registry=self.registry)
 
     def record(self, projection: str, plan: BatchPlan, seconds: float | None = None) -> None:
         """Count a written batch's outcomes (and its duration and position, when a runner wrote it)."""

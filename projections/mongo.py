@@ -10,7 +10,19 @@ Collections of a projection ``NAME``:
   filter ``{"_deleted": {"$ne": true}}`` and drop ``_applied`` themselves.
 - ``NAME__tracking``: per source stream the last version considered (``stream:<id>``), and
   the position reached (``position``).
-- ``NAME__parked``: events the projection parked (``ON_ERROR = "park"``), with the error.
+- ``NAME__parked``: events the projection parked (``ON_ERROR = "park"``) or held behind a
+  parked event of their stream, with the error and the event itself (``engine``: a parked
+  event holds its stream back); :meth:`MongoReadModel.replay_parked` applies them again.
+
+**Which collections are live: the pointer.** ``xplatform_read_models`` holds one document per
+projection, ``{_id: NAME, collection: <live>}``; without one, ``NAME`` is live. The three
+collections above are named after the live one (``<live>``, ``<live>__tracking``,
+``<live>__parked``). A rebuild (:mod:`projections.rebuild`) fills fresh collections
+``NAME__r<stamp>`` and then switches readers over by rewriting that one pointer document:
+a single-document write, atomic in MongoDB, so a reader that resolves the pointer sees
+either the old read model whole or the new one whole. Readers and runners resolve it when
+the model is built and again on :meth:`MongoReadModel.refresh` (runners call it once per
+batch, a query API once per request: one small read).
 
 **One batch, three round trips**: one ``find`` of the documents the batch's handlers are
 given (``engine.plan_batch``), one ordered ``bulk_write`` of every document change, one of
@@ -33,9 +45,10 @@ them again. ``w=1`` is faster and safe only with a single server.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
@@ -44,6 +57,7 @@ from pymongo.collection import Collection as MongoCollection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from infrastructure.persistence.subscriptions import StreamEvent
 from projections.changes import Delete, Increment, Push, Set, Unset, escape_segment
 from projections.engine import (
     APPLIED,
@@ -62,6 +76,9 @@ from projections.projection import Document, Projection
 DUPLICATE_KEY = 11000
 POSITION_ID = "position"
 STREAM_PREFIX = "stream:"
+POINTERS = "xplatform_read_models"
+"""The collection of pointer documents naming each projection's live collection."""
+log = logging.getLogger(__name__)
 CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
 
 
@@ -75,13 +92,35 @@ class MongoReadModel:
     """One projection's read model in a MongoDB database. ``apply(events)`` handles a batch
     (see the module docstring); the rest reads it."""
 
-    def __init__(self, projection: Projection, database: Database[Any], metrics: ProjectionMetrics | None = None) -> None:
+    def __init__(self, projection: Projection, database: Database[Any], metrics: ProjectionMetrics | None = None, *,
+                 collection: str | None = None) -> None:
+        """``collection``: the collections to use (a rebuild's fresh ones); None: the live
+        ones, as the pointer names them (module docstring)."""
         self.projection = projection
-        db = database.with_options(codec_options=CODEC_OPTIONS)
-        self.collection: MongoCollection[dict[str, Any]] = db[projection.NAME]
-        self.tracking: MongoCollection[dict[str, Any]] = db[f"{projection.NAME}__tracking"]
-        self.parked_collection: MongoCollection[dict[str, Any]] = db[f"{projection.NAME}__parked"]
+        self.database = database.with_options(codec_options=CODEC_OPTIONS)
         self.metrics = metrics
+        self.pinned = collection is not None
+        self._bind(collection or live_collection(self.database, projection.NAME))
+
+    def _bind(self, name: str) -> None:
+        self.name = name
+        self.collection: MongoCollection[dict[str, Any]] = self.database[name]
+        self.tracking: MongoCollection[dict[str, Any]] = self.database[f"{name}__tracking"]
+        self.parked_collection: MongoCollection[dict[str, Any]] = self.database[f"{name}__parked"]
+
+    def refresh(self) -> bool:
+        """Follow the pointer to the live collections (after a rebuild switched them); True
+        if they changed. A model built on given collections stays on them."""
+        if self.pinned:
+            return False
+        try:
+            name = live_collection(self.database, self.projection.NAME)
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: reading the live collection's pointer failed: {exc}") from exc
+        if name == self.name:
+            return False
+        self._bind(name)
+        return True
 
     # ------------------------------------------------------------------ DocumentSource
     def load(self, keys: Collection[str]) -> dict[str, Document]:
@@ -97,6 +136,12 @@ class MongoReadModel:
             return {doc["_id"][len(STREAM_PREFIX):]: int(doc["version"]) for doc in found}
         except PyMongoError as exc:
             raise ModelWriteError(f"{self.projection.NAME}: reading stream tracking failed: {exc}") from exc
+
+    def parked_streams(self, streams: Collection[str]) -> set[str]:
+        try:
+            return set(self.parked_collection.distinct("stream_id", {"stream_id": {"$in": list(streams)}}))
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: reading parked events failed: {exc}") from exc
 
     # ------------------------------------------------------------------ writing
     def apply(self, events: Sequence[Delivered]) -> BatchPlan:
@@ -116,8 +161,9 @@ class MongoReadModel:
         if plan.parked:
             self._bulk(self.parked_collection, [
                 UpdateOne({"_id": f"{p.stream_id}@{p.version}"},
-                          {"$setOnInsert": {"stream_id": p.stream_id, "version": p.version, "position": p.position,
-                                            "event_type": p.event_type, "error": p.error}}, upsert=True)
+                          {"$set": {"error": p.error},
+                           "$setOnInsert": {"stream_id": p.stream_id, "version": p.version, "position": p.position,
+                                            "event_type": p.event_type, "event": _stored_event(p)}}, upsert=True)
                 for p in plan.parked])
         tracking = [UpdateOne({"_id": STREAM_PREFIX + stream}, {"$max": {"version": version}}, upsert=True)
                     for stream, version in plan.streams.items()]
@@ -177,8 +223,75 @@ class MongoReadModel:
         return None if doc is None else int(doc["position"])
 
     def parked(self) -> list[Parked]:
-        return [Parked(d["stream_id"], d["version"], d["position"], d["event_type"], d["error"])
-                for d in self.parked_collection.find({}).sort("position", 1)]
+        """The parked events, in the order they were delivered (with the events themselves)."""
+        return [Parked(d["stream_id"], d["version"], d["position"], d["event_type"], d["error"],
+                       _delivered(d["stream_id"], d["version"], d["position"], d.get("event")))
+                for d in self.parked_collection.find({}).sort([("position", 1), ("version", 1)])]
+
+    def parked_count(self) -> int:
+        return self.parked_collection.count_documents({})
+
+    def replay_parked(self, rounds: int = 10) -> tuple[int, list[Parked]]:
+        """Apply the parked events again (after the projection was fixed), each stream's in
+        version order, with the projection as it is now; returns how many were applied and
+        what is still parked. An event that fails again is parked again (its error
+        updated) and holds the rest of its stream back as before. A runner may park more
+        events of a held stream meanwhile: they are picked up by the next round (up to
+        ``rounds``, while a round applies something)."""
+        applied = 0
+        for _ in range(rounds):
+            progressed = 0
+            by_stream: dict[str, list[Parked]] = {}
+            for parked in self.parked():
+                by_stream.setdefault(parked.stream_id, []).append(parked)
+            for stream_id, items in by_stream.items():
+                items.sort(key=lambda p: p.version)
+                events = [p.event for p in items if p.event is not None]
+                if len(events) < len(items):
+                    log.warning("%s: parked events of %s fed as envelopes cannot be replayed", self.name, stream_id)
+                    continue
+                plan = plan_batch(self.projection, events, self, release={stream_id})
+                self.write(plan)
+                progressed += plan.outcomes.get("applied", 0) + plan.outcomes.get("ignored", 0) + \
+                    plan.outcomes.get("skipped", 0)
+                tracked = self.stream_versions([stream_id]).get(stream_id, 0)
+                try:
+                    self.parked_collection.delete_many({"stream_id": stream_id, "version": {"$lte": tracked}})
+                except PyMongoError as exc:
+                    raise ModelWriteError(f"{self.parked_collection.name}: clearing replayed events failed: {exc}") from exc
+            applied += progressed
+            if not progressed:
+                break
+        return applied, self.parked()
+
+
+def live_collection(database: Database[Any], name: str) -> str:
+    """The live collection of projection ``name``: the pointer's (module docstring), else ``name``."""
+    pointer = database[POINTERS].find_one({"_id": name})
+    return str(pointer["collection"]) if pointer is not None else name
+
+
+def switch_live(database: Database[Any], name: str, collection: str) -> str:
+    """Point readers of projection ``name`` at ``collection`` (one atomic document write);
+    returns the collection that was live before."""
+    before = database[POINTERS].find_one_and_update(
+        {"_id": name}, {"$set": {"collection": collection, "switched_at": datetime.now(UTC)}}, upsert=True)
+    return str(before["collection"]) if before is not None else name
+
+
+def _stored_event(parked: Parked) -> dict[str, Any] | None:
+    """What a parked record keeps of the delivered event, to replay it (stored events only)."""
+    event = parked.event
+    if not isinstance(event, StreamEvent):
+        return None
+    return {"topic": event.topic, "state": event.state, "event_id": event.event_id, "recorded_at": event.recorded_at}
+
+
+def _delivered(stream_id: str, version: int, position: int, kept: Mapping[str, Any] | None) -> StreamEvent | None:
+    if not kept:
+        return None
+    return StreamEvent(stream_id=stream_id, version=version, position=position, event_id=kept["event_id"],
+                       topic=kept["topic"], state=bytes(kept["state"]), recorded_at=kept.get("recorded_at"))
 
 
 def update_for(write: DocumentWrite) -> UpdateOne:
@@ -226,4 +339,4 @@ def update_for(write: DocumentWrite) -> UpdateOne:
     return UpdateOne(query, update, upsert=True)
 
 
-__all__ = ["MongoReadModel", "connect", "update_for"]
+__all__ = ["POINTERS", "MongoReadModel", "connect", "live_collection", "switch_live", "update_for"]

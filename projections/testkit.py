@@ -51,6 +51,9 @@ class MemoryModel:
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
         return {s: self.streams[s] for s in streams if s in self.streams}
 
+    def parked_streams(self, streams: Collection[str]) -> set[str]:
+        return {p.stream_id for p in self.parked if p.stream_id in streams}
+
     def commit(self, plan: BatchPlan) -> None:
         for key, raw in plan.documents.items():
             if raw is not None:

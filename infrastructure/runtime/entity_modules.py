@@ -13,13 +13,13 @@ topic and the process does not start.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Iterator
 
 from domain.entity import Entity
 from infrastructure.errors import ConfigurationError
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.settings import Settings
+from infrastructure.topics import topic_members
 
 
 class EntityTopicError(ConfigurationError):
@@ -54,29 +54,7 @@ def resolve_entities(topics: str) -> EntityTypes:
 
 
 def _classes_of(topic: str) -> Iterator[type[Entity]]:
-    module_name, colon, attribute = topic.partition(":")
-    if not colon or not module_name or not attribute:
-        raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r} must be module:ATTRIBUTE "
-                               "(e.g. domain.auction:ENTITIES)")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r}: no module {module_name!r} "
-                                   "(is its directory on PYTHONPATH, or its package installed?)") from None
-        raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:  # the module's own code failed: name it, keep the cause
-        raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r}: importing {module_name!r} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
-    value: object = module
-    for part in attribute.split("."):
-        if not hasattr(value, part):
-            raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r}: module {module_name!r} has no "
-                                   f"attribute {attribute!r}")
-        value = getattr(value, part)
-    members = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not members:
-        raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r} is an empty list")
+    members = topic_members(topic, "XPLATFORM_ENTITIES", "domain.auction:ENTITIES", EntityTopicError)
     for member in members:
         if not (isinstance(member, type) and issubclass(member, Entity)):
             raise EntityTopicError(f"XPLATFORM_ENTITIES topic {topic!r}: {member!r} is not an Entity subclass "

@@ -667,4 +667,16 @@ MUTATIONS: list[Mutation] = [
         new="""                claims = {"sub": "anyone"}""",
         tests=("tests/projections/test_query_api.py::test_reads_need_a_valid_token",),
     ),
+    Mutation(
+        "park-lets-stream-run-on", "read-model-park-holds-stream", "projections/engine.py",
+        old='                held[stream_id] = f"{stream_id}@{version}"',
+        new="""                pass""",
+        tests=("tests/projections/test_sdk.py::test_within_one_batch_the_events_after_a_parked_one_are_held_behind_it",),
+    ),
+    Mutation(
+        "parked-streams-not-held", "read-model-park-holds-stream", "projections/engine.py",
+        old="""    held = {s: f"an earlier parked event of {s}" for s in parked}""",
+        new="""    held: dict[str, str] = {}""",
+        tests=("tests/projections/test_sdk.py::test_a_failing_handler_is_parked_with_a_metric_holding_its_stream_back_while_others_go_on",),
+    ),
 ]

@@ -3,6 +3,7 @@ exactly-once bookkeeping (duplicates, gaps, partial batches), in the projection 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,17 +133,29 @@ def test_handlers_build_documents_and_see_the_current_one() -> None:
     assert box.outcome_count("applied") == 4
 
 
-def test_a_failing_handler_is_parked_with_a_metric_and_the_projection_goes_on() -> None:
+def test_a_failing_handler_is_parked_with_a_metric_holding_its_stream_back_while_others_go_on() -> None:
     box = ProjectionSandbox(Counts())
     box.given("Lot-a", "BidAccepted", amount=5)
-    box.given("Lot-a", "BidAccepted", amount=13)
-    box.given("Lot-a", "Broken")
-    box.given("Lot-a", "BidAccepted", amount=6)
-    assert box.document("a")["bids"] == 2
+    box.feed(box.envelope("Lot-a", "BidAccepted", amount=13))  # the handler raises
+    box.given("Lot-b", "Broken")  # the handler returns no list of changes
+    box.feed(box.envelope("Lot-a", "BidAccepted", amount=6), box.envelope("Lot-c", "BidAccepted", amount=7))
+    assert box.document("a")["bids"] == 1 and box.document("c")["bids"] == 1  # Lot-a waits behind its parked event
     parked = box.parked()
-    assert [(p.stream_id, p.version, p.event_type) for p in parked] == [("Lot-a", 2, "BidAccepted"), ("Lot-a", 3, "Broken")]
+    assert [(p.stream_id, p.version, p.event_type) for p in parked] == [
+        ("Lot-a", 2, "BidAccepted"), ("Lot-b", 1, "Broken"), ("Lot-a", 3, "BidAccepted")]
     assert "RuntimeError: unlucky" in parked[0].error and "ChangeError" in parked[1].error
-    assert box.outcome_count("parked") == 2 and box.outcome_count("applied") == 2
+    assert parked[2].error.startswith("held behind")
+    assert box.outcome_count("parked") == 3 and box.outcome_count("applied") == 2
+    assert box.models["counts"].streams == {"Lot-a": 1, "Lot-c": 1}  # tracked up to just before the parked events
+
+
+def test_within_one_batch_the_events_after_a_parked_one_are_held_behind_it() -> None:
+    box = ProjectionSandbox(Counts())
+    first = box.envelope("Lot-a", "BidAccepted", amount=5)
+    box.feed(first, *(replace(first, version=n, position=n, payload={"amount": amount})
+                      for n, amount in ((2, 13), (3, 6))))
+    assert box.document("a")["bids"] == 1
+    assert [(p.version, p.error) for p in box.parked()][1:] == [(3, "held behind Lot-a@2")]
 
 
 def test_skip_policy_counts_and_drops() -> None:

@@ -35,7 +35,7 @@ def test_projections_resolve_from_topics_once_each() -> None:
     assert [type(p) for p in found] == [AuctionBoard, BidderSummary]
     assert isinstance(load_projection("projections.auction:BidderSummary"), BidderSummary)
     for topic in ("projections.nothing:X", "projections.auction:Nothing", "projections.auction:RECENT_BIDS"):
-        with pytest.raises(ProjectionError, match="projections topic"):
+        with pytest.raises(ProjectionError, match="XPLATFORM_PROJECTIONS topic"):
             load_projections(topic)
     with pytest.raises(ProjectionError, match="not one class"):
         load_projection("projections.auction:PROJECTIONS")
