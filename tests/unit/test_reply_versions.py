@@ -37,9 +37,9 @@ def test_a_deliver_asks_for_the_version_with_want_reply_2_which_older_nodes_read
 
 
 def test_a_reply_carries_its_version_only_when_there_is_one() -> None:
-    with_it = _wire(ReplyEnvelope(7, 3, Reply("", True, {"a": 1}), 12))
-    assert len(with_it) == 9 and with_it[8] == 12
-    parsed = parse(frame(ReplyEnvelope(7, 3, Reply("", True, {"a": 1}), 12))[4:])
+    with_it = _wire(ReplyEnvelope(7, 3, Reply("", True, {"a": 1}), None, 12))
+    assert len(with_it) == 10 and with_it[8] is None and with_it[9] == 12  # hops (none measured), version
+    parsed = parse(frame(ReplyEnvelope(7, 3, Reply("", True, {"a": 1}), None, 12))[4:])
     assert isinstance(parsed, ReplyEnvelope) and parsed.version == 12
     without = _wire(ReplyEnvelope(7, 3, Reply("", True, None)))
     assert len(without) == 8 and old_parse_reply(without) == (7, 3, True)  # what an older edge can read
