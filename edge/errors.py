@@ -27,6 +27,12 @@ class AddressInUse(EdgeConfigurationError):
     """Raised at start when the edge's listen address is held by another process (often a
     second ``xplatform run``). The message names the address and the way out (``--port``)."""
 
+    @classmethod
+    def at(cls, host: str, port: int) -> AddressInUse:
+        """The error for ``host:port``, worded the same wherever the port is bound."""
+        return cls(f"cannot listen: {host}:{port} is already in use (another xplatform running?); stop that "
+                   "process or pick another port with --port N (or XPLATFORM_EDGE_PORT; 0 = any free port)")
+
 
 class AuthError(EdgeError):
     """Raised when a token is refused. ``reason`` is one of :data:`AUTH_REASONS`; the text

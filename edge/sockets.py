@@ -243,6 +243,4 @@ async def listen(runner: web.AppRunner, guard: SocketGuard | None, host: str, po
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise AddressInUse(f"cannot listen: {host}:{port} is already in use (another xplatform running?); "
-                           "stop that process or pick another port with --port N (or XPLATFORM_EDGE_PORT; "
-                           "0 = any free port)") from None
+        raise AddressInUse.at(host, port) from None

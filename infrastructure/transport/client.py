@@ -147,13 +147,18 @@ class ClusterClient:
     def _answered(self, ask: _Ask, envelope: ReplyEnvelope) -> None:
         """A fast-path reply: handed over, unless it asks for the slow path (see ask_callback)."""
         reply = envelope.reply
-        current = self.route(ask.to)
-        if (not reply.ok and reply.code == "retry") or (current is not None and envelope.epoch < current[1]):
+        if (not reply.ok and reply.code == "retry") or self._from_replaced_owner(ask.to, envelope):
             self._continue(ask)
         else:  # the envelope carries no message ID (the caller has it)
             if ask.hops is not None and envelope.hops is not None:
                 ask.hops.fill(ask.node, envelope.hops)
             ask.on_reply(_reply(ask.message.message_id, reply, envelope.version), None)
+
+    def _from_replaced_owner(self, to: EntityRef, envelope: ReplyEnvelope) -> bool:
+        """The reply's epoch is older than the one the map now gives ``to``'s shard: an
+        answer from an owner that has since been replaced (dropped, the ask resent)."""
+        current = self.route(to)
+        return current is not None and envelope.epoch < current[1]
 
     def _continue(self, ask: _Ask) -> None:
         """Hand a fast-path ask over to :meth:`ask` with the time it has left."""
@@ -206,8 +211,7 @@ class ClusterClient:
             return _retry(message.message_id, f"link to {node} lost: {exc}"), True
         finally:
             self._pending.pop(corr, None)
-        current = self.route(to)
-        if current is not None and envelope.epoch < current[1]:
+        if self._from_replaced_owner(to, envelope):
             return _retry(message.message_id, f"reply from a replaced owner of {to} (epoch {envelope.epoch})"), True
         r = envelope.reply
         if hops is not None and envelope.hops is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -86,10 +87,8 @@ def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((host, port), family=family, backlog=backlog)
     except OSError as exc:
-        if getattr(exc, "errno", None) == 98:  # EADDRINUSE
-            raise AddressInUse(f"cannot listen: {host}:{port} is already in use (another xplatform running?); "
-                               "stop that process or pick another port with --port N (or XPLATFORM_EDGE_PORT; "
-                               "0 = any free port)") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse.at(host, port) from None
         raise
     sock.set_inheritable(True)
     return sock
@@ -99,7 +98,7 @@ class EdgeWorkers:
     """The run process's side: start, watch and stop the edge workers. See the module docstring."""
 
     def __init__(self, count: int, env: dict[str, str], args: list[str], sock: socket.socket, node_id: str) -> None:
-        self.count, self.env, self.args, self.sock = count, env, args, sock
+        self.env, self.args, self.sock = env, args, sock
         self.ids = [f"{node_id}-edge-{i + 1}" for i in range(count)]
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.metrics_urls: dict[str, str] = {}
