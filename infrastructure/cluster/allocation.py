@@ -15,7 +15,9 @@ also gets a standby node, never its owner, spread and sticky like owners and rec
 the same map with the epoch of the map version that placed it. The standby keeps the
 shard's entities mirrored (infrastructure/runtime/mirrors.py); when an owner goes, its
 shards go to their standbys first (when eligible and within their share), so the new owner
-takes over warm; then each such shard gets a new standby.
+takes over warm; then each such shard gets a new standby. Standbys are placed by each node's
+room after the owner's loss (see ``_standbys``), so the loss of any one node is warm for all
+its shards.
 """
 
 from __future__ import annotations
@@ -126,46 +128,55 @@ def _spread(before: list[ShardOwner | None], weights: Mapping[str, int], count: 
 
 def _standbys(owners: list[ShardOwner | None], before: list[ShardOwner | None], weights: Mapping[str, int],
               count: int, epoch: int) -> list[ShardOwner | None]:
-    """One standby per shard, never its owner: a standby that may stay (alive, eligible, not
-    the owner now, within its share) stays with its epoch; the others go to the eligible
-    node with the fewest standbys relative to its share. None where no other node exists."""
-    targets = _targets(weights, count) if weights else {}
-    load = {node: 0 for node in weights}
+    """One standby per shard, never its owner, placed so that losing any one node is a warm
+    takeover for every shard it owned.
+
+    When an owner goes, ``_spread`` keeps the survivors' shards and gives each orphan to its
+    standby only while that node is under its new share. So the standbys of one owner's
+    shards are spread over the other nodes by their *room* after that owner's loss: the
+    share each would have without it, minus what it owns now. The rooms add up to exactly
+    what the owner holds, so every orphan fits on its standby. (Spread only by standby count,
+    one owner's standbys could pile on one node, which could then take only some of them warm;
+    the rest would load cold.) A standby that still fits stays with its epoch; the others go
+    to the node with the most room left, then the fewest standbys. Overflow (a map still
+    out of balance) goes to the node with the fewest standbys. None where no other node exists."""
     after: list[ShardOwner | None] = [None] * count
-    for shard, standby in enumerate(before):
+    if not weights:
+        return after
+    owned = {node: 0 for node in weights}
+    for owner in owners:
+        if owner is not None and owner.node in owned:
+            owned[owner.node] += 1
+    room: dict[str, dict[str, int]] = {}  # owner → other node → shards of that owner it may take
+    for node in owned:
+        others = {n: w for n, w in weights.items() if n != node}
+        share = _targets(others, count) if others else {}
+        room[node] = {n: max(0, share[n] - owned[n]) for n in others}
+    load = {node: 0 for node in weights}
+
+    def place(shard: int, node: str, keep: ShardOwner | None = None) -> None:
         owner = owners[shard]
-        if (standby is not None and standby.node in load and (owner is None or owner.node != standby.node)
-                and load[standby.node] < targets[standby.node]):
-            after[shard] = standby
-            load[standby.node] += 1
+        after[shard] = keep or ShardOwner(node, epoch)
+        load[node] += 1
+        if owner is not None and node in room.get(owner.node, {}):
+            room[owner.node][node] -= 1
+
+    for shard, standby in enumerate(before):  # keep what still fits
+        owner = owners[shard]
+        if standby is None or standby.node not in load or (owner is not None and owner.node == standby.node):
+            continue
+        if owner is None or room.get(owner.node, {}).get(standby.node, 0) > 0:
+            place(shard, standby.node, standby)
     for shard in range(count):
         if after[shard] is None:
             owner = owners[shard]
-            candidates = [n for n in load if owner is None or n != owner.node]
-            if candidates:
-                chosen = min(candidates, key=lambda n: (load[n] - targets[n], load[n], n))
-                after[shard] = ShardOwner(chosen, epoch)
-                load[chosen] += 1
-    _even_out(after, owners, load, targets, epoch)
+            candidates = [n for n in sorted(load) if owner is None or n != owner.node]
+            if not candidates:
+                continue
+            fits = room.get(owner.node, {}) if owner is not None else {}
+            chosen = min(candidates, key=lambda n: (-fits.get(n, 0), load[n], n))
+            place(shard, chosen)
     return after
-
-
-def _even_out(standbys: list[ShardOwner | None], owners: list[ShardOwner | None], load: dict[str, int],
-              targets: Mapping[str, int], epoch: int) -> None:
-    """Move standbys from nodes over their share to nodes under it, one at a time, while a
-    move is possible: kept standbys can leave a joining node nothing it may take (it owns the
-    shards whose standbys were free), so balance costs a few moves, each at the new epoch."""
-    while True:
-        under = [n for n in sorted(load) if load[n] < targets[n]]
-        move = next(((shard, node) for node in under for shard, standby in enumerate(standbys)
-                     if standby is not None and load[standby.node] > targets[standby.node]
-                     and (owners[shard] is None or owners[shard].node != node)), None)  # type: ignore[union-attr]
-        if move is None:
-            return
-        shard, node = move
-        load[standbys[shard].node] -= 1  # type: ignore[union-attr]
-        load[node] += 1
-        standbys[shard] = ShardOwner(node, epoch)
 
 
 def _targets(weights: Mapping[str, int], count: int) -> dict[str, int]:

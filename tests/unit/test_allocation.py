@@ -128,3 +128,31 @@ def test_layout_mirrors_are_zero_or_one() -> None:
     assert not EVERYTHING.any_mirrors
     with pytest.raises(ConfigurationError, match="mirrors must be 0 or 1"):
         Layout.parse('[{"group": "g", "categories": ["*"], "mirrors": 2}]')
+
+
+@pytest.mark.parametrize("count", [7, 8, 12, 16])
+@pytest.mark.parametrize("weights", [{"a": 1, "b": 1}, {"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1, "d": 1},
+                                     {"a": 2, "b": 1, "c": 1}, {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}])
+def test_the_loss_of_any_one_node_is_warm_for_every_shard_it_owned(count: int, weights: dict[str, int]) -> None:
+    """The standbys of one owner's shards are spread by the other nodes' room after its loss,
+    so every orphan lands on its standby — including after joins (the map built up one node
+    at a time, as a cluster starts) and after a loss (the next loss is warm too)."""
+    layout = Layout.parse("[" + ", ".join(
+        f'{{"group": "{n}", "categories": ["*"], "mirrors": 1, "weight": {w}}}' for n, w in weights.items()) + "]")
+    cats = {"Lot": count}
+    built = Assignment()
+    for i in range(1, len(weights) + 1):  # nodes join one by one
+        built = allocate(built, cats, {n: n for n in list(weights)[:i]}, layout)
+    for lost in weights:
+        alive = {n: n for n in weights if n != lost}
+        after = allocate(built, cats, alive, layout)
+        for shard, (owner, standby) in enumerate(zip(built.shards["Lot"], built.standbys["Lot"])):
+            assert owner is not None and standby is not None and standby.node != owner.node
+            if owner.node == lost:
+                assert after.shards["Lot"][shard].node == standby.node, (lost, shard)  # type: ignore[union-attr]
+        if len(alive) >= 2:  # and from there, the next loss is warm as well
+            for second in alive:
+                again = allocate(after, cats, {n: n for n in alive if n != second}, layout)
+                for shard, owner in enumerate(after.shards["Lot"]):
+                    if owner is not None and owner.node == second:
+                        assert again.shards["Lot"][shard].node == after.standbys["Lot"][shard].node  # type: ignore[union-attr]
