@@ -91,7 +91,7 @@ class Settings:
     projector_max_retry_count: int = _setting(10, "Persistent subscriptions: deliveries of an event (nacked or "
                                               "timed out) before the server parks it, so one poison event cannot "
                                               "stall its group (the server's default).")
-    projector_lag_interval_s: float = _setting(5.0, "How often a projector samples each read model's lag for "
+    projector_lag_interval_s: float = _setting(5.0, "How often a projector (and xplatform run) samples each read model's lag for "
                                                "its gauges: one read of the pending events (up to 10k) per "
                                                "projection per interval, cheap, and finer than a 15 s scrape.")
     shards_per_category: int = _setting(64, "Fixed per category for the life of the data (the shard "

@@ -15,17 +15,22 @@ which ``status`` shows beside it, covers them).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from infrastructure.errors import PersistenceError
 from infrastructure.persistence.subscriptions import EventFilter, EventStream, StreamEvent
-from projections.errors import EventDecodeError, SourceFailed
+from projections.errors import EventDecodeError, ProjectionError, SourceFailed
 from projections.events import decode_event
 from projections.metrics import ProjectionMetrics
 from projections.mongo import MongoReadModel
+
+log = logging.getLogger(__name__)
 
 COUNT_CAP = 10_000
 """Events counted at most per measurement: one read of up to 10k events (a few MB) is cheap
@@ -78,6 +83,25 @@ def recorded_time(event: StreamEvent) -> datetime | None:
     return None if envelope is None else envelope.recorded_at
 
 
+def sample(models: Sequence[MongoReadModel], stream: EventStream, metrics: ProjectionMetrics, interval_s: float,
+           stopped: threading.Event, *, cap: int = 1000) -> None:
+    """Until ``stopped``: every ``interval_s``, each read model's lag, parked count and
+    position into ``metrics``' gauges (a projector process's, or ``xplatform run``'s). A
+    sample that fails is logged and skipped: a missed sample is not worth stopping a
+    projector for. ``models`` should be this thread's own (their collection handles are
+    re-read with ``refresh``)."""
+    while not stopped.is_set():
+        for model in models:
+            try:
+                model.refresh()
+                publish(metrics, measure(model, stream, cap=cap))
+            except ProjectionError as exc:
+                log.warning("lag of %s not measured: %s", model.projection.NAME, exc)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.warning("lag of %s not measured: %s: %s", model.projection.NAME, type(exc).__name__, exc)
+        stopped.wait(interval_s)
+
+
 def publish(metrics: ProjectionMetrics, lag: Lag) -> None:
     """Set the lag gauges of ``lag``'s projection."""
     metrics.lag_events.labels(lag.projection).set(lag.events)
@@ -87,4 +111,4 @@ def publish(metrics: ProjectionMetrics, lag: Lag) -> None:
         metrics.position.labels(lag.projection).set(lag.position)
 
 
-__all__ = ["COUNT_CAP", "Lag", "measure", "publish", "recorded_time"]
+__all__ = ["COUNT_CAP", "Lag", "measure", "publish", "recorded_time", "sample"]

@@ -180,8 +180,11 @@ class Cluster:
         """Start ``xplatform <kind>`` as ``node_id``; ``env`` overrides variables (e.g. a fixed
         XPLATFORM_EDGE_PORT so a restarted edge comes back where its clients look).
         ``supervised``: ``state-node --supervised`` (the process is the supervisor; its child,
-        the node, prints the ready line through the inherited stdout; ``kill9_child`` kills it)."""
+        the node, prints the ready line through the inherited stdout; ``kill9_child`` kills it).
+        ``kind`` "projector": ``xplatform projector`` (give it XPLATFORM_MONGO_URI), ready at
+        its "projector ready" line."""
         self._started_as[node_id] = (kind, supervised, dict(env))
+        marker = "projector ready" if kind == "projector" else "ready on"
         log_path = self.root / f"{node_id}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process; appends across restarts
         args = [kind, "--supervised"] if supervised else [kind]
@@ -195,7 +198,7 @@ class Cluster:
         while time.monotonic() < deadline:
             chunk = process.stdout.read() or b""
             buffer += chunk
-            ready = [line for line in buffer.decode(errors="replace").split("\n")[:-1] if "ready on" in line]
+            ready = [line for line in buffer.decode(errors="replace").split("\n")[:-1] if marker in line]
             if ready:  # a whole line (newline seen), not a partial read
                 started.ready_line = ready[0].strip()
                 self.processes[node_id] = started

@@ -105,7 +105,8 @@ def dev_app(platform: Platform, config: EdgeConfig | None = None, static_dir: Pa
     app.cleanup_ctx.insert(0, platform_lifecycle)  # first: started before the edge, stopped after it
 
     def render() -> bytes:
-        return metrics.exposition() + platform.node.metrics.exposition()
+        exposition = metrics.exposition() + platform.node.metrics.exposition()
+        return exposition if read_models is None else exposition + read_models.exposition()
 
     add_metrics(app, render, config.metrics_host, config.metrics_port, on_app_port=is_loopback(config.host))
     return app

@@ -37,8 +37,7 @@ from infrastructure.persistence.subscriptions import EventStream, PersistentSubs
 from infrastructure.settings import Settings
 from ops.wiring.metrics import MetricsListener
 from projections.catchup import CatchUpProjector
-from projections.errors import ProjectionError
-from projections.lag import measure, publish
+from projections.lag import sample
 from projections.metrics import ProjectionMetrics
 from projections.mongo import MongoReadModel, connect
 from projections.persistent import PersistentProjector, ensure_group, group_settings
@@ -147,20 +146,10 @@ async def run_projections(settings: Settings, projections: Sequence[Projection],
 
 def _sample_lag(projector: Projector, journal: EventJournal | None, stopped: threading.Event) -> None:
     """Every lag interval: each read model's lag, parked count and position into its gauges."""
-    settings = projector.settings
-    stream = open_event_stream(settings, journal)
-    models = [MongoReadModel(m.projection, m.database) for m in projector.models]
+    stream = open_event_stream(projector.settings, journal)
     try:
-        while not stopped.is_set():
-            for model in models:
-                try:
-                    model.refresh()
-                    publish(projector.metrics, measure(model, stream, cap=1000))
-                except ProjectionError as exc:
-                    log.warning("lag of %s not measured: %s", model.projection.NAME, exc)
-                except Exception as exc:  # noqa: BLE001 - a sample missed is not worth stopping the projector
-                    log.warning("lag of %s not measured: %s: %s", model.projection.NAME, type(exc).__name__, exc)
-            stopped.wait(settings.projector_lag_interval_s)
+        sample([MongoReadModel(m.projection, m.database) for m in projector.models], stream, projector.metrics,
+               projector.settings.projector_lag_interval_s, stopped)
     finally:
         stream.close()
 

@@ -8,6 +8,11 @@
 - The projections of the ``projections`` setting (the auction samples by default), each
   caught up and followed by a :class:`~projections.catchup.CatchUpProjector` on a thread of
   this process, reading the run's own journal.
+- Their metrics (``xplatform_projection_*``: events by outcome, batch duration, position,
+  and the lag gauges sampled every ``projector_lag_interval_s`` on a thread, as a projector
+  process samples them) in :attr:`DevReadModels.metrics`, served at the run's ``/metrics``
+  beside the edge's and the node's: the projection-lag alert and dashboard row work on a
+  one-process platform too.
 - The query API's port (:class:`DeferredReads`): the edge gets it at once; until the
   database is up it answers 503 ``read_models_unavailable`` with the reason (starting, or
   off and why), so ``run`` starts as fast as without read models and keeps serving when
@@ -34,6 +39,7 @@ from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.read_port import EVENTUAL, Consistency, Document, ReadPort
 from infrastructure.settings import Settings
 from projections.loading import load_projections
+from projections.metrics import ProjectionMetrics
 
 if TYPE_CHECKING:  # imported on the starting thread (pymongo alone takes ~150 ms): run serves before
     from projections.catchup import CatchUpProjector
@@ -159,6 +165,8 @@ class DevReadModels:
         self.server: EmbeddedMongo | None = None
         self.queries: MongoQueries | None = None
         self.projectors: list[tuple[CatchUpProjector, threading.Thread]] = []
+        self.metrics = ProjectionMetrics()
+        self._sampler: threading.Thread | None = None
         self._client: Any = None
         self._stream: Any = None
         self._stopped = threading.Event()
@@ -191,7 +199,7 @@ class DevReadModels:
             self._client.admin.command("ping")
             self._stream = open_event_stream(self.settings, self.journal)
             for projection in self.projections:
-                projector = CatchUpProjector(projection, self._stream, MongoReadModel(projection, database))
+                projector = CatchUpProjector(projection, self._stream, MongoReadModel(projection, database, self.metrics))
                 thread = threading.Thread(target=self._follow, args=(projector,), name=f"projector-{projection.NAME}",
                                           daemon=True)
                 self.projectors.append((projector, thread))
@@ -199,6 +207,10 @@ class DevReadModels:
                 return
             for _, thread in self.projectors:
                 thread.start()
+            models = [MongoReadModel(projection, database) for projection in self.projections]
+            self._sampler = threading.Thread(target=self._sample_lag, args=(models,), name="projection-lag",
+                                             daemon=True)
+            self._sampler.start()
             self.queries = MongoQueries(self.projections, database, self._stream)
             self.port.ready(self.queries)
             where = "embedded secantusdb" if self.server is not None else "XPLATFORM_MONGO_URI"
@@ -206,6 +218,22 @@ class DevReadModels:
                   flush=True)
         except Exception as exc:  # noqa: BLE001 - any failure means: serve without read models, say why once
             self._off(f"{type(exc).__name__}: {exc}"[:400])
+
+    def _sample_lag(self, models: list[Any]) -> None:
+        """The lag gauges of :attr:`metrics`, on its own stream (projections.lag.sample)."""
+        from projections.lag import sample
+
+        stream = open_event_stream(self.settings, self.journal)
+        try:
+            sample(models, stream, self.metrics, self.settings.projector_lag_interval_s, self._stopped)
+        finally:
+            stream.close()
+
+    def exposition(self) -> bytes:
+        """The ``xplatform_projection_*`` metrics in the text format (for the run's /metrics)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.metrics.registry)
 
     def _follow(self, projector: CatchUpProjector) -> None:
         try:
@@ -229,6 +257,8 @@ class DevReadModels:
         for _, thread in self.projectors:
             if thread.is_alive():
                 thread.join(timeout=5)
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
         if self.queries is not None:
             self.queries.close()
         if self._client is not None:

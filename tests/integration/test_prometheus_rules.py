@@ -1,7 +1,7 @@
 """A real Prometheus (Debian ``prometheus``) loads ops/prometheus/prometheus.yml as shipped
 (only the targets files and the intervals are the test's), scrapes live processes — a state
-node and an edge of a real cluster (ZooKeeper, PostgreSQL) and an ``xplatform run`` — after a
-little traffic, and evaluates every rule and every dashboard query through its HTTP API:
+node, an edge and a projector (into a MongoDB-wire server) of a real cluster (ZooKeeper,
+PostgreSQL) and an ``xplatform run`` — after a little traffic, and evaluates every rule and every dashboard query through its HTTP API:
 
 - every metric the rules and the dashboard name is one the processes expose (Prometheus's
   metadata of the scraped targets): a metric renamed in code fails here, not in production;
@@ -48,6 +48,7 @@ from tests.support.monitoring import (
     rule_expressions,
     selectors,
 )
+from tests.support.servers import MongoWireServer
 from tests.support.xplatform_run import served
 
 LAZY = {
@@ -103,7 +104,8 @@ def _prometheus_dir(tmp_path: Path, targets: dict[str, list[str]]) -> Path:
     config = yaml.safe_load(config_path.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config_path.write_text(yaml.safe_dump(config))
-    files = {"xplatform-state": "state-nodes.json", "xplatform-edge": "edges.json", "xplatform-dev": "dev.json"}
+    files = {"xplatform-state": "state-nodes.json", "xplatform-edge": "edges.json", "xplatform-dev": "dev.json",
+             "xplatform-projector": "projectors.json"}
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == set(files), jobs  # the test feeds every job of the shipped config
     for job, name in files.items():
@@ -129,8 +131,19 @@ def _until(check: Any, timeout: float) -> Any:
 def test_every_rule_and_dashboard_query_evaluates_against_live_processes(cluster: Cluster, tmp_path: Path) -> None:
     node = cluster.start("state-node", "node-a")
     edge = cluster.start("edge", "edge-1", XPLATFORM_EDGE_HEARTBEAT_S="0.5")
-    node_metrics = node.ready_line.split("(metrics: ", 1)[1].split(")", 1)[0]
-    edge_metrics = edge.ready_line.split("(metrics: ", 1)[1].split(")", 1)[0]
+    mongo = MongoWireServer.start()
+    try:
+        projector = cluster.start("projector", "projector-1", XPLATFORM_MONGO_URI=mongo.uri, XPLATFORM_METRICS_PORT="0",
+                                  XPLATFORM_PROJECTOR_LAG_INTERVAL_S="0.5")
+        _evaluate_live(cluster, node, edge, projector, tmp_path)
+    finally:
+        cluster.stop_all()  # the projector before its database
+        mongo.stop()
+
+
+def _evaluate_live(cluster: Cluster, node: Any, edge: Any, projector: Any, tmp_path: Path) -> None:
+    node_metrics, edge_metrics, projector_metrics = (
+        p.ready_line.split("(metrics: ", 1)[1].split(")", 1)[0] for p in (node, edge, projector))
     edge_url = edge.ready_line.split("ready on ")[1].strip().rstrip("/")
     env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path / "dev-data"), "PYTHONPATH": str(ROOT),
            "XPLATFORM_EDGE_HEARTBEAT_S": "0.5"}
@@ -138,7 +151,8 @@ def test_every_rule_and_dashboard_query_evaluates_against_live_processes(cluster
         asyncio.run(_traffic({"cluster": edge_url, "dev": dev_url.rstrip("/")}))
         config = _prometheus_dir(tmp_path, {"xplatform-state": [_host_port(node_metrics)],
                                             "xplatform-edge": [_host_port(edge_metrics)],
-                                            "xplatform-dev": [_host_port(dev_url)]})
+                                            "xplatform-dev": [_host_port(dev_url)],
+                                            "xplatform-projector": [_host_port(projector_metrics)]})
         prometheus = PrometheusServer.start(config / "prometheus.yml")
         try:
             _evaluate(prometheus)
@@ -150,7 +164,7 @@ def test_every_rule_and_dashboard_query_evaluates_against_live_processes(cluster
 
 
 def _evaluate(prometheus: PrometheusServer) -> None:
-    up = _until(lambda: [] if len(prometheus.query("up == 1")) == 3 else prometheus.query("up"), 60)
+    up = _until(lambda: [] if len(prometheus.query("up == 1")) == 4 else prometheus.query("up"), 60)
     assert not up, f"not every target is scraped: {up}"
 
     rules = rule_expressions()

@@ -1,13 +1,16 @@
 """``xplatform run`` shows read models with no set-up (ops/wiring/readmodels.py): it starts
 secantusdb as a child process, projects the sample auction in-process and serves the query
 API, so a bid read with its reply's token is on the board; when its database cannot be had
-it still serves, says so in one line, and reads answer 503 with the reason."""
+it still serves, says so in one line, and reads answer 503 with the reason. Its /metrics
+carries the read models' metrics (applied events, lag) beside the edge's and the node's."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -63,13 +66,29 @@ def _gone(pid: int) -> bool:
 
 
 def test_run_serves_read_models_from_its_own_secantusdb(tmp_path: Path) -> None:
-    server = XplatformRun.start(("--port", "0"), cwd=ROOT, env=_env(tmp_path))
+    server = XplatformRun.start(("--port", "0"), cwd=ROOT, env=_env(tmp_path, XPLATFORM_PROJECTOR_LAG_INTERVAL_S="0.2"))
     try:
         server.wait_for(r"read models on \(embedded secantusdb\): auction_board, bidder_summary", 60)
         databases = [p for p in psutil.Process(server.process.pid).children(recursive=True)
                      if "secantus" in " ".join(p.cmdline())]
         assert len(databases) == 1, server.log()
         asyncio.run(_bid_and_read(server.url))
+        # its /metrics carries the read models' own: what they applied, and their lag once caught up
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(f"{server.url}metrics", timeout=10) as response:
+                page = response.read().decode()
+            seen = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in page.splitlines() if line.startswith("xplatform_projection_")}
+            if all(seen.get(f'xplatform_projection_lag_events{{projection="{name}"}}') == 0
+                   for name in ("auction_board", "bidder_summary")):
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.1)
+        assert seen['xplatform_projection_events_total{outcome="applied",projection="auction_board"}'] >= 2, seen  # opened, bid
+        assert seen['xplatform_projection_lag_seconds{projection="auction_board"}'] == 0, seen
+        assert seen['xplatform_projection_parked_events{projection="auction_board"}'] == 0, seen
+        assert seen['xplatform_projection_position{projection="auction_board"}'] > 0, seen
         assert server.stop(signal.SIGINT) == 0, server.log()
         assert _gone(databases[0].pid), "secantusdb outlived xplatform run"
     finally:
