@@ -14,8 +14,9 @@ with the exactly-once bookkeeping vs plain bulk writes, rebuilding, and live lag
 - ``rebuild_events_per_s``: ``projections.rebuild`` of the same read model (fresh
   collections, then the pointer switch; no settle wait).
 - ``lag_p99_ms`` per store: ``--rate`` events/s written by live entities for ``--lag-seconds``
-  while a projector runs (catch-up on SQLite, a persistent subscription on the EventStoreDB
-  emulator; ``EVENTSTOREDB_URI`` for a real server); each event's lag is from its recorded
+  while a projector runs in a process of its own, as ``xplatform projector`` does (catch-up
+  on SQLite, a persistent subscription on the EventStoreDB emulator; ``EVENTSTOREDB_URI``
+  for a real server); each event's lag is from its recorded
   time (EventStoreDB: the server's commit time; SQLite: the event's own timestamp, taken
   just before its group commit, so the figure slightly overstates) to the moment the batch
   holding it was acknowledged by MongoDB.
@@ -28,11 +29,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -75,8 +82,8 @@ class TimedModel(MongoReadModel):
 
     lags: list[float]
 
-    def apply(self, events: Sequence[Delivered]) -> BatchPlan:
-        plan = super().apply(events)
+    def apply(self, events: Sequence[Delivered], *, behind: bool = False) -> BatchPlan:
+        plan = super().apply(events, behind=behind)
         now = time.time()
         for event in events:
             if isinstance(event, StreamEvent) and event.topic.endswith("Added"):
@@ -156,40 +163,72 @@ async def _write_live(settings: Settings, rate: int, seconds: float, entities: i
         return sent
 
 
-def _lag(settings: Settings, client: Any, rate: int, seconds: float, entities: int) -> dict[str, Any]:
-    projection = TallyBoard()
-    model = TimedModel(projection, client[f"lag_{settings.store}_{uuid.uuid4().hex[:6]}"])
-    model.lags = []
-    head = open_event_stream(settings)
+def _lag(settings: Settings, mongo_uri: str, rate: int, seconds: float, entities: int) -> dict[str, Any]:
+    """Live lag: the projector in a process of its own (as ``xplatform projector`` runs,
+    see :func:`_projector_child`), ``rate`` events/s written by live entities in this one."""
+    database = f"lag_{settings.store}_{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "XPLATFORM_STORE": settings.store, "XPLATFORM_DATA_DIR": settings.data_dir,
+           "XPLATFORM_EVENTSTOREDB_URI": settings.eventstoredb_uri,
+           "XPLATFORM_EVENTSTOREDB_STREAM_PREFIX": settings.eventstoredb_stream_prefix}
+    out = Path(tempfile.mkstemp(prefix="bench-lag-", suffix=".json")[1])
+    child = subprocess.Popen([sys.executable, "-m", "loadtests.bench_projection", "--projector-child", mongo_uri, database,
+                              str(out)], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        before = head.head_position()
+        assert child.stdout is not None
+        ready = child.stdout.readline()
+        assert ready.startswith("following"), ready
+        sent = asyncio.run(_write_live(settings, rate, seconds, entities))
+        child.send_signal(signal.SIGUSR1)  # "this many were sent": it stops once it has them all (or 60 s)
+        out.write_text(json.dumps({"sent": sent}))
+        child.wait(120)
+        lags = json.loads(out.read_text())["lags"]
     finally:
-        head.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        out.unlink(missing_ok=True)
+    return {"sent": sent, "projected": len(lags), "lag_p50_ms": round(percentile(lags, 50) * 1000, 1),
+            "lag_p99_ms": round(percentile(lags, 99) * 1000, 1), "projector": "own process"}
+
+
+def _projector_child(mongo_uri: str, database: str, out: Path) -> None:
+    """The lag phase's projector process: the runner ``xplatform projector`` uses for the
+    store (catch-up on SQLite, a persistent subscription on EventStoreDB) with
+    :class:`TimedModel`; starts at the store's head (the backlog is not what is measured),
+    prints "following", and on SIGUSR1 reads how many events were sent from ``out``, waits
+    until it has projected them (at most 60 s) and writes their lags there."""
+    settings = Settings.from_env()
+    client = connect(mongo_uri, write_concern=1)
+    projection = TallyBoard()
+    model = TimedModel(projection, client[database])
+    model.lags = []
     runner: CatchUpProjector | PersistentProjector
     if settings.store == "eventstoredb":
-        subscriptions = open_subscriptions(settings)
+        source: Any = open_subscriptions(settings)
         namespace = settings.eventstoredb_stream_prefix
-        ensure_group(subscriptions, projection, group_settings(), namespace)
-        runner = PersistentProjector(projection, subscriptions, model, namespace=namespace)
-        source: Any = subscriptions
+        ensure_group(source, projection, group_settings(), namespace)
+        runner = PersistentProjector(projection, source, model, namespace=namespace)
     else:
         source = open_event_stream(settings)
-        model.write(BatchPlan(position=before))  # start live: the backlog is not what is measured
-        runner = CatchUpProjector(projection, source, model)
+        model.write(BatchPlan(position=source.head_position()))  # start live
+        runner = CatchUpProjector(projection, source, model, batch_size=settings.projector_batch_size,
+                                  cache_documents=settings.projector_cache_documents)
+    told = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: told.set())
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
-    try:
-        sent = asyncio.run(_write_live(settings, rate, seconds, entities))
-        deadline = time.monotonic() + 60
-        while len(model.lags) < sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        runner.stop()
-        thread.join(10)
-        source.close()
-    lags = model.lags
-    return {"sent": sent, "projected": len(lags), "lag_p50_ms": round(percentile(lags, 50) * 1000, 1),
-            "lag_p99_ms": round(percentile(lags, 99) * 1000, 1)}
+    print("following", flush=True)
+    told.wait(600)
+    time.sleep(0.2)  # the parent writes the count right after the signal
+    sent = int(json.loads(out.read_text())["sent"])
+    deadline = time.monotonic() + 60
+    while len(model.lags) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.stop()
+    thread.join(10)
+    source.close()
+    client.close()
+    out.write_text(json.dumps({"lags": model.lags}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=1_000, help="live events per second for the lag phase")
     parser.add_argument("--lag-seconds", type=float, default=10.0)
     parser.add_argument("--lag-stores", default="sqlite,eventstoredb")
+    parser.add_argument("--projector-child", nargs=3, metavar=("MONGO_URI", "DATABASE", "FILE"),
+                        help=argparse.SUPPRESS)  # the lag phase's projector process
     args = parser.parse_args(argv)
+    if args.projector_child:
+        _projector_child(args.projector_child[0], args.projector_child[1], Path(args.projector_child[2]))
+        return
     stores = [s for s in args.lag_stores.split(",") if s]
     result: dict[str, Any] = {"benchmark": "bench_projection", "events": args.events, "rate": args.rate,
                               "lag_seconds": args.lag_seconds}
@@ -210,13 +254,13 @@ def main(argv: list[str] | None = None) -> None:
             settings = Settings.from_env(store="sqlite", data_dir=data_dir, snapshot_every=1_000_000)
             result.update(_backlog(settings, client, args.events, args.entities))
             if "sqlite" in stores:
-                result["sqlite"] = _lag(settings, client, args.rate, args.lag_seconds, 100)
+                result["sqlite"] = _lag(settings, server.uri, args.rate, args.lag_seconds, 100)
         if "eventstoredb" in stores:
             with eventstoredb_for_benchmark(True) as uri:
                 settings = Settings.from_env(store="eventstoredb", eventstoredb_uri=uri,
                                              eventstoredb_stream_prefix=f"bench-{uuid.uuid4().hex[:8]}-",
                                              snapshot_every=1_000_000)
-                result["eventstoredb"] = _lag(settings, client, args.rate, args.lag_seconds, 100)
+                result["eventstoredb"] = _lag(settings, server.uri, args.rate, args.lag_seconds, 100)
     finally:
         client.close()
         server.stop()

@@ -71,10 +71,16 @@ from projections.engine import (
 )
 from projections.errors import ModelWriteError
 from projections.metrics import ProjectionMetrics
+from projections.model_cache import ModelCache
 from projections.projection import Document, Projection
 
 DUPLICATE_KEY = 11000
 POSITION_ID = "position"
+CHECKPOINT_ID = "checkpoint"  # the position up to which every stream version is written (resume_position)
+DEFER_BATCHES = 10
+"""A catching-up runner writes its stream versions every 10th full batch (MongoReadModel.write):
+up to 5,000 events redelivered (and skipped by every document) after a crash, for ~40 % less
+database time per batch."""
 STREAM_PREFIX = "stream:"
 POINTERS = "xplatform_read_models"
 """The collection of pointer documents naming each projection's live collection."""
@@ -100,9 +106,21 @@ class MongoReadModel:
         self.database = database.with_options(codec_options=CODEC_OPTIONS)
         self.metrics = metrics
         self.pinned = collection is not None
+        self.cache: ModelCache | None = None
+        self._pending_streams: dict[str, int] = {}
+        self._pending_batches = 0
         self._bind(collection or live_collection(self.database, projection.NAME))
 
+    def remember(self, limit: int) -> None:
+        """Keep what this runner reads and writes (up to ``limit`` documents) for its next
+        batches: for a catch-up runner only (see :mod:`projections.model_cache`)."""
+        self.cache = ModelCache(limit)
+
     def _bind(self, name: str) -> None:
+        if self._pending_streams:
+            self.flush()  # to the collections they belong to
+        if self.cache is not None:
+            self.cache.clear()
         self.name = name
         self.collection: MongoCollection[dict[str, Any]] = self.database[name]
         self.tracking: MongoCollection[dict[str, Any]] = self.database[f"{name}__tracking"]
@@ -124,39 +142,99 @@ class MongoReadModel:
 
     # ------------------------------------------------------------------ DocumentSource
     def load(self, keys: Collection[str]) -> dict[str, Document]:
+        remembered: dict[str, Document] = {}
+        if self.cache is not None:
+            remembered, unknown = self.cache.documents(keys)
+            keys = unknown
+            if not keys:
+                return remembered
         try:
-            return {doc["_id"]: doc for doc in self.collection.find({"_id": {"$in": list(keys)}})}
+            found = {doc["_id"]: doc for doc in self.collection.find({"_id": {"$in": list(keys)}})}
         except PyMongoError as exc:
             raise ModelWriteError(f"{self.projection.NAME}: reading documents failed: {exc}") from exc
+        if self.cache is not None:
+            self.cache.read(keys, found)
+        return {**remembered, **found}
 
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
+        remembered: dict[str, int] = {}
+        if self.cache is not None:
+            remembered, unknown = self.cache.streams(streams)
+            streams = unknown
+            if not streams:
+                return remembered
+        if self._pending_streams:  # written by this runner, not flushed yet: newer than the database's
+            pending = {s: self._pending_streams[s] for s in streams if s in self._pending_streams}
+            remembered.update(pending)
+            streams = [s for s in streams if s not in pending]
+            if not streams:
+                return remembered
         ids = [STREAM_PREFIX + s for s in streams]
         try:
-            found = self.tracking.find({"_id": {"$in": ids}})
-            return {doc["_id"][len(STREAM_PREFIX):]: int(doc["version"]) for doc in found}
+            found = {doc["_id"][len(STREAM_PREFIX):]: int(doc["version"]) for doc in self.tracking.find({"_id": {"$in": ids}})}
         except PyMongoError as exc:
             raise ModelWriteError(f"{self.projection.NAME}: reading stream tracking failed: {exc}") from exc
+        if self.cache is not None:
+            self.cache.read_streams(streams, found)
+        return {**remembered, **found}
 
     def parked_streams(self, streams: Collection[str]) -> set[str]:
+        if self.cache is not None and self.cache.parked_count == 0:
+            return set()  # counted at the start of this batch: nothing is parked
         try:
             return set(self.parked_collection.distinct("stream_id", {"stream_id": {"$in": list(streams)}}))
         except PyMongoError as exc:
             raise ModelWriteError(f"{self.projection.NAME}: reading parked events failed: {exc}") from exc
 
     # ------------------------------------------------------------------ writing
-    def apply(self, events: Sequence[Delivered]) -> BatchPlan:
+    def apply(self, events: Sequence[Delivered], *, behind: bool = False) -> BatchPlan:
         """Apply a batch of delivered events (in order): plan, write, record metrics.
         Raises VersionGap / HandlerFailed / UnhandledEvent (nothing written) or
-        ModelWriteError (what was written is idempotent: deliver the batch again)."""
+        ModelWriteError (what was written is idempotent: deliver the batch again).
+        ``behind``: the runner has more events waiting (a full batch): with :meth:`remember`
+        on, the stream versions may wait for a later batch (see :meth:`write`)."""
         started = time.perf_counter()
-        plan = plan_batch(self.projection, events, self)
-        self.write(plan)
+        if self.cache is not None:
+            self._forget_if_parked_changed(self.cache)
+        try:
+            plan = plan_batch(self.projection, events, self)
+            self.write(plan, defer_streams=behind and self.cache is not None)
+        except BaseException:
+            if self.cache is not None:
+                self.cache.clear()  # what it holds may not have been written
+            raise
+        if self.cache is not None:
+            if plan.parked:
+                self.cache.clear()  # rare: start afresh rather than reason about whose parked events the count shows
+            else:
+                self.cache.written(plan.documents, plan.streams)
         if self.metrics is not None:
             self.metrics.record(self.projection.NAME, plan, time.perf_counter() - started)
         return plan
 
-    def write(self, plan: BatchPlan) -> None:
-        """Write a plan: documents, then parked events, then tracking and position."""
+    def _forget_if_parked_changed(self, cache: ModelCache) -> None:
+        """Clear ``cache`` when the parked events changed since the last batch (a
+        ``replay-parked`` wrote documents and versions this runner did not)."""
+        try:
+            count = self.parked_collection.estimated_document_count()
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: counting parked events failed: {exc}") from exc
+        if cache.parked_count is not None and count != cache.parked_count:
+            cache.clear()
+        cache.parked_count = count
+
+    def write(self, plan: BatchPlan, *, defer_streams: bool = False) -> None:
+        """Write a plan: documents, then parked events, then tracking and position.
+
+        ``defer_streams`` (a catch-up runner working through a backlog): the stream versions
+        are kept in memory and written with a later batch's (one upsert per stream for up to
+        :data:`DEFER_BATCHES` batches instead of one per batch: the tracking writes were
+        40 % of a catching-up batch's database time), while the position moves with every
+        batch. The *checkpoint* (where a restarting runner resumes,
+        :meth:`resume_position`) moves only when the stream versions are written: events
+        after it are delivered again and skip every document that has them. A batch that
+        is not full (the runner is at the head: read-your-writes readers wait on the stream
+        versions), that parks, or any other write, writes them at once."""
         self.write_documents(plan.writes)
         if plan.parked:
             self._bulk(self.parked_collection, [
@@ -165,12 +243,41 @@ class MongoReadModel:
                            "$setOnInsert": {"stream_id": p.stream_id, "version": p.version, "position": p.position,
                                             "event_type": p.event_type, "event": _stored_event(p)}}, upsert=True)
                 for p in plan.parked])
+        if defer_streams and not plan.parked and self._pending_batches + 1 < DEFER_BATCHES:
+            ops = []
+            if self._pending_batches == 0:  # a model written before checkpoints: its position is one
+                ops.append(UpdateOne({"_id": CHECKPOINT_ID}, {"$setOnInsert": {"position": self.position()}},
+                                     upsert=True))
+            for stream, version in plan.streams.items():
+                self._pending_streams[stream] = max(version, self._pending_streams.get(stream, 0))
+            self._pending_batches += 1
+            if plan.position is not None:
+                ops.append(UpdateOne({"_id": POSITION_ID}, {"$max": {"position": plan.position}}, upsert=True))
+            if ops:
+                self._bulk(self.tracking, ops)
+            return
+        self._write_tracking(plan.streams, plan.position)
+
+    def flush(self) -> None:
+        """Write the stream versions held back by ``defer_streams`` (and the checkpoint)."""
+        if self._pending_streams:
+            self._write_tracking({}, None)
+
+    def _write_tracking(self, streams: Mapping[str, int], position: int | None) -> None:
+        merged = dict(self._pending_streams)
+        for stream, version in streams.items():
+            merged[stream] = max(version, merged.get(stream, 0))
         tracking = [UpdateOne({"_id": STREAM_PREFIX + stream}, {"$max": {"version": version}}, upsert=True)
-                    for stream, version in plan.streams.items()]
-        if plan.position is not None:
-            tracking.append(UpdateOne({"_id": POSITION_ID}, {"$max": {"position": plan.position}}, upsert=True))
+                    for stream, version in merged.items()]
+        if position is None and self._pending_streams:
+            position = self.position()  # every stream up to the position written so far is in merged
+        if position is not None:
+            tracking.append(UpdateOne({"_id": POSITION_ID}, {"$max": {"position": position}}, upsert=True))
+            tracking.append(UpdateOne({"_id": CHECKPOINT_ID}, {"$set": {"position": position}}, upsert=True))
         if tracking:
             self._bulk(self.tracking, tracking)
+        self._pending_streams = {}
+        self._pending_batches = 0
 
     def write_documents(self, writes: Sequence[DocumentWrite]) -> None:
         """The document updates of ``writes``, in order, each applied at most once."""
@@ -221,6 +328,15 @@ class MongoReadModel:
         """The position the read model reached (its last batch's), None before any."""
         doc = self.tracking.find_one({"_id": POSITION_ID})
         return None if doc is None else int(doc["position"])
+
+    def resume_position(self) -> int | None:
+        """Where a catch-up runner resumes: the last position written with every stream
+        version up to it (:meth:`write`), at or before :meth:`position`; the position for a
+        read model written before checkpoints existed."""
+        doc = self.tracking.find_one({"_id": CHECKPOINT_ID})
+        if doc is None:
+            return self.position()
+        return None if doc["position"] is None else int(doc["position"])
 
     def parked(self) -> list[Parked]:
         """The parked events, in the order they were delivered (with the events themselves)."""

@@ -209,6 +209,15 @@ class PersistentProjector:
             earlier = self._held.get(key)
             self._held[key] = _Held(delivery, earlier.since if earlier is not None else now)
         self.model.refresh()
+        # for this settle only: the tracking _ready reads is what the batch's plan reads again
+        # (one round trip, not two). Not across settles: other consumers write this model too.
+        self.model.remember(max(self.batch_size, len(self._held)) * 2)
+        try:
+            self._settle_held(consumer)
+        finally:
+            self.model.cache = None
+
+    def _settle_held(self, consumer: GroupConsumer) -> None:
         while self._held and not self._stopped.is_set():
             ready = self._ready()
             if not ready:

@@ -106,7 +106,8 @@ def build_projector(settings: Settings, projections: Sequence[Projection], *, cl
             stream = open_event_stream(settings, journal)
             projector.sources.append(stream)
             runner = CatchUpProjector(projection, stream, model, batch_size=settings.projector_batch_size,
-                                      max_in_flight=settings.projector_max_in_flight)
+                                      max_in_flight=settings.projector_max_in_flight,
+                                      cache_documents=settings.projector_cache_documents)
         projector.runners.append(runner)
     return projector
 

@@ -199,7 +199,8 @@ class DevReadModels:
             self._client.admin.command("ping")
             self._stream = open_event_stream(self.settings, self.journal)
             for projection in self.projections:
-                projector = CatchUpProjector(projection, self._stream, MongoReadModel(projection, database, self.metrics))
+                projector = CatchUpProjector(projection, self._stream, MongoReadModel(projection, database, self.metrics),
+                                             cache_documents=self.settings.projector_cache_documents)
                 thread = threading.Thread(target=self._follow, args=(projector,), name=f"projector-{projection.NAME}",
                                           daemon=True)
                 self.projectors.append((projector, thread))

@@ -582,6 +582,21 @@ MUTATIONS: list[Mutation] = [
                "tests/projections/test_mongo_model.py::test_a_batch_cut_short_after_some_documents_is_completed_exactly_once"),
     ),
     Mutation(
+        "remembered-documents-outlive-replay", "read-model-replay", "projections/mongo.py",
+        old="""        if cache.parked_count is not None and count != cache.parked_count:""",
+        new="""        if False:""",
+        tests=("tests/projections/test_catchup.py::"
+               "test_a_runner_that_remembers_documents_forgets_them_when_replay_parked_writes_the_model",),
+    ),
+    Mutation(
+        "resume-past-held-back-versions", "read-model-replay", "projections/mongo.py",
+        old="""        return None if doc["position"] is None else int(doc["position"])""",
+        new="""        return self.position()""",
+        tests=("tests/projections/test_catchup.py::test_kill_9_mid_batch_then_restart_equals_a_replay[auction_board]",
+               "tests/projections/test_mongo_model.py::"
+               "test_a_model_that_remembers_reads_each_document_once_and_still_builds_the_replay"),
+    ),
+    Mutation(
         "gap-skipped", "read-model-gaps", "projections/engine.py",
         old="""        elif version == last + 1:""",
         new="""        elif version > last:""",

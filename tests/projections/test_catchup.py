@@ -29,6 +29,7 @@ from projections.mongo import MongoReadModel
 from projections.projection import Projection
 from projections.testkit import MemoryModel
 from tests.conftest import eventstoredb_settings, postgres_settings, sqlite_settings
+from tests.projections.poison import FlakyHouse
 from tests.support.servers import MongoWireServer
 
 Db = Database[Any]
@@ -212,3 +213,58 @@ def test_kill_9_at_any_moment_then_restart_equals_a_replay(settings: Settings, j
         running.wait(10)
     restart(settings, mongo_server, projection, mongo_db.name)
     assert model.raw_documents() == replay(projection, settings).raw
+
+
+def test_a_runner_that_remembers_documents_forgets_them_when_replay_parked_writes_the_model(
+        settings: Settings, journal: EventJournal, mongo_db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catch-up runner remembers documents between batches (projections/model_cache.py).
+    ``replay-parked`` (another process: here another model object) writes a document the
+    runner remembers; the runner's next batch must read it again, not compute from its
+    memory: the read model still equals a replay."""
+    marker = tmp_path / "fixed"
+    monkeypatch.setenv("XPLATFORM_TEST_POISON_FIXED", str(marker))
+    projection = FlakyHouse()
+    kit = Sandbox(Lot, Bidder, journal=journal)
+    run_auctions(kit, range(5))  # lot-3's bid of 30 is parked, its later bids held behind it
+    model = MongoReadModel(projection, mongo_db)
+    stream = open_event_stream(settings)
+    runner = CatchUpProjector(projection, stream, model, batch_size=10)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+
+    def caught_up() -> None:
+        target = head(settings)
+        deadline = time.monotonic() + 60
+        while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
+            time.sleep(0.05)
+        assert not failures and model.position() == target
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        caught_up()
+        assert model.parked_count() >= 2
+        bid(kit, "lot-1", "bob", 100)  # a batch after the last parking: the runner remembers "house"
+        caught_up()
+        marker.write_text("fixed")
+        applied, still = MongoReadModel(projection, mongo_db).replay_parked()  # as `xplatform projection replay-parked`
+        assert applied >= 2 and still == []
+        bid(kit, "lot-1", "cat", 200)  # computed from "house" as the replay left it
+        caught_up()
+    finally:
+        runner.stop()
+        thread.join(10)
+        stream.close()
+    assert model.raw_documents() == replay(projection, settings).raw
+    assert model.get("house") == {"_id": "house", "bids": 32, "top": 200}  # 5 lots x 6 bids, and the two after
+
+
+def bid(kit: Sandbox, lot: str, bidder: str, amount: int) -> None:
+    ref = EntityRef("Lot", lot)
+    kit.connect(ref, f"c-{bidder}-late", {"sub": bidder, "role": "bidder"})
+    assert kit.client(ref, f"c-{bidder}-late", {"type": "bid", "amount": amount}).ok

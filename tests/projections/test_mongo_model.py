@@ -4,9 +4,11 @@ gaps and parked events."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from infrastructure.persistence.subscriptions import StreamEvent
@@ -130,3 +132,60 @@ def test_each_document_update_is_conditional_on_the_server(mongo_db: Db, stored:
     model.write_documents(plan.writes)  # the same updates again: duplicate-key upserts and non-matches
     model.write_documents(plan.writes[3:9])
     assert model.raw_documents() == replay_in_memory(projection, stored).raw
+
+
+class _Finds(monitoring.CommandListener):
+    """Counts the read commands sent, by collection."""
+
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+        self.keys: list[tuple[str, str]] = []  # (collection, _id) of every find by _id
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("find", "distinct"):
+            collection = str(event.command[event.command_name])
+            self.reads.append(collection)
+            wanted = (event.command.get("filter") or {}).get("_id")
+            if isinstance(wanted, dict) and "$in" in wanted:
+                self.keys += [(collection, key) for key in wanted["$in"]]
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["at-the-head", "behind"])
+@pytest.mark.parametrize("projection", [AuctionBoard(), BidderSummary()], ids=lambda p: p.NAME)
+def test_a_model_that_remembers_reads_each_document_once_and_still_builds_the_replay(
+        mongo_server: MongoWireServer, stored: list[StreamEvent], projection: Projection, defer: bool) -> None:
+    """With ``remember`` (a catch-up runner), batches read only documents and stream
+    versions they have not seen; held-back stream versions (``behind``) are written by
+    ``flush`` and a reader sees them meanwhile through the runner. Same documents as the
+    sandbox either way, and the checkpoint is where every stream version is written."""
+    finds = _Finds()
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_server.uri, event_listeners=[finds])
+    try:
+        database = client[f"remember_{uuid.uuid4().hex[:8]}"]
+        model = MongoReadModel(projection, database)
+        model.remember(1000)
+        for batch in batches(stored, 7):
+            model.apply(batch, behind=defer)
+        assert finds.reads.count(model.name) >= 1
+        assert len(finds.keys) == len(set(finds.keys))  # each document and stream version read at most once
+        assert finds.reads.count(model.name) < len(batches(stored, 7))  # not once per batch
+        assert finds.reads.count(f"{model.name}__parked") == 0  # none parked: counted, not searched
+        expected = replay_in_memory(projection, stored)
+        assert model.raw_documents() == expected.raw
+        stored_versions = MongoReadModel(projection, database).stream_versions({e.stream_id for e in stored})
+        if defer:  # held back since the last of every 10 batches: the checkpoint is behind the position
+            resume = model.resume_position()  # None: from the start
+            assert resume is None or resume < model.position()  # type: ignore[operator]
+            assert stored_versions != expected.streams
+            model.flush()
+            stored_versions = MongoReadModel(projection, database).stream_versions({e.stream_id for e in stored})
+        assert stored_versions == expected.streams
+        assert model.resume_position() == model.position() == stored[-1].position
+    finally:
+        client.close()

@@ -284,9 +284,15 @@ def test_a_redelivered_history_changes_nothing(esdb: Settings, esdb_journal: Eve
     assert model.raw_documents() == before
 
 
+@pytest.mark.parametrize("store", ["eventstoredb", "sqlite"])
 def test_a_poison_event_holds_its_stream_back_and_replay_parked_applies_it_after_the_fix(
-        esdb: Settings, esdb_journal: EventJournal, mongo_db: Db, mongo_server: MongoWireServer,
+        store: str, request: pytest.FixtureRequest, mongo_db: Db, mongo_server: MongoWireServer,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On EventStoreDB a persistent subscription, on SQLite a catch-up runner - which
+    remembers documents and stream versions between batches (projections/model_cache.py)
+    and must forget them when replay-parked, another process, writes the model."""
+    esdb: Settings = request.getfixturevalue("esdb" if store == "eventstoredb" else "sqlite")
+    esdb_journal: EventJournal = request.getfixturevalue("esdb_journal" if store == "eventstoredb" else "sqlite_journal")
     marker = tmp_path / "fixed"
     monkeypatch.setenv("XPLATFORM_TEST_POISON_FIXED", str(marker))  # the fix: this file exists
     projection = FlakyBoard()
