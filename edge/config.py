@@ -64,6 +64,8 @@ class EdgeConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     internal_networks: tuple[tuple[Network, str], ...] = ()
+    internal_port: int = -1
+    internal_host: str = "127.0.0.1"
     internal_idle_s: float = 60.0
     internal_buffer: int = 1000
     internal_max_wait_s: float = 25.0
@@ -110,6 +112,7 @@ class EdgeConfig:
             dev_tokens=bool(s.edge_dev_tokens), dev_tokens_on_network=bool(s.edge_dev_tokens_on_network),
             device_secret_file=s.edge_device_secret_file, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
             internal_networks=parse_networks(s.edge_internal_networks),
+            internal_port=s.edge_internal_port, internal_host=s.edge_internal_host,
             internal_idle_s=s.edge_internal_idle_s, internal_buffer=s.edge_internal_buffer,
             internal_max_wait_s=s.edge_internal_max_wait_s, read_wait_ms=s.edge_read_wait_ms,
             read_max_limit=s.edge_read_max_limit, read_max_waiting=s.edge_read_max_waiting,
@@ -148,6 +151,9 @@ class EdgeConfig:
                 raise EdgeConfigurationError(
                     f"XPLATFORM_EDGE_INTERNAL_NETWORKS: device class {device_class[:80]!r} must be 1-64 of A-Z a-z 0-9 "
                     "_ . - (a ':' would let one device's subject device:<class>:<id> be read as another's)")
+        if not -1 <= self.internal_port <= 65535:
+            raise EdgeConfigurationError("XPLATFORM_EDGE_INTERNAL_PORT must be -1 (on the public port), 0 (a free "
+                                         "port) or a port number")
         if self.slow_message_ms < 0 or self.slow_log_interval_s < 0:
             raise EdgeConfigurationError("slow_message_ms and slow_log_interval_s must be positive, or 0 "
                                          "(never log / log every slow message)")
