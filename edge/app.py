@@ -77,7 +77,7 @@ def build_edge_app(transport: Transport, categories: Collection[str], config: Ed
     add_public_edge(app, public)
     if reads is not None:
         add_read_api(app, ReadApi(reads, verifier, config, metrics))
-    if config.internal_networks:
+    if config.internal_networks or config.serial_ports:
         mount_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
                                               categories=categories, load=public.load), public.sockets)
     if static_dir is not None:

@@ -1,4 +1,5 @@
-"""Where the internal device edge is served: on the public edge's port, or on a listener of its own.
+"""Where the internal device edge is served: on the public edge's port, or on a listener of its
+own; and on the serial lines configured (edge/serial_line.py).
 
 Why a port of its own (``XPLATFORM_EDGE_INTERNAL_PORT`` >= 0): devices are admitted by the
 network they come from (edge/internal.py), and that is only as good as the network path to
@@ -23,7 +24,8 @@ from aiohttp import web
 
 from edge.accesslog import RedactingAccessLogger
 from edge.config import EdgeConfig
-from edge.internal import INTERNAL_EDGE_KEY, InternalEdge, add_internal_edge
+from edge.internal import INTERNAL_EDGE_KEY, InternalEdge
+from edge.serial_line import SerialLine
 from edge.sockets import SocketGuard, listen
 
 
@@ -73,26 +75,34 @@ INTERNAL_LISTENER_KEY = web.AppKey("xplatform_internal_listener", InternalListen
 
 
 def mount_internal_edge(app: web.Application, edge: InternalEdge, guard: SocketGuard | None) -> InternalListener | None:
-    """Serve ``edge`` for the life of ``app``: on ``app``'s own port when ``internal_port`` is -1
-    (returns None), else on an :class:`InternalListener` started after the edge and stopped
-    before it (returned, and kept as ``app[INTERNAL_LISTENER_KEY]``, so the caller can print its URL)."""
-    if edge.config.internal_port < 0:
-        add_internal_edge(app, edge)
-        return None
-    listener = InternalListener(edge, edge.config, guard)
+    """Serve ``edge`` for the life of ``app``: its HTTP routes (when device networks are
+    configured) on ``app``'s own port while ``internal_port`` is -1, else on an
+    :class:`InternalListener` (returned, and kept as ``app[INTERNAL_LISTENER_KEY]``, so the
+    caller can print its URL); and a :class:`~edge.serial_line.SerialLine` per configured
+    serial port. All start after the edge and stop before it."""
+    config = edge.config
     app[INTERNAL_EDGE_KEY] = edge
-    app[INTERNAL_LISTENER_KEY] = listener
+    listener = None
+    if config.internal_networks:
+        if config.internal_port < 0:
+            app.add_routes(edge.routes())
+        else:
+            listener = app[INTERNAL_LISTENER_KEY] = InternalListener(edge, config, guard)
+    lines = [SerialLine(edge, port, config, edge.metrics) for port in config.serial_ports]
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await edge.start()
+        started: list[InternalListener | SerialLine] = []
         try:
-            await listener.start()
-        except BaseException:
+            parts: list[InternalListener | SerialLine] = [*([listener] if listener is not None else []), *lines]
+            for part in parts:
+                await part.start()
+                started.append(part)
+            yield
+        finally:
+            for part in reversed(started):
+                await part.stop()
             await edge.stop()
-            raise
-        yield
-        await listener.stop()
-        await edge.stop()
 
     app.cleanup_ctx.append(lifecycle)
     return listener

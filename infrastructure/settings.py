@@ -286,6 +286,12 @@ class Settings:
                                        ">= 0). Loopback, like edge_host and metrics_host: nothing is opened to a "
                                        "network until an operator names the interface the devices reach (e.g. the "
                                        "plant network's address, or 0.0.0.0 with a firewall).")
+    edge_serial_ports: str = _setting("", "Serial lines (UART) the edge serves devices on, 'PATH=CLASS:DEVICE_ID,...' "
+                                      "(/dev/ttyUSB0=sensor:boiler-1): each port is one device of that class and ID, "
+                                      "configured here because nothing a line sends is trusted for identity "
+                                      "(edge/serial_line.py; framing in edge/PROTOCOL.md). Empty: none.")
+    edge_serial_baud: int = _setting(115_200, "Bits per second of every serial line: the fastest rate every common "
+                                     "USB-serial adapter and microcontroller UART runs reliably (8N1).")
     edge_internal_idle_s: float = _setting(60.0, "A device that neither pushes nor pulls for a minute is "
                                            "disconnected (the entity starts its grace period).")
     edge_internal_buffer: int = _setting(1000, "Outbound messages kept per device for pulls; older ones are "

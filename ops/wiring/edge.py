@@ -84,7 +84,7 @@ class ClusteredEdge:
 
         app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
         add_public_edge(app, self.public)
-        if self.config.internal_networks:  # devices: same routing, admitted by network (edge/internal.py)
+        if self.config.internal_networks or self.config.serial_ports:  # devices: same routing (edge/internal.py)
             self.internal_listener = mount_internal_edge(
                 app, InternalEdge(self.client, self.config, registry=self.public.registry, metrics=self.metrics,
                                   categories=self.categories, load=self.public.load), self.public.sockets)
