@@ -25,6 +25,11 @@ the same file on every edge: stable across requests and edges, and nobody withou
 secret can compute another device's ID). A device idle for ``internal_idle_s`` is
 disconnected (``Terminated`` reason ``idle``).
 
+The work is transport-neutral (:meth:`InternalEdge.entity_ref`, :meth:`~InternalEdge.send`,
+:meth:`~InternalEdge.outbound`, :func:`message_of`): the HTTP handlers here and the serial
+line (edge/serial_line.py) frame it, each with its own notion of where a device is from.
+Where the routes are served (public port or a listener of their own): edge/internal_listener.py.
+
 Malformed requests get a 4xx JSON error before anything reaches an entity: ``malformed``
 (not JSON/msgpack, JSON nested deeper than Python parses, ``NaN``/``Infinity``), and
 ``bad_payload`` for a payload msgpack cannot carry (integers outside -2^63..2^64-1).

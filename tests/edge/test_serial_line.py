@@ -15,47 +15,12 @@ from typing import Any
 
 import pytest
 
-from edge.config import EdgeConfig, SerialPort, parse_serial_ports
+from edge.config import EdgeConfig, SerialPort, parse_networks, parse_serial_ports
 from edge.errors import EdgeConfigurationError
 from tests.edge.harness import Edge, eventually, run_edge
+from tests.support.serial_device import SerialDevice as Device, frame
 
 MAX_FRAME = 1024
-
-
-def frame(body: Any) -> bytes:
-    data = json.dumps(body).encode()
-    return data + b"\t" + f"{zlib.crc32(data):08x}".encode() + b"\n"
-
-
-class Device:
-    """The device end of the line: the pty's master."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-
-    def write(self, raw: bytes) -> None:
-        os.write(self.fd, raw)
-
-    async def receive(self) -> dict[str, Any]:
-        """The next frame from the edge, its checksum checked."""
-        loop = asyncio.get_running_loop()
-        while b"\n" not in self.buffer:
-            readable = loop.create_future()
-            loop.add_reader(self.fd, lambda: readable.done() or readable.set_result(None))
-            try:
-                await asyncio.wait_for(readable, 10)
-            finally:
-                loop.remove_reader(self.fd)
-            self.buffer += os.read(self.fd, 65536)
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        data, _, checksum = line.rpartition(b"\t")
-        assert int(checksum, 16) == zlib.crc32(data), line
-        return json.loads(data)  # type: ignore[no-any-return]
-
-    async def ask(self, body: Any = None, raw: bytes | None = None) -> dict[str, Any]:
-        self.write(raw if raw is not None else frame(body))
-        return await self.receive()
 
 
 @pytest.fixture
@@ -129,6 +94,7 @@ BAD_FRAMES = [
     pytest.param(b"x" * (MAX_FRAME + 1) + b"\n", "too_big", id="oversized"),
     pytest.param(frame(PUSH)[:-9] + b"00000000\n", "bad_checksum", id="checksum-mismatch"),
     pytest.param(json.dumps(PUSH).encode() + b"\n", "malformed", id="no-checksum"),
+    pytest.param(frame(PUSH)[:-9] + b"0x" + frame(PUSH)[-7:], "malformed", id="checksum-not-hex-digits"),
     pytest.param(b"{not json\t" + f"{zlib.crc32(b'{not json'):08x}".encode() + b"\n", "malformed", id="not-json"),
     pytest.param(frame([1, 2]), "malformed", id="not-an-object"),
     pytest.param(frame({**PUSH, "type": "shutdown"}), "unknown_type", id="unknown-type"),
@@ -205,3 +171,17 @@ def test_a_burst_of_frames_is_answered_in_order_one_each(tmp_path: Path, pty_pai
         assert [(a["message_id"], a["payload"]) for a in answers] == [(f"b-{i}", i) for i in range(150)]
         assert edge.event_types() == ["ConnectionAccepted"] + ["Set"] * 150
     run_serial(tmp_path, pty_pair, scenario)
+
+
+@pytest.mark.parametrize("overrides", [{"serial_ports": (SerialPort("/dev/ttyS9", "member", "m-1"),)},
+                                       {"internal_networks": parse_networks("127.0.0.1/32=member"), "internal_port": 0}])
+def test_run_workers_refuses_what_one_process_must_serve(overrides: dict[str, Any]) -> None:
+    """A serial port or the device edge's own listener would be opened by every worker of
+    ``xplatform run --workers``: refused at start, before anything is bound."""
+    from infrastructure.errors import ConfigurationError
+    from infrastructure.settings import Settings
+    from ops.wiring.workers import serve_with_workers
+
+    config = EdgeConfig(dev_tokens=True, **overrides)
+    with pytest.raises(ConfigurationError, match="one process"):
+        asyncio.run(serve_with_workers(Settings(), config, 2))

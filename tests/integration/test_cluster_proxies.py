@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import secrets
 import time
 import urllib.parse
@@ -16,6 +17,7 @@ from typing import Any
 from edge.client import connect
 from tests.support.cluster import Cluster, cluster_token
 from tests.support.primary import warehouse_thread
+from tests.support.serial_device import SerialDevice
 
 ENTITIES = {"XPLATFORM_ENTITIES": "tests.support.proxies:ENTITIES"}
 
@@ -192,3 +194,42 @@ def test_clustered_edge_serves_devices_on_a_port_of_their_own(cluster: Cluster, 
     except AssertionError:
         print(cluster.logs())
         raise
+
+
+def test_clustered_edge_serves_a_device_on_a_serial_line(cluster: Cluster, tmp_path: Path) -> None:
+    """XPLATFORM_EDGE_SERIAL_PORTS on `xplatform edge`: the edge process opens the slave side
+    of a pseudo-terminal pair, the test is the device on the master side; the push reaches the
+    entity on its state node as the configured device, and a pull brings back its broadcast."""
+    master, slave = os.openpty()
+    entities = {"XPLATFORM_ENTITIES": "tests.edge.entities:Room"}
+    try:
+        cluster.start("state-node", "node-a", **entities)
+        cluster.start("edge", "edge-1", **{**_device_env(tmp_path, ""), **entities,
+                                            "XPLATFORM_EDGE_SERIAL_PORTS": f"{os.ttyname(slave)}=member:uart-9"})
+        push = {"type": "push", "category": "Room", "entity_id": "r9", "message_id": "u-1",
+                "payload": {"type": "set", "value": 9}}
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+            device = SerialDevice(master)
+            deadline = time.monotonic() + 30
+            while True:  # retryable until the shard map has an owner for Room/r9
+                answer = await device.ask(push)
+                if not answer.get("error", {}).get("retryable") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            pulled: dict[str, Any] = {}
+            while time.monotonic() < deadline and not pulled.get("messages"):
+                pulled = await device.ask({"type": "pull", "category": "Room", "entity_id": "r9"})
+                await asyncio.sleep(0.02 if not pulled.get("messages") else 0)
+            return answer, pulled
+
+        answer, pulled = asyncio.run(scenario())
+        assert answer == {"type": "reply", "message_id": "u-1", "ok": True, "payload": 9}, answer
+        assert [m["payload"] for m in pulled["messages"]] == [{"value": 9}], pulled
+        assert [e for e in _events(cluster, "Room-r9") if e != "OwnerChanged"] == ["ConnectionAccepted", "Set"]
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        os.close(master)
+        os.close(slave)
