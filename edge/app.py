@@ -6,7 +6,8 @@ the composition floor's choice (``ops/wiring``): this module never sees a state 
 One application serves: the public edge (``/ws/...``), the query API of read models
 (``/read/...``, when the floor hands it a read port), the internal edge (``/internal/...``,
 only when device networks are configured, and only while ``edge_internal_port`` is -1: else
-on a listener of its own, :mod:`edge.internal_listener`), the dev token issuer (``/dev/token``, only when
+on a listener of its own, :mod:`edge.internal_listener`, which also runs the configured
+serial lines, :mod:`edge.serial_line`), the dev token issuer (``/dev/token``, only when
 ``edge_dev_tokens`` is on) and the demo page (``/`` → ``edge/static/demo.html``,
 ``/static/`` → ``edge/static/``).
 

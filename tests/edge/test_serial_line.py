@@ -185,3 +185,33 @@ def test_run_workers_refuses_what_one_process_must_serve(overrides: dict[str, An
     config = EdgeConfig(dev_tokens=True, **overrides)
     with pytest.raises(ConfigurationError, match="one process"):
         asyncio.run(serve_with_workers(Settings(), config, 2))
+
+
+def test_a_lost_line_is_reopened_when_its_adapter_comes_back(tmp_path: Path) -> None:
+    """The port is configured by a stable name (a symlink, as udev's /dev/serial/by-id/ are);
+    the pty behind it goes away (adapter unplugged: the edge sees the line fail) and a new one
+    takes the name (plugged back in): the edge opens it again and the device is served."""
+    link = tmp_path / "ttyUSB0"
+    master, slave = os.openpty()
+    link.symlink_to(os.ttyname(slave))
+    fds = [master, slave]
+
+    async def scenario(edge: Edge) -> None:
+        assert (await Device(master).ask(PUSH))["ok"] is True
+        os.close(master)  # unplugged
+        fds.remove(master)
+        await eventually(lambda: edge.metric("xplatform_edge_serial_lines") == 0, timeout=10, what="the line lost")
+        again, again_slave = os.openpty()
+        fds.extend((again, again_slave))
+        link.unlink()
+        link.symlink_to(os.ttyname(again_slave))
+        await eventually(lambda: edge.metric("xplatform_edge_serial_lines") == 1, timeout=10, what="the line back")
+        answer = await Device(again).ask({**PUSH, "message_id": "s-2", "payload": {"type": "set", "value": 5}})
+        assert answer == {"type": "reply", "message_id": "s-2", "ok": True, "payload": 5}
+        assert edge.event_types() == ["ConnectionAccepted", "Set", "Set"]
+
+    try:
+        run_edge(tmp_path, scenario, serial_ports=(SerialPort(str(link), "member", "uart-1"),))
+    finally:
+        for fd in fds:
+            os.close(fd)
