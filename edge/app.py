@@ -5,7 +5,9 @@ the composition floor's choice (``ops/wiring``): this module never sees a state 
 
 One application serves: the public edge (``/ws/...``), the query API of read models
 (``/read/...``, when the floor hands it a read port), the internal edge (``/internal/...``,
-only when device networks are configured), the dev token issuer (``/dev/token``, only when
+only when device networks are configured, and only while ``edge_internal_port`` is -1: else
+on a listener of its own, :mod:`edge.internal_listener`, which also runs the configured
+serial lines, :mod:`edge.serial_line`), the dev token issuer (``/dev/token``, only when
 ``edge_dev_tokens`` is on) and the demo page (``/`` → ``edge/static/demo.html``,
 ``/static/`` → ``edge/static/``).
 
@@ -35,7 +37,8 @@ from yarl import URL
 from edge.accesslog import RedactingAccessLogger
 from edge.auth import DevTokenIssuer
 from edge.config import EdgeConfig, is_ip_literal, is_loopback
-from edge.internal import InternalEdge, add_internal_edge
+from edge.internal import InternalEdge
+from edge.internal_listener import mount_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import EDGE_KEY, PublicEdge, add_public_edge, build_verifier
 from edge.reads import ReadApi, add_read_api
@@ -75,9 +78,9 @@ def build_edge_app(transport: Transport, categories: Collection[str], config: Ed
     add_public_edge(app, public)
     if reads is not None:
         add_read_api(app, ReadApi(reads, verifier, config, metrics))
-    if config.internal_networks:
-        add_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
-                                            categories=categories, load=public.load))
+    if config.internal_networks or config.serial_ports:
+        mount_internal_edge(app, InternalEdge(transport, config, registry=public.registry, metrics=metrics,
+                                              categories=categories, load=public.load), public.sockets)
     if static_dir is not None:
         _add_static(app, static_dir)
     return app

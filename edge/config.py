@@ -64,6 +64,10 @@ class EdgeConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     internal_networks: tuple[tuple[Network, str], ...] = ()
+    internal_port: int = -1
+    internal_host: str = "127.0.0.1"
+    serial_ports: tuple[SerialPort, ...] = ()
+    serial_baud: int = 115_200
     internal_idle_s: float = 60.0
     internal_buffer: int = 1000
     internal_max_wait_s: float = 25.0
@@ -110,6 +114,8 @@ class EdgeConfig:
             dev_tokens=bool(s.edge_dev_tokens), dev_tokens_on_network=bool(s.edge_dev_tokens_on_network),
             device_secret_file=s.edge_device_secret_file, metrics_host=s.metrics_host, metrics_port=s.metrics_port,
             internal_networks=parse_networks(s.edge_internal_networks),
+            internal_port=s.edge_internal_port, internal_host=s.edge_internal_host,
+            serial_ports=parse_serial_ports(s.edge_serial_ports), serial_baud=s.edge_serial_baud,
             internal_idle_s=s.edge_internal_idle_s, internal_buffer=s.edge_internal_buffer,
             internal_max_wait_s=s.edge_internal_max_wait_s, read_wait_ms=s.edge_read_wait_ms,
             read_max_limit=s.edge_read_max_limit, read_max_waiting=s.edge_read_max_waiting,
@@ -148,6 +154,13 @@ class EdgeConfig:
                 raise EdgeConfigurationError(
                     f"XPLATFORM_EDGE_INTERNAL_NETWORKS: device class {device_class[:80]!r} must be 1-64 of A-Z a-z 0-9 "
                     "_ . - (a ':' would let one device's subject device:<class>:<id> be read as another's)")
+        if self.serial_baud < 1:
+            raise EdgeConfigurationError("XPLATFORM_EDGE_SERIAL_BAUD must be positive (bits per second)")
+        if len({port.path for port in self.serial_ports}) < len(self.serial_ports):
+            raise EdgeConfigurationError("XPLATFORM_EDGE_SERIAL_PORTS names a port twice (one device per line)")
+        if not -1 <= self.internal_port <= 65535:
+            raise EdgeConfigurationError("XPLATFORM_EDGE_INTERNAL_PORT must be -1 (on the public port), 0 (a free "
+                                         "port) or a port number")
         if self.slow_message_ms < 0 or self.slow_log_interval_s < 0:
             raise EdgeConfigurationError("slow_message_ms and slow_log_interval_s must be positive, or 0 "
                                          "(never log / log every slow message)")
@@ -162,7 +175,7 @@ class EdgeConfig:
                 raise EdgeConfigurationError(
                     f"{' and '.join(missing)} must be set: without them a token your identity provider minted "
                     "for any other application would be accepted here")
-            if self.internal_networks and not self.device_secret_file:
+            if (self.internal_networks or self.serial_ports) and not self.device_secret_file:
                 raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE must name a file with the secret "
                                              "device connection IDs are derived from (the same on every edge)")
         elif not is_loopback(self.host) and not self.dev_tokens_on_network:
@@ -201,6 +214,34 @@ DEVICE_CLASS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """A device class: no ``:`` (it ends the class in a device's subject ``device:<class>:<id>``,
 so every subject names one class and one ID) and no ``/`` (it separates class and ID in
 what the device's connection ID is derived from); see edge/internal.py."""
+
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+"""A device ID (``:`` allowed, e.g. a MAC address: the class, which holds none, ends first)."""
+
+
+@dataclass(frozen=True)
+class SerialPort:
+    """A serial line the edge serves: the port's path, and the one device on it (edge/serial_line.py)."""
+
+    path: str
+    device_class: str
+    device: str
+
+
+def parse_serial_ports(value: str) -> tuple[SerialPort, ...]:
+    """``"/dev/ttyUSB0=sensor:boiler-1,..."`` → SerialPort per item; EdgeConfigurationError
+    naming XPLATFORM_EDGE_SERIAL_PORTS for an item that is not ``PATH=CLASS:DEVICE_ID``."""
+    parsed: list[SerialPort] = []
+    for item in _split(value):
+        path, _, identity = item.partition("=")
+        device_class, _, device = identity.strip().partition(":")
+        if not path.strip() or not DEVICE_CLASS.fullmatch(device_class) or not DEVICE_ID.match(device):
+            raise EdgeConfigurationError(
+                f"XPLATFORM_EDGE_SERIAL_PORTS: {item[:120]!r} must be PATH=CLASS:DEVICE_ID (class 1-64 of "
+                "A-Z a-z 0-9 _ . -, ID 1-64 of those and ':')")
+        parsed.append(SerialPort(path.strip(), device_class, device))
+    return tuple(parsed)
 
 
 def parse_networks(value: str) -> tuple[tuple[Network, str], ...]:

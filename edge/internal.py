@@ -25,6 +25,11 @@ the same file on every edge: stable across requests and edges, and nobody withou
 secret can compute another device's ID). A device idle for ``internal_idle_s`` is
 disconnected (``Terminated`` reason ``idle``).
 
+The work is transport-neutral (:meth:`InternalEdge.entity_ref`, :meth:`~InternalEdge.send`,
+:meth:`~InternalEdge.outbound`, :func:`message_of`): the HTTP handlers here and the serial
+line (edge/serial_line.py) frame it, each with its own notion of where a device is from.
+Where the routes are served (public port or a listener of their own): edge/internal_listener.py.
+
 Malformed requests get a 4xx JSON error before anything reaches an entity: ``malformed``
 (not JSON/msgpack, JSON nested deeper than Python parses, ``NaN``/``Infinity``), and
 ``bad_payload`` for a payload msgpack cannot carry (integers outside -2^63..2^64-1).
@@ -37,7 +42,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import re
 import secrets
 import time
 import uuid
@@ -53,7 +57,7 @@ from domain.messages import ClientMessage, Connect, Terminated
 from domain.refs import EntityRef
 from edge import protocol
 from edge.auth import DEVICE_SUB_PREFIX
-from edge.config import EdgeConfig
+from edge.config import DEVICE_ID, EdgeConfig
 from edge.errors import EdgeConfigurationError, EdgeError
 from edge.fanout import Fanout
 from edge.metrics import EdgeMetrics
@@ -63,7 +67,6 @@ from infrastructure.errors import ConfigurationError
 from infrastructure.secrets import MIN_SECRET_BYTES, read_secret
 from infrastructure.transport.port import Transport
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MSGPACK = "application/msgpack"
 
 
@@ -199,14 +202,9 @@ class InternalEdge:
 
     def _address(self, request: web.Request) -> tuple[EntityRef, str, str]:
         device_class = self._device_class(request)
-        try:
-            ref = EntityRef(request.match_info["category"], request.match_info["entity_id"])
-        except DomainError as exc:
-            raise BadRequest(400, "bad_address", exc.reason) from None
-        if self.categories is not None and ref.category not in self.categories:
-            raise BadRequest(404, "unknown_category", f"no entity category {ref.category!r}")
+        ref = self.entity_ref(request.match_info["category"], request.match_info["entity_id"])
         device = request.headers.get("X-Device-Id") or request.query.get("device", "")
-        if not _DEVICE_ID.match(device):
+        if not DEVICE_ID.match(device):
             raise BadRequest(400, "bad_device_id", "device (query or X-Device-Id) must be 1-64 of A-Z a-z 0-9 _ . : -")
         return ref, device, device_class
 
@@ -215,43 +213,70 @@ class InternalEdge:
         try:
             ref, device, device_class = self._address(request)
             message_id, payload = await self._body(request)
-            conn = await self._device(ref, device, device_class)
+            status, body = await self.send(ref, device, device_class, message_id, payload)
         except BadRequest as exc:
             return _error(exc.status, exc.error, exc.reason, retryable=exc.status == 503)
         except DeviceRefused as exc:
             return _error(403, "refused", str(exc))
-        conn.last_used = time.monotonic()
-        self.metrics.frames_in["msg"].inc()
-        if self.load is not None and self.load.behind(ref):  # its entity is behind (edge/overload.py)
-            self.metrics.shed.inc()
-            return _error(503, "overloaded", "the entity is overloaded; retry shortly", retryable=True)
-        arrived = time.perf_counter()
-        entry = self.load.enter(ref) if self.load is not None else None
-        try:
-            reply = await self.transport.ask(ref, ClientMessage(message_id, time.time(), conn.cid, payload),
-                                             self.config.connect_timeout_s)
-        except Exception as exc:
-            return _error(503, "unavailable", str(exc)[:200], retryable=True)
-        finally:
-            if entry is not None:
-                self.load.leave(ref, entry)  # type: ignore[union-attr]
-        self.metrics.round_trip.observe(time.perf_counter() - arrived)
-        if reply.ok:
-            return _respond(request, 200, {"message_id": message_id, "ok": True, "payload": reply.payload})
-        status = 503 if reply.retryable else 422
-        return _respond(request, status, {"message_id": message_id, "ok": False, "error": {
-            "code": reply.code, "reason": reply.reason, "retryable": reply.retryable}})
+        return _respond(request, status, body)
 
     async def pull(self, request: web.Request) -> web.Response:
         try:
             ref, device, device_class = self._address(request)
             cursor = _number(request.query.get("cursor", "0"), int, "cursor")
             wait = min(_number(request.query.get("wait", "0"), float, "wait"), self.config.internal_max_wait_s)
-            conn = await self._device(ref, device, device_class)
+            body = await self.outbound(ref, device, device_class, cursor, wait)
         except BadRequest as exc:
             return _error(exc.status, exc.error, exc.reason, retryable=exc.status == 503)
         except DeviceRefused as exc:
             return _error(403, "refused", str(exc))
+        return _respond(request, 200, body)
+
+    # ------------------------------------------------------------------ what every device interface shares
+    def entity_ref(self, category: str, entity_id: str) -> EntityRef:
+        """The addressed entity; BadRequest ``bad_address`` / ``unknown_category`` (404) otherwise."""
+        try:
+            ref = EntityRef(category, entity_id)
+        except DomainError as exc:
+            raise BadRequest(400, "bad_address", exc.reason) from None
+        if self.categories is not None and ref.category not in self.categories:
+            raise BadRequest(404, "unknown_category", f"no entity category {ref.category!r}")
+        return ref
+
+    async def send(self, ref: EntityRef, device: str, device_class: str, message_id: str,
+                   payload: bytes) -> tuple[int, dict[str, Any]]:
+        """Deliver one message of the device (``device_class``, ``device``) to ``ref`` once its
+        connection is accepted: (200/422/503, the answer body with the entity's durable reply).
+        Raises BadRequest (503 ``overloaded``/``unavailable``: retry; nothing else changed) or
+        DeviceRefused when the entity refuses the device."""
+        conn = await self._device(ref, device, device_class)
+        conn.last_used = time.monotonic()
+        self.metrics.frames_in["msg"].inc()
+        if self.load is not None and self.load.behind(ref):  # its entity is behind (edge/overload.py)
+            self.metrics.shed.inc()
+            raise BadRequest(503, "overloaded", "the entity is overloaded; retry shortly")
+        arrived = time.perf_counter()
+        entry = self.load.enter(ref) if self.load is not None else None
+        try:
+            reply = await self.transport.ask(ref, ClientMessage(message_id, time.time(), conn.cid, payload),
+                                             self.config.connect_timeout_s)
+        except Exception as exc:
+            raise BadRequest(503, "unavailable", str(exc)[:200]) from None
+        finally:
+            if entry is not None:
+                self.load.leave(ref, entry)  # type: ignore[union-attr]
+        self.metrics.round_trip.observe(time.perf_counter() - arrived)
+        if reply.ok:
+            return 200, {"message_id": message_id, "ok": True, "payload": reply.payload}
+        return 503 if reply.retryable else 422, {"message_id": message_id, "ok": False, "error": {
+            "code": reply.code, "reason": reply.reason, "retryable": reply.retryable}}
+
+    async def outbound(self, ref: EntityRef, device: str, device_class: str, cursor: int,
+                       wait: float) -> dict[str, Any]:
+        """The device's outbound messages for ``ref`` after ``cursor`` (waiting up to ``wait``
+        seconds for the first): ``{"cursor", "messages", "missed", "terminated"}``. Raises
+        BadRequest / DeviceRefused as :meth:`send`."""
+        conn = await self._device(ref, device, device_class)
         conn.last_used = time.monotonic()
         messages, new_cursor, missed = conn.since(cursor)
         if not messages and wait > 0 and conn.terminated is None:
@@ -262,8 +287,7 @@ class InternalEdge:
         if conn.terminated is not None:
             terminated = {"reason": conn.terminated[0], "reconnect": conn.terminated[1]}
             self._forget(conn, "terminated")
-        return _respond(request, 200, {"cursor": new_cursor, "messages": messages, "missed": missed,
-                                       "terminated": terminated})
+        return {"cursor": new_cursor, "messages": messages, "missed": missed, "terminated": terminated}
 
     async def _body(self, request: web.Request) -> tuple[str, bytes]:
         raw = await request.read()
@@ -275,27 +299,12 @@ class InternalEdge:
             except Exception:
                 raise BadRequest(400, "malformed", "body is not msgpack") from None
         elif request.content_type in ("application/json", ""):
-            try:
-                body = json.loads(raw, parse_constant=_no_constant)
-            except (ValueError, RecursionError):
-                raise BadRequest(400, "malformed", "body is not JSON (or nested too deep, or NaN/Infinity)") from None
+            body = parse_json(raw, "body")
         else:
             raise BadRequest(415, "unsupported_media_type", "send application/json or application/msgpack")
         if not isinstance(body, dict) or set(body) - {"message_id", "payload"}:
             raise BadRequest(400, "malformed", "body must be a map with message_id and payload only")
-        message_id = body.get("message_id")
-        if not isinstance(message_id, str) or not 0 < len(message_id) <= protocol.MAX_MESSAGE_ID:
-            raise BadRequest(400, "bad_message_id", "message_id must be a string of 1-64 characters")
-        if "payload" not in body:
-            raise BadRequest(400, "malformed", "payload is missing")
-        payload = body["payload"]
-        if isinstance(payload, bytes):
-            return message_id, payload
-        try:
-            return message_id, msgpack.packb(payload, use_bin_type=True)
-        except (ValueError, OverflowError, TypeError, RecursionError):
-            raise BadRequest(400, "bad_payload", "payload cannot be carried as msgpack "
-                                                 "(integers must be within -2^63..2^64-1)") from None
+        return message_of(body)
 
     # ------------------------------------------------------------------ device connections
     async def _device(self, ref: EntityRef, device: str, device_class: str) -> DeviceConnection:
@@ -366,14 +375,41 @@ def device_secret(config: EdgeConfig) -> bytes:
     """The device secret from ``device_secret_file``; in dev mode (dev tokens on, no file) a
     random one per process. Raises EdgeConfigurationError when it is missing or short."""
     if not config.device_secret_file:
-        if config.dev_tokens or not config.internal_networks:
+        if config.dev_tokens or not (config.internal_networks or config.serial_ports):
             return secrets.token_bytes(MIN_SECRET_BYTES)
-        raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE is required with device networks")
+        raise EdgeConfigurationError("XPLATFORM_EDGE_DEVICE_SECRET_FILE is required with device networks or serial ports")
     try:
         secret = read_secret(config.device_secret_file, "XPLATFORM_EDGE_DEVICE_SECRET_FILE")
     except ConfigurationError as exc:
         raise EdgeConfigurationError(str(exc)) from None
     return secret
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """``raw`` as JSON; BadRequest ``malformed`` when it is not (or nests deeper than Python
+    parses, or holds ``NaN``/``Infinity``, which are not JSON)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest(400, "malformed", f"{what} is not JSON (or nested too deep, or NaN/Infinity)") from None
+
+
+def message_of(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    """A device message's ``(message_id, payload as msgpack)`` from its decoded ``body``;
+    BadRequest ``bad_message_id`` / ``malformed`` / ``bad_payload`` when it cannot be one."""
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= protocol.MAX_MESSAGE_ID:
+        raise BadRequest(400, "bad_message_id", "message_id must be a string of 1-64 characters")
+    if "payload" not in body:
+        raise BadRequest(400, "malformed", "payload is missing")
+    payload = body["payload"]
+    if isinstance(payload, bytes):
+        return message_id, payload
+    try:
+        return message_id, msgpack.packb(payload, use_bin_type=True)
+    except (ValueError, OverflowError, TypeError, RecursionError):
+        raise BadRequest(400, "bad_payload", "payload cannot be carried as msgpack "
+                                             "(integers must be within -2^63..2^64-1)") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -390,7 +426,8 @@ def _number(raw: str, kind: type, name: str) -> Any:
     return value
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """What JSON cannot carry, as answers show it: sets and tuples as lists, bytes as hex, the rest as text."""
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     if isinstance(value, bytes):
@@ -400,9 +437,9 @@ def _json_default(value: Any) -> Any:
 
 def _respond(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
     if MSGPACK in request.headers.get("Accept", "") or request.content_type == MSGPACK:
-        return web.Response(status=status, body=msgpack.packb(body, default=_json_default, use_bin_type=True),
+        return web.Response(status=status, body=msgpack.packb(body, default=json_default, use_bin_type=True),
                             content_type=MSGPACK)
-    return web.Response(status=status, text=json.dumps(body, default=_json_default), content_type="application/json")
+    return web.Response(status=status, text=json.dumps(body, default=json_default), content_type="application/json")
 
 
 def device_subject(device_class: str, device: str) -> str:

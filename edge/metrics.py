@@ -24,6 +24,9 @@ from infrastructure.metrics import HOP_BUCKETS, NODE_HOPS, LoopCounter, LoopHist
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 EDGE_HOPS = ("transport", *NODE_HOPS, "client_write")
 """Hops of a client message's round trip, in order (see :mod:`edge.hops`); a fixed list."""
+SERIAL_ERRORS = ("too_big", "malformed", "bad_checksum", "unknown_type", "bad_address", "unknown_category",
+                 "bad_message_id", "bad_payload", "bad_cursor", "refused", "unavailable", "overloaded", "other")
+"""Error frame codes of serial lines (edge/serial_line.py) as a label; any other code counts as ``other``."""
 FRAMES_IN = ("msg", "ping", "latency", "bye", "bad")
 FRAMES_OUT = ("welcome", "reply", "push", "pong", "terminate", "error")
 READ_OUTCOMES = ("ok", "bad_request", "unauthorized", "forbidden", "not_found", "unknown_projection",
@@ -104,6 +107,11 @@ class EdgeMetrics:
                                        "answer, waits for consistency included.", buckets=LATENCY_BUCKETS, registry=r)
         self.reads_waiting = Gauge("xplatform_edge_reads_waiting", "Reads waiting for their consistency "
                                    "(a position token or max_lag_ms) now.", registry=r)
+        self.serial_lines = Gauge("xplatform_edge_serial_lines", "Serial lines open now (a configured line that "
+                                  "is not: its adapter is gone; edge/serial_line.py reopens it).", registry=r)
+        serial_errors = Counter("xplatform_edge_serial_errors", "Serial frames answered with an error frame "
+                                "(nothing delivered), by code.", ["code"], registry=r)
+        self.serial_errors = {k: serial_errors.labels(k) for k in SERIAL_ERRORS}
 
     def exposition(self) -> bytes:
         """Text exposition format for ``/metrics``."""

@@ -281,6 +281,22 @@ class Settings:
     edge_internal_networks: str = _setting("", "Device networks of the internal edge, 'CIDR=device_class,...'. "
                                            "Empty disables it: behind a reverse proxy every client looks like "
                                            "loopback, so no network is trusted until named.")
+    edge_internal_port: int = _setting(-1, "Where the internal device edge listens. -1: on the public edge's port "
+                                       "(/internal/... beside /ws/...), as before this setting existed, so existing "
+                                       "deployments and `xplatform run` keep working. 0 (a free port) or N: on a "
+                                       "listener of its own at edge_internal_host, and the public port serves no "
+                                       "device routes (404): device networks need not reach the public port nor "
+                                       "the public the device port. Only with edge_internal_networks.")
+    edge_internal_host: str = _setting("127.0.0.1", "Address of the internal edge's own listener (edge_internal_port "
+                                       ">= 0). Loopback, like edge_host and metrics_host: nothing is opened to a "
+                                       "network until an operator names the interface the devices reach (e.g. the "
+                                       "plant network's address, or 0.0.0.0 with a firewall).")
+    edge_serial_ports: str = _setting("", "Serial lines (UART) the edge serves devices on, 'PATH=CLASS:DEVICE_ID,...' "
+                                      "(/dev/ttyUSB0=sensor:boiler-1): each port is one device of that class and ID, "
+                                      "configured here because nothing a line sends is trusted for identity "
+                                      "(edge/serial_line.py; framing in edge/PROTOCOL.md). Empty: none.")
+    edge_serial_baud: int = _setting(115_200, "Bits per second of every serial line: the fastest rate every common "
+                                     "USB-serial adapter and microcontroller UART runs reliably (8N1).")
     edge_internal_idle_s: float = _setting(60.0, "A device that neither pushes nor pulls for a minute is "
                                            "disconnected (the entity starts its grace period).")
     edge_internal_buffer: int = _setting(1000, "Outbound messages kept per device for pulls; older ones are "

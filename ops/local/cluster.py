@@ -91,6 +91,17 @@ class ClusterProcess:
         """Where the process serves /metrics (its internal listener, from the ready line)."""
         return self.ready_line.split("(metrics: ", 1)[1].split(")", 1)[0]
 
+    @property
+    def devices_url(self) -> str:
+        """Where an edge serves the device edge on its own port (``XPLATFORM_EDGE_INTERNAL_PORT``
+        >= 0): ``http://host:port/internal/``, from the ready line."""
+        return self.ready_line.split("(devices: ", 1)[1].split(")", 1)[0]
+
+    @property
+    def base_url(self) -> str:
+        """An edge's public URL (what follows "ready on"), without the trailing slash."""
+        return self.ready_line.split("ready on ", 1)[1].rstrip("/")
+
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)

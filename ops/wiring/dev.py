@@ -22,6 +22,7 @@ from aiohttp import web
 from domain.entity import Entity
 from edge.app import STATIC_DIR, build_edge_app, serve_app
 from edge.config import EdgeConfig, is_loopback
+from edge.internal_listener import INTERNAL_LISTENER_KEY
 from edge.metrics import EdgeMetrics
 from edge.sockets import raise_open_file_limit
 from infrastructure.metrics import NodeMetrics
@@ -117,17 +118,20 @@ async def serve_dev(platform: Platform, config: EdgeConfig, ready: asyncio.Event
     """Run the dev server until SIGINT/SIGTERM (Ctrl-C); print the URL when it listens."""
     raise_open_file_limit()
 
+    app = dev_app(platform, config, read_models=read_models)
+    devices = app.get(INTERNAL_LISTENER_KEY)  # the device edge's own listener (XPLATFORM_EDGE_INTERNAL_PORT >= 0)
+
     def announce(port: int) -> None:
         metrics_at = "metrics at /metrics" if is_loopback(config.host) else "metrics on the internal listener"
         print(f"X Platform serving on http://{config.host}:{port}/  (demo page; websocket at /ws/<category>/<id>; "
-              f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}) - Ctrl-C stops",
-              flush=True)
+              f"{metrics_at}{'; dev tokens at /dev/token' if config.dev_tokens else ''}"
+              f"{f'; devices at {devices.url}' if devices else ''}) - Ctrl-C stops", flush=True)
         if read_models is not None:
             read_models.start()  # in the background: the database and the projectors come up after this line
         if ready is not None:
             ready.set()
 
-    await serve_app(dev_app(platform, config, read_models=read_models), config, announce)
+    await serve_app(app, config, announce)
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None, dev_tokens_on_network: bool = False,

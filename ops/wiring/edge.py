@@ -1,8 +1,10 @@
 """A clustered edge process (``xplatform edge``): the same public edge as in dev mode, and
 the internal device edge when device networks are configured
 (``XPLATFORM_EDGE_INTERNAL_NETWORKS``; it then needs ``XPLATFORM_EDGE_DEVICE_SECRET_FILE``,
-the same file on every edge, so a device keeps its connection ID on any edge), on the
-network transport routed by the shard map from ZooKeeper.
+the same file on every edge, so a device keeps its connection ID on any edge) - on the
+public port, or with ``XPLATFORM_EDGE_INTERNAL_PORT`` >= 0 on a listener of its own
+(edge/internal_listener.py; its URL is printed as ``(devices: <url>)`` in the ready line) -
+on the network transport routed by the shard map from ZooKeeper.
 
 The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
 only from members that prove they hold the edge secret: infrastructure/transport/auth.py),
@@ -21,7 +23,8 @@ from aiohttp import web
 
 from edge.app import serve_app
 from edge.config import EdgeConfig
-from edge.internal import InternalEdge, add_internal_edge
+from edge.internal import InternalEdge
+from edge.internal_listener import InternalListener, mount_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier
 from edge.sockets import raise_open_file_limit
@@ -55,6 +58,8 @@ class ClusteredEdge:
         self.public.registry.watch(self.client.hold, self.client.release)
         self.ownership.listeners.append(lambda _state, _map: self.client.reannounce())
         self.metrics_listener: MetricsListener | None = None
+        self.internal_listener: InternalListener | None = None
+        """The device edge's own listener (``XPLATFORM_EDGE_INTERNAL_PORT`` >= 0), else None."""
         self.leave = asyncio.Event()
         """Set on SIGTERM/SIGINT or when an operator asked this edge to drain
         (``xplatform drain``): the server stops, saying GOING_AWAY to every client."""
@@ -79,9 +84,10 @@ class ClusteredEdge:
 
         app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
         add_public_edge(app, self.public)
-        if self.config.internal_networks:  # devices: same routing, admitted by network (edge/internal.py)
-            add_internal_edge(app, InternalEdge(self.client, self.config, registry=self.public.registry,
-                                                metrics=self.metrics, categories=self.categories, load=self.public.load))
+        if self.config.internal_networks or self.config.serial_ports:  # devices: same routing (edge/internal.py)
+            self.internal_listener = mount_internal_edge(
+                app, InternalEdge(self.client, self.config, registry=self.public.registry, metrics=self.metrics,
+                                  categories=self.categories, load=self.public.load), self.public.sockets)
         # never on the public port
         self.metrics_listener = add_metrics(app, self._render_metrics, self.config.metrics_host, self.config.metrics_port)
         return app
@@ -98,8 +104,11 @@ async def serve_cluster_edge(settings: Settings, categories: Collection[str]) ->
     app = edge.app()
     listener = edge.metrics_listener
 
+    devices = edge.internal_listener
+
     def announce(port: int) -> None:  # the URL last: tools take what follows "ready on"
-        print(f"edge {settings.node_id} (metrics: {listener.url if listener else ''}) "
-              f"ready on http://{edge.config.host}:{port}/", flush=True)
+        print(f"edge {settings.node_id} (metrics: {listener.url if listener else ''})"
+              f"{f' (devices: {devices.url})' if devices else ''} ready on http://{edge.config.host}:{port}/",
+              flush=True)
 
     await serve_app(app, edge.config, announce, stop=edge.leave)

@@ -164,6 +164,11 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
     """``xplatform run --workers N``: serve until SIGINT/SIGTERM. See the module docstring."""
     if workers < 1:
         raise ConfigurationError(f"--workers must be at least 1 (got {workers}); without it `run` is one process")
+    if (config.internal_networks and config.internal_port >= 0) or config.serial_ports:
+        raise ConfigurationError("XPLATFORM_EDGE_INTERNAL_PORT (a listener of its own) and XPLATFORM_EDGE_SERIAL_PORTS "
+                                 "are served by one process, not by each worker: use `xplatform run` without "
+                                 "--workers or `xplatform edge` (or XPLATFORM_EDGE_INTERNAL_PORT=-1: devices on "
+                                 "the shared public port)")
     run_dir = Path(tempfile.mkdtemp(prefix="xplatform-run-"))  # mode 0700: ours alone
     sock: socket.socket | None = None
     try:

@@ -156,3 +156,30 @@ def test_device_connect_refused_for_a_transient_reason_is_503_retryable_not_403(
         assert edge.event_types() == []
 
     run_edge(tmp_path, scenario, internal_networks=parse_networks("127.0.0.0/8=later"))
+
+
+def test_device_edge_on_its_own_port_leaves_the_public_port_without_device_routes(tmp_path: Path) -> None:
+    """``internal_port`` 0: devices reach the entity through their own listener, with the same
+    allow-list (127.0.0.2 is outside 127.0.0.1/32: refused, nothing changes); the public port 404s."""
+    from edge.internal_listener import INTERNAL_LISTENER_KEY
+
+    async def scenario(edge: Edge) -> None:
+        devices = edge.app[INTERNAL_LISTENER_KEY].url.rstrip("/")
+        body = {"message_id": "own-1", "payload": {"type": "set", "value": 6}}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as session, \
+                session.post(f"{devices}/Room/r1/messages", params={"device": "s1"}, json=body) as resp:
+            assert resp.status == 403 and (await resp.json())["error"]["code"] == "network_not_allowed"
+        async with aiohttp.ClientSession() as session, session.post(f"{edge.base_url}{URL}", json=body) as resp:
+            assert resp.status == 404  # the public port
+        assert edge.entity() is None and edge.event_types() == []
+        async with aiohttp.ClientSession() as session, \
+                session.post(f"{devices}/Room/r1/messages", params={"device": "s1"}, json=body) as resp:
+            assert resp.status == 200 and (await resp.json())["payload"] == 6
+        assert edge.event_types() == ["ConnectionAccepted", "Set"]
+
+    run_edge(tmp_path, scenario, internal_networks=parse_networks("127.0.0.1/32=member"), internal_port=0)
+
+
+def test_an_internal_port_out_of_range_stops_the_edge_at_start() -> None:
+    with pytest.raises(EdgeConfigurationError, match="XPLATFORM_EDGE_INTERNAL_PORT"):
+        EdgeConfig(dev_tokens=True, internal_port=-2)

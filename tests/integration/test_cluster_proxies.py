@@ -5,17 +5,19 @@ test (tests/support/primary.py)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import os
 import secrets
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from edge.client import connect
 from tests.support.cluster import Cluster, cluster_token
 from tests.support.primary import warehouse_thread
+from tests.support.serial_device import SerialDevice
 
 ENTITIES = {"XPLATFORM_ENTITIES": "tests.support.proxies:ENTITIES"}
 
@@ -28,25 +30,34 @@ def _device_env(tmp_path: Path, networks: str) -> dict[str, str]:
     return {**ENTITIES, "XPLATFORM_EDGE_INTERNAL_NETWORKS": networks, "XPLATFORM_EDGE_DEVICE_SECRET_FILE": str(secret)}
 
 
-def _post(base_url: str, path: str, body: dict[str, Any], device: str = "gw1") -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(f"{base_url}{path}?device={device}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+def _request(base_url: str, path: str, body: dict[str, Any] | None = None, device: str = "gw1",
+             source: str = "127.0.0.1", query: str = "") -> tuple[int, dict[str, Any]]:
+    """POST ``body`` (GET when None) from the loopback address ``source``: (status, JSON answer)."""
+    url = urllib.parse.urlsplit(f"{base_url}{path}")
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30, source_address=(source, 0))
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:  # e.g. aiohttp's own 404 page: no such route on this edge
-            return exc.code, {"body": body.decode(errors="replace")}
+        data = None if body is None else json.dumps(body).encode()
+        connection.request("GET" if body is None else "POST", f"{url.path}?device={device}{query}", body=data,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(raw)
+    except ValueError:  # e.g. aiohttp's own 404 page: no such route on this edge
+        return response.status, {"body": raw.decode(errors="replace")}
 
 
-def _push_until_served(base_url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _post(base_url: str, path: str, body: dict[str, Any], device: str = "gw1") -> tuple[int, dict[str, Any]]:
+    return _request(base_url, path, body, device)
+
+
+def _push_until_served(base_url: str, path: str, body: dict[str, Any], device: str = "gw1") -> tuple[int, dict[str, Any]]:
     """POST until the shard map has an owner for the entity (503 retry while the node joins)."""
     deadline = time.monotonic() + 30
     while True:
-        status, answer = _post(base_url, path, body)
+        status, answer = _post(base_url, path, body, device)
         if status != 503 or time.monotonic() > deadline:
             return status, answer
         time.sleep(0.1)
@@ -151,3 +162,74 @@ def test_command_retried_across_kill9_of_the_proxys_node_is_applied_once(cluster
         posts = [key for method, _sku, key in primary.log if method == "POST"]
         assert len(posts) == 2 and posts[0] == posts[1], primary.log
         assert primary.applied == [posts[0]] and primary.levels["sku-1"]["reserved"] == 4
+
+
+def test_clustered_edge_serves_devices_on_a_port_of_their_own(cluster: Cluster, tmp_path: Path) -> None:
+    """XPLATFORM_EDGE_INTERNAL_PORT=0: the device routes move to their own listener (printed as
+    "(devices: <url>)" in the ready line); the public port answers 404 for them; an address
+    outside the allow-list is refused there and nothing reaches the entity."""
+    entities = {"XPLATFORM_ENTITIES": "tests.edge.entities:Room"}
+    cluster.start("state-node", "node-a", **entities)
+    edge = cluster.start("edge", "edge-1", **{**_device_env(tmp_path, "127.0.0.1/32=member"), **entities,
+                                               "XPLATFORM_EDGE_INTERNAL_PORT": "0",
+                                               "XPLATFORM_EDGE_INTERNAL_HOST": "127.0.0.1"})
+    assert edge.ready_line.index("(devices: ") < edge.ready_line.index("ready on ")  # the public URL stays last
+    devices = edge.devices_url.rstrip("/")
+    assert devices.endswith("/internal") and devices != edge.base_url + "/internal"
+    push = {"message_id": "d-1", "payload": {"type": "set", "value": 4}}
+    try:
+        status, refused = _request(devices, "/Room/r1/messages", push, source="127.0.0.2")  # not 127.0.0.1/32
+        assert status == 403 and refused["error"]["code"] == "network_not_allowed", refused
+        status, _ = _request(edge.base_url, "/internal/Room/r1/messages", push)  # the public port: no device routes
+        assert status == 404
+        status, _ = _request(edge.base_url, "/internal/Room/r1/messages", None, query="&cursor=0")
+        assert status == 404
+        assert _events(cluster, "Room-r1") == []  # nothing reached the entity
+
+        status, answer = _push_until_served(devices, "/Room/r1/messages", push, device="sensor-1")
+        assert status == 200 and answer == {"message_id": "d-1", "ok": True, "payload": 4}, answer
+        status, pulled = _request(devices, "/Room/r1/messages", None, device="sensor-1", query="&cursor=0&wait=10")
+        assert status == 200 and [m["payload"] for m in pulled["messages"]] == [{"value": 4}], pulled
+        assert [e for e in _events(cluster, "Room-r1") if e != "OwnerChanged"] == ["ConnectionAccepted", "Set"]
+    except AssertionError:
+        print(cluster.logs())
+        raise
+
+
+def test_clustered_edge_serves_a_device_on_a_serial_line(cluster: Cluster, tmp_path: Path) -> None:
+    """XPLATFORM_EDGE_SERIAL_PORTS on `xplatform edge`: the edge process opens the slave side
+    of a pseudo-terminal pair, the test is the device on the master side; the push reaches the
+    entity on its state node as the configured device, and a pull brings back its broadcast."""
+    master, slave = os.openpty()
+    entities = {"XPLATFORM_ENTITIES": "tests.edge.entities:Room"}
+    try:
+        cluster.start("state-node", "node-a", **entities)
+        cluster.start("edge", "edge-1", **{**_device_env(tmp_path, ""), **entities,
+                                            "XPLATFORM_EDGE_SERIAL_PORTS": f"{os.ttyname(slave)}=member:uart-9"})
+        push = {"type": "push", "category": "Room", "entity_id": "r9", "message_id": "u-1",
+                "payload": {"type": "set", "value": 9}}
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+            device = SerialDevice(master)
+            deadline = time.monotonic() + 30
+            while True:  # retryable until the shard map has an owner for Room/r9
+                answer = await device.ask(push)
+                if not answer.get("error", {}).get("retryable") or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            pulled: dict[str, Any] = {}
+            while time.monotonic() < deadline and not pulled.get("messages"):
+                pulled = await device.ask({"type": "pull", "category": "Room", "entity_id": "r9"})
+                await asyncio.sleep(0.02 if not pulled.get("messages") else 0)
+            return answer, pulled
+
+        answer, pulled = asyncio.run(scenario())
+        assert answer == {"type": "reply", "message_id": "u-1", "ok": True, "payload": 9}, answer
+        assert [m["payload"] for m in pulled["messages"]] == [{"value": 9}], pulled
+        assert [e for e in _events(cluster, "Room-r9") if e != "OwnerChanged"] == ["ConnectionAccepted", "Set"]
+    except AssertionError:
+        print(cluster.logs())
+        raise
+    finally:
+        os.close(master)
+        os.close(slave)

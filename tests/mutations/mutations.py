@@ -34,6 +34,7 @@ REFUSALS = "tests/edge/test_upgrade_refusals.py"
 CONTRACT = "tests/contract/test_journal_contract.py"
 LIMITS = "tests/edge/test_limits.py"
 TRUST = "tests/edge/test_trust.py"
+SERIAL = "tests/edge/test_serial_line.py"
 IDEMPOTENCY = "tests/unit/test_idempotency.py"
 STORED = "tests/unit/test_what_is_stored.py"
 UPGRADE = "tests/unit/test_platform_part_upgrade.py"
@@ -388,6 +389,39 @@ MUTATIONS: list[Mutation] = [
         old="""            if address.version == network.version and address in network:""",
         new="""            if True:""",
         tests=("tests/edge/test_internal.py::test_address_outside_the_device_networks_is_refused_and_nothing_changes",),
+    ),
+    Mutation(
+        "device-routes-on-public-port", "device-port", "edge/internal_listener.py",
+        old="""        if config.internal_port < 0:
+            app.add_routes(edge.routes())
+        else:
+            listener""",
+        new="""        app.add_routes(edge.routes())
+        if config.internal_port >= 0:
+            listener""",
+        tests=("tests/edge/test_internal.py::"
+               "test_device_edge_on_its_own_port_leaves_the_public_port_without_device_routes",),
+    ),
+    Mutation(
+        "serial-checksum-unchecked", "serial-frames", "edge/serial_line.py",
+        old="""    if zlib.crc32(data) != int(checksum, 16):""",
+        new="""    if False:""",
+        tests=(f"{SERIAL}::test_a_bad_frame_gets_a_typed_error_frame_changes_nothing_and_the_line_keeps_working"
+               "[checksum-mismatch]",),
+    ),
+    Mutation(
+        "serial-frame-fields-unchecked", "serial-frames", "edge/serial_line.py",
+        old="""            if set(frame) - fields or not""",
+        new="""            if not""",
+        tests=(f"{SERIAL}::test_a_bad_frame_gets_a_typed_error_frame_changes_nothing_and_the_line_keeps_working"
+               "[claims-a-device]",),
+    ),
+    Mutation(
+        "serial-oversized-line-kept", "serial-frames", "edge/serial_line.py",
+        old="""            elif len(line) > self.limit:""",
+        new="""            elif False:""",
+        tests=(f"{SERIAL}::test_a_bad_frame_gets_a_typed_error_frame_changes_nothing_and_the_line_keeps_working"
+               "[oversized]",),
     ),
     # ------------------------------------------------------------ idempotency per sender (issue 9)
     Mutation(
