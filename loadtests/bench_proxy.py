@@ -5,7 +5,7 @@
 
 Three processes, real sockets between them:
 
-- the **primary**: the sample warehouse (``ops/local/warehouse.py``, a small aiohttp
+- the **primary**: the sample warehouse (``ops/warehouse.py``, a small aiohttp
   server), whose per-call delay the load switches between 0 and ``--slow-delay`` s;
 - the **server**, started the way the README starts it (``python -m ops.cli run --port 0``:
   SQLite in a new temporary data directory) with the environment in :func:`server_env`:
@@ -39,8 +39,8 @@ from typing import Any
 
 from loadtests.bench_hot_entity import SERVER_ENV as UNLIMITED_RATES
 from loadtests.common import emit
-from ops.local.warehouse import WarehouseProcess
 from ops.local.xplatform_run import XplatformRun
+from ops.warehouse import SampleWarehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTITIES = "domain.stock:ENTITIES,loadtests.entities:Tally"
@@ -60,8 +60,9 @@ def server_env(data_dir: str, primary_url: str) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xplatform-bench-proxy-") as data_dir:
-        primary = WarehouseProcess.start(log_path=Path(data_dir) / "warehouse.log")
+        primary = SampleWarehouse.start(log_path=Path(data_dir) / "warehouse.log")
         try:
+            primary.wait_listening()
             env = server_env(data_dir, primary.url)
             server = XplatformRun.start(("--port", "0"), cwd=ROOT, env=env, log_path=Path(data_dir) / "server.log")
             try:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.slow_delay:g} s primary (ratio {result['slow_vs_baseline_other_ratio']})", file=sys.stderr)
     emit({"benchmark": "proxy", **result, "targets": {"cached_vs_entity_ratio": 1.5, "slow_vs_baseline_other_ratio": 1.5},
           "server": "python -m ops.cli run --port 0 (sqlite)",
-          "primary": "ops.local.warehouse (own process)", "quick": args.quick,
+          "primary": "ops.warehouse (own process)", "quick": args.quick,
           **{name: getattr(args, name) for name in LOAD_ARGS}})
 
 

@@ -6,7 +6,7 @@
 
 Started by ``loadtests.bench_proxy`` against a server it started as a user would (``python
 -m ops.cli run``) serving ``StockLevel`` proxies (their primary: the sample warehouse,
-``ops/local/warehouse.py``, in its own process at ``--primary``) and plain ``Tally``
+``ops/warehouse.py``, in its own process at ``--primary``) and plain ``Tally``
 entities; prints ONE JSON line. One token (sub ``bench``) for every connection: the server
 runs with the per-user limits raised. Each connection talks to its own entity. Phases, each
 a fixed warm-up then a fixed window, latencies from sending a MSG until its REPLY:
@@ -153,7 +153,7 @@ async def settle(tasks: set[asyncio.Task[None]], phase: Phase, timeout: float = 
 
 
 async def knob(session: aiohttp.ClientSession, primary: str, **knobs: Any) -> dict[str, Any]:
-    """Turn the warehouse's knobs (ops/local/warehouse.py); its answer has its call counts."""
+    """Turn the warehouse's knobs (ops/warehouse.py); its answer has its call counts."""
     async with session.post(f"{primary.removesuffix('/stock')}/admin", params={k: str(v) for k, v in knobs.items()}) as resp:
         resp.raise_for_status()
         answer: dict[str, Any] = await resp.json()

@@ -1,7 +1,7 @@
 """The sample warehouse: a primary for the ``StockLevel`` state proxy (``domain/stock``), as a
 server process of its own.
 
-    python -m ops.local.warehouse [--host 127.0.0.1] [--port 0]
+    python -m ops.warehouse [--host 127.0.0.1] [--port 0]
 
 It serves the HTTP connector's contract (``infrastructure/proxies/http.py``) for stock
 levels: ``GET /stock/<sku>`` → ``{"state": {"on_hand", "reserved"}, "version"}`` with an
@@ -13,10 +13,12 @@ long before answering) and ``POST /admin?down=1`` (503 to every call); ``GET /ad
 the knobs and how many calls it served. It listens on loopback by default: the knobs have
 no authentication, so it is a local sample, never a service.
 
-Who starts it: ``xplatform run`` (as a child process, when ``StockLevel`` is served and
-``XPLATFORM_PROXY_PRIMARIES`` names no primary for it: see :class:`WarehouseProcess`) and
-``loadtests/bench_proxy.py`` (its local primary). It prints ``warehouse serving on <url>``
-once it listens.
+Who starts it (:class:`SampleWarehouse`): ``xplatform run``, as a child process, when it serves
+``StockLevel`` and ``XPLATFORM_PROXY_PRIMARIES`` names no primary for it
+(``XPLATFORM_RUN_SAMPLE_WAREHOUSE``), so the demo page's stock card has a primary to pull
+from; and ``loadtests/bench_proxy.py`` (its local primary). It prints ``warehouse serving on
+<url>`` once it listens. Shipped with the product (not ``ops/local``) because ``xplatform
+run`` starts it; it is a sample all the same.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import argparse
 import asyncio
 import json
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +40,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ops.local.servers import ServerStartError, log_tail, stop_process
+from infrastructure.errors import InfrastructureError
 
+SAMPLE_PROXY = "StockLevel"
+"""The category whose primary this is (``domain.stock.StockLevel``; named, not imported: the
+platform imports no sample domain)."""
 STARTING_STOCK = 100
 """Units on hand of a SKU nobody reserved from yet."""
 KEYS_KEPT = 10_000
@@ -49,7 +56,7 @@ SERVING = re.compile(r"warehouse serving on (http://\S+/stock)")
 # becomes the warehouse: a killed `xplatform run` leaves no warehouse behind.
 _LAUNCH = ("import ctypes, runpy, signal, sys\n"
            "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\nexcept Exception:\n    pass\n"
-           "sys.argv[0] = 'ops.local.warehouse'\nrunpy.run_module('ops.local.warehouse', run_name='__main__')\n")
+           "sys.argv[0] = 'ops.warehouse'\nrunpy.run_module('ops.warehouse', run_name='__main__')\n")
 
 
 class Warehouse:
@@ -141,34 +148,51 @@ class Warehouse:
         return app
 
 
-class WarehouseProcess:
-    """The warehouse as a child process of the caller, output to a log file (never a pipe).
-    :meth:`start` returns once it listens; :meth:`set` turns its knobs; :meth:`stop` ends it."""
+class WarehouseStartError(InfrastructureError):
+    """Raised when the sample warehouse exits or does not listen in time (its output's end in
+    the message)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+
+class SampleWarehouse:
+    """The warehouse as a child process of the caller, on a free loopback port chosen here,
+    output to a log file (never a pipe). :meth:`start` returns at once with :attr:`url` known
+    (``xplatform run`` does not wait for it: until it listens a pull is ``primary_unavailable``);
+    :meth:`wait_listening` waits; :meth:`set` turns its knobs; :meth:`stop` ends it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log_path: Path, own_dir: Path | None) -> None:
         self.process = process
+        self.url = url
+        """Its stock URL, ``http://127.0.0.1:<port>/stock``: what XPLATFORM_PROXY_PRIMARIES names."""
         self.log_path = log_path
-        self.url = ""
-        """Its stock URL, ``http://host:port/stock``: what XPLATFORM_PROXY_PRIMARIES names."""
+        self._own_dir = own_dir
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1", log_path: Path | None = None, timeout_s: float = 30.0) -> WarehouseProcess:
-        """Start it on a free port of ``host``. Raises ServerStartError with its output when it
-        exits or does not listen within ``timeout_s``."""
+    def start(cls, log_path: Path | None = None) -> SampleWarehouse:
+        own_dir = None
         if log_path is None:
-            log_path = Path(tempfile.mkdtemp(prefix="xplatform-warehouse-")) / "warehouse.log"
+            own_dir = Path(tempfile.mkdtemp(prefix="xplatform-warehouse-"))
+            log_path = own_dir / "warehouse.log"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-c", _LAUNCH, "--host", host, "--port", "0"],  # noqa: S603
+            process = subprocess.Popen([sys.executable, "-c", _LAUNCH, "--port", str(port)],  # noqa: S603
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        warehouse = cls(process, log_path)
+        return cls(process, f"http://127.0.0.1:{port}/stock", log_path, own_dir)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
+
+    def wait_listening(self, timeout_s: float = 30.0) -> None:
+        """Return once it printed that it serves; WarehouseStartError if it exits first or not in time."""
         deadline = time.monotonic() + timeout_s
-        while not (found := SERVING.search(log_tail(log_path))):
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_process(process)
-                raise ServerStartError(f"the sample warehouse did not start:\n{log_tail(log_path)}")
+        while SERVING.search(self.log()) is None:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise WarehouseStartError(f"the sample warehouse did not start: {self.log()}")
             time.sleep(0.05)
-        warehouse.url = found.group(1)
-        return warehouse
 
     def set(self, **knobs: Any) -> dict[str, Any]:
         """Turn knobs (``delay=2.0``, ``down=True``); returns the knobs and call counts."""
@@ -179,7 +203,16 @@ class WarehouseProcess:
         return answer
 
     def stop(self) -> None:
-        stop_process(self.process)
+        """End it (by its PID: SIGTERM, SIGKILL after 10 s) and remove its directory if ours."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
