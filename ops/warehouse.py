@@ -41,6 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from infrastructure.errors import InfrastructureError
+from ops.children import DIE_WITH_PARENT, stop_child
 
 SAMPLE_PROXY = "StockLevel"
 """The category whose primary this is (``domain.stock.StockLevel``; named, not imported: the
@@ -52,11 +53,10 @@ KEYS_KEPT = 10_000
 sends in the minutes a retry may take."""
 SERVING = re.compile(r"warehouse serving on (http://\S+/stock)")
 
-# The child asks the kernel to end it when its parent dies (Linux: PR_SET_PDEATHSIG), then
-# becomes the warehouse: a killed `xplatform run` leaves no warehouse behind.
-_LAUNCH = ("import ctypes, runpy, signal, sys\n"
-           "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\nexcept Exception:\n    pass\n"
-           "sys.argv[0] = 'ops.warehouse'\nrunpy.run_module('ops.warehouse', run_name='__main__')\n")
+_LAUNCH = DIE_WITH_PARENT + ("import runpy, sys\nsys.argv[0] = 'ops.warehouse'\n"
+                             "runpy.run_module('ops.warehouse', run_name='__main__')\n")
+"""The child's code: it ends when its parent does (a killed `xplatform run` leaves no
+warehouse behind), then serves as ``python -m ops.warehouse``."""
 
 
 class Warehouse:
@@ -204,13 +204,7 @@ class SampleWarehouse:
 
     def stop(self) -> None:
         """End it (by its PID: SIGTERM, SIGKILL after 10 s) and remove its directory if ours."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_child(self.process)
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
 
