@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import psutil
 from aiohttp import web
 
 from domain.refs import EntityRef
@@ -15,9 +20,11 @@ from infrastructure.errors import PrimaryRefusedCall, PrimaryUnreachable
 from infrastructure.proxies.breaker import CircuitBreaker
 from infrastructure.proxies.http import HttpConnector, HttpSessions
 from infrastructure.settings import Settings
+from ops.local.xplatform_run import XplatformRun
 from ops.warehouse import STARTING_STOCK, Warehouse
 from ops.wiring.proxies import start_sample_warehouse
 
+ROOT = Path(__file__).resolve().parents[2]
 SKU = EntityRef("StockLevel", "vase")
 
 
@@ -86,3 +93,30 @@ def test_run_starts_it_only_for_a_served_stock_level_without_a_named_primary(tmp
     finally:
         warehouse.stop()
     assert warehouse.process.returncode is not None
+
+
+def test_a_killed_run_leaves_no_warehouse_behind(tmp_path: Any) -> None:
+    """``xplatform run`` SIGKILLed (no shutdown runs): its sample warehouse ends with it."""
+    env = {**os.environ, "XPLATFORM_DATA_DIR": str(tmp_path), "XPLATFORM_STORE": "sqlite", "XPLATFORM_RUN_READ_MODELS": "0"}
+    for name in ("XPLATFORM_ENTITIES", "XPLATFORM_PROXY_PRIMARIES", "XPLATFORM_RUN_SAMPLE_WAREHOUSE"):
+        env.pop(name, None)
+    run = XplatformRun.start(("--port", "0"), cwd=ROOT, env=env)
+    try:
+        url = run.wait_for(r"sample warehouse \(the StockLevel proxies' primary\) at (http://\S+/stock)", 10).group(1)
+        warehouses = [child for child in psutil.Process(run.process.pid).children()
+                      if "ops.warehouse" in " ".join(child.cmdline())]
+        assert len(warehouses) == 1, psutil.Process(run.process.pid).children()
+        deadline = time.monotonic() + 30
+        while True:  # it listens (started, not waited for, by the run)
+            try:
+                assert _get(f"{url}/sku")["version"] == 1
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the warehouse never listened"
+                time.sleep(0.05)
+    finally:
+        run.close()  # SIGKILL
+    assert run.process.returncode == -signal.SIGKILL
+    psutil.wait_procs(warehouses, timeout=10)
+    left = warehouses[0]
+    assert not left.is_running() or left.status() == psutil.STATUS_ZOMBIE, f"warehouse pid {left.pid} outlived the run"
