@@ -17,15 +17,16 @@ from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
 LOG_FORMATS = ("text", "json")
-SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES"
+SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES,domain.stock:ENTITIES"
 SAMPLE_PROJECTIONS = "projections.auction:PROJECTIONS"
 """The auction's sample read models (a board of every lot, a per-bidder summary): the default
 of ``projections``, what ``xplatform projector`` runs unless told otherwise."""
 LOCAL_MONGO_URI = "mongodb://127.0.0.1:27017/"
 """MongoDB's standard local port: what the projector uses when no XPLATFORM_MONGO_URI is set."""
-"""The two sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
-UserStates and their Rooms): the default of ``entities``, so ``xplatform run`` serves both demo
-pages, and what ``xplatform demo`` serves (it drives the auction)."""
+"""The three sample domains' topics (the auction: one hot Lot, many Bidders; presence: 1M+ small
+UserStates and their Rooms; stock: the StockLevel state proxy and Orders using it): the default
+of ``entities``, so ``xplatform run`` serves both demo pages (the auction page shows a lot's
+stock through the proxy), and what ``xplatform demo`` serves (it drives the auction)."""
 
 
 def _setting(default: Any, why: str) -> Any:
@@ -39,8 +40,8 @@ class Settings:
     entities: str = _setting(SAMPLE_ENTITIES, "Comma-separated module:ATTRIBUTE topics of the entity classes "
                              "this platform serves (an attribute: an Entity subclass or a list/tuple of them), "
                              "read by every process (state nodes serve them, edges learn their categories). "
-                             "The two samples (auction, presence) by default, so the README's commands and both demo "
-                             "pages run as written; "
+                             "The three samples (auction, presence, stock) by default, so the README's commands and both "
+                             "demo pages run as written; "
                              "a wrong topic stops the process at start.")
     store: str = _setting("sqlite", "Embedded default: one file, no server to run. 'postgres' for "
                           "a shared server; 'memory' for tests and the sandbox; 'eventstoredb' for "
@@ -261,6 +262,11 @@ class Settings:
                                     "secantusdb, the projections caught up in-process, the query API on its edge), "
                                     "so the demo shows them with no set-up. 0: off (benchmarks of the write path, "
                                     "where projecting every event would share the CPU).")
+    run_sample_warehouse: int = _setting(1, "1: `xplatform run` starts the sample warehouse (ops/warehouse.py, a "
+                                         "child process on a free loopback port) as StockLevel's primary when it "
+                                         "serves StockLevel and XPLATFORM_PROXY_PRIMARIES names none for it, so the "
+                                         "demo page's stock card pulls a value with no set-up. 0: never (a pull then "
+                                         "ends no_connector). Only `run`: a cluster's primaries are always named.")
     edge_heartbeat_s: float = _setting(20.0, "Websocket ping every 20 s (under common 30-60 s proxy idle "
                                        "timeouts); no frame for 2.5 intervals closes a dead peer.")
     edge_close_timeout_s: float = _setting(2.0, "How long a close waits for the client's close frame (and a "
@@ -479,6 +485,8 @@ class Settings:
             raise ConfigurationError("XPLATFORM_DRILLS_ENABLED must be 0 or 1")
         if self.run_read_models not in (0, 1):
             raise ConfigurationError("XPLATFORM_RUN_READ_MODELS must be 0 or 1")
+        if self.run_sample_warehouse not in (0, 1):
+            raise ConfigurationError("XPLATFORM_RUN_SAMPLE_WAREHOUSE must be 0 or 1")
         if self.cluster_insecure not in (0, 1):
             raise ConfigurationError("XPLATFORM_CLUSTER_INSECURE must be 0 or 1")
         if not self.zookeeper_user or ":" in self.zookeeper_user:

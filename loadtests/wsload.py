@@ -197,8 +197,10 @@ def upgrade_request(host: str, port: int, path: str, token: str | None) -> bytes
 
 
 async def open_clients(base: tuple[str, int], path_of: Any, token_of: Any, count: int, mode: str,
-                       stats: Stats, batch: int = 100) -> list[WsClient]:
-    """Open ``count`` clients in batches; each is ready after its WELCOME (or the 101, raw)."""
+                       stats: Stats, batch: int = 100, client_class: type[WsClient] | None = None) -> list[Any]:
+    """Open ``count`` clients in batches; each is ready after its WELCOME (or the 101, raw).
+    ``client_class``: a :class:`WsClient` subclass that handles more frames (default WsClient)."""
+    make = client_class or WsClient
     loop = asyncio.get_running_loop()
     host, port = base
     clients: list[WsClient] = []
@@ -206,7 +208,7 @@ async def open_clients(base: tuple[str, int], path_of: Any, token_of: Any, count
         made = []
         for i in range(first, min(count, first + batch)):
             request = upgrade_request(host, port, path_of(i), token_of(i))
-            _, client = await loop.create_connection(lambda r=request: WsClient(stats, mode, r), host, port)
+            _, client = await loop.create_connection(lambda r=request: make(stats, mode, r), host, port)
             made.append(client)
         await asyncio.wait_for(asyncio.gather(*(c.ready for c in made)), 60)
         clients += made

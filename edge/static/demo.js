@@ -1,9 +1,11 @@
 // The demo page of the sample auction domain (domain/auction/lot.py), on the browser client.
 // Everything shown is what the Lot entity pushes; the page keeps no state of its own beyond
-// the latest `state` it received. The board below it is read from read models (board.js).
+// the latest `state` it received. Below it, the lot's item's warehouse stock through a state
+// proxy (stock.js), and the board read from read models (board.js).
 
 import { $, formatMs, log, notice, request } from './page.js';
 import { watchReadModels } from './board.js';
+import { watchStock } from './stock.js';
 import { connect, uuid4 } from './xplatform.js';
 
 const STATE_LABELS = { connecting: 'connecting…', open: 'live', reconnecting: 'reconnecting…', closed: 'closed' };
@@ -90,6 +92,7 @@ function join() {
     conn.onLatency((ms) => { $('latency').textContent = `${formatMs(ms)}`; }),
     conn.onError((err) => log(`edge: ${err.message}`, 'error')),
     watchReadModels({ me, getToken: () => readToken(name, role), getPosition: () => conn?.position ?? null }),
+    watchStock({ sku: me.lot, cid: connectionId(`stock.${me.lot}`, name), getToken: () => readToken(name, role) }),
   ];
   render();
 }

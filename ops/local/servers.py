@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.children import stop_child
+
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -32,13 +34,8 @@ def free_port() -> int:
 
 def stop_process(process: subprocess.Popen[bytes] | None) -> None:
     """Terminate a server we started (by its PID) and wait for it; kill it after 10 s."""
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    if process is not None:
+        stop_child(process)
 
 
 def log_tail(path: Path) -> str:

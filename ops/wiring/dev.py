@@ -34,7 +34,7 @@ from infrastructure.settings import Settings
 from infrastructure.transport import LocalTransport
 from ops.wiring.metrics import add_metrics
 from ops.wiring.node import build_node, start_node, stop_node
-from ops.wiring.proxies import build_remote_calls
+from ops.wiring.proxies import build_remote_calls, start_sample_warehouse
 
 if TYPE_CHECKING:  # imported by run() only: other commands need no database driver
     from ops.wiring.readmodels import DevReadModels
@@ -140,9 +140,21 @@ def run(settings: Settings, host: str | None = None, port: int | None = None, de
     on unless XPLATFORM_EDGE_DEV_TOKENS says otherwise (the demo page needs them). With dev
     tokens a non-loopback host is refused (EdgeConfigurationError) unless
     ``dev_tokens_on_network``. ``workers`` (default: the ``edge_workers`` setting) edge
-    worker processes beside the state node instead of one process: :mod:`ops.wiring.workers`."""
+    worker processes beside the state node instead of one process: :mod:`ops.wiring.workers`.
+    The sample warehouse runs beside it when it serves ``StockLevel`` with no primary named
+    (:func:`~ops.wiring.proxies.start_sample_warehouse`), stopped when it stops."""
     config = dev_edge_config(settings, host, port, dev_tokens_on_network)
-    workers = settings.edge_workers if workers is None else workers
+    settings, warehouse = start_sample_warehouse(settings)
+    if warehouse is not None:
+        print(f"sample warehouse (the StockLevel proxies' primary) at {warehouse.url}", flush=True)
+    try:
+        _run(settings, config, settings.edge_workers if workers is None else workers)
+    finally:
+        if warehouse is not None:
+            warehouse.stop()
+
+
+def _run(settings: Settings, config: EdgeConfig, workers: int) -> None:
     where = settings.sqlite_path if settings.store == "sqlite" else settings.store
     if workers:
         from ops.wiring.workers import serve_with_workers

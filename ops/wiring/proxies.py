@@ -19,8 +19,10 @@ from infrastructure.metrics import ProxyMetrics
 from infrastructure.proxies.breaker import CircuitBreaker
 from infrastructure.proxies.http import HttpConnector, HttpSessions
 from infrastructure.proxies.port import Connector
+from infrastructure.runtime.entity_modules import resolve_entities
 from infrastructure.runtime.remote import RemoteCalls
 from infrastructure.settings import Settings
+from ops.warehouse import SAMPLE_PROXY, SampleWarehouse
 
 
 def parse_primaries(spec: str) -> dict[str, str]:
@@ -51,3 +53,17 @@ def build_remote_calls(settings: Settings, registry: CollectorRegistry) -> Remot
                                              retries=settings.proxy_retries, backoff_s=settings.proxy_retry_backoff_s,
                                              breaker=breaker)
     return RemoteCalls(connectors, metrics, on_close=sessions.close)
+
+
+def start_sample_warehouse(settings: Settings) -> tuple[Settings, SampleWarehouse | None]:
+    """``xplatform run``'s sample primary: when it serves the sample proxy (``StockLevel``),
+    ``XPLATFORM_PROXY_PRIMARIES`` names none for it and ``XPLATFORM_RUN_SAMPLE_WAREHOUSE`` is
+    on, start the sample warehouse (:mod:`ops.warehouse`, a child process) and return the
+    settings naming it as that primary; else the settings unchanged and None. The caller
+    stops it. Not waited for: a pull before it listens ends ``primary_unavailable``."""
+    if (not settings.run_sample_warehouse or SAMPLE_PROXY in parse_primaries(settings.proxy_primaries)
+            or SAMPLE_PROXY not in resolve_entities(settings.entities).categories):
+        return settings, None
+    warehouse = SampleWarehouse.start()
+    primaries = ",".join(filter(None, (settings.proxy_primaries.strip(), f"{SAMPLE_PROXY}={warehouse.url}")))
+    return settings.with_(proxy_primaries=primaries), warehouse

@@ -38,6 +38,7 @@ from infrastructure.errors import ReadModelUnavailable
 from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.read_port import EVENTUAL, Consistency, Document, ReadPort
 from infrastructure.settings import Settings
+from ops.children import DIE_WITH_PARENT, stop_child
 from projections.loading import load_projections
 from projections.metrics import ProjectionMetrics
 
@@ -50,11 +51,10 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 """How long secantusdb may take to listen (it opens its WiredTiger store first)."""
 
-# The child asks the kernel to end it when the run process dies (Linux: PR_SET_PDEATHSIG),
-# then becomes secantusdb: a killed `xplatform run` leaves no database server behind.
-_LAUNCH = ("import ctypes, os, signal, sys\n"
-           "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\nexcept Exception:\n    pass\n"
-           "os.execv(sys.executable, [sys.executable, '-m', 'secantus', *sys.argv[1:]])\n")
+# The child ends when the run process dies (ops/children.py), then becomes secantusdb: a killed
+# `xplatform run` leaves no database server behind.
+_LAUNCH = DIE_WITH_PARENT + ("import os, sys\n"
+                             "os.execv(sys.executable, [sys.executable, '-m', 'secantus', *sys.argv[1:]])\n")
 
 
 def secantus_command(port: int, storage: Path, *, host: str = "127.0.0.1", log_level: str = "WARNING") -> list[str]:
@@ -102,13 +102,7 @@ class EmbeddedMongo:
         return lines[-1][-300:] if lines else "(no output)"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_child(self.process)
         self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,5 +1,5 @@
 """The presence demo page (``/static/presence.html``) in headless Chromium against the real
-``xplatform run`` (default entities: both samples). Two pages, ann and bob, go online and join
+``xplatform run`` (default entities: the samples). Two pages, ann and bob, go online and join
 one room; each sees the other in the roster, bob's status change reaches ann's page, and when
 ann goes offline bob's page shows her offline, in the roster and where he watches her.
 Server and browsers as in test_demo_page.py (failures to start fail, never skip)."""

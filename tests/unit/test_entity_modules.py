@@ -14,6 +14,7 @@ import pytest
 
 from domain.auction import Bidder, Lot
 from domain.presence import Room, UserState
+from domain.stock import Order, StockLevel
 from infrastructure.errors import ConfigurationError
 from infrastructure.runtime.entity_modules import EntityTopicError, entity_types_from, resolve_entities
 from infrastructure.settings import Settings
@@ -50,9 +51,10 @@ def notes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         sys.modules.pop(module, None)
 
 
-def test_the_default_is_both_samples() -> None:
+def test_the_default_is_the_three_samples() -> None:
     types = entity_types_from(Settings())
-    assert list(types) == [Lot, Bidder, UserState, Room] and types.categories == ["Bidder", "Lot", "Room", "UserState"]
+    assert list(types) == [Lot, Bidder, UserState, Room, StockLevel, Order]
+    assert types.categories == ["Bidder", "Lot", "Order", "Room", "StockLevel", "UserState"]
 
 
 def test_several_topics_classes_and_lists(notes: str) -> None:

@@ -122,3 +122,28 @@ def test_hot_entity_sweep_smoke() -> None:
     assert [r["rate"] for r in summary["runs"]] == [100.0, 200.0]
     assert summary["max_rate_ok"] in (None, 100.0, 200.0) and "peer_max_rate_ok" not in summary
     assert summary["server_env"]["XPLATFORM_EDGE_RATE_PER_S"] == "1000000"
+
+
+def test_bench_proxy_smoke() -> None:
+    """The state proxy benchmark at --quick size: the sample warehouse in its own process, the
+    README's run command as the server, the load in a third process. Keys and counts only:
+    every message sent in a window is answered (no refusals, no timeouts), force pulls reach
+    the primary, and every pull asked while the primary was slow got an answer."""
+    done = subprocess.run([sys.executable, "-m", "loadtests.bench_proxy", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("cached_read_p99_ms", "entity_read_p99_ms", "cached_vs_entity_ratio", "force_pulls_per_s",
+                "baseline_other_p99_ms", "slow_primary_other_p99_ms", "slow_vs_baseline_other_ratio"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+    reads = int(result["read_rate"] * result["window"])  # open loop: exactly this many sent in the window
+    assert result["cached_reads"] + result["entity_reads"] == reads and result["cached_reads"] == reads // 2
+    others = int(result["other_rate"] * result["window"])
+    assert result["baseline_others"] == others and result["slow_primary_others"] == others
+    pulls = int(result["proxies"] / result["pull_every"] * result["window"])
+    assert result["outcomes"]["reads"] == {} and result["outcomes"]["baseline"] == {"pull_ok": pulls}
+    assert sum(result["outcomes"]["slow_primary"].values()) == pulls  # each answered: ok or a typed error
+    # every ok force pull is one GET at the primary (give or take those crossing the window's edges)
+    assert result["force_pulls_ok"] > 0 and abs(result["primary_gets_in_window"] - result["force_pulls_ok"]) <= result["proxies"]
+    assert result["slow_primary_gets"] > 0 and result["server_alive"] and result["client_closed"] == 0
+    assert result["server_env"]["XPLATFORM_ENTITIES"] == "domain.stock:ENTITIES,loadtests.entities:Tally"
