@@ -129,8 +129,8 @@ async def serve_app(app: web.Application, config: EdgeConfig, announce: Callable
     shared by edge workers) until SIGINT/SIGTERM or ``stop`` is set; ``announce(port)`` once
     listening (port 0 picks a free one). Shutdown runs the app's GOING_AWAY handlers."""
     runner = web.AppRunner(app, shutdown_timeout=config.close_timeout_s * 3, access_log_class=RedactingAccessLogger)
-    await runner.setup()
     try:
+        await runner.setup()  # a start hook that fails (e.g. a serial port that cannot be opened) ...
         server = await listen_public(runner, app, config.host, config.port, sock=sock)
     except BaseException:
         await runner.cleanup()  # what started with the app (a platform, a coordinator) stops again

@@ -138,8 +138,12 @@ async def running_edge(tmp_path: Path, *, reads: ReadPort | None = None, platfor
     config = EdgeConfig(**values)
     app = dev_app(platform, config, static_dir=None, reads=reads)
     runner = web.AppRunner(app, shutdown_timeout=2, access_log=None)
-    await runner.setup()
-    server = await listen_public(runner, app, "127.0.0.1", 0)
+    try:
+        await runner.setup()
+        server = await listen_public(runner, app, "127.0.0.1", 0)
+    except BaseException:
+        await runner.cleanup()  # the platform started by the app's first start hook stops again
+        raise
     port = server.sockets[0].getsockname()[1]
     try:
         yield Edge(platform, app, f"http://127.0.0.1:{port}", config)

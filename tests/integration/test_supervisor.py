@@ -19,7 +19,9 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
+from domain import EntityRef
 from infrastructure.cluster.supervisor import ZkSession, end_session
+from infrastructure.runtime.sharding import shard_of
 from tests.support.chat_load import ChatLoad
 from tests.support.cluster import Cluster
 from tests.support.servers import PostgresServer, ZooKeeperServer
@@ -38,11 +40,31 @@ def cluster(postgres_server: PostgresServer) -> Iterator[Cluster]:
         zk.destroy()
 
 
+def _lots_on_both(cluster: Cluster, each: int = 3) -> list[str]:
+    """Lot IDs, ``each`` of them owned by node-a and ``each`` by node-b in the map once both
+    have joined (random IDs could all land on one node)."""
+    deadline = time.monotonic() + 30
+    while True:
+        assignment = cluster.assignment()
+        owners = {o.node for o in assignment.shards.get("Lot", []) if o is not None}
+        if owners == {"node-a", "node-b"}:
+            break
+        assert time.monotonic() < deadline, owners
+        time.sleep(0.1)
+    picked: dict[str, list[str]] = {"node-a": [], "node-b": []}
+    while any(len(ids) < each for ids in picked.values()):
+        lot = f"lot-{uuid.uuid4().hex[:6]}"
+        owner = assignment.owner("Lot", shard_of(EntityRef("Lot", lot), len(assignment.shards["Lot"])))
+        if owner is not None and len(picked[owner.node]) < each:
+            picked[owner.node].append(lot)
+    return picked["node-a"] + picked["node-b"]
+
+
 def test_kill_9_of_a_supervised_node_fails_over_before_its_long_session_could_expire(cluster: Cluster) -> None:
     supervised = cluster.start("state-node", "node-a", supervised=True)
     cluster.start("state-node", "node-b")
     url = cluster.start("edge", "edge-1").ready_line.split("ready on ")[1].rstrip("/")
-    lots = [f"lot-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
+    lots = _lots_on_both(cluster)
 
     async def scenario() -> tuple[ChatLoad, float, int, int]:
         load = ChatLoad([url], lots)
