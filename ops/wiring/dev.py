@@ -161,8 +161,6 @@ def _run(settings: Settings, config: EdgeConfig, workers: int) -> None:
 
         print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
               f"node={settings.node_id}", flush=True)
-        if settings.run_read_models:
-            print("read models off: not served with --workers yet (run without it to see them)", flush=True)
         asyncio.run(serve_with_workers(settings, config, workers))
         return
     platform = build_platform(settings)

@@ -4,7 +4,9 @@ the internal device edge when device networks are configured
 the same file on every edge, so a device keeps its connection ID on any edge) - on the
 public port, or with ``XPLATFORM_EDGE_INTERNAL_PORT`` >= 0 on a listener of its own
 (edge/internal_listener.py; its URL is printed as ``(devices: <url>)`` in the ready line) -
-on the network transport routed by the shard map from ZooKeeper.
+on the network transport routed by the shard map from ZooKeeper. With ``XPLATFORM_MONGO_URI``
+it also serves the query API (``/read/...``, edge/reads.py) over the read models
+``xplatform projector`` processes write (:class:`~ops.wiring.readmodels.EdgeReads`).
 
 The edge registers in ZooKeeper as a member with role ``edge`` (state nodes accept links
 only from members that prove they hold the edge secret: infrastructure/transport/auth.py),
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Collection
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,6 +30,7 @@ from edge.internal import InternalEdge
 from edge.internal_listener import InternalListener, mount_internal_edge
 from edge.metrics import EdgeMetrics
 from edge.public import PublicEdge, add_public_edge, build_verifier
+from edge.reads import ReadApi, add_read_api
 from edge.sockets import raise_open_file_limit
 from infrastructure.cluster.requests import RequestWatch
 from infrastructure.cluster.zookeeper import MemberInfo
@@ -37,6 +41,9 @@ from infrastructure.settings import Settings
 from infrastructure.transport.auth import link_auth_from
 from ops.wiring.cluster import answer_request, cluster_exposition, join
 from ops.wiring.metrics import MetricsListener, add_metrics
+
+if TYPE_CHECKING:  # pymongo is imported only by an edge that serves reads
+    from ops.wiring.readmodels import EdgeReads
 
 
 class ClusteredEdge:
@@ -63,6 +70,12 @@ class ClusteredEdge:
         self.leave = asyncio.Event()
         """Set on SIGTERM/SIGINT or when an operator asked this edge to drain
         (``xplatform drain``): the server stops, saying GOING_AWAY to every client."""
+        self.reads: EdgeReads | None = None
+        """The query API (/read/...) when XPLATFORM_MONGO_URI names the read models' database."""
+        if settings.mongo_uri:
+            from ops.wiring.readmodels import EdgeReads
+
+            self.reads = EdgeReads(settings, settings.mongo_uri)
         self.requests = RequestWatch(self.coordinator.client, self.coordinator.root, settings.node_id,
                                      self.coordinator.auth, lambda action: answer_request(action, self.leave),
                                      drills_enabled=bool(settings.drills_enabled))
@@ -78,12 +91,18 @@ class ClusteredEdge:
         async def coordination(app: web.Application) -> AsyncIterator[None]:
             await self.coordinator.start()
             await self.requests.start()
+            if self.reads is not None:
+                self.reads.start()
             yield
+            if self.reads is not None:
+                await asyncio.to_thread(self.reads.stop)
             await self.client.close()
             await self.coordinator.stop()
 
         app.cleanup_ctx.append(coordination)  # before the edge: routes exist when sockets arrive
         add_public_edge(app, self.public)
+        if self.reads is not None:  # JWT-authenticated like the websocket; each projection decides who reads what
+            add_read_api(app, ReadApi(self.reads.port, self.public.verifier, self.config, self.metrics))
         if self.config.internal_networks or self.config.serial_ports:  # devices: same routing (edge/internal.py)
             self.internal_listener = mount_internal_edge(
                 app, InternalEdge(self.client, self.config, registry=self.public.registry, metrics=self.metrics,

@@ -146,6 +146,74 @@ class DeferredReads:
         return await self._port().find(projection, filters, limit, claims, consistency)
 
 
+class EdgeReads:
+    """The query API of a process that serves reads but runs no projector: a clustered
+    ``xplatform edge`` (``XPLATFORM_MONGO_URI``: the database ``xplatform projector``
+    processes write) and each edge worker of ``xplatform run --workers`` (the run's own
+    database). Its :attr:`port` answers 503 ``read_models_unavailable`` until the database
+    answers (tried on a thread every :data:`RETRY_S`, so an edge starts and serves
+    websockets whatever MongoDB is doing); bounded-staleness reads need the event store,
+    opened here when it can be (else those reads answer 503 with the reason)."""
+
+    RETRY_S = 2.0
+
+    def __init__(self, settings: Settings, uri: str, journal: EventJournal | None = None) -> None:
+        self.settings = settings
+        self.uri = uri
+        self.journal = journal
+        self.projections = load_projections(settings.projections)
+        self.port = DeferredReads([p.NAME for p in self.projections], "read models are starting; retry shortly")
+        self.queries: MongoQueries | None = None
+        self._client: Any = None
+        self._stream: Any = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._connect, name="xplatform-edge-reads", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> None:
+        from projections.mongo import connect
+        from projections.query import MongoQueries
+
+        said = False
+        while not self._stopped.is_set():
+            try:
+                self._client = connect(self.uri, timeout_ms=int(self.RETRY_S * 1000))
+                database = self._client[self.settings.mongo_database]
+                self._client.admin.command("ping")
+                try:
+                    self._stream = open_event_stream(self.settings, self.journal)
+                except Exception as exc:  # noqa: BLE001 - reads still work; bounded staleness says why it cannot
+                    log.warning("query API: the event store cannot be read here (%s): max_lag_ms reads answer 503", exc)
+                self.queries = MongoQueries(self.projections, database, self._stream)
+                self.port.ready(self.queries)
+                log.info("query API on: %s at /read/<projection>", ", ".join(p.NAME for p in self.projections))
+                return
+            except Exception as exc:  # noqa: BLE001 - not reachable yet: say so once, keep trying
+                self.port.off(f"the read models' database is not reachable: {type(exc).__name__}"[:200])
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
+                if not said:
+                    log.warning("query API: the read models' database is not reachable yet (%s); retrying every "
+                                "%.0f s", " ".join(str(exc).split())[:300], self.RETRY_S)
+                    said = True
+                self._stopped.wait(self.RETRY_S)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.RETRY_S * 3)
+        if self.queries is not None:
+            self.queries.close()
+        if self._client is not None:
+            self._client.close()
+        if self._stream is not None:
+            self._stream.close()
+
+
 class DevReadModels:
     """The read side of one ``xplatform run`` (module docstring). :meth:`start` returns at
     once (the database comes up on a thread); :meth:`stop` ends the projectors and the
@@ -177,6 +245,13 @@ class DevReadModels:
             self.server = EmbeddedMongo()
         self._starter = threading.Thread(target=self._bring_up, name="xplatform-readmodels", daemon=True)
         self._starter.start()
+
+    @property
+    def uri(self) -> str | None:
+        """The read models' database (after :meth:`start`; None when they are off)."""
+        if self.server is not None:
+            return self.server.uri
+        return self.settings.mongo_uri or None
 
     def _bring_up(self) -> None:
         try:
@@ -264,4 +339,4 @@ class DevReadModels:
             self.server.stop()
 
 
-__all__ = ["DeferredReads", "DevReadModels", "EmbeddedMongo", "secantus_command", "secantus_installed"]
+__all__ = ["DeferredReads", "DevReadModels", "EdgeReads", "EmbeddedMongo", "secantus_command", "secantus_installed"]

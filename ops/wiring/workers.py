@@ -27,7 +27,12 @@ How it is wired - the cluster's own parts, without ZooKeeper (one node owns ever
 Stop (Ctrl-C / SIGTERM): the workers close their sockets with GOING_AWAY first, then the node
 drains (pending appends settle) and the store closes.
 
-Metrics: the node's registry on the run process's internal listener, each worker's edge
+Read models: the run process starts them as ``xplatform run`` does (ops/wiring/readmodels.py:
+the embedded database and the projectors, on the node's journal) and hands their database's
+URI to the workers, each of which serves the query API over it
+(:class:`~ops.wiring.readmodels.EdgeReads`).
+
+Metrics: the node's registry (and the read models') on the run process's internal listener, each worker's edge
 registry on its own (``XPLATFORM_METRICS_HOST``; the URLs are printed at start), never on the
 public port: a scrape of a shared port would reach a different worker each time.
 """
@@ -184,6 +189,14 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
             worker_args += ["--dev-key", _write_secret(run_dir / "dev-token-key.pem", issuer.key_pem()),
                             "--dev-kid", issuer.kid]
         node = build_node(settings)
+        read_models = None
+        if settings.run_read_models:  # projected here, on the node's journal; read by every worker
+            from ops.wiring.readmodels import DevReadModels
+
+            read_models = DevReadModels(settings, node.journal)
+            read_models.start()
+            if read_models.uri:
+                worker_args += ["--reads-uri", read_models.uri]
         sock = _listening_socket(config.host, config.port, backlog=1024)
         port = sock.getsockname()[1]
         members: set[str] = set()
@@ -207,8 +220,9 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
             edges = EdgeWorkers(workers, env, [*worker_args, "--state-id", settings.node_id, "--state", server.address],
                                 sock, settings.node_id)
             members.update(edges.ids)
-            metrics = MetricsListener(lambda: _node_metrics(node, server), settings.metrics_host,
-                                      settings.metrics_port)
+            metrics = MetricsListener(lambda: _node_metrics(node, server) + (
+                read_models.exposition() if read_models is not None else b""), settings.metrics_host,
+                settings.metrics_port)
             node_metrics_url = await metrics.start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -226,6 +240,8 @@ async def serve_with_workers(settings: Settings, config: EdgeConfig, workers: in
                 await metrics.stop()
                 await server.stop()
         finally:
+            if read_models is not None:
+                await asyncio.to_thread(read_models.stop)
             await stop_node(node)
     finally:
         if sock is not None:
@@ -265,13 +281,22 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                            auth=link_auth_from(settings, "edge"), ask_timeout_s=settings.ask_timeout_s,
                            handshake_timeout_s=settings.transport_handshake_timeout_s)
     metrics = EdgeMetrics()
-    app = build_edge_app(client, entity_types_from(settings).categories, config, metrics=metrics, dev_issuer=issuer)
+    reads = None
+    if args.reads_uri:  # the run's read models (it runs the projectors): the query API on every worker
+        from ops.wiring.readmodels import EdgeReads
+
+        reads = EdgeReads(settings, args.reads_uri)
+        reads.start()
+    app = build_edge_app(client, entity_types_from(settings).categories, config, metrics=metrics, dev_issuer=issuer,
+                         reads=reads.port if reads is not None else None)
     app[EDGE_KEY].registry.watch(client.hold, client.release)
     # never on the shared public port: a scrape would reach a different worker each time
     listener = add_metrics(app, metrics.exposition, settings.metrics_host, settings.metrics_port)
     assert listener is not None
 
     async def close_client(_app: Any) -> None:
+        if reads is not None:
+            await asyncio.to_thread(reads.stop)
         await client.close()
 
     app.on_cleanup.append(close_client)
@@ -294,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-id", required=True)
     parser.add_argument("--dev-key", default="", help="file with the run's dev token signing key (PEM)")
     parser.add_argument("--dev-kid", default="")
+    parser.add_argument("--reads-uri", default="", help="the run's read models' database (the query API)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings, node=args.worker_id,

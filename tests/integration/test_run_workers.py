@@ -188,3 +188,44 @@ def test_a_negative_worker_count_is_refused_in_one_line(tmp_path: Path, value: s
                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("xplatform: ConfigurationError: --workers must be at least")
+
+
+def test_workers_serve_the_query_api_over_the_runs_read_models(tmp_path: Path) -> None:
+    """The run process projects (its embedded database, as without --workers); every worker
+    serves /read over it: a bid read with its reply's position token is on the board,
+    whichever worker answers (a new connection each time: the kernel spreads them)."""
+    from edge.client import ClientError, connect, read
+
+    async def scenario(url: str) -> None:
+        async with aiohttp.ClientSession() as session:
+            ann, bob = await _token(session, url, "ann", "auctioneer"), await _token(session, url, "bob", "bidder")
+        auctioneer, bidder = await connect(url, "Lot", "w-read", ann), await connect(url, "Lot", "w-read", bob)
+        try:
+            assert (await auctioneer.request({"type": "open", "title": "Vase", "increment": 5})).ok
+            reply = await bidder.request({"type": "register", "limit": 1000})
+            while reply.payload.get("status") != "registered":  # the account raised the line
+                await asyncio.sleep(0.05)
+                reply = await bidder.request({"type": "register", "limit": 1000})
+            bid = await bidder.request({"type": "bid", "amount": 50})
+            assert bid.ok and bid.position is not None, bid
+            served_by_ready = 0
+            for _ in range(200):  # a worker answers 503 read_models_unavailable until it reached the database
+                try:
+                    lot = await read(url, "auction_board", bob, key="w-read", after=bid.position, wait_ms=5000)
+                except ClientError as refused:
+                    assert refused.status == 503 and refused.error == "read_models_unavailable", refused
+                    await asyncio.sleep(0.1)
+                    continue
+                assert (lot["high_amount"], lot["high_bidder"], lot["bid_count"]) == (50, "bob", 1), lot
+                served_by_ready += 1
+                if served_by_ready == 6:
+                    break
+            assert served_by_ready == 6
+        finally:
+            await auctioneer.close()
+            await bidder.close()
+
+    env = {**_env(tmp_path), "XPLATFORM_RUN_READ_MODELS": "1"}
+    env.pop("XPLATFORM_MONGO_URI", None)
+    with served(tmp_path, env, "--workers", "2") as url:
+        asyncio.run(scenario(url))
