@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 import uuid
 
 import msgpack
@@ -21,10 +20,7 @@ LAYOUT = '[{"group": "default", "categories": ["*"], "mirrors": 1}]'
 
 
 def scrape(cluster: Cluster, node: str) -> dict[str, float]:
-    with urllib.request.urlopen(cluster.processes[node].metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return cluster.processes[node].metrics()
 
 
 def test_kill_9_of_a_lots_owner_its_standby_takes_it_over_warm_with_the_exact_state(cluster: Cluster) -> None:
