@@ -60,8 +60,6 @@ import argparse
 import time
 import uuid
 
-import msgpack
-
 from domain import EntityRef
 from domain.auction.lot import Lot
 from infrastructure.runtime.sharding import shard_of
@@ -78,6 +76,7 @@ from loadtests.lot_load import (
     LoadReport,
     gap_across,
     longest_gap,
+    lost_acks,
     lot_owners,
     zookeeper_settings,
 )
@@ -257,12 +256,8 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
         lost = 0
         try:
             for category, entity_id in loaded:
-                record = seen.lots[entity_id]
                 seeded = len(heavy.events) if category == "HeavyLot" else len(small.events)
-                stored = [msgpack.unpackb(e.state)["message_id"]
-                          for e in journal.read(EntityRef(category, entity_id).stream_id, after_version=seeded)
-                          if e.topic.endswith("Chatted")]
-                lost += sum(1 for mid in record.acked if stored.count(mid) != 1)
+                lost += lost_acks(journal, EntityRef(category, entity_id).stream_id, seen.lots[entity_id].acked, seeded)
         finally:
             journal.close()
     finally:
@@ -358,9 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         lost = 0
         try:
             for lot, record in seen.lots.items():
-                stored = [msgpack.unpackb(e.state)["message_id"] for e in journal.read(f"Lot-{lot}")
-                          if e.topic.endswith("Chatted")]
-                lost += sum(1 for mid in record.acked if stored.count(mid) != 1)
+                lost += lost_acks(journal, f"Lot-{lot}", record.acked)
         finally:
             journal.close()
     finally:

@@ -31,7 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
+
 from edge.client import connect
+from infrastructure.persistence import RecorderJournal
 from loadtests.common import LoopLag
 from ops.local.cluster import Cluster, cluster_token
 
@@ -157,6 +160,14 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
     await stop.wait()
     await asyncio.gather(*tasks, return_exceptions=True)
     return LoadReport(records, errors, lag.stop())
+
+
+def lost_acks(journal: RecorderJournal, stream_id: str, acked: list[str], after_version: int = 0) -> int:
+    """How many acknowledged chat messages of a lot are not stored exactly once in its stream
+    (read after ``after_version``: a set-up written before the load need not be read)."""
+    stored = [msgpack.unpackb(e.state)["message_id"] for e in journal.read(stream_id, after_version=after_version)
+              if e.topic.endswith("Chatted")]
+    return sum(1 for mid in acked if stored.count(mid) != 1)
 
 
 def lot_owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ import msgpack
 from domain import EntityRef
 from domain.auction.lot import Lot
 from edge.client import ClientError, connect
+from infrastructure.cluster.allocation import ShardOwner
 from infrastructure.persistence import new_mapper
 from infrastructure.persistence.rehydrate import rehydrate
 from infrastructure.runtime.sharding import shard_of
@@ -118,6 +119,35 @@ async def join(base_url: str, lot_id: str):  # type: ignore[no-untyped-def]
     raise AssertionError("the lot never took a connection again")
 
 
+async def opened(base_url: str, lot_id: str, messages: int):  # type: ignore[no-untyped-def]
+    """The auctioneer's client of a new lot, opened, with ``messages`` chat messages acknowledged."""
+    auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
+    assert (await auct.request({"type": "open", "title": "Vase"})).ok
+    acknowledged = [f"m-{i}" for i in range(messages)]
+    for mid in acknowledged:
+        await chat(auct, mid)
+    return auct, acknowledged
+
+
+def owner_and_standby(cluster: Cluster, shard: tuple[str, int]) -> tuple[ShardOwner, ShardOwner]:
+    assignment = cluster.assignment()
+    owner, standby = assignment.owner(*shard), assignment.standby(*shard)
+    assert owner is not None and standby is not None and owner.node != standby.node
+    return owner, standby
+
+
+async def served_after_takeover(base_url: str, lot_id: str, auct, acknowledged: list[str]) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """One more message through the takeover (resent until acknowledged), then what a new
+    viewer is shown; both clients closed."""
+    await chat(auct, "after-takeover")
+    acknowledged.append("after-takeover")
+    viewer = await join(base_url, lot_id)
+    welcome: dict[str, object] = viewer.welcome
+    await viewer.close()
+    await auct.close()
+    return welcome
+
+
 def replayed_view(cluster: Cluster, lot_id: str) -> dict[str, object]:
     """What a fresh replay of the lot's stream shows a client (its view, without the live count)."""
     journal = cluster.journal()
@@ -178,14 +208,8 @@ def test_a_lagging_standby_promoted_catches_up_from_the_store_and_never_answers_
 
     async def scenario() -> tuple[list[str], dict[str, object], str, str, float, float]:
         nonlocal stalled
-        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
-        assert (await auct.request({"type": "open", "title": "Vase"})).ok
-        acknowledged = [f"early-{i}" for i in range(10)]
-        for mid in acknowledged:
-            await chat(auct, mid)
-        assignment = cluster.assignment()
-        owner, standby = assignment.owner(*shard), assignment.standby(*shard)
-        assert owner is not None and standby is not None and owner.node != standby.node
+        auct, acknowledged = await opened(base_url, lot_id, 10)
+        owner, standby = owner_and_standby(cluster, shard)
         await asyncio.to_thread(wait_for, lambda: caught_up(cluster, standby.node), "standby never caught up")
         stalled = await asyncio.to_thread(stall, cluster.postgres, f"xplatform {standby.node} mirror feed",
                                           FEED_CONNECTIONS)
@@ -253,14 +277,8 @@ def test_a_killed_standby_is_replaced_by_one_that_warms_up_and_takes_over_warm(c
     shard = ("Lot", shard_of(EntityRef("Lot", lot_id), 8))
 
     async def scenario() -> tuple[list[str], dict[str, object], str]:
-        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
-        assert (await auct.request({"type": "open", "title": "Vase"})).ok
-        acknowledged = [f"m-{i}" for i in range(20)]
-        for mid in acknowledged:
-            await chat(auct, mid)
-        assignment = cluster.assignment()
-        owner, standby = assignment.owner(*shard), assignment.standby(*shard)
-        assert owner is not None and standby is not None
+        auct, acknowledged = await opened(base_url, lot_id, 20)
+        owner, standby = owner_and_standby(cluster, shard)
         third = next(n for n in ("node-a", "node-b", "node-c") if n not in (owner.node, standby.node))
         entities_before = scrape(cluster, third).get("xplatform_mirror_entities", 0)
         cluster.processes[standby.node].kill9()
@@ -275,12 +293,7 @@ def test_a_killed_standby_is_replaced_by_one_that_warms_up_and_takes_over_warm(c
         assert cluster.assignment().owner(*shard) == owner  # the owner stays
         assert await asyncio.to_thread(warmed_up, cluster, replacement, entities_before), scrape(cluster, replacement)
         cluster.processes[owner.node].kill9()
-        await chat(auct, "after-takeover")
-        acknowledged.append("after-takeover")
-        viewer = await join(base_url, lot_id)
-        welcome = viewer.welcome
-        await viewer.close()
-        await auct.close()
+        welcome = await served_after_takeover(base_url, lot_id, auct, acknowledged)
         return acknowledged, welcome, replacement
 
     try:
@@ -304,24 +317,13 @@ def test_an_owner_killed_with_its_standby_is_loaded_cold_with_the_exact_state(cl
     shard = ("Lot", shard_of(EntityRef("Lot", lot_id), 8))
 
     async def scenario() -> tuple[list[str], dict[str, object], str]:
-        auct = await connect(base_url, "Lot", lot_id, token("ann", "auctioneer"))
-        assert (await auct.request({"type": "open", "title": "Vase"})).ok
-        acknowledged = [f"m-{i}" for i in range(20)]
-        for mid in acknowledged:
-            await chat(auct, mid)
-        assignment = cluster.assignment()
-        owner, standby = assignment.owner(*shard), assignment.standby(*shard)
-        assert owner is not None and standby is not None
+        auct, acknowledged = await opened(base_url, lot_id, 20)
+        owner, standby = owner_and_standby(cluster, shard)
         await asyncio.to_thread(wait_for, lambda: caught_up(cluster, standby.node), "standby never caught up")
         third = next(n for n in ("node-a", "node-b", "node-c") if n not in (owner.node, standby.node))
         cluster.processes[owner.node].kill9()
         cluster.processes[standby.node].kill9()
-        await chat(auct, "after-takeover")
-        acknowledged.append("after-takeover")
-        viewer = await join(base_url, lot_id)
-        welcome = viewer.welcome
-        await viewer.close()
-        await auct.close()
+        welcome = await served_after_takeover(base_url, lot_id, auct, acknowledged)
         return acknowledged, welcome, third
 
     try:
