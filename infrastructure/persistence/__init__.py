@@ -85,5 +85,5 @@ def new_mapper() -> Mapper[str]:
     return Mapper(transcoder=MsgpackTranscoder())
 
 
-__all__ = ["EventJournal", "EventStream", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper",
+__all__ = ["FEED_POOL", "EventJournal", "EventStream", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper",
            "open_event_stream", "open_journal", "open_subscriptions"]
