@@ -269,9 +269,9 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
     for kill in kills:
         at = float(kill["at"])  # type: ignore[arg-type]
         times = [_first_answer_after(seen.lots[i].answered_at, at) for i in kill["heavy"]]  # type: ignore[attr-defined]
-        heavy_times.append(max(times) if times else None)
+        heavy_times.append(round(max(times), 3) if times else None)
         times = [_first_answer_after(seen.lots[i].answered_at, at) for i in kill["small"]]  # type: ignore[attr-defined]
-        small_times.append(max(times) if times else None)
+        small_times.append(round(max(times), 3) if times else None)
     return {"heavy_failover_s": heavy_times, "small_failover_s": small_times, "lost_acks": lost,
             "takeovers": takeovers, "standby_warmup_s": [round(w, 2) for w in warmups],
             "mirror_bytes_per_entity": round(mirror["bytes"] / mirror["entities"]) if mirror["entities"] else None,
