@@ -31,7 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
+
 from edge.client import connect
+from infrastructure.persistence import RecorderJournal
 from loadtests.common import LoopLag
 from ops.local.cluster import Cluster, cluster_token
 
@@ -108,7 +111,11 @@ def longest_gap(answered_at: list[float], start: float, end: float) -> float:
     return longest
 
 
-async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Event) -> LoadReport:
+async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Event,
+              categories: dict[str, str] | None = None) -> LoadReport:
+    """``categories``: entity ID -> category for IDs that are not a ``Lot`` (e.g. the heavy
+    lots of ``bench_failover --heavy``; a subclass of Lot, same messages)."""
+    categories = categories or {}
     records = {lot: LotRecord() for lot in lots}
     errors: Counter[str] = Counter()
     first = asyncio.Event()
@@ -117,7 +124,8 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
 
     async def chatter(i: int, lot: str) -> None:
         # retries=0: this loop resends every refusal itself (after RETRY_PAUSE_S) and counts it
-        client = await connect(edges[i % len(edges)], "Lot", lot, token(f"u{i}"), request_timeout_s=10, retries=0)
+        client = await connect(edges[i % len(edges)], categories.get(lot, "Lot"), lot, token(f"u{i}"),
+                               request_timeout_s=10, retries=0)
         record = records[lot]
         n = 0
         try:
@@ -154,6 +162,14 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
     return LoadReport(records, errors, lag.stop())
 
 
+def lost_acks(journal: RecorderJournal, stream_id: str, acked: list[str], after_version: int = 0) -> int:
+    """How many acknowledged chat messages of a lot are not stored exactly once in its stream
+    (read after ``after_version``: a set-up written before the load need not be read)."""
+    stored = [msgpack.unpackb(e.state)["message_id"] for e in journal.read(stream_id, after_version=after_version)
+              if e.topic.endswith("Chatted")]
+    return sum(1 for mid in acked if stored.count(mid) != 1)
+
+
 def lot_owners(cluster: Cluster, lots: list[str]) -> dict[str, str]:
     """The state node serving each lot now, from the cluster's shard map."""
     return cluster.owners("Lot", lots, SHARDS)
@@ -167,13 +183,18 @@ def zookeeper_settings(session_timeout_s: float, supervised: bool) -> dict[str, 
 class LoadProcess:
     """A benchmark's handle on this module running as a subprocess (see the module docstring)."""
 
-    def __init__(self, edges: list[str], lots: list[str], pace_s: float = PACE_S) -> None:
+    def __init__(self, edges: list[str], lots: list[str], pace_s: float = PACE_S,
+                 targets: list[tuple[str, str]] | None = None) -> None:
+        """``lots``: lot-0 .. lot-<n-1>; or ``targets``: (category, entity ID) pairs of Lot
+        classes, IDs distinct (then ``lots`` must be empty)."""
         if lots != [f"lot-{i}" for i in range(len(lots))]:
             raise ValueError("lots must be lot-0 .. lot-<n-1>")
+        if targets and (lots or len({i for _, i in targets}) != len(targets)):
+            raise ValueError("targets: distinct entity IDs, and no lots besides")
+        chosen = ["--targets", ",".join(f"{c}/{i}" for c, i in targets)] if targets else ["--lots", str(len(lots))]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.lot_load", "--edges", ",".join(edges), "--lots", str(len(lots)),
-             "--pace", str(pace_s)],
+            [sys.executable, "-m", "loadtests.lot_load", "--edges", ",".join(edges), *chosen, "--pace", str(pace_s)],
             cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, text=True)
 
@@ -220,7 +241,11 @@ async def _main(args: argparse.Namespace) -> None:
             stop.set()
 
     loop.add_reader(stdin, on_stdin)
-    report = await run(args.edges.split(","), [f"lot-{i}" for i in range(args.lots)], args.pace, stop)
+    if args.targets:
+        pairs = [target.split("/", 1) for target in args.targets.split(",")]
+        report = await run(args.edges.split(","), [i for _, i in pairs], args.pace, stop, {i: c for c, i in pairs})
+    else:
+        report = await run(args.edges.split(","), [f"lot-{i}" for i in range(args.lots)], args.pace, stop)
     print(json.dumps(report.to_json()), flush=True)
 
 
@@ -228,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edges", required=True, help="comma-separated edge base URLs")
     parser.add_argument("--lots", type=int, default=12)
+    parser.add_argument("--targets", default="", help="instead of --lots: comma-separated CATEGORY/ID of Lot classes")
     parser.add_argument("--pace", type=float, default=PACE_S)
     asyncio.run(_main(parser.parse_args(argv)))
 

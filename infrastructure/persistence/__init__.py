@@ -30,9 +30,21 @@ def open_journal(settings: Settings) -> EventJournal:
     return RecorderJournal(settings.journal_env())
 
 
-def open_event_stream(settings: Settings, journal: EventJournal | None = None) -> EventStream:
+FEED_POOL = {"POSTGRES_POOL_SIZE": "3", "POSTGRES_MAX_OVERFLOW": "0"}
+"""PostgreSQL connections of a stream opened with a pool of its own (a state node's standby
+feed): one held for LISTEN, one for the catch-up reads, one for the lag count - fixed, so a
+feed never opens more however its store answers."""
+
+
+def open_event_stream(settings: Settings, journal: EventJournal | None = None, *,
+                      own_pool: str | None = None) -> EventStream:
     """The catch-up event stream port (:class:`~.subscriptions.EventStream`) on the
     configured store, for every store.
+
+    ``own_pool`` (PostgreSQL): a recorder of its own, with FEED_POOL connections named
+    ``own_pool`` (``application_name``), instead of ``journal``'s pool: a subscription holds
+    one connection for good and catches up with long reads, which must never take the
+    connections the journal's appends wait for (a state node's standby feed).
 
     EventStoreDB: a client of its own (``journal`` is not needed). SQLite/PostgreSQL: on
     ``journal``'s recorder when given (closing the stream leaves the journal open), else on
@@ -41,6 +53,9 @@ def open_event_stream(settings: Settings, journal: EventJournal | None = None) -
     live in one journal object, so ``journal`` is required."""
     if settings.store == "eventstoredb":
         return open_subscriptions(settings)
+    if own_pool and settings.store == "postgres":
+        env = {**settings.journal_env(), **FEED_POOL, "CREATE_TABLE": "false"}  # the journal created them
+        return RecorderJournal(env, application_name=own_pool).event_stream(close_journal=True)
     if isinstance(journal, RecorderJournal):
         return journal.event_stream()
     if journal is not None:
@@ -70,5 +85,5 @@ def new_mapper() -> Mapper[str]:
     return Mapper(transcoder=MsgpackTranscoder())
 
 
-__all__ = ["EventJournal", "EventStream", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper",
+__all__ = ["FEED_POOL", "EventJournal", "EventStream", "MsgpackTranscoder", "RecorderJournal", "StreamWrite", "new_mapper",
            "open_event_stream", "open_journal", "open_subscriptions"]

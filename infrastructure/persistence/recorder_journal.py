@@ -35,9 +35,14 @@ log = logging.getLogger(__name__)
 class RecorderJournal(EventJournal):
     """EventJournal on an eventsourcing infrastructure factory (see module docstring)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], application_name: str | None = None) -> None:
+        """``application_name``: PostgreSQL only, the name this journal's connections show in
+        ``pg_stat_activity`` (which process and which part of it holds a connection)."""
         try:
             self._factory = InfrastructureFactory.construct(dict(env))
+            pool = getattr(getattr(self._factory, "datastore", None), "pool", None)
+            if application_name and isinstance(getattr(pool, "kwargs", None), dict):
+                pool.kwargs["application_name"] = application_name  # type: ignore[union-attr] # before it connects
             self._events: ApplicationRecorder = self._factory.application_recorder()
             self._snapshots: AggregateRecorder = self._factory.aggregate_recorder("snapshots")
         except LibraryPersistenceError as exc:

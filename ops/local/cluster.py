@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,13 @@ class ClusterProcess:
     def base_url(self) -> str:
         """An edge's public URL (what follows "ready on"), without the trailing slash."""
         return self.ready_line.split("ready on ", 1)[1].rstrip("/")
+
+    def metrics(self) -> dict[str, float]:
+        """The process's /metrics now: sample (name with its labels, as exposed) -> value."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)

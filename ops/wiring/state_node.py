@@ -66,7 +66,8 @@ class ClusteredStateNode:
         """Hot mirror of the shards this node stands by for: only when the layout gives some category mirrors."""
         if self.coordinator.layout.any_mirrors:
             mirrored = [c for c in types.categories if self.coordinator.layout.mirrors(c)]
-            self.standby = Standby(self.node, self.ownership, open_event_stream(settings, self.node.journal), mirrored,
+            feed = open_event_stream(settings, self.node.journal, own_pool=f"xplatform {settings.node_id} mirror feed")
+            self.standby = Standby(self.node, self.ownership, feed, mirrored,
                                    budget_bytes=settings.mirror_budget_bytes)
             self.standby.feed.on_lag = lambda lag: self.coordinator.update_member(mirror_lag=lag)
         self._metrics: MetricsListener | None = None

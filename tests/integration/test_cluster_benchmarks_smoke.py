@@ -31,3 +31,15 @@ def test_bench_drain_smoke() -> None:
     assert result["acknowledged"] > 0 and "max_unavailable_ms" in result and "client_errors" in result
     assert result["zookeeper"] == {"session_timeout_s": 0.6, "supervised": False}
     assert len(result["unavailable_ms"]) == 1 and result["max_unavailable_ms"] == result["unavailable_ms"][0] > 0
+
+
+def test_bench_failover_heavy_smoke() -> None:
+    """Both phases end to end: with standbys every takeover is warm, without them every one cold."""
+    result = run("loadtests.bench_failover", "--heavy", "--kills", "1", "--heavy-lots", "2", "--heavy-events", "500",
+                 "--small", "50", "--small-loaded", "2")
+    assert result["lost_acks"] == 0 and result["heavy_events"] > 500
+    warm, cold = result["warm"], result["cold"]
+    assert warm["takeovers"]["warm"] >= 1 and warm["takeovers"]["cold"] == 0, warm  # type: ignore[index]
+    assert cold["takeovers"]["cold"] >= 1 and cold["takeovers"]["warm"] == 0, cold  # type: ignore[index]
+    assert 0 < result["warm_failover_max_s"] < 10 and 0 < result["cold_failover_max_s"] < 10  # type: ignore[operator]
+    assert result["mirror_bytes_per_entity"] > 0  # type: ignore[operator]

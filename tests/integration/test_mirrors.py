@@ -13,17 +13,21 @@ import uuid
 from pathlib import Path
 
 import msgpack
+import psycopg
 import pytest
 
 from domain import ClientMessage, Connect, EntityRef
 from infrastructure.metrics import MirrorMetrics
-from infrastructure.persistence import RecorderJournal, StreamWrite, open_event_stream
+from infrastructure.persistence import FEED_POOL, RecorderJournal, StreamWrite, open_event_stream
 from infrastructure.persistence.rehydrate import rehydrate
+from infrastructure.persistence.subscriptions import EventFilter
 from infrastructure.runtime.mirrors import Mirror, MirrorError, MirrorFeed, state_digest
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
+from ops.local.servers import PostgresServer
 from ops.wiring.dev import Platform, build_platform
+from tests.conftest import postgres_settings
 from tests.support.entities import Counter
 
 EVERY_SHARD = {"Counter": set(range(64))}
@@ -297,3 +301,35 @@ def test_a_budget_keeps_the_most_recently_updated_entities_and_an_evicted_one_re
             stream.close()
 
     asyncio.run(scenario())
+
+
+def test_a_feed_with_a_pool_of_its_own_holds_its_named_connections_and_none_of_the_journals(
+        postgres_server: PostgresServer) -> None:
+    """``open_event_stream(own_pool=name)`` on PostgreSQL (a standby's feed): its connections
+    carry ``name`` in pg_stat_activity (what tests/support/pg_stall.py stops to stall a
+    feed) and are FEED_POOL's fixed number, its subscription and reads included; the
+    journal's connections are others."""
+    settings = postgres_settings(postgres_server)
+    name = f"xplatform feed-{uuid.uuid4().hex[:6]}"
+    journal = RecorderJournal(settings.journal_env())
+    stream = open_event_stream(settings, journal, own_pool=name)
+    try:
+        subscription = stream.subscribe_all(None, EventFilter(categories=("Counter",)))  # LISTEN + its reads
+        for _ in range(3):
+            stream.read_all(None, 10)
+        journal.read("Counter-none")  # the journal's own pool
+        size = int(FEED_POOL["POSTGRES_POOL_SIZE"])
+        counts = []
+        with psycopg.connect(host="127.0.0.1", port=postgres_server.port, user=postgres_server.user,
+                             dbname=postgres_server.dbname, autocommit=True) as conn:
+            for _ in range(200):  # the pool opens its connections in the background
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchone()
+                counts.append(row[0] if row else 0)
+                if counts[-1] == size:
+                    break
+                time.sleep(0.05)
+        assert counts[-1] == size and max(counts) <= size, counts
+        subscription.stop()
+    finally:
+        stream.close()
+        journal.close()

@@ -678,7 +678,16 @@ MUTATIONS: list[Mutation] = [
         "mirror-tail-skipped", "mirror-never-stale", "infrastructure/runtime/mirrors.py",
         old="""        for stored in tail[1:]:""",
         new="""        for stored in tail[:0]:""",
-        tests=("tests/integration/test_mirrors.py::test_a_lagging_standby_is_caught_up_from_the_store_before_it_serves",),
+        tests=("tests/integration/test_mirrors.py::test_a_lagging_standby_is_caught_up_from_the_store_before_it_serves",
+               "tests/integration/test_standby_processes.py::"
+               "test_a_lagging_standby_promoted_catches_up_from_the_store_and_never_answers_stale"),
+    ),
+    Mutation(
+        "standby-gained-not-scanned", "standby-replaced-warms", "infrastructure/cluster/standby.py",
+        old="""        elif gained:""",
+        new="""        elif False:""",
+        tests=("tests/integration/test_standby_processes.py::"
+               "test_a_killed_standby_is_replaced_by_one_that_warms_up_and_takes_over_warm",),
     ),
     Mutation(
         "mirror-ahead-kept", "mirror-equals-replay", "infrastructure/runtime/mirrors.py",
