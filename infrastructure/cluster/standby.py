@@ -6,7 +6,9 @@ owner (allocation.py). This component follows the map (an :class:`Ownership` lis
 the event loop): the mirror (:mod:`infrastructure.runtime.mirrors`) admits entities of the
 shards it stands by for; the node's activations take entities from it (``StateNode.warm``).
 
-- Shards gained as standby: the feed starts over from the beginning of the store to find
+- The feed: on EventStoreDB a persistent subscription group of this node's
+  (:mod:`infrastructure.runtime.mirror_groups`), elsewhere a catch-up subscription.
+- Shards gained as standby: the feed reads the store from its beginning again to find
   their entities (those already held are skipped by version, without decoding).
 - Shards no longer stood by and not owned either: their entities are dropped.
 - Shards that became ours (promoted): their mirrored entities stay until an activation takes
@@ -21,7 +23,8 @@ from domain.refs import EntityRef
 from infrastructure.cluster.allocation import Assignment
 from infrastructure.cluster.ownership import Ownership, OwnershipState
 from infrastructure.metrics import MirrorMetrics
-from infrastructure.persistence.subscriptions import EventStream
+from infrastructure.persistence.subscriptions import EventStream, PersistentSubscriptions
+from infrastructure.runtime.mirror_groups import GroupMirrorFeed
 from infrastructure.runtime.mirrors import Mirror, MirrorFeed
 from infrastructure.runtime.node import StateNode
 
@@ -33,7 +36,10 @@ class Standby:
     starts with the first shard stood by for; ``stop`` ends it and closes ``stream``."""
 
     def __init__(self, node: StateNode, ownership: Ownership, stream: EventStream, categories: list[str],
-                 budget_bytes: int = 0) -> None:
+                 budget_bytes: int = 0, group: str | None = None) -> None:
+        """``group``: on EventStoreDB (``stream`` is then also the persistent subscriptions
+        port), the persistent subscription group that feeds the mirror
+        (:mod:`infrastructure.runtime.mirror_groups`); else a catch-up subscription does."""
         self.ownership = ownership
         self.stream = stream
         self.standing: frozenset[tuple[str, int]] = frozenset()
@@ -41,7 +47,10 @@ class Standby:
         thread reads it)."""
         self.mirror = Mirror(node.types, node.journal, node.mapper, categories=categories, admit=self._admit,
                              budget_bytes=budget_bytes, metrics=MirrorMetrics(node.metrics.registry))
-        self.feed = MirrorFeed(self.mirror, stream, name=f"xplatform-standby-{ownership.node_id}")
+        name = f"xplatform-standby-{ownership.node_id}"
+        self.feed: MirrorFeed = (GroupMirrorFeed(self.mirror, stream, stream, group, name=name)
+                                 if group is not None and isinstance(stream, PersistentSubscriptions)
+                                 else MirrorFeed(self.mirror, stream, name=name))
         self._started = False
         node.warm = self.mirror
         ownership.listeners.append(self._on_map)

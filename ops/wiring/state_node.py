@@ -26,6 +26,7 @@ from infrastructure.cluster.zookeeper import MemberInfo
 from infrastructure.errors import ConfigurationError
 from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.runtime.entity_modules import entity_types_from
+from infrastructure.runtime.mirror_groups import group_name
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
 from infrastructure.transport import tls
@@ -67,8 +68,10 @@ class ClusteredStateNode:
         if self.coordinator.layout.any_mirrors:
             mirrored = [c for c in types.categories if self.coordinator.layout.mirrors(c)]
             feed = open_event_stream(settings, self.node.journal, own_pool=f"xplatform {settings.node_id} mirror feed")
+            group = (group_name(settings.eventstoredb_stream_prefix, settings.node_id, tuple(mirrored))
+                     if settings.store == "eventstoredb" else None)  # the card: persistent subscriptions feed mirrors
             self.standby = Standby(self.node, self.ownership, feed, mirrored,
-                                   budget_bytes=settings.mirror_budget_bytes)
+                                   budget_bytes=settings.mirror_budget_bytes, group=group)
             self.standby.feed.on_lag = lambda lag: self.coordinator.update_member(mirror_lag=lag)
         self._metrics: MetricsListener | None = None
         if settings.supervisor_session_file:

@@ -16,14 +16,16 @@ import msgpack
 import pytest
 
 from domain import ClientMessage, Connect, EntityRef
-from infrastructure.persistence import RecorderJournal
+from infrastructure.persistence import open_journal
 from infrastructure.persistence.rehydrate import rehydrate
+from infrastructure.runtime.mirror_groups import GroupMirrorFeed
 from infrastructure.runtime.mirrors import state_digest
 from infrastructure.settings import Settings
 from infrastructure.transport import LocalTransport
 from ops.status import print_status, read_status
 from ops.wiring.node import stop_node
 from ops.wiring.state_node import ClusteredStateNode
+from tests.conftest import eventstoredb_settings
 from tests.support.cluster import ClusterSecrets, crash
 from tests.support.entities import Counter
 from tests.support.servers import ZooKeeperServer
@@ -66,7 +68,7 @@ def settled(nodes: dict[str, ClusteredStateNode]) -> bool:
 def assert_equals_replay(base: Settings, nodes: dict[str, ClusteredStateNode], refs: list[EntityRef]) -> None:
     """Every served entity is what a fresh replay of its stream gives (they were sent only
     messages that write: a read's reply is remembered by the resident entity alone)."""
-    journal = RecorderJournal(base.journal_env())
+    journal = open_journal(base)
     try:
         for ref in refs:
             serving = next(node for node in nodes.values() if node.ownership.is_mine(ref)).node
@@ -86,12 +88,17 @@ def counted(node: ClusteredStateNode, sample: str) -> float:
     return 0.0
 
 
+@pytest.mark.parametrize("store", ["sqlite", "eventstoredb"])
 def test_a_killed_owners_entities_are_taken_over_warm_by_their_standbys_and_equal_a_replay(
-        zookeeper: ZooKeeperServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        store: str, request: pytest.FixtureRequest, zookeeper: ZooKeeperServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On SQLite the standbys follow a catch-up subscription; on EventStoreDB each follows a
+    persistent subscription group of its own (the design card)."""
     secrets = ClusterSecrets.write(tmp_path)
-    base = Settings(store="sqlite", data_dir=str(tmp_path), zookeeper_hosts=zookeeper.hosts,
-                    cluster_name=f"m{uuid.uuid4().hex[:6]}", zk_session_timeout_s=0.6, shards_per_category=8,
-                    cluster_layout=LAYOUT, **secrets.settings())
+    cluster = dict(zookeeper_hosts=zookeeper.hosts, cluster_name=f"m{uuid.uuid4().hex[:6]}", zk_session_timeout_s=0.6,
+                   shards_per_category=8, cluster_layout=LAYOUT, **secrets.settings())
+    base = (eventstoredb_settings(request.getfixturevalue("eventstoredb_uri"), **cluster) if store == "eventstoredb"
+            else Settings(store="sqlite", data_dir=str(tmp_path), **cluster))
     refs = [EntityRef("Counter", f"s{i}") for i in range(24)]
     rng = random.Random(5)
 
@@ -120,6 +127,7 @@ def test_a_killed_owners_entities_are_taken_over_warm_by_their_standbys_and_equa
                 await node.node.drain()
             for node in nodes.values():  # every standby mirror caught up with the store
                 assert node.standby is not None
+                assert isinstance(node.standby.feed, GroupMirrorFeed) == (store == "eventstoredb")
                 assert await asyncio.to_thread(node.standby.feed.wait_caught_up, 30)
 
             # kill -9 "b": its session expires without a goodbye, its node just stops
