@@ -32,7 +32,7 @@ import logging
 import queue
 import threading
 
-from infrastructure.errors import PersistenceError, SubscriptionGroupExists
+from infrastructure.errors import SubscriptionGroupExists
 from infrastructure.persistence.subscriptions import (
     Delivery,
     EventStream,
@@ -86,19 +86,14 @@ class GroupMirrorFeed(MirrorFeed):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> GroupMirrorFeed:
-        if self._threads:
-            raise PersistenceError("this feed is already started")
         try:
             self.subscriptions.create_group(self.group, self.source,
                                             GroupSettings(start_from="end", strategy="dispatch_to_single"))
         except SubscriptionGroupExists:
             pass  # ours from before a restart: it resumes where our acks reached
         self._scan_wanted.set()  # the first discovery scan
-        for target, suffix in ((self._follow, ""), (self._consume, "-group"), (self._scan, "-scan"),
-                               (self._count_lag, "-lag")):
-            thread = threading.Thread(target=target, name=self.name + suffix, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_threads((self._follow, ""), (self._consume, "-group"), (self._scan, "-scan"),
+                            (self._count_lag, "-lag"))
         return self
 
     def stop(self) -> None:

@@ -376,13 +376,17 @@ class MirrorFeed:
         """Called (on the lag thread) with the lag each time the count differs from the last."""
 
     def start(self) -> MirrorFeed:
+        self._start_threads((self._follow, ""), (self._count_lag, "-lag"))
+        return self
+
+    def _start_threads(self, *targets: tuple[Callable[[], None], str]) -> None:
+        """One daemon thread per (function, name suffix); a feed starts once."""
         if self._threads:
             raise MirrorError("this feed is already started")
-        for target, suffix in ((self._follow, ""), (self._count_lag, "-lag")):
+        for target, suffix in targets:
             thread = threading.Thread(target=target, name=self.name + suffix, daemon=True)
             thread.start()
             self._threads.append(thread)
-        return self
 
     def stop(self) -> None:
         self._stopping.set()

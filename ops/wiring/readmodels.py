@@ -146,6 +146,14 @@ class DeferredReads:
         return await self._port().find(projection, filters, limit, claims, consistency)
 
 
+def _close(*resources: Any) -> None:
+    """Close what a read side opened (the query port's pool, the database client, the event
+    stream), skipping what it never got to open."""
+    for resource in resources:
+        if resource is not None:
+            resource.close()
+
+
 class EdgeReads:
     """The query API of a process that serves reads but runs no projector: a clustered
     ``xplatform edge`` (``XPLATFORM_MONGO_URI``: the database ``xplatform projector``
@@ -206,12 +214,7 @@ class EdgeReads:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=self.RETRY_S * 3)
-        if self.queries is not None:
-            self.queries.close()
-        if self._client is not None:
-            self._client.close()
-        if self._stream is not None:
-            self._stream.close()
+        _close(self.queries, self._client, self._stream)
 
 
 class DevReadModels:
@@ -329,12 +332,7 @@ class DevReadModels:
                 thread.join(timeout=5)
         if self._sampler is not None:
             self._sampler.join(timeout=5)
-        if self.queries is not None:
-            self.queries.close()
-        if self._client is not None:
-            self._client.close()
-        if self._stream is not None:
-            self._stream.close()
+        _close(self.queries, self._client, self._stream)
         if self.server is not None:
             self.server.stop()
 

@@ -136,22 +136,11 @@ def test_it_follows_live_writes_in_batches(any_store: Settings, mongo_db: Db) ->
     projection = BidderSummary()
     model = MongoReadModel(projection, mongo_db)
     projector = CatchUpProjector(projection, stream, model, batch_size=25)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            projector.run()
-        except BaseException as exc:  # handed to the test
-            failures.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, failures = running(projector)
     try:
         run_auctions(kit, range(3, 6), tag=tag)  # written while it runs
         target = head(settings)
-        deadline = time.monotonic() + 60
-        while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
-            time.sleep(0.05)
+        until_head(model, settings, failures)
     finally:
         projector.stop()
         thread.join(10)
@@ -229,23 +218,12 @@ def test_a_runner_that_remembers_documents_forgets_them_when_replay_parked_write
     model = MongoReadModel(projection, mongo_db)
     stream = open_event_stream(settings)
     runner = CatchUpProjector(projection, stream, model, batch_size=10)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            runner.run()
-        except BaseException as exc:  # handed to the test
-            failures.append(exc)
+    thread, failures = running(runner)
 
     def caught_up() -> None:
-        target = head(settings)
-        deadline = time.monotonic() + 60
-        while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
-            time.sleep(0.05)
-        assert not failures and model.position() == target
+        until_head(model, settings, failures)
+        assert not failures and model.position() == head(settings)
 
-    thread = threading.Thread(target=run)
-    thread.start()
     try:
         caught_up()
         assert model.parked_count() >= 2
@@ -262,6 +240,29 @@ def test_a_runner_that_remembers_documents_forgets_them_when_replay_parked_write
         stream.close()
     assert model.raw_documents() == replay(projection, settings).raw
     assert model.get("house") == {"_id": "house", "bids": 32, "top": 200}  # 5 lots x 6 bids, and the two after
+
+
+def running(projector: CatchUpProjector) -> tuple[threading.Thread, list[BaseException]]:
+    """``projector.run()`` on a thread; what it raises lands in the returned list."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            projector.run()
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, failures
+
+
+def until_head(model: MongoReadModel, settings: Settings, failures: list[BaseException]) -> None:
+    """Wait (at most a minute) until ``model`` reached the store's head, or a runner failed."""
+    target = head(settings)
+    deadline = time.monotonic() + 60
+    while (model.position() or 0) < target and time.monotonic() < deadline and not failures:
+        time.sleep(0.05)
 
 
 def bid(kit: Sandbox, lot: str, bidder: str, amount: int) -> None:
