@@ -124,8 +124,16 @@ async def run(edges: list[str], lots: list[str], pace_s: float, stop: asyncio.Ev
 
     async def chatter(i: int, lot: str) -> None:
         # retries=0: this loop resends every refusal itself (after RETRY_PAUSE_S) and counts it
-        client = await connect(edges[i % len(edges)], categories.get(lot, "Lot"), lot, token(f"u{i}"),
-                               request_timeout_s=10, retries=0)
+        client = None
+        while client is None:  # connect again until welcomed, as a user's client does (a cold load of
+            try:               # a large entity, or a node busy with many of them, can outlast one try)
+                client = await connect(edges[i % len(edges)], categories.get(lot, "Lot"), lot, token(f"u{i}"),
+                                       request_timeout_s=10, retries=0)
+            except Exception as exc:
+                errors[f"connect: {type(exc).__name__}: {exc}"[:80]] += 1
+                if stop.is_set():
+                    return
+                await asyncio.sleep(RETRY_PAUSE_S)
         record = records[lot]
         n = 0
         try:
