@@ -212,6 +212,12 @@ class SerialLine:
             log.warning("serial line %s: an answer was not taken in %.0f s; dropped", self.port.path, WRITE_TIMEOUT_S)
         except (serial.SerialException, OSError) as exc:
             self._lost(exc)
+        except (TypeError, ValueError):
+            if port.is_open:
+                raise
+            # the loop closed the port while this answer was written on a thread (the line was lost:
+            # pyserial then fails on its closed descriptor): the answer is lost with the line
+            log.info("serial line %s closed while an answer was written; dropped", self.port.path)
 
     # ------------------------------------------------------------------ frames
     async def _work(self) -> None:
