@@ -42,7 +42,7 @@ from infrastructure.persistence.subscriptions import (
     Source,
     StreamEvent,
 )
-from infrastructure.runtime.mirrors import Mirror, MirrorFeed
+from infrastructure.runtime.mirrors import LAG_EVERY_S, Mirror, MirrorFeed
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,8 @@ class GroupMirrorFeed(MirrorFeed):
     ``rescan`` and the lag count behave as :class:`MirrorFeed`'s."""
 
     def __init__(self, mirror: Mirror, stream: EventStream, subscriptions: PersistentSubscriptions, group: str, *,
-                 name: str = "xplatform-mirror", lag_every_s: float | None = None) -> None:
-        if lag_every_s is None:
-            super().__init__(mirror, stream, name=name)
-        else:
-            super().__init__(mirror, stream, lag_every_s=lag_every_s, name=name)
+                 name: str = "xplatform-mirror", lag_every_s: float = LAG_EVERY_S) -> None:
+        super().__init__(mirror, stream, lag_every_s=lag_every_s, name=name)
         self.subscriptions = subscriptions
         self.group = group
         self.source = Source.all(mirror.filter)
