@@ -17,6 +17,7 @@ from infrastructure.errors import ConfigurationError
 
 STORES = ("sqlite", "postgres", "memory", "eventstoredb")
 LOG_FORMATS = ("text", "json")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 SAMPLE_ENTITIES = "domain.auction:ENTITIES,domain.presence:ENTITIES,domain.stock:ENTITIES"
 SAMPLE_PROJECTIONS = "projections.auction:PROJECTIONS"
 """The auction's sample read models (a board of every lot, a per-bidder summary): the default
@@ -110,6 +111,13 @@ class Settings:
                                         "enough that 1M+ users do not all stay resident.")
     passivate_sweep_s: float = _setting(5.0, "How often idle entities are looked for; the sweep "
                                         "stops at the first recently used entity, so it is cheap.")
+    event_loop: str = _setting("auto", "The event loop of every serving process (run and its edge workers, "
+                               "state-node, edge, projector). 'auto': uvloop when installed (a dependency on "
+                               "Linux), else asyncio's own. uvloop's socket writes and loop iterations are C: "
+                               "measured on the hot lot (1,000 viewers at 20 Hz, 10,000 bids/s, run --workers 1), "
+                               "freshness p99 79 ms with it vs 158-226 ms without, and ~14k bids/s at most "
+                               "instead of ~12k. 'asyncio' to rule it out when chasing a loop-level bug; "
+                               "'uvloop' to fail at start if it is missing.")
     gil_switch_interval_ms: float = _setting(1.0, "Interpreter switch interval of a process hosting a state "
                                              "node (sys.setswitchinterval). The group-commit writer thread "
                                              "releases the GIL around each SQLite/PostgreSQL call and must win it "
@@ -471,6 +479,9 @@ class Settings:
                                      "state nodes also dial each other and verify the peer's certificate")
         if not 0.05 <= self.gil_switch_interval_ms <= 100:
             raise ConfigurationError("XPLATFORM_GIL_SWITCH_INTERVAL_MS must be between 0.05 and 100 ms")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigurationError(f"XPLATFORM_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, "
+                                     f"not {self.event_loop!r}")
         if self.log_format not in LOG_FORMATS:
             raise ConfigurationError(f"XPLATFORM_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
                                      f"not {self.log_format!r}")

@@ -41,6 +41,7 @@ from pymongo.errors import PyMongoError
 from domain import ClientMessage, Connect, EntityRef, Terminated
 from domain.effects import Send, Terminate
 from domain.entity import Entity
+from infrastructure import event_loop
 from infrastructure.errors import InfrastructureError
 from infrastructure.logformat import configure_logging
 from infrastructure.persistence import new_mapper, open_journal
@@ -108,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "state-node":
             from ops.wiring.state_node import serve_state_node
 
-            asyncio.run(serve_state_node(settings))
+            event_loop.run(serve_state_node(settings), settings)
         elif args.command == "edge":
             from infrastructure.runtime.entity_modules import entity_types_from
             from ops.wiring.edge import serve_cluster_edge
 
             if args.port is not None:
                 settings = settings.with_(edge_port=args.port)
-            asyncio.run(serve_cluster_edge(settings, entity_types_from(settings).categories))
+            event_loop.run(serve_cluster_edge(settings, entity_types_from(settings).categories), settings)
         elif args.command == "status":
             from ops.status import print_status
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "projector":
             from ops.wiring.projector import serve_projector
 
-            asyncio.run(serve_projector(settings))
+            event_loop.run(serve_projector(settings), settings)
         elif args.command == "projection":
             return _projection(settings, args)
     except (InfrastructureError, ProjectionError, PyMongoError) as exc:

@@ -25,6 +25,7 @@ from edge.config import EdgeConfig, is_loopback
 from edge.internal_listener import INTERNAL_LISTENER_KEY
 from edge.metrics import EdgeMetrics
 from edge.sockets import raise_open_file_limit
+from infrastructure import event_loop
 from infrastructure.metrics import NodeMetrics
 from infrastructure.persistence import EventJournal
 from infrastructure.read_port import ReadPort
@@ -160,8 +161,8 @@ def _run(settings: Settings, config: EdgeConfig, workers: int) -> None:
         from ops.wiring.workers import serve_with_workers
 
         print(f"X Platform, a state node and {workers} edge worker process(es): store={settings.store} ({where}), "
-              f"node={settings.node_id}", flush=True)
-        asyncio.run(serve_with_workers(settings, config, workers))
+              f"node={settings.node_id}, loop={event_loop.loop_name(settings)}", flush=True)
+        event_loop.run(serve_with_workers(settings, config, workers), settings)
         return
     platform = build_platform(settings)
     read_models = None
@@ -169,8 +170,9 @@ def _run(settings: Settings, config: EdgeConfig, workers: int) -> None:
         from ops.wiring.readmodels import DevReadModels
 
         read_models = DevReadModels(settings, platform.journal)
-    print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}", flush=True)
-    asyncio.run(serve_dev(platform, config, read_models=read_models))
+    print(f"X Platform, one process: store={settings.store} ({where}), node={settings.node_id}, "
+          f"loop={event_loop.loop_name(settings)}", flush=True)
+    event_loop.run(serve_dev(platform, config, read_models=read_models), settings)
 
 
 def dev_edge_config(settings: Settings, host: str | None, port: int | None, dev_tokens_on_network: bool) -> EdgeConfig:

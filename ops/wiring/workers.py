@@ -56,6 +56,7 @@ from typing import Any
 
 from edge.config import EdgeConfig
 from edge.errors import AddressInUse
+from infrastructure import event_loop
 from infrastructure.errors import ConfigurationError
 from infrastructure.logformat import configure_logging
 from infrastructure.metrics import ClusterMetrics
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings, node=args.worker_id,
                       text_format=f"%(asctime)s %(levelname)s {args.worker_id} %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_worker(args))
+        event_loop.run(_serve_worker(args), settings)
     return 0
 
 

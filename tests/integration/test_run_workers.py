@@ -98,15 +98,33 @@ def _stored(tmp_path: Path, lot_id: str) -> list[str]:
         journal.close()
 
 
+def _loads_uvloop(process: psutil.Process) -> bool:
+    """Whether ``process`` has uvloop's loop extension mapped (it is imported only to run on it)."""
+    return any("uvloop" in m.path for m in process.memory_maps())
+
+
 def test_workers_serve_the_platform_on_one_port_and_everything_is_stored(tmp_path: Path) -> None:
     with served(tmp_path, _env(tmp_path), "--workers", "2") as url:
-        workers = _workers_of(_run_pid(url))
+        run_pid = _run_pid(url)
+        workers = _workers_of(run_pid)
         assert len(workers) == 2
+        # the default event loop (setting event_loop=auto): uvloop in the node and in every worker
+        assert _loads_uvloop(psutil.Process(run_pid)) and all(_loads_uvloop(w) for w in workers)
         asyncio.run(_auction(url, "w-1"))
     names = _stored(tmp_path, "w-1")
     assert names.count("BidAccepted") == 1 and "Opened" in names  # the refused bid stored nothing
     for worker in workers:
         _wait_gone(worker, "an edge worker after Ctrl-C")
+
+
+def test_the_standard_loop_on_request_serves_the_same(tmp_path: Path) -> None:
+    """XPLATFORM_EVENT_LOOP=asyncio (ruling uvloop out while chasing a loop-level bug): the
+    same auction through a worker, and uvloop loaded nowhere."""
+    with served(tmp_path, {**_env(tmp_path), "XPLATFORM_EVENT_LOOP": "asyncio"}, "--workers", "1") as url:
+        run_pid = _run_pid(url)
+        assert not _loads_uvloop(psutil.Process(run_pid)) and not any(map(_loads_uvloop, _workers_of(run_pid)))
+        asyncio.run(_auction(url, "w-asyncio"))
+    assert _stored(tmp_path, "w-asyncio").count("BidAccepted") == 1
 
 
 def _wait_gone(process: psutil.Process, what: str) -> None:

@@ -100,6 +100,47 @@ def test_group_commit_never_releases_a_reply_before_its_events_are_durable(tmp_p
     run(scenario, settings, journal)
 
 
+def test_the_next_append_is_under_way_before_the_previous_batch_is_answered(tmp_path: Any) -> None:
+    """Group commit pipelines: when a batch is durable, the writes collected meanwhile go to
+    the store BEFORE the batch's replies are sent, so the database works while the loop
+    answers. Seen from the first reply: the second append has already reached the store."""
+    settings = Settings(store="sqlite", data_dir=str(tmp_path))
+    journal = BlockingJournal(RecorderJournal(settings.journal_env()))
+    journal.release.set()
+
+    async def scenario(p: Platform) -> None:
+        a, b = EntityRef("Counter", "pipe-a"), EntityRef("Counter", "pipe-b")
+        for ref in (a, b):
+            await connect(p, ref)
+        journal.release.clear()
+        journal.entered.clear()
+        journal.calls.clear()
+        appends_seen_by_first_reply: list[int] = []
+        replies: list[Reply] = []
+
+        def first_reply(reply: Reply) -> None:
+            # On the loop thread, as every reply: the writer thread is free to enter the next
+            # append meanwhile (bounded wait: on failure this records 1 after 5 s).
+            deadline = time.monotonic() + 5
+            while len(journal.calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            appends_seen_by_first_reply.append(len(journal.calls))
+            replies.append(reply)
+
+        p.node.deliver(a, ClientMessage("m-a", time.time(), "c1", msgpack.packb({"type": "add", "n": 1})), first_reply)
+        await asyncio.to_thread(journal.entered.wait, 5)  # a's append is in flight, blocked
+        p.node.deliver(b, ClientMessage("m-b", time.time(), "c1", msgpack.packb({"type": "add", "n": 2})),
+                       replies.append)  # collects for the next append
+        journal.release.set()
+        await p.node.drain()
+        assert journal.calls == [["Counter-pipe-a"], ["Counter-pipe-b"]]
+        assert appends_seen_by_first_reply == [2]
+        assert [(r.message_id, r.ok) for r in replies] == [("m-a", True), ("m-b", True)]
+        assert stored(p, a) == [1, 2] and stored(p, b) == [1, 2]
+
+    run(scenario, settings, journal)
+
+
 def test_replies_of_messages_without_events_wait_for_earlier_writes(tmp_path: Any) -> None:
     """A read that sees an undurable state must not answer before that state is durable."""
     settings = Settings(store="sqlite", data_dir=str(tmp_path))
