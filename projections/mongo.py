@@ -107,6 +107,9 @@ class MongoReadModel:
         self.metrics = metrics
         self.pinned = collection is not None
         self.cache: ModelCache | None = None
+        self.in_flight: BatchPlan | None = None
+        """A batch being written by another thread while the next is prepared (the catch-up
+        runner's write-behind): what it does is read before anything remembered or stored."""
         self._pending_streams: dict[str, int] = {}
         self._pending_batches = 0
         self._bind(collection or live_collection(self.database, projection.NAME))
@@ -143,9 +146,15 @@ class MongoReadModel:
     # ------------------------------------------------------------------ DocumentSource
     def load(self, keys: Collection[str]) -> dict[str, Document]:
         remembered: dict[str, Document] = {}
+        if self.in_flight is not None:
+            writing = self.in_flight.documents
+            remembered = {key: doc for key in keys if (doc := writing.get(key)) is not None}
+            keys = [key for key in keys if key not in writing]
+            if not keys:
+                return remembered
         if self.cache is not None:
-            remembered, unknown = self.cache.documents(keys)
-            keys = unknown
+            cached, keys = self.cache.documents(keys)
+            remembered.update(cached)
             if not keys:
                 return remembered
         try:
@@ -158,13 +167,20 @@ class MongoReadModel:
 
     def stream_versions(self, streams: Collection[str]) -> dict[str, int]:
         remembered: dict[str, int] = {}
-        if self.cache is not None:
-            remembered, unknown = self.cache.streams(streams)
-            streams = unknown
+        if self.in_flight is not None:
+            writing = self.in_flight.streams
+            remembered = {stream: writing[stream] for stream in streams if stream in writing}
+            streams = [stream for stream in streams if stream not in writing]
             if not streams:
                 return remembered
-        if self._pending_streams:  # written by this runner, not flushed yet: newer than the database's
-            pending = {s: self._pending_streams[s] for s in streams if s in self._pending_streams}
+        if self.cache is not None:
+            cached, streams = self.cache.streams(streams)
+            remembered.update(cached)
+            if not streams:
+                return remembered
+        held_back = self._pending_streams  # one reference: a write-behind thread may replace it
+        if held_back:  # written by this runner, not flushed yet: newer than the database's
+            pending = {s: held_back[s] for s in streams if s in held_back}
             remembered.update(pending)
             streams = [s for s in streams if s not in pending]
             if not streams:
@@ -194,23 +210,51 @@ class MongoReadModel:
         ``behind``: the runner has more events waiting (a full batch): with :meth:`remember`
         on, the stream versions may wait for a later batch (see :meth:`write`)."""
         started = time.perf_counter()
+        plan = self.prepare(events)
+        self.commit(plan, defer_streams=behind and self.cache is not None, started=started)
+        return plan
+
+    def prepare(self, events: Sequence[Delivered]) -> BatchPlan:
+        """The plan of a batch (:func:`~projections.engine.plan_batch`), nothing written:
+        the first half of :meth:`apply`. It reads the documents and stream versions as
+        :attr:`in_flight` (a batch being written meanwhile) leaves them, else as remembered,
+        else as stored."""
         if self.cache is not None:
             self._forget_if_parked_changed(self.cache)
         try:
-            plan = plan_batch(self.projection, events, self)
-            self.write(plan, defer_streams=behind and self.cache is not None)
+            return plan_batch(self.projection, events, self)
         except BaseException:
             if self.cache is not None:
-                self.cache.clear()  # what it holds may not have been written
+                self.cache.clear()
             raise
+
+    def commit(self, plan: BatchPlan, *, defer_streams: bool = False, started: float | None = None) -> None:
+        """Write a prepared plan (:meth:`write`), then :meth:`acknowledged`: the second half of
+        :meth:`apply`. A failed write makes the model forget what it remembers."""
+        try:
+            self.write(plan, defer_streams=defer_streams)
+        except BaseException:
+            self.forget()
+            raise
+        self.acknowledged(plan, started)
+
+    def acknowledged(self, plan: BatchPlan, started: float | None = None) -> None:
+        """``plan`` is written: remember its documents and stream versions (with
+        :meth:`remember` on) and record its metrics (``started``: when it began, for the
+        batch duration)."""
         if self.cache is not None:
             if plan.parked:
                 self.cache.clear()  # rare: start afresh rather than reason about whose parked events the count shows
             else:
                 self.cache.written(plan.documents, plan.streams)
         if self.metrics is not None:
-            self.metrics.record(self.projection.NAME, plan, time.perf_counter() - started)
-        return plan
+            self.metrics.record(self.projection.NAME, plan,
+                                None if started is None else time.perf_counter() - started)
+
+    def forget(self) -> None:
+        """Drop what :meth:`remember` kept (after a failed write: it may hold what was not written)."""
+        if self.cache is not None:
+            self.cache.clear()
 
     def _forget_if_parked_changed(self, cache: ModelCache) -> None:
         """Clear ``cache`` when the parked events changed since the last batch (a
