@@ -24,6 +24,12 @@ only the position; at the head every batch writes them, since read-your-writes r
 on them. A restart resumes at the checkpoint, the last position written with every stream
 version (:meth:`~projections.mongo.MongoReadModel.resume_position`).
 
+Catching up to a known head (``run(until=...)``: a rebuild, ``--until-head``) it also
+**writes behind** (:class:`_WriteBehind`): a full batch is written on a thread of its own
+while the next page is read, decoded and planned against it, so the runner's CPU overlaps
+the database's round trips; batches are still written one at a time, in order, each
+acknowledged before the next starts.
+
 ``python -m projections.catchup --projection projections.auction:AuctionBoard --mongo-uri URI
 --database NAME`` runs one on the store ``XPLATFORM_*`` configure (the ``xplatform projector``
 command runs every projection of ``XPLATFORM_PROJECTIONS`` this way on SQLite and PostgreSQL).

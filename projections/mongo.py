@@ -84,6 +84,9 @@ database time per batch."""
 STREAM_PREFIX = "stream:"
 POINTERS = "xplatform_read_models"
 """The collection of pointer documents naming each projection's live collection."""
+JOINED = "consumers_joined"
+"""The pointer document's count of persistent-subscription consumers that ever joined the
+projection's group (:meth:`MongoReadModel.announce_consumer`)."""
 log = logging.getLogger(__name__)
 CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
 
@@ -107,6 +110,9 @@ class MongoReadModel:
         self.metrics = metrics
         self.pinned = collection is not None
         self.cache: ModelCache | None = None
+        self.consumers_joined: int | None = None
+        """The pointer's count of consumers that joined (:meth:`announce_consumer`), as the
+        last :meth:`refresh` read it; None before one (or on pinned collections)."""
         self.in_flight: BatchPlan | None = None
         """A batch being written by another thread while the next is prepared (the catch-up
         runner's write-behind): what it does is read before anything remembered or stored."""
@@ -135,13 +141,26 @@ class MongoReadModel:
         if self.pinned:
             return False
         try:
-            name = live_collection(self.database, self.projection.NAME)
+            pointer = self.database[POINTERS].find_one({"_id": self.projection.NAME})
         except PyMongoError as exc:
             raise ModelWriteError(f"{self.projection.NAME}: reading the live collection's pointer failed: {exc}") from exc
+        self.consumers_joined = 0 if pointer is None else int(pointer.get(JOINED, 0))
+        name = _live(pointer, self.projection.NAME)
         if name == self.name:
             return False
         self._bind(name)
         return True
+
+    def announce_consumer(self) -> None:
+        """Count one more consumer joining the projection's persistent-subscription group,
+        before it joins (:mod:`projections.persistent`: a consumer that remembers documents
+        across batches forgets them when the count moves). Kept in the pointer document,
+        which every runner reads once per batch anyway (:meth:`refresh`), and which outlives
+        a rebuild's switch."""
+        try:
+            self.database[POINTERS].update_one({"_id": self.projection.NAME}, {"$inc": {JOINED: 1}}, upsert=True)
+        except PyMongoError as exc:
+            raise ModelWriteError(f"{self.projection.NAME}: counting a consumer in failed: {exc}") from exc
 
     # ------------------------------------------------------------------ DocumentSource
     def load(self, keys: Collection[str]) -> dict[str, Document]:
@@ -427,8 +446,13 @@ class MongoReadModel:
 
 def live_collection(database: Database[Any], name: str) -> str:
     """The live collection of projection ``name``: the pointer's (module docstring), else ``name``."""
-    pointer = database[POINTERS].find_one({"_id": name})
-    return str(pointer["collection"]) if pointer is not None else name
+    return _live(database[POINTERS].find_one({"_id": name}), name)
+
+
+def _live(pointer: Mapping[str, Any] | None, name: str) -> str:
+    """The collection a pointer document names (it may hold only a consumer count: then ``name``)."""
+    collection = None if pointer is None else pointer.get("collection")
+    return name if collection is None else str(collection)
 
 
 def switch_live(database: Database[Any], name: str, collection: str) -> str:
@@ -436,7 +460,7 @@ def switch_live(database: Database[Any], name: str, collection: str) -> str:
     returns the collection that was live before."""
     before = database[POINTERS].find_one_and_update(
         {"_id": name}, {"$set": {"collection": collection, "switched_at": datetime.now(UTC)}}, upsert=True)
-    return str(before["collection"]) if before is not None else name
+    return _live(before, name)
 
 
 def _stored_event(parked: Parked) -> dict[str, Any] | None:
