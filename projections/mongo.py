@@ -36,6 +36,12 @@ conditional upsert of a document that already has the event fails with a duplica
 again alone (another writer may have created the document meanwhile) and takes a second
 duplicate key as "already applied", then goes on with the rest of the batch in order.
 
+**One update per document** where a batch has several events changing it and their
+changes combine (:func:`combined_update`: sets, unsets, increments, capped pushes): the
+document's update is conditional on it having *none* of them, and one that has some fails
+it with a duplicate key, upon which the writer sends each event's own conditional update,
+in order (:func:`updates_for`). A hot document costs one write per batch, not one per event.
+
 **Write concern** ``majority`` by default (:func:`connect`): a catch-up runner moves its
 position, and a persistent subscription acks, only after the batch is acknowledged; a write
 acknowledged by the primary alone can be rolled back by a failover, and the read model
@@ -58,7 +64,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from infrastructure.persistence.subscriptions import StreamEvent
-from projections.changes import Delete, Increment, Push, Set, Unset, escape_segment
+from projections.changes import Change, Delete, Increment, Push, Set, Unset, escape_segment
 from projections.engine import (
     APPLIED,
     DELETED,
@@ -343,11 +349,18 @@ class MongoReadModel:
         self._pending_batches = 0
 
     def write_documents(self, writes: Sequence[DocumentWrite]) -> None:
-        """The document updates of ``writes``, in order, each applied at most once."""
+        """The document updates of ``writes``, each applied at most once: one update per
+        document where its events' changes combine (:func:`updates_for`), else one per event
+        in order."""
         if writes:
-            self._bulk(self.collection, [update_for(w) for w in writes])
+            updates = updates_for(writes)
+            self._bulk(self.collection, [update for update, _ in updates], [each for _, each in updates])
 
-    def _bulk(self, collection: MongoCollection[dict[str, Any]], ops: list[UpdateOne]) -> None:
+    def _bulk(self, collection: MongoCollection[dict[str, Any]], ops: list[UpdateOne],
+              separately: Sequence[list[UpdateOne]] = ()) -> None:
+        """``ops`` in order; a duplicate key (a conditional upsert whose document has the
+        event already) is tried once more alone, or, for a combined update, as the updates
+        of its events one by one (``separately[i]``): the document may have some of them."""
         start = 0
         while start < len(ops):
             try:
@@ -355,6 +368,10 @@ class MongoReadModel:
                 return
             except BulkWriteError as exc:
                 index = start + self._duplicate_index(collection, exc)
+                if index < len(separately) and separately[index]:
+                    self._bulk(collection, separately[index])
+                    start = index + 1
+                    continue
                 try:
                     collection.bulk_write([ops[index]], ordered=True)  # once more alone: a racing insert?
                 except BulkWriteError as again:
@@ -478,6 +495,117 @@ def _delivered(stream_id: str, version: int, position: int, kept: Mapping[str, A
                        topic=kept["topic"], state=bytes(kept["state"]), recorded_at=kept.get("recorded_at"))
 
 
+def updates_for(writes: Sequence[DocumentWrite]) -> list[tuple[UpdateOne, list[UpdateOne]]]:
+    """The updates that apply ``writes``: per document, one update combining its events'
+    changes (:func:`combined_update`) with the per-event updates it stands for, or, where
+    they do not combine, each event's :func:`update_for` (in order) with nothing behind it.
+    Documents are independent, so only each document's own order matters."""
+    by_key: dict[str, list[DocumentWrite]] = {}
+    for write in writes:
+        by_key.setdefault(write.key, []).append(write)
+    updates: list[tuple[UpdateOne, list[UpdateOne]]] = []
+    for mine in by_key.values():
+        combined = combined_update(mine) if len(mine) > 1 else None
+        if combined is not None:
+            updates.append((combined, [update_for(write) for write in mine]))
+        else:
+            updates.extend((update_for(write), []) for write in mine)
+    return updates
+
+
+def combined_update(writes: Sequence[DocumentWrite]) -> UpdateOne | None:
+    """One conditional upsert doing what ``writes`` (several events' changes to one
+    document, in order) do one after the other, or None when they do not combine.
+
+    It applies only to a document that has none of the events (per stream, ``_applied``
+    below the first version written here); one that has some (another writer, a batch cut
+    short) fails it with a duplicate key, and the writer then sends the events' own updates
+    (:meth:`MongoReadModel._bulk`), each conditional as always. Field by field: a field any
+    of them sets or unsets ends as the events after the last such change leave it, whatever
+    it held before, so it is set to its value in the plan's document after the last event
+    (or unset, when only unsets touched it); a field only incremented gets the sum; a field
+    only pushed to, under one cap, gets every value in order under that cap (the last
+    ``cap`` of the last ``cap`` are the last ``cap``). Delete, pushes under different caps,
+    increments and pushes to one field, a field set and then unset (its map would stay),
+    or two events touching a field and a map around it, do not combine."""
+    paths: dict[str, list[Change]] = {}
+    creates = False
+    for write in writes:
+        for change in write.changes:
+            if isinstance(change, Set | Increment):
+                for name in change.fields:
+                    paths.setdefault(name, []).append(change)
+                creates = True
+            elif isinstance(change, Push):
+                paths.setdefault(change.field, []).append(change)
+                creates = True
+            elif isinstance(change, Unset):
+                for name in change.fields:
+                    paths.setdefault(name, []).append(change)
+            else:
+                return None
+    split = [tuple(name.split(".")) for name in paths]
+    for i, one in enumerate(split):
+        for other in split[i + 1:]:
+            if one[:len(other)] == other[:len(one)]:
+                return None  # a field and a map around it
+    final = writes[-1].after
+    sets: dict[str, Any] = {}
+    incs: dict[str, Any] = {}
+    pushes: dict[str, Any] = {}
+    unsets: dict[str, Any] = {}
+    for name, changes in paths.items():
+        kinds = {type(change) for change in changes}
+        if kinds & {Set, Unset}:
+            found, value = _field(final, name)
+            if found:
+                sets[name] = value
+            elif kinds == {Unset}:
+                unsets[name] = ""
+            else:
+                return None
+        elif kinds == {Increment}:
+            incs[name] = sum(change.fields[name] for change in changes if isinstance(change, Increment))
+        elif kinds == {Push} and len({change.cap for change in changes if isinstance(change, Push)}) == 1:
+            pushed = [change for change in changes if isinstance(change, Push)]
+            each: dict[str, Any] = {"$each": [value for change in pushed for value in change.values]}
+            if pushed[0].cap is not None:
+                each["$slice"] = -pushed[0].cap
+            pushes[name] = each
+        else:
+            return None
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for write in writes:
+        first.setdefault(write.stream_id, write.version)
+        last[write.stream_id] = write.version
+    query: dict[str, Any] = {"_id": writes[0].key}
+    for stream, version in first.items():
+        query[f"{APPLIED}.{escape_segment(stream)}"] = {"$not": {"$gte": version}}
+    sets.update({f"{APPLIED}.{escape_segment(stream)}": version for stream, version in last.items()})
+    update: dict[str, Any] = {"$set": sets}
+    if incs:
+        update["$inc"] = incs
+    if pushes:
+        update["$push"] = pushes
+    if creates:
+        unsets[DELETED] = ""  # as update_for: a change that creates revives a tombstone
+    else:
+        update["$setOnInsert"] = {DELETED: True}  # unsets alone on no document: it stays absent
+    if unsets:
+        update["$unset"] = unsets
+    return UpdateOne(query, update, upsert=True)
+
+
+def _field(doc: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    node: Any = doc
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
 def update_for(write: DocumentWrite) -> UpdateOne:
     """The conditional upsert that applies ``write`` unless its document has it already."""
     applied = f"{APPLIED}.{escape_segment(write.stream_id)}"
@@ -523,4 +651,5 @@ def update_for(write: DocumentWrite) -> UpdateOne:
     return UpdateOne(query, update, upsert=True)
 
 
-__all__ = ["POINTERS", "MongoReadModel", "connect", "live_collection", "switch_live", "update_for"]
+__all__ = ["POINTERS", "MongoReadModel", "combined_update", "connect", "live_collection", "switch_live", "update_for",
+           "updates_for"]
