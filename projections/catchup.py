@@ -19,7 +19,7 @@ Two savings, both safe only because one runner applies every event of its catego
 store's order: the runner **remembers** the documents and stream versions it read or wrote
 (:mod:`projections.model_cache`, ``cache_documents``), so a batch reads only what it has not
 seen; and while it works through a backlog (full batches) it **holds back the stream
-versions** for up to ten batches (:meth:`~projections.mongo.MongoReadModel.write`), moving
+versions** for up to forty batches (:meth:`~projections.mongo.MongoReadModel.write`), moving
 only the position; at the head every batch writes them, since read-your-writes readers wait
 on them. A restart resumes at the checkpoint, the last position written with every stream
 version (:meth:`~projections.mongo.MongoReadModel.resume_position`).
