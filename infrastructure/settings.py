@@ -87,10 +87,11 @@ class Settings:
                                             "not yet applied, per projection: bounds memory while MongoDB is "
                                             "slower than the store (four batches of read-ahead).")
     projector_cache_documents: int = _setting(10_000, "Documents (and stream versions) a catch-up projector "
-                                              "remembers between batches so a batch reads only what it has not "
-                                              "seen (two read round trips saved per batch; "
-                                              "projections/model_cache.py): 10k small documents are a few MB. "
-                                              "0 turns it off; persistent subscriptions never use it.")
+                                              "(or a persistent-subscription consumer while it is its group's "
+                                              "only one: projections/persistent.py) remembers between batches so "
+                                              "a batch reads only what it has not seen (two read round trips "
+                                              "saved per batch; projections/model_cache.py): 10k small documents "
+                                              "are a few MB. 0 turns it off.")
     projector_message_timeout_s: float = _setting(30.0, "Persistent subscriptions: an event not acked in this "
                                                   "time is delivered again (the server's default): long enough "
                                                   "for a slow MongoDB write, short enough that a hung "

@@ -19,10 +19,16 @@ Two savings, both safe only because one runner applies every event of its catego
 store's order: the runner **remembers** the documents and stream versions it read or wrote
 (:mod:`projections.model_cache`, ``cache_documents``), so a batch reads only what it has not
 seen; and while it works through a backlog (full batches) it **holds back the stream
-versions** for up to ten batches (:meth:`~projections.mongo.MongoReadModel.write`), moving
+versions** for up to forty batches (:meth:`~projections.mongo.MongoReadModel.write`), moving
 only the position; at the head every batch writes them, since read-your-writes readers wait
 on them. A restart resumes at the checkpoint, the last position written with every stream
 version (:meth:`~projections.mongo.MongoReadModel.resume_position`).
+
+Catching up to a known head (``run(until=...)``: a rebuild, ``--until-head``) it also
+**writes behind** (:class:`_WriteBehind`): a full batch is written on a thread of its own
+while the next page is read, decoded and planned against it, so the runner's CPU overlaps
+the database's round trips; batches are still written one at a time, in order, each
+acknowledged before the next starts.
 
 ``python -m projections.catchup --projection projections.auction:AuctionBoard --mongo-uri URI
 --database NAME`` runs one on the store ``XPLATFORM_*`` configure (the ``xplatform projector``
@@ -36,7 +42,9 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from infrastructure.errors import PersistenceError
@@ -149,21 +157,38 @@ class CatchUpProjector:
         """Pages of the store up to ``until`` (a stored event's position, e.g. the head),
         no subscription: a page shorter than asked means every matching event up to the
         head was read, so the position may move to ``until`` even when the last events are
-        of other categories."""
+        of other categories. Full pages are written behind (:class:`_WriteBehind`): the
+        next page is read and planned while the previous one is written."""
         category_filter = EventFilter(categories=self.projection.CATEGORIES)
         position = self.model.resume_position()
-        while not self._stopped.is_set() and (position is None or position < until):
-            try:
-                events = self.stream.read_all(after=position, limit=self.batch_size, filter=category_filter)
-            except PersistenceError as exc:
-                raise SourceFailed(f"{self.projection.NAME}: reading after {position} failed: {exc}") from exc
-            short = len(events) < self.batch_size
-            reached = self._apply(events, until if short else None)
-            position = reached if reached is not None else position
-            if self.progress is not None:
-                self.progress(self.events, position)
-            if short:
+        writer = _WriteBehind(self.model, self._written)
+        try:
+            while not self._stopped.is_set() and (position is None or position < until):
+                try:
+                    events = self.stream.read_all(after=position, limit=self.batch_size, filter=category_filter)
+                except PersistenceError as exc:
+                    raise SourceFailed(f"{self.projection.NAME}: reading after {position} failed: {exc}") from exc
+                if len(events) >= self.batch_size:
+                    plan = writer.submit(events)
+                    position = plan.position if plan.position is not None else position
+                    continue
+                writer.drain()
+                reached = self._apply(events, until)
+                position = reached if reached is not None else position
+                self._report(position)
                 return
+        finally:
+            writer.close()
+
+    def _written(self, plan: BatchPlan, events: int) -> None:
+        """A batch written behind was acknowledged."""
+        self.events += events
+        self.batches += 1
+        self._report(plan.position)
+
+    def _report(self, position: int | None) -> None:
+        if self.progress is not None:
+            self.progress(self.events, position)
 
     def _read(self, subscription: Any, ended: threading.Event) -> None:
         try:
@@ -217,6 +242,69 @@ class CatchUpProjector:
             reached = checkpoint
         self.batches += 1
         return reached
+
+
+class _WriteBehind:
+    """Writes a catching-up runner's full batches on a thread of its own, one at a time
+    and in order, while the runner reads and plans the next one: the runner's own CPU
+    (store reads, decoding, handlers: about a third of a batch's time) overlaps the
+    database's instead of adding to it.
+
+    Exact because the next batch is planned against the one being written: the model
+    reads that batch's documents and stream versions before anything it remembers or
+    stores (:attr:`~projections.mongo.MongoReadModel.in_flight`), and what it stores is
+    every earlier batch (each is acknowledged before the next is handed over). A batch
+    that parks is written only after the one before it, and before the next is planned
+    (the next must see its stream held). A write that fails ends the run with its error
+    (nothing planned after it is written, and the model forgets what it remembers), as
+    :meth:`~projections.mongo.MongoReadModel.apply` does."""
+
+    def __init__(self, model: MongoReadModel, on_written: Callable[[BatchPlan, int], None]) -> None:
+        self._model = model
+        self._on_written = on_written
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="projector-write")
+        self._pending: tuple[Future[None], BatchPlan, float, int] | None = None
+
+    def submit(self, events: Sequence[StreamEvent]) -> BatchPlan:
+        """Plan ``events`` (a full batch: more are waiting), wait for the batch before it,
+        and start writing it; returns its plan."""
+        started = time.perf_counter()
+        try:
+            plan = self._model.prepare(events)
+        except BaseException:
+            self.drain()  # the batch being written lands (or fails) before this error is raised
+            raise
+        self.drain()
+        if plan.parked:
+            self._model.commit(plan, started=started)
+            self._on_written(plan, len(events))
+            return plan
+        self._model.in_flight = plan
+        future = self._executor.submit(self._model.write, plan, defer_streams=self._model.cache is not None)
+        self._pending = (future, plan, started, len(events))
+        return plan
+
+    def drain(self) -> None:
+        """Wait for the batch being written; raise its error."""
+        if self._pending is None:
+            return
+        future, plan, started, events = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except BaseException:
+            self._model.forget()
+            raise
+        finally:
+            self._model.in_flight = None
+        self._model.acknowledged(plan, started)
+        self._on_written(plan, events)
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,9 @@ model applies the same events in the same order (a second, redundant runner; wri
 conditional per document, see :mod:`projections.mongo`), so the document after event *k*
 is the same whoever wrote it. A persistent subscription's consumers share a group: each
 sees only some events, so none may trust its memory of a document another consumer also
-writes; they do not use this cache.
+writes; a consumer uses this cache across batches only while it is its group's only one
+(:mod:`projections.persistent`, "A lone consumer remembers"), and forgets it as soon as
+another consumer counts itself in.
 
 What makes it forget everything (the next batch reads again):
 

@@ -36,6 +36,21 @@ the same command, through the server); the events after it in its stream wait as
 read model that cannot be written (:class:`~projections.errors.ModelWriteError`) is retried
 here with backoff, deliveries unacked, until it can (or the server's timeout redelivers them).
 
+**A lone consumer remembers.** Each batch would read the documents its handlers are
+given and the tracking of its streams (:mod:`projections.engine`), since other consumers
+of the group write the same read model. While a process is the group's *only* consumer it
+remembers instead, across batches, what it read and wrote (:mod:`projections.model_cache`,
+as a catch-up runner does): nobody else writes the model. How it knows: every projector
+process counts itself in the read model's pointer document
+(:meth:`~projections.mongo.MongoReadModel.announce_consumer`) *before* it joins the group,
+and every batch reads that document anyway (``refresh``). When the count moves (or, while
+sharing, every :data:`ALONE_RECHECK_S`), the process forgets what it remembered and asks the
+server how many consumers the group has; it remembers again only while that answer is 1.
+A consumer that joins after the count was read can write the model during the batch in
+hand only, which is no more than a batch that read the documents could miss; the next
+batch sees the count moved. (A process of a version before this count existed does not
+announce itself: do not mix versions in one group.)
+
 **Batching, bounded.** Deliveries are taken as they arrive, up to ``batch_size`` per batch
 (one MongoDB round trip of each kind, :mod:`projections.mongo`); the server never has more
 than ``max_in_flight`` unacked events out to this consumer (its buffer size).
@@ -63,7 +78,7 @@ from infrastructure.persistence.subscriptions import (
     PersistentSubscriptions,
     Source,
 )
-from projections.catchup import BATCH_SIZE, MAX_IN_FLIGHT
+from projections.catchup import BATCH_SIZE, CACHE_DOCUMENTS, MAX_IN_FLIGHT
 from projections.errors import HandlerFailed, ModelWriteError, ProjectionError, SourceFailed, UnhandledEvent, VersionGap
 from projections.mongo import MongoReadModel
 from projections.projection import Projection
@@ -73,6 +88,9 @@ log = logging.getLogger(__name__)
 GROUP_PREFIX = "projection-"
 RECHECK_S = 0.5
 """How often held deliveries are looked at again while nothing arrives."""
+ALONE_RECHECK_S = 5.0
+"""While the group has other consumers, how often a process asks the server again whether it
+is alone (one small request; joining is noticed at once through the pointer's count)."""
 WRITE_BACKOFF_MAX_S = 5.0
 """Longest wait between attempts to write a batch to a read model that refuses it."""
 
@@ -120,7 +138,9 @@ class PersistentProjector:
 
     def __init__(self, projection: Projection, subscriptions: PersistentSubscriptions, model: MongoReadModel, *,
                  batch_size: int = BATCH_SIZE, max_in_flight: int = MAX_IN_FLIGHT, recheck_s: float = RECHECK_S,
-                 namespace: str = "") -> None:
+                 namespace: str = "", cache_documents: int = CACHE_DOCUMENTS) -> None:
+        """``cache_documents``: what a lone consumer remembers across batches (module
+        docstring; 0: nothing, every batch reads)."""
         if batch_size < 1 or max_in_flight < batch_size:
             raise ProjectionError(f"batch_size {batch_size} must be >= 1 and <= max_in_flight {max_in_flight}")
         self.projection = projection
@@ -130,6 +150,11 @@ class PersistentProjector:
         self.max_in_flight = max_in_flight
         self.recheck_s = recheck_s
         self.group = group_name(projection, namespace)
+        self.cache_documents = cache_documents
+        self._alone = False
+        self._joined_seen: int | None = None
+        self._asked_at = 0.0
+        self.asked = 0  # how often the server was asked whether this consumer is alone
         self._queue: queue.Queue[Any] = queue.Queue()  # bounded by the server: max_in_flight unacked
         self._held: dict[tuple[str, int], _Held] = {}
         self._stopped = threading.Event()
@@ -143,6 +168,7 @@ class PersistentProjector:
     def run(self) -> None:
         """Consume the group until stopped. Raises SourceFailed when the group cannot be
         joined or the server drops this consumer for good."""
+        self.model.announce_consumer()  # before joining: see "A lone consumer remembers"
         try:
             consumer = self.subscriptions.consume(self.group, group_source(self.projection), buffer_size=self.max_in_flight)
         except PersistenceError as exc:
@@ -208,7 +234,10 @@ class PersistentProjector:
             key = (delivery.event.stream_id, delivery.event.version)
             earlier = self._held.get(key)
             self._held[key] = _Held(delivery, earlier.since if earlier is not None else now)
-        self.model.refresh()
+        self.model.refresh()  # a switch of the live collections empties what the model remembers
+        if self._still_alone():
+            self._settle_held(consumer)  # remembering across batches (module docstring)
+            return
         # for this settle only: the tracking _ready reads is what the batch's plan reads again
         # (one round trip, not two). Not across settles: other consumers write this model too.
         self.model.remember(max(self.batch_size, len(self._held)) * 2)
@@ -216,6 +245,36 @@ class PersistentProjector:
             self._settle_held(consumer)
         finally:
             self.model.cache = None
+
+    @property
+    def remembering(self) -> bool:
+        """Whether this consumer was its group's only one at its last batch, and so remembers
+        documents across batches (module docstring)."""
+        return self._alone
+
+    def _still_alone(self) -> bool:
+        """Whether this process is the group's only consumer, so its model may remember
+        across batches ("A lone consumer remembers"); sets the model's memory up afresh
+        whenever the answer is asked again."""
+        joined = self.model.consumers_joined
+        if joined == self._joined_seen and (self._alone or time.monotonic() - self._asked_at < ALONE_RECHECK_S):
+            return self._alone and self.model.cache is not None
+        self._joined_seen = joined
+        self._asked_at = time.monotonic()
+        self.model.cache = None  # another consumer may have written what was remembered
+        self._alone = False
+        if not self.cache_documents or joined is None:
+            return False
+        self.asked += 1
+        try:
+            info = self.subscriptions.group_info(self.group, group_source(self.projection))
+        except PersistenceError as exc:
+            log.warning("%s: asking the server for the group's consumers failed (%s): sharing", self.projection.NAME, exc)
+            return False
+        self._alone = info.consumers == 1
+        if self._alone:
+            self.model.remember(self.cache_documents)
+        return self._alone
 
     def _settle_held(self, consumer: GroupConsumer) -> None:
         while self._held and not self._stopped.is_set():

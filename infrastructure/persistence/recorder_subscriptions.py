@@ -36,9 +36,10 @@ never appear; the recorders have no system events.
 - SQLite: the recorder has no ``subscribe()`` (the library raises NotImplementedError)
   and SQLite has no cross-process notification, so the subscription polls: it reads pages
   back to back while there are events and, once caught up, re-reads every
-  ``poll_interval_s`` (0.05 s: an indexed ``rowid > ?`` range scan returning nothing, cheap
-  enough 20 times a second, and well under the latency anyone follows an embedded dev
-  store with). No thread of its own: polling happens in the consumer's ``next()``.
+  ``poll_interval_s`` (0.01 s: an indexed ``rowid > ?`` range scan returning nothing costs
+  ~25 us of CPU, so 100 a second are a quarter of a percent of a core; a 50 ms poll was
+  half of a projector's 1,000 events/s lag budget, ``loadtests/bench_projection.py``).
+  No thread of its own: polling happens in the consumer's ``next()``.
 
 ``stop()`` (any thread) ends a blocked ``next()`` within a poll interval (PostgreSQL: the
 listener wakes at least every 0.1 s). A subscription whose reads fail (database restart,
@@ -74,6 +75,7 @@ from infrastructure.persistence.subscriptions import (
 log = logging.getLogger(__name__)
 
 READ_PAGE = 500  # notifications per query, catching up or polling
+POLL_INTERVAL_S = 0.01  # SQLite, once caught up: see the module docstring
 
 
 def _failure(exc: BaseException, what: str) -> PersistenceError:
@@ -142,7 +144,7 @@ class RecorderEventStream(EventStream):
     ``on_close`` runs on :meth:`close` after the open subscriptions are stopped (the
     owner's cleanup, e.g. closing a journal opened only for this stream)."""
 
-    def __init__(self, recorder: ApplicationRecorder, *, poll_interval_s: float = 0.05, checkpoint_every: int = 100,
+    def __init__(self, recorder: ApplicationRecorder, *, poll_interval_s: float = POLL_INTERVAL_S, checkpoint_every: int = 100,
                  retries: int = 2, retry_backoff_s: float = 0.2, on_close: Callable[[], None] | None = None) -> None:
         self.recorder = recorder
         self.poll_interval_s = poll_interval_s

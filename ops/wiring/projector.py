@@ -101,7 +101,8 @@ def build_projector(settings: Settings, projections: Sequence[Projection], *, cl
             ensure_group(subscriptions, projection, group_settings(settings.projector_message_timeout_s,
                                                                    settings.projector_max_retry_count), namespace)
             runner = PersistentProjector(projection, subscriptions, model, batch_size=settings.projector_batch_size,
-                                         max_in_flight=settings.projector_max_in_flight, namespace=namespace)
+                                         max_in_flight=settings.projector_max_in_flight, namespace=namespace,
+                                         cache_documents=settings.projector_cache_documents)
         else:
             stream = open_event_stream(settings, journal)
             projector.sources.append(stream)

@@ -24,6 +24,7 @@ from infrastructure.testkit import Sandbox
 from projections.auction import AuctionBoard, BidderSummary
 from projections.catchup import CatchUpProjector
 from projections.engine import plan_batch
+from projections.errors import ModelWriteError
 from projections.metrics import ProjectionMetrics
 from projections.mongo import MongoReadModel
 from projections.projection import Projection
@@ -269,3 +270,85 @@ def bid(kit: Sandbox, lot: str, bidder: str, amount: int) -> None:
     ref = EntityRef("Lot", lot)
     kit.connect(ref, f"c-{bidder}-late", {"sub": bidder, "role": "bidder"})
     assert kit.client(ref, f"c-{bidder}-late", {"type": "bid", "amount": amount}).ok
+
+
+class _OverlapProbe(MongoReadModel):
+    """Holds the first batch's document write until the runner has started planning the
+    next batch (or 20 s passed), and records whether it had."""
+
+    def __init__(self, projection: Projection, database: Db) -> None:
+        super().__init__(projection, database)
+        self.plans = 0
+        self.next_planned = threading.Event()
+        self.overlapped: list[bool] = []
+
+    def stream_versions(self, streams: Any) -> dict[str, int]:
+        self.plans += 1  # plan_batch asks once per batch
+        if self.plans >= 2:
+            self.next_planned.set()
+        return super().stream_versions(streams)
+
+    def write_documents(self, writes: Any) -> None:
+        if not self.overlapped:
+            self.overlapped.append(self.next_planned.wait(20))
+        super().write_documents(writes)
+
+
+def test_catching_up_plans_the_next_batch_while_the_previous_is_written(
+        settings: Settings, journal: EventJournal, mongo_db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write-behind (projections/catchup.py _WriteBehind): batch N+1 is read and planned
+    while batch N is written. FlakyHouse computes its one document from itself, so a plan
+    made from the document as stored before batch N was written would be wrong; and it
+    parks (lot-3's bid of 30) in the middle: the result is still the replay's."""
+    monkeypatch.setenv("XPLATFORM_TEST_POISON_FIXED", str(tmp_path / "never"))
+    projection = FlakyHouse()
+    run_auctions(Sandbox(Lot, Bidder, journal=journal), range(6))
+    stream = open_event_stream(settings)
+    model = _OverlapProbe(projection, mongo_db)
+    try:
+        runner = CatchUpProjector(projection, stream, model, batch_size=7)
+        runner.run(until=stream.head_position())
+    finally:
+        stream.close()
+    assert model.overlapped == [True]
+    assert runner.batches > 5 and model.parked_count() >= 2
+    assert model.position() == head(settings)
+    assert model.raw_documents() == replay(projection, settings).raw
+
+
+class _FailingWrite(MongoReadModel):
+    """Refuses the ``fail_at``-th document write (the database went away for a moment)."""
+
+    def __init__(self, projection: Projection, database: Db, fail_at: int) -> None:
+        super().__init__(projection, database)
+        self.writes = 0
+        self.fail_at = fail_at
+
+    def write_documents(self, writes: Any) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise ModelWriteError("refused (test)")
+        super().write_documents(writes)
+
+
+@pytest.mark.parametrize("cache_documents", [0, 10_000])
+def test_a_write_behind_that_fails_ends_the_run_and_a_restart_equals_a_replay(
+        settings: Settings, journal: EventJournal, mongo_db: Db, cache_documents: int) -> None:
+    """The batch after a refused write was planned already: it must not be written, and
+    the runner must stop with the error; a runner started again completes the model."""
+    projection = BidderSummary()
+    run_auctions(Sandbox(Lot, Bidder, journal=journal), range(LOTS))
+    stream = open_event_stream(settings)
+    try:
+        failing = _FailingWrite(projection, mongo_db, fail_at=3)
+        with pytest.raises(ModelWriteError):
+            CatchUpProjector(projection, stream, failing, batch_size=5, cache_documents=cache_documents).run(
+                until=stream.head_position())
+        assert failing.writes == 3  # nothing after the refused one
+        model = MongoReadModel(projection, mongo_db)
+        CatchUpProjector(projection, stream, model, batch_size=5, cache_documents=cache_documents).run(
+            until=stream.head_position())
+    finally:
+        stream.close()
+    assert model.position() == head(settings)
+    assert model.raw_documents() == replay(projection, settings).raw

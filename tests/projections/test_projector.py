@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -32,10 +33,11 @@ from infrastructure.persistence import EventJournal, open_event_stream, open_jou
 from infrastructure.persistence.subscriptions import EventFilter, GroupInfo
 from infrastructure.settings import Settings
 from infrastructure.testkit import Sandbox
+from projections import persistent
 from projections.auction import AuctionBoard, BidderSummary
 from projections.catchup import CatchUpProjector
 from projections.mongo import MongoReadModel, live_collection
-from projections.persistent import group_name, group_settings, group_source
+from projections.persistent import PersistentProjector, ensure_group, group_name, group_settings, group_source
 from projections.projection import Projection
 from tests.conftest import eventstoredb_settings, sqlite_settings
 from tests.projections.poison import POISON_AMOUNT, FlakyBoard, StubbornBoard
@@ -448,3 +450,76 @@ def test_rebuild_while_a_projector_runs_and_entities_write(
         wait_for("the rebuilt read model to equal a replay", equals_replay(model, projection, sqlite), projector)
     finally:
         projector.stop()
+
+
+class _Consumer:
+    """A PersistentProjector of ``projection`` on a thread of this test process."""
+
+    def __init__(self, settings: Settings, projection: Projection, database: Db) -> None:
+        self.subscriptions = open_subscriptions(settings)
+        namespace = settings.eventstoredb_stream_prefix
+        ensure_group(self.subscriptions, projection, group_settings(), namespace)
+        self.model = MongoReadModel(projection, database)
+        self.runner = PersistentProjector(projection, self.subscriptions, self.model, batch_size=20, namespace=namespace)
+        self.failures: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        except BaseException as exc:  # handed to the test
+            self.failures.append(exc)
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.thread.join(10)
+        self.subscriptions.close()
+        assert not self.failures, self.failures
+
+
+def _until(what: str, condition: Callable[[], bool], *consumers: _Consumer) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        for consumer in consumers:
+            assert not consumer.failures, consumer.failures
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_lone_consumer_remembers_documents_across_batches_and_forgets_them_while_it_shares(
+        esdb: Settings, esdb_journal: EventJournal, mongo_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """projections/persistent.py "A lone consumer remembers": alone in its group, a consumer
+    reads each document once (then from memory); a second consumer counting itself in makes
+    the first forget and read every batch again, until the server says it is alone again."""
+    monkeypatch.setattr(persistent, "ALONE_RECHECK_S", 0.2)
+    projection = BidderSummary()  # one document per bidder, written from every lot's stream
+    kit = Sandbox(Lot, Bidder, journal=esdb_journal)
+    first = _Consumer(esdb, projection, mongo_db)
+    second: _Consumer | None = None
+    try:
+        run_auctions(kit, range(4))
+        _until("the read model to equal a replay", equals_replay(first.model, projection, esdb), first)
+        assert first.runner.remembering and first.runner.asked == 1
+        assert first.model.cache is not None and first.model.cache.hits > 0  # documents read in earlier batches
+        second = _Consumer(esdb, projection, mongo_db)
+        _until("both consumers in the group", lambda: group_consumers(esdb, projection) == 2, first, second)
+        run_auctions(kit, range(4, LOTS))  # written while both consume
+        _until("the read model to equal a replay", equals_replay(first.model, projection, esdb), first, second)
+        assert not first.runner.remembering and first.runner.asked >= 2
+        second.stop()
+        second = None
+        _until("one consumer in the group", lambda: group_consumers(esdb, projection) == 1, first)
+        extra = iter(range(LOTS, LOTS + 100))
+
+        def alone_again() -> bool:
+            run_auctions(kit, range(next(extra), 1 + next(extra)), rounds=1)  # a batch: the first asks again
+            time.sleep(0.3)
+            return first.runner.remembering
+
+        _until("the first consumer to remember again", alone_again, first)
+        _until("the read model to equal a replay", equals_replay(first.model, projection, esdb), first)
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
