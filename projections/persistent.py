@@ -42,8 +42,10 @@ of the group write the same read model. While a process is the group's *only* co
 remembers instead, across batches, what it read and wrote (:mod:`projections.model_cache`,
 as a catch-up runner does): nobody else writes the model. How it knows: every projector
 process counts itself in the read model's pointer document
-(:meth:`~projections.mongo.MongoReadModel.announce_consumer`) *before* it joins the group,
-and every batch reads that document anyway (``refresh``). When the count moves (or, while
+(:meth:`~projections.mongo.MongoReadModel.announce_consumer`) *before* it joins the group
+and once more *after* the server confirmed it (so a consumer that asked the server in
+between, and heard it was alone, sees the count move again and asks again), and every
+batch reads that document anyway (``refresh``). When the count moves (or, while
 sharing, every :data:`ALONE_RECHECK_S`), the process forgets what it remembered and asks the
 server how many consumers the group has; it remembers again only while that answer is 1.
 A consumer that joins after the count was read can write the model during the batch in
@@ -173,6 +175,9 @@ class PersistentProjector:
             consumer = self.subscriptions.consume(self.group, group_source(self.projection), buffer_size=self.max_in_flight)
         except PersistenceError as exc:
             raise SourceFailed(f"{self.projection.NAME}: cannot join group {self.group}: {exc}") from exc
+        # and again once joined: a lone consumer that asked the server between the two counts
+        # (and heard "1") sees the count move once more, asks again, and hears "2"
+        self.model.announce_consumer()
         reader = threading.Thread(target=self._read, args=(consumer,), name=f"projector-{self.projection.NAME}",
                                   daemon=True)
         reader.start()

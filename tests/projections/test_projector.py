@@ -36,7 +36,7 @@ from infrastructure.testkit import Sandbox
 from projections import persistent
 from projections.auction import AuctionBoard, BidderSummary
 from projections.catchup import CatchUpProjector
-from projections.mongo import MongoReadModel, live_collection
+from projections.mongo import JOINED, POINTERS, MongoReadModel, live_collection
 from projections.persistent import PersistentProjector, ensure_group, group_name, group_settings, group_source
 from projections.projection import Projection
 from tests.conftest import eventstoredb_settings, sqlite_settings
@@ -504,6 +504,10 @@ def test_a_lone_consumer_remembers_documents_across_batches_and_forgets_them_whi
         assert first.model.cache is not None and first.model.cache.hits > 0  # documents read in earlier batches
         second = _Consumer(esdb, projection, mongo_db)
         _until("both consumers in the group", lambda: group_consumers(esdb, projection) == 2, first, second)
+        # each counted itself in before joining and again once the server confirmed it: a lone
+        # consumer that asked the server between the two counts sees the count move once more
+        _until("the second counted in twice", lambda: (mongo_db[POINTERS].find_one({"_id": projection.NAME})
+                                                        or {}).get(JOINED) == 4, first, second)
         run_auctions(kit, range(4, LOTS))  # written while both consume
         _until("the read model to equal a replay", equals_replay(first.model, projection, esdb), first, second)
         assert not first.runner.remembering and first.runner.asked >= 2
