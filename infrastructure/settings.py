@@ -115,9 +115,10 @@ class Settings:
     event_loop: str = _setting("auto", "The event loop of every serving process (run and its edge workers, "
                                "state-node, edge, projector). 'auto': uvloop when installed (a dependency on "
                                "Linux), else asyncio's own. uvloop's socket writes and loop iterations are C: "
-                               "measured on the hot lot (1,000 viewers at 20 Hz, 10,000 bids/s, run --workers 1), "
-                               "freshness p99 79 ms with it vs 158-226 ms without, and ~14k bids/s at most "
-                               "instead of ~12k. 'asyncio' to rule it out when chasing a loop-level bug; "
+                               "measured on the hot lot (1,000 viewers at 20 Hz, run --workers 1, alternated with "
+                               "asyncio on a quiet machine), ~3 % less server CPU at 10,000 bids/s and ~2-4 % more "
+                               "bids/s at the limit; the handlers' Python dominates either way. 'asyncio' to rule "
+                               "it out when chasing a loop-level bug; "
                                "'uvloop' to fail at start if it is missing.")
     gil_switch_interval_ms: float = _setting(1.0, "Interpreter switch interval of a process hosting a state "
                                              "node (sys.setswitchinterval). The group-commit writer thread "

@@ -172,20 +172,19 @@ class GroupCommitter:
             results, elapsed = outcome
         self._metrics.append_batch_events.observe(count)
         self._metrics.append_duration.observe(elapsed)
-        if not any(results):
+        durable = not any(results)
+        if durable:
             # All durable: the next batch goes to the writer thread before this one's waiters
             # run, so the database works while the loop answers (at thousands of writes/s the
             # answers take milliseconds, which every message of the next batch would wait
             # too). Not after a failure: its waiters first drop the writes built on it.
             self._start_next()
-            for pending in batch:
-                pending.settle(None)
-            return
         for pending, error in zip(batch, results, strict=True):
             if isinstance(error, ConcurrencyConflict):
                 self._metrics.append_conflicts.inc()
             pending.settle(error)
-        self._start_next()
+        if not durable:
+            self._start_next()
 
 
 def _prefix_within(writes: list[PendingWrite], budget: int) -> int:

@@ -53,7 +53,10 @@ QUEUE = 2000
 the mirror applies slower than the server delivers."""
 BUFFER = 500
 """Deliveries the server may have in flight to this consumer (its ``buffer_size``)."""
+_SCAN_STARTED = object()
+"""Queued by a discovery scan before its first event (the follower's cue: a scan is running)."""
 _SCANNED = object()
+"""Queued, with the position it reached, by a discovery scan that read the store to its end."""
 
 
 def group_name(prefix: str, node_id: str, categories: tuple[str, ...]) -> str:
@@ -137,7 +140,7 @@ class GroupMirrorFeed(MirrorFeed):
             if self._stopping.is_set():
                 return
             self._scan_wanted.clear()
-            self._put(_Scan.STARTED)
+            self._put(_SCAN_STARTED)
             after: int | None = None
             try:
                 while not self._stopping.is_set() and not self._scan_wanted.is_set():
@@ -195,7 +198,7 @@ class GroupMirrorFeed(MirrorFeed):
                 self.acked += 1
         elif isinstance(item, StreamEvent):
             self._apply(item)
-        elif item is _Scan.STARTED:
+        elif item is _SCAN_STARTED:
             self._scanning = True
             self.mirror.forget_evictions()
             self.mirror.position = self.mirror.lag_events = None
@@ -209,10 +212,6 @@ class GroupMirrorFeed(MirrorFeed):
         position = self.mirror.position
         self.mirror.apply(event)
         self.mirror.position = position  # set by _take: scans and deliveries interleave
-
-
-class _Scan:
-    STARTED = object()
 
 
 __all__ = ["GroupMirrorFeed", "group_name"]
