@@ -37,7 +37,7 @@ feed never opens more however its store answers."""
 
 
 def open_event_stream(settings: Settings, journal: EventJournal | None = None, *,
-                      own_pool: str | None = None) -> EventStream:
+                      own_pool: str | None = None, poll_interval_s: float | None = None) -> EventStream:
     """The catch-up event stream port (:class:`~.subscriptions.EventStream`) on the
     configured store, for every store.
 
@@ -50,19 +50,21 @@ def open_event_stream(settings: Settings, journal: EventJournal | None = None, *
     ``journal``'s recorder when given (closing the stream leaves the journal open), else on
     a recorder of its own opened from ``settings`` (closed with the stream) - e.g. a
     projection process following the database the state nodes write. Memory: the events
-    live in one journal object, so ``journal`` is required."""
+    live in one journal object, so ``journal`` is required. ``poll_interval_s`` (SQLite, once
+    caught up): how often it looks for new events, if not the stream's default."""
     if settings.store == "eventstoredb":
         return open_subscriptions(settings)
+    options: dict[str, object] = {} if poll_interval_s is None else {"poll_interval_s": poll_interval_s}
     if own_pool and settings.store == "postgres":
         env = {**settings.journal_env(), **FEED_POOL, "CREATE_TABLE": "false"}  # the journal created them
-        return RecorderJournal(env, application_name=own_pool).event_stream(close_journal=True)
+        return RecorderJournal(env, application_name=own_pool).event_stream(close_journal=True, **options)
     if isinstance(journal, RecorderJournal):
-        return journal.event_stream()
+        return journal.event_stream(close_journal=False, **options)
     if journal is not None:
         raise ConfigurationError(f"journal {type(journal).__name__} is not a {settings.store!r} store's journal")
     if settings.store == "memory":
         raise ConfigurationError("the memory store's events live in its journal: pass journal= to follow them")
-    return RecorderJournal(settings.journal_env()).event_stream(close_journal=True)
+    return RecorderJournal(settings.journal_env()).event_stream(close_journal=True, **options)
 
 
 def open_subscriptions(settings: Settings) -> EventStoreDBSubscriptions:

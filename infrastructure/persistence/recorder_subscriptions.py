@@ -38,7 +38,8 @@ never appear; the recorders have no system events.
   back to back while there are events and, once caught up, re-reads every
   ``poll_interval_s`` (0.01 s: an indexed ``rowid > ?`` range scan returning nothing costs
   ~25 us of CPU, so 100 a second are a quarter of a percent of a core; a 50 ms poll was
-  half of a projector's 1,000 events/s lag budget, ``loadtests/bench_projection.py``).
+  half of a projector's 1,000 events/s lag budget, ``loadtests/bench_projection.py``;
+  a state node's standby feed keeps 0.05 s: ``infrastructure.runtime.mirrors.FEED_POLL_S``).
   No thread of its own: polling happens in the consumer's ``next()``.
 
 ``stop()`` (any thread) ends a blocked ``next()`` within a poll interval (PostgreSQL: the

@@ -73,6 +73,11 @@ LAG_CAP = 10_000
 """Most events counted for ``lag_events``: beyond it the mirror is simply far behind."""
 LAG_EVERY_S = 1.0
 """How often a running feed counts its lag (one bounded read of the store)."""
+FEED_POLL_S = 0.05
+"""How often a standby's catch-up feed looks for new events on SQLite once caught up (the
+read models' projectors poll every 10 ms, their lag is what readers see). A mirror's lag
+only decides how much of the store's tail a promotion reads, so a state node's process - the
+hot path's GIL - is not woken 100 times a second for it."""
 
 
 class MirrorError(InfrastructureError):

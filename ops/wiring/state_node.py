@@ -27,6 +27,7 @@ from infrastructure.errors import ConfigurationError
 from infrastructure.persistence import EventJournal, open_event_stream
 from infrastructure.runtime.entity_modules import entity_types_from
 from infrastructure.runtime.mirror_groups import group_name
+from infrastructure.runtime.mirrors import FEED_POLL_S
 from infrastructure.runtime.node import StateNode
 from infrastructure.settings import Settings
 from infrastructure.transport import tls
@@ -67,7 +68,8 @@ class ClusteredStateNode:
         """Hot mirror of the shards this node stands by for: only when the layout gives some category mirrors."""
         if self.coordinator.layout.any_mirrors:
             mirrored = [c for c in types.categories if self.coordinator.layout.mirrors(c)]
-            feed = open_event_stream(settings, self.node.journal, own_pool=f"xplatform {settings.node_id} mirror feed")
+            feed = open_event_stream(settings, self.node.journal, own_pool=f"xplatform {settings.node_id} mirror feed",
+                                     poll_interval_s=FEED_POLL_S)
             group = (group_name(settings.eventstoredb_stream_prefix, settings.node_id, tuple(mirrored))
                      if settings.store == "eventstoredb" else None)  # the card: persistent subscriptions feed mirrors
             self.standby = Standby(self.node, self.ownership, feed, mirrored,

@@ -22,7 +22,7 @@ from infrastructure.persistence import FEED_POOL, RecorderJournal, StreamWrite, 
 from infrastructure.persistence.rehydrate import rehydrate
 from infrastructure.persistence.subscriptions import EventFilter, Source
 from infrastructure.runtime.mirror_groups import GroupMirrorFeed, group_name
-from infrastructure.runtime.mirrors import Mirror, MirrorError, MirrorFeed, state_digest
+from infrastructure.runtime.mirrors import FEED_POLL_S, Mirror, MirrorError, MirrorFeed, state_digest
 from infrastructure.runtime.registry import EntityTypes
 from infrastructure.runtime.sharding import StaticShards
 from infrastructure.settings import Settings
@@ -48,7 +48,8 @@ def standby_of(platform: Platform, after: int | None = None) -> tuple[Mirror, Mi
     and the node's activations warm from it."""
     mirror = Mirror(TYPES, platform.journal, platform.node.mapper, metrics=MirrorMetrics(platform.node.metrics.registry))
     assert isinstance(platform.journal, RecorderJournal)
-    feed = MirrorFeed(mirror, platform.journal.event_stream(), after=after, lag_every_s=0.05).start()
+    feed = MirrorFeed(mirror, platform.journal.event_stream(poll_interval_s=FEED_POLL_S), after=after,
+                      lag_every_s=0.05).start()  # polling as a state node's standby feed does
     platform.node.warm = mirror
     return mirror, feed
 
@@ -160,6 +161,9 @@ def test_promoted_mirrors_equal_a_fresh_replay_for_every_entity_after_repeated_k
                     exposition = standby.node.metrics.exposition().decode()
                     assert f'xplatform_node_takeovers_total{{kind="warm"}} {len(refs)}.0' in exposition
                     assert_equals_replay(standby.journal, standby, refs)  # type: ignore[arg-type]
+                except BaseException:
+                    await standby.stop()  # not the owner yet: the outer cleanup does not know it
+                    raise
                 finally:
                     feed.stop()
                 retired.append(owner)
