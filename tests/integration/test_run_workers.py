@@ -69,7 +69,10 @@ async def _auction(url: str, lot_id: str) -> None:
         opened = await auctioneer.request({"type": "open", "title": "Vase", "increment": 5})
         # the reply's position token crossed the network transport (worker <-> node) with it
         assert opened.ok and opened.position is not None and opened.position.startswith(f"Lot-{lot_id}@"), opened
-        assert (await bidder.request({"type": "register", "limit": 1000})).ok
+        reply = await bidder.request({"type": "register", "limit": 1000})
+        while reply.payload.get("status") != "registered":  # the account raises the line asynchronously
+            await asyncio.sleep(0.05)
+            reply = await bidder.request({"type": "register", "limit": 1000})
         for viewer in viewers:
             while True:  # pushes until the lot shows open
                 state = await viewer.next_push(timeout=30)
