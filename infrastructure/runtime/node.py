@@ -424,8 +424,7 @@ class StateNode:
         cell.entity = entity
         cell.snapshot_version = snapshot_version
         if entity.owner_epoch < epoch:
-            self.metrics.takeovers.labels("warm" if warm else "cold").inc()
-            self._write_takeover_marker(ref, cell, entity, epoch)
+            self._write_takeover_marker(ref, cell, entity, epoch, "warm" if warm else "cold")
         self._rearm(ref, cell, (), entity.timers())
         queue = cell.queue
         while queue and cell.entity is not None:
@@ -434,14 +433,18 @@ class StateNode:
         if not queue:
             cell.queue = None
 
-    def _write_takeover_marker(self, ref: EntityRef, cell: Cell, entity: Entity, epoch: int) -> None:
+    def _write_takeover_marker(self, ref: EntityRef, cell: Cell, entity: Entity, epoch: int, kind: str) -> None:
         """Before serving a moved entity, append the takeover marker with our epoch; the
-        messages queued behind it are pipelined and released only once it is durable."""
+        messages queued behind it are pipelined and released only once it is durable. The
+        takeover is counted once the marker is durable: a refused marker (another writer got
+        in first) is not a takeover, and the reload behind it writes and counts its own."""
         version_before = entity.version
         entity.platform.take_ownership(entity, epoch, self.settings.node_id)
         outcome = Outcome(Reply(f"takeover:{epoch}", True), list(entity.collect_events()))
         pending = self._pending_write(ref, cell, entity, version_before, outcome)
         assert pending is not None and self._committer is not None
+        counted = self.metrics.takeovers.labels(kind)
+        pending.waiters.append(lambda error: None if error is not None else counted.inc())
         self._committer.submit(pending)
 
     # ------------------------------------------------------------------ timers

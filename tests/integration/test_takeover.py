@@ -133,3 +133,42 @@ def test_an_owner_that_gets_the_shard_back_answers_from_the_store_not_its_old_co
             assert 'xplatform_node_entities_released_total{reason="stale_epoch"} 1.0' in exposition
 
     asyncio.run(scenario())
+
+
+def test_a_refused_takeover_marker_is_not_counted_and_the_reload_behind_it_is(tmp_path: Path) -> None:
+    """The new owner read the entity, but the old owner (a zombie) appended before the new
+    owner's marker reached the store: the marker is refused, the queued message answered
+    retryable, the entity read again behind a second marker. One takeover happened, and
+    ``xplatform_node_takeovers_total`` says one (it counts durable markers, not attempts)."""
+    async def scenario() -> None:
+        ref = EntityRef("Counter", "raced")
+        settings = Settings(store="sqlite", data_dir=str(tmp_path))
+        journal = BlockingJournal(RecorderJournal(settings.with_(node_id="new").journal_env()))
+        old = build_platform(settings.with_(node_id="old"), entities=[Counter], ownership=StaticShards(64, EVERY_SHARD, epoch=1))
+        new = build_platform(settings.with_(node_id="new"), entities=[Counter], journal=journal,
+                             ownership=StaticShards(64, EVERY_SHARD, epoch=2))
+        async with old, new:
+            def add(n: int, mid: str) -> ClientMessage:
+                return ClientMessage(mid, time.time(), "c", msgpack.packb({"type": "add", "n": n}))
+
+            assert (await old.transport.ask(ref, Connect("c1", time.time(), "c", {"sub": "u"}))).ok
+            assert (await old.transport.ask(ref, add(1, "m1"))).payload == 1
+            try:
+                replies: list[Reply] = []
+                new.node.deliver(ref, add(10, "m2"), replies.append)  # read at version 3; its marker waits
+                assert await asyncio.to_thread(journal.entered.wait, 10)
+                assert (await old.transport.ask(ref, add(100, "z"))).payload == 101  # the zombie gets in first
+            finally:
+                journal.release.set()
+            await new.node.drain()
+            assert [(r.message_id, r.ok, r.retryable) for r in replies] == [("m2", False, True)]
+            again = await new.transport.ask(ref, add(10, "m2"))
+            assert again.ok and again.payload == 111, again  # served behind the second marker, from the store
+            stored = new.journal.read(ref.stream_id)
+            markers = [msgpack.unpackb(e.state)["epoch"] for e in stored if e.topic.endswith("OwnerChanged")]
+            assert markers == [1, 2]  # the refused marker left nothing
+            exposition = new.node.metrics.exposition().decode()
+            assert 'xplatform_node_takeovers_total{kind="cold"} 1.0' in exposition, exposition
+            assert 'xplatform_node_takeovers_total{kind="warm"}' not in exposition
+
+    asyncio.run(scenario())
