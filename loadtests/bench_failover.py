@@ -49,7 +49,9 @@ cold_failover_p50_s/_max_s (heavy lots, without), small_failover_p50_s (small lo
 standbys; ``cold_small_failover_p50_s`` without), lost_acks (both phases), mirror_bytes_per_entity
 (the nodes' xplatform_mirror_bytes / xplatform_mirror_entities at the end of the warm phase),
 heavy_state_bytes, takeovers (warm/cold counted by the survivors per phase), standby_warmup_s
-(per kill: from the restarted node's start until every mirror was caught up), ratios
+(per kill: from the restarted node's start until every mirror was caught up), served_again (kills
+after which every lot of the dead node was written to again within SERVED_AGAIN_TIMEOUT_S: each kill
+waits for that, and after the node is back for every loaded lot, before the next), ratios
 {cold_vs_warm_p50 (target >= 3), warm_heavy_vs_small_p50 (target <= 1.5)},
 targets_met {warm_3x_faster_than_cold, warm_heavy_within_1_5x_of_small, warm_max_le_1s}.
 """
@@ -62,6 +64,7 @@ import uuid
 
 from domain import EntityRef
 from domain.auction.lot import Lot
+from infrastructure.persistence import RecorderJournal
 from infrastructure.runtime.sharding import shard_of
 from infrastructure.settings import Settings
 from loadtests import heavy_lots
@@ -192,6 +195,35 @@ def _wait_standbys_warm(cluster: Cluster, refs: list[EntityRef]) -> float:
     raise RuntimeError(f"standbys not warm in {WARM_TIMEOUT_S} s:\n{cluster.logs()}")
 
 
+SERVED_AGAIN_TIMEOUT_S = 180.0
+"""How long a --heavy kill waits for the dead node's lots to be written to again (and, after
+the node is back, for every loaded lot) before it goes on anyway: a cold takeover of lots
+of 50,000 events takes seconds per lot on a busy 2-core machine."""
+
+
+class _Progress:
+    """The head version of each loaded lot's stream, read from the store as it grows: a lot
+    whose stream grew since a moment was served (its client's chat messages are stored)."""
+
+    def __init__(self, journal: RecorderJournal, seeded: dict[EntityRef, int]) -> None:
+        self.journal, self.head = journal, dict(seeded)
+
+    def heads(self, refs: list[EntityRef]) -> dict[EntityRef, int]:
+        for ref in refs:
+            self.head[ref] += len(self.journal.read(ref.stream_id, self.head[ref]))
+        return {ref: self.head[ref] for ref in refs}
+
+    def wait_grown(self, refs: list[EntityRef], timeout_s: float = SERVED_AGAIN_TIMEOUT_S) -> bool:
+        """Until every stream of ``refs`` grew past the head it has now (False after ``timeout_s``)."""
+        before, deadline = self.heads(refs), time.monotonic() + timeout_s
+        waiting = list(refs)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.heads(waiting)
+            waiting = [ref for ref in waiting if now[ref] <= before[ref]]
+        return not waiting
+
+
 def _first_answer_after(answered_at: list[float], moment: float) -> float:
     """Seconds from ``moment`` (a kill) to the client's first answer after it (inf: none)."""
     return next((at - moment for at in answered_at if at > moment), float("inf"))
@@ -211,6 +243,9 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
     env = {**HEAVY_ENV, "XPLATFORM_CLUSTER_LAYOUT": _layout(mirrors)}
     cluster = Cluster(zookeeper, postgres, name=f"heavy{tag}{uuid.uuid4().hex[:6]}", session_timeout_s=args.session)
     loaded = [("HeavyLot", i) for i in heavy_ids] + [("Lot", i) for i in small_ids[:args.small_loaded]]
+    loaded_refs = [EntityRef(category, i) for category, i in loaded]
+    progress = _Progress(cluster.journal(), {ref: len(heavy.events) if ref.category == "HeavyLot" else len(small.events)
+                                             for ref in loaded_refs})
     refs = [EntityRef("HeavyLot", i) for i in heavy_ids] + [EntityRef("Lot", i) for i in small_ids]
     kills: list[dict[str, object]] = []
     warmups: list[float] = []
@@ -231,19 +266,24 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
                 victim = owners[heavy_ids[k % len(heavy_ids)]]
                 counters = {kind: _counted(cluster, f'xplatform_node_takeovers_total{{kind="{kind}"}}')
                             for kind in takeovers}
+                victim_heavy = [i for i in heavy_ids if owners[i] == victim]
+                victim_small = [i for i in small_ids[:args.small_loaded] if owners[i] == victim]
                 killed = _kill(cluster, victim, args.supervised)
-                kills.append({"at": killed, "victim": victim,
-                              "heavy": [i for i in heavy_ids if owners[i] == victim],
-                              "small": [i for i in small_ids[:args.small_loaded] if owners[i] == victim]})
+                kills.append({"at": killed, "victim": victim, "heavy": victim_heavy, "small": victim_small})
                 if not args.supervised:
                     cluster.wait_member_gone(victim)
-                time.sleep(SETTLE_S)  # the dead node's lots are served again meanwhile
+                # until the dead node's lots are served again (a cold takeover can outlast any fixed pause:
+                # bringing the node back meanwhile would move them again before they ever answered)
+                kills[-1]["served_again"] = progress.wait_grown([EntityRef("HeavyLot", i) for i in victim_heavy]
+                                                                + [EntityRef("Lot", i) for i in victim_small])
+                time.sleep(SETTLE_S)
                 for kind, before in counters.items():
                     after = _counted(cluster, f'xplatform_node_takeovers_total{{kind="{kind}"}}')
                     takeovers[kind] += sum(after.get(n, 0.0) - v for n, v in before.items() if n != victim)
                 restarted = time.monotonic()
                 _bring_back(cluster, victim, args.supervised, **env)
                 time.sleep(SETTLE_S)
+                progress.wait_grown(loaded_refs)  # every lot answers again (those handed back to it too)
                 if mirrors:
                     warmups.append(time.monotonic() - restarted - SETTLE_S + _wait_standbys_warm(cluster, refs))
             seen = load.finish()
@@ -264,6 +304,7 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
         finally:
             journal.close()
     finally:
+        progress.journal.close()
         cluster.stop_all()
     heavy_times, small_times = [], []
     for kill in kills:
@@ -273,6 +314,7 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
         times = [_first_answer_after(seen.lots[i].answered_at, at) for i in kill["small"]]  # type: ignore[attr-defined]
         small_times.append(round(max(times), 3) if times else None)
     return {"heavy_failover_s": heavy_times, "small_failover_s": small_times, "lost_acks": lost,
+            "served_again": sum(bool(k["served_again"]) for k in kills),
             "takeovers": takeovers, "standby_warmup_s": [round(w, 2) for w in warmups],
             "mirror_bytes_per_entity": round(mirror["bytes"] / mirror["entities"]) if mirror["entities"] else None,
             "events_written": written, "set_up_s": round(seed_s, 1), "heavy_cold_load_s": round(cold_load_s, 3),

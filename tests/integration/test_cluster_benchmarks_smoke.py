@@ -41,5 +41,6 @@ def test_bench_failover_heavy_smoke() -> None:
     warm, cold = result["warm"], result["cold"]
     assert warm["takeovers"]["warm"] >= 1 and warm["takeovers"]["cold"] == 0, warm  # type: ignore[index]
     assert cold["takeovers"]["cold"] >= 1 and cold["takeovers"]["warm"] == 0, cold  # type: ignore[index]
+    assert warm["served_again"] == cold["served_again"] == 1, result  # type: ignore[index]  # the kill waited for it
     assert 0 < result["warm_failover_max_s"] < 10 and 0 < result["cold_failover_max_s"] < 10  # type: ignore[operator]
     assert result["mirror_bytes_per_entity"] > 0  # type: ignore[operator]
