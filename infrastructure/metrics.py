@@ -167,8 +167,9 @@ class NodeMetrics:
                                 "(shard_moved) or came back at a newer epoch (stale_epoch: reloaded behind a new "
                                 "takeover marker).", ["reason"], registry=r)
         self.takeovers = Counter("xplatform_node_takeovers", "Entities this node took over from another owner (its "
-                                 "takeover marker durable; a refused marker is not counted), by where their state came from: warm (a hot mirror, "
-                                 "then the store's tail after it) or cold (the store: snapshot and events).",
+                                 "takeover marker durable; a refused marker is not counted), by where their state "
+                                 "came from: warm (a hot mirror, then the store's tail after it) or cold (the store: "
+                                 "snapshot and events).",
                                  ["kind"], registry=r)
         hops = LoopHistogram("xplatform_node_hop_seconds", "Time a message spent in each hop inside this node, "
                              "on the node's clock: queue (node receive -> handler start), handler, append "

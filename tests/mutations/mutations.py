@@ -196,7 +196,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "takeover-marker-skipped", "takeover-marker", "infrastructure/runtime/node.py",
-        old="""            self._write_takeover_marker(ref, cell, entity, epoch)""",
+        old="""            self._write_takeover_marker(ref, cell, entity, epoch, "warm" if warm else "cold")""",
         new="""            pass""",
         tests=(f"{TAKEOVER}::test_zombie_owner_cannot_write_after_takeover",),
     ),
