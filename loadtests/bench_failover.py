@@ -244,8 +244,8 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
     cluster = Cluster(zookeeper, postgres, name=f"heavy{tag}{uuid.uuid4().hex[:6]}", session_timeout_s=args.session)
     loaded = [("HeavyLot", i) for i in heavy_ids] + [("Lot", i) for i in small_ids[:args.small_loaded]]
     loaded_refs = [EntityRef(category, i) for category, i in loaded]
-    progress = _Progress(cluster.journal(), {ref: len(heavy.events) if ref.category == "HeavyLot" else len(small.events)
-                                             for ref in loaded_refs})
+    seeded = {ref: len(heavy.events) if ref.category == "HeavyLot" else len(small.events) for ref in loaded_refs}
+    progress = _Progress(cluster.journal(), seeded)
     refs = [EntityRef("HeavyLot", i) for i in heavy_ids] + [EntityRef("Lot", i) for i in small_ids]
     kills: list[dict[str, object]] = []
     warmups: list[float] = []
@@ -295,14 +295,8 @@ def _heavy_phase(postgres: PostgresServer, zookeeper: ZooKeeperServer, args: arg
                 sample = p.metrics()
                 mirror["bytes"] += sample.get("xplatform_mirror_bytes", 0.0)
                 mirror["entities"] += sample.get("xplatform_mirror_entities", 0.0)
-        journal = cluster.journal()
-        lost = 0
-        try:
-            for category, entity_id in loaded:
-                seeded = len(heavy.events) if category == "HeavyLot" else len(small.events)
-                lost += lost_acks(journal, EntityRef(category, entity_id).stream_id, seen.lots[entity_id].acked, seeded)
-        finally:
-            journal.close()
+        lost = sum(lost_acks(progress.journal, ref.stream_id, seen.lots[ref.entity_id].acked, seeded[ref])
+                   for ref in loaded_refs)
     finally:
         progress.journal.close()
         cluster.stop_all()
